@@ -1,0 +1,3 @@
+from gemma_cli.cli import main
+
+main()

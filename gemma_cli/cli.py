@@ -1,0 +1,83 @@
+"""The `gemma` command: a thin Typer layer over the core modules.
+
+Each subcommand lives in its own module under `gemma_cli.commands`; they import heavy
+libraries (llama_cpp, numpy, PIL, librosa) only inside the command, so `gemma --help`
+starts as fast as any Typer + Rich app.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from gemma_cli.errors import GemmaError
+
+app = typer.Typer(
+    name="gemma",
+    help="Run Google's Gemma 4 models locally: chat, images, audio and batch jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _register() -> None:
+    # One line per command module; each module exposes `register(app)`.
+    from gemma_cli.commands import chat
+
+    chat.register(app)
+
+
+_register()
+
+
+def _print_error(message: str, hint: str | None) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    if hint:
+        sys.stderr.write(f"hint: {hint}\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the one error boundary. Known errors become one line and a hint."""
+    debug = os.environ.get("GEMMA_DEBUG", "") not in ("", "0")
+    try:
+        app(args=argv, standalone_mode=False, prog_name="gemma")
+    except GemmaError as e:
+        if debug:
+            raise
+        _print_error(e.message, e.hint)
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        sys.stderr.write("\naborted\n")
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        sys.exit(130)
+    except BrokenPipeError:
+        # `gemma chat … | head`: the reader left; exit quietly like other Unix tools.
+        _silence_stdout()
+        sys.exit(0)
+    except Exception as e:  # noqa: BLE001 - the boundary: never a raw traceback
+        if debug:
+            raise
+        _print_error(f"{type(e).__name__}: {e}", "this is a bug; run again with GEMMA_DEBUG=1 and report the traceback")
+        sys.exit(1)
+    sys.exit(0)
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError:
+        pass
