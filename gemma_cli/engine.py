@@ -1,0 +1,477 @@
+"""The engine: the only module that imports llama_cpp.
+
+It loads a GGUF, keeps one llama.cpp context, and streams generated text token by token
+through llama.cpp's C API (not llama-cpp-python's high-level `Llama`, which re-evaluates
+more than it needs and hides the KV cache we want to reuse).
+
+KV reuse: the engine remembers which tokens sit in the KV cache. A new prompt that shares
+a prefix with them evaluates only the rest. Sliding-window (SWA) layers keep only the last
+`n_swa` positions (plus one batch), so cutting the cache back to a prefix is only valid
+while the SWA cache still holds the window before that prefix; otherwise the engine
+restores a checkpoint of the SWA cache taken while the prompt was evaluated, or, lacking
+one, evaluates the prompt from the start (as llama-server does).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import llama_cpp as ll
+
+from gemma_cli.errors import ContextOverflowError, GemmaError, ModelError
+from gemma_cli.gguf_header import read_header
+
+# ---------------------------------------------------------------- logging
+
+_log_lines: deque[str] = deque(maxlen=200)
+_verbose = False
+
+
+@ll.llama_log_callback
+def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    # Decode leniently: llama.cpp may cut a multi-byte character in a metadata preview.
+    line = text.decode("utf-8", errors="replace")
+    _log_lines.append(line)
+    if _verbose:
+        sys.stderr.write(line)
+
+
+ll.llama_log_set(_on_log, ctypes.c_void_p(0))
+ll.llama_backend_init()
+
+
+def set_verbose(on: bool) -> None:
+    global _verbose
+    _verbose = on
+
+
+def _recent_log(pattern: str) -> str | None:
+    """The newest llama.cpp log line containing `pattern`, if any."""
+    for line in reversed(_log_lines):
+        if pattern in line:
+            return line.strip()
+    return None
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class Sampling:
+    """Gemma 4's recommended sampling: temperature 1.0, top_p 0.95, top_k 64."""
+
+    temperature: float = 1.0
+    top_p: float = 0.95
+    top_k: int = 64
+    seed: int | None = None
+    grammar: str | None = None  # GBNF; constrains every generated token
+
+
+@dataclass
+class Step:
+    """One streamed piece of a generation, with the running counters (mlx-lm style)."""
+
+    text: str
+    token: int | None
+    prompt_tokens: int  # prompt tokens evaluated for this call (after KV reuse)
+    reused_tokens: int  # prompt tokens served from the KV cache
+    generated_tokens: int
+    ttft: float  # seconds from the call to the first generated token
+    tps: float  # decode speed so far, tokens per second
+    finish_reason: str | None = None  # "stop" (end of turn / EOS), "length"; None while streaming
+
+
+@dataclass
+class _Checkpoint:
+    """A copy of the SWA part of the KV cache when `n_tokens` tokens had been evaluated."""
+
+    n_tokens: int
+    data: bytes
+
+
+@dataclass
+class ModelInfo:
+    path: Path
+    architecture: str
+    chat_template: str | None
+    bos: str
+    eos: str
+    n_ctx_train: int
+    n_embd: int
+    n_swa: int
+    n_params: int
+    size_bytes: int
+    meta: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- engine
+
+
+def _default_threads() -> int:
+    # llama.cpp decodes fastest with one thread per physical core; hyperthreads slow it.
+    n = os.cpu_count() or 1
+    return max(1, n // 2) if n > 4 else n
+
+
+class Engine:
+    """One model, one context, one conversation's KV cache (sequence 0)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_batch: int = 512,
+        n_ubatch: int | None = None,
+        n_seq: int = 1,
+        swa_full: bool = False,
+        use_mmap: bool = True,
+        verbose: bool = False,
+    ):
+        set_verbose(verbose)
+        self.path = Path(path)
+        header = read_header(self.path)
+        self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap)
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        self.info = _describe(self.path, header, self._model)
+        self.n_threads = n_threads or _default_threads()
+        n_ctx = min(n_ctx or 8192, self.info.n_ctx_train or n_ctx or 8192)
+        self._ctx = _new_context(self._model, n_ctx, self.n_threads, n_batch, n_ubatch or n_batch, n_seq, swa_full)
+        self.n_ctx = ll.llama_n_ctx(self._ctx)
+        self.n_batch = ll.llama_n_batch(self._ctx)
+        self._mem = ll.llama_get_memory(self._ctx)
+        self._batch = ll.llama_batch_init(self.n_batch, 0, max(1, n_seq))
+        self._swa = self.info.n_swa > 0 and not swa_full
+        self._cached: list[int] = []  # tokens in the KV cache of sequence 0, position i = index i
+        self._checkpoints: list[_Checkpoint] = []
+        self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
+
+    # ---- lifecycle
+
+    def close(self) -> None:
+        if getattr(self, "_batch", None) is not None:
+            ll.llama_batch_free(self._batch)
+            self._batch = None
+        if getattr(self, "_ctx", None):
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        if getattr(self, "_model", None):
+            ll.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+    # ---- tokens
+
+    def tokenize(self, text: str, *, special: bool = True) -> list[int]:
+        """Token ids of `text`; with `special`, control-token texts like `<|turn>` become single tokens."""
+        data = text.encode("utf-8")
+        n_max = len(data) + 8
+        buf = (ll.llama_token * n_max)()
+        n = ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, special)
+        if n < 0:  # buffer too small: llama.cpp tells how many it needs
+            n_max = -n
+            buf = (ll.llama_token * n_max)()
+            n = ll.llama_tokenize(self._vocab, data, len(data), buf, n_max, False, special)
+        return list(buf[:n])
+
+    def token_bytes(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        return buf.raw[:n]
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return b"".join(self.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def is_end(self, token: int) -> bool:
+        return bool(ll.llama_vocab_is_eog(self._vocab, token))
+
+    # ---- generation
+
+    def stream_generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_tokens: int | None = None,
+        sampling: Sampling | None = None,
+        checkpoint_at: int | None = None,
+    ) -> Iterator[Step]:
+        """Evaluate `prompt` (reusing the KV cache) and yield generated text as it decodes.
+
+        `checkpoint_at`: a prompt length at which to keep a copy of the SWA cache, so a
+        later prompt that diverges after that point can still reuse everything before it
+        (chat passes the start of the generation prompt).
+        """
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        self._check_fits(tokens)
+        budget = self.n_ctx - len(tokens)
+        max_tokens = budget if max_tokens is None else min(max_tokens, budget)
+        sampler = _new_sampler(self._vocab, sampling or Sampling())
+        try:
+            t0 = time.perf_counter()
+            evaluated, reused = self._prefill(tokens, checkpoint_at)
+            yield from self._decode_loop(sampler, max_tokens, evaluated, reused, t0)
+        finally:
+            ll.llama_sampler_free(sampler)
+
+    def _decode_loop(self, sampler, max_tokens: int, evaluated: int, reused: int, t0: float) -> Iterator[Step]:
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        generated, t_first, finish = 0, 0.0, "length"
+        step = Step("", None, evaluated, reused, 0, 0.0, 0.0)
+        while generated < max_tokens:
+            token = ll.llama_sampler_sample(sampler, self._ctx, -1)
+            now = time.perf_counter()
+            if generated == 0:
+                t_first = now
+                step.ttft = now - t0
+            if self.is_end(token):
+                finish = "stop"
+                break
+            generated += 1
+            step = Step(
+                utf8.decode(self.token_bytes(token)),
+                token,
+                evaluated,
+                reused,
+                generated,
+                step.ttft,
+                (generated - 1) / (now - t_first) if generated > 1 and now > t_first else 0.0,
+            )
+            yield step
+            if generated < max_tokens:  # the last token is never needed in the cache
+                self._eval([token], logits_last=True)
+        tail = utf8.decode(b"", final=True)
+        yield Step(tail, None, evaluated, reused, generated, step.ttft, step.tps, finish)
+
+    # ---- prompt evaluation and KV reuse
+
+    def _check_fits(self, tokens: Sequence[int]) -> None:
+        if not tokens:
+            raise GemmaError("the prompt is empty", "give a prompt as an argument or on stdin")
+        if len(tokens) >= self.n_ctx:
+            limit = self.info.n_ctx_train
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
+                f"raise --ctx (this model supports up to {limit}) or shorten the input",
+            )
+
+    def reuse_prefix(self, tokens: Sequence[int]) -> int:
+        """Cut the KV cache back to the longest prefix it shares with `tokens`; return its length."""
+        self._resync()
+        n = _common_prefix(self._cached, tokens)
+        if n == len(tokens):
+            n -= 1  # at least one token must be evaluated to get logits for the next one
+        if n < len(self._cached):
+            n = self._cut(n)
+        return n
+
+    def _resync(self) -> None:
+        # An interrupt (Ctrl-C) can land between a decode and our bookkeeping: trust llama.cpp.
+        n_kv = ll.llama_memory_seq_pos_max(self._mem, 0) + 1
+        if n_kv < len(self._cached):
+            del self._cached[n_kv:]
+
+    def _cut(self, n: int) -> int:
+        """Remove positions >= n; returns how many tokens really remain usable."""
+        if self._swa and n > 0 and not self._swa_window_kept(n):
+            n = self._restore_checkpoint(n)
+        ll.llama_memory_seq_rm(self._mem, 0, n, -1)
+        del self._cached[n:]
+        self._checkpoints = [c for c in self._checkpoints if c.n_tokens <= n]
+        return n
+
+    def _swa_window_kept(self, n: int) -> bool:
+        # The next token (position n) attends to positions > n - n_swa in SWA layers;
+        # they must all still be in the SWA cache (llama-server's pos_min test).
+        pos_min = ll.llama_memory_seq_pos_min(self._mem, 0)
+        return pos_min == 0 or pos_min < max(0, n - self.info.n_swa)
+
+    def _restore_checkpoint(self, n: int) -> int:
+        usable = [c for c in self._checkpoints if c.n_tokens <= n]
+        if not usable:
+            ll.llama_memory_seq_rm(self._mem, 0, -1, -1)
+            return 0
+        cp = usable[-1]
+        ll.llama_memory_seq_rm(self._mem, 0, cp.n_tokens, -1)
+        buf = (ctypes.c_uint8 * len(cp.data)).from_buffer_copy(cp.data)
+        if ll.llama_state_seq_set_data_ext(self._ctx, buf, len(cp.data), 0, ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == 0:
+            ll.llama_memory_seq_rm(self._mem, 0, -1, -1)
+            return 0
+        return cp.n_tokens
+
+    def _save_checkpoint(self) -> None:
+        flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+        size = ll.llama_state_seq_get_size_ext(self._ctx, 0, flags)
+        buf = (ctypes.c_uint8 * size)()
+        written = ll.llama_state_seq_get_data_ext(self._ctx, buf, size, 0, flags)
+        self._checkpoints.append(_Checkpoint(len(self._cached), bytes(buf[:written])))
+        del self._checkpoints[:-4]  # a few recent ones are all a chat needs
+
+    def _prefill(self, tokens: Sequence[int], checkpoint_at: int | None) -> tuple[int, int]:
+        reused = self.reuse_prefix(tokens)
+        todo = list(tokens[reused:])
+        if self._swa and checkpoint_at and reused < checkpoint_at < len(tokens):
+            split = checkpoint_at - reused
+            self._eval(todo[:split], logits_last=False)
+            self._save_checkpoint()
+            todo = todo[split:]
+        self._eval(todo, logits_last=True)
+        self.last_prefill = (len(tokens) - reused, reused)
+        return self.last_prefill
+
+    def _eval(self, tokens: Sequence[int], *, logits_last: bool) -> None:
+        """Decode `tokens` into sequence 0 in batches of n_batch, after what is cached."""
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            last = start + len(chunk) == len(tokens)
+            self._fill_batch(chunk, len(self._cached), logits_last and last)
+            rc = ll.llama_decode(self._ctx, self._batch)
+            if rc != 0:
+                raise GemmaError(
+                    f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})",
+                    "the context may be full: raise --ctx or shorten the conversation",
+                )
+            self._cached.extend(chunk)
+
+    def _fill_batch(self, chunk: Sequence[int], pos0: int, logits_last: bool) -> None:
+        b = self._batch
+        n = len(chunk)
+        for i, tok in enumerate(chunk):
+            b.token[i] = tok
+            b.pos[i] = pos0 + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 0
+        if logits_last:
+            b.logits[n - 1] = 1
+        b.n_tokens = n
+
+    @property
+    def cached_tokens(self) -> int:
+        return len(self._cached)
+
+    def reset(self) -> None:
+        ll.llama_memory_clear(self._mem, True)
+        self._cached.clear()
+        self._checkpoints.clear()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool):
+    params = ll.llama_model_default_params()
+    params.n_gpu_layers = n_gpu_layers
+    params.use_mmap = use_mmap
+    _log_lines.clear()
+    model = ll.llama_model_load_from_file(str(path).encode("utf-8"), params)
+    if not model:
+        raise _load_error(path, arch)
+    return model
+
+
+def _load_error(path: Path, arch: str) -> ModelError:
+    """Turn llama.cpp's log into one line that says what is wrong with the file."""
+    unknown = _recent_log("unknown model architecture")
+    if unknown:
+        return ModelError(
+            f"{path}: llama.cpp does not know the architecture '{arch}'",
+            "gemma runs GGUF models that llama.cpp supports (Gemma 4: gemma4); pick another file",
+        )
+    bounds = _recent_log("not within the file bounds") or _recent_log("data is not within")
+    if bounds or _recent_log("failed to read"):
+        return ModelError(
+            f"{path} is truncated or damaged (tensor data missing)",
+            "download the model again (`gemma models pull NAME`)",
+        )
+    detail = _recent_log("error loading model") or _recent_log("failed") or "unknown reason"
+    detail = detail.split(":", 1)[-1].strip() if ":" in detail else detail
+    return ModelError(f"llama.cpp could not load {path} ({detail})", "run with GEMMA_DEBUG=1 --verbose for llama.cpp's log")
+
+
+def _describe(path: Path, header, model) -> ModelInfo:
+    arch = header.architecture
+    bos = header.token_text(header.get("tokenizer.ggml.bos_token_id"))
+    eos = header.token_text(header.get("tokenizer.ggml.eos_token_id"))
+    return ModelInfo(
+        path=path,
+        architecture=arch,
+        chat_template=header.chat_template,
+        bos=bos,
+        eos=eos,
+        n_ctx_train=ll.llama_model_n_ctx_train(model),
+        n_embd=ll.llama_model_n_embd(model),
+        n_swa=ll.llama_model_n_swa(model),
+        n_params=ll.llama_model_n_params(model),
+        size_bytes=ll.llama_model_size(model),
+        meta={k: v for k, v in header.meta.items() if isinstance(v, (str, int, float, bool))},
+    )
+
+
+def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int, n_seq: int, swa_full: bool):
+    params = ll.llama_context_default_params()
+    params.n_ctx = n_ctx
+    params.n_batch = n_batch
+    params.n_ubatch = min(n_ubatch, n_batch)
+    params.n_seq_max = max(1, n_seq)
+    params.n_threads = n_threads
+    params.n_threads_batch = n_threads
+    params.swa_full = swa_full
+    params.no_perf = True
+    ctx = ll.llama_init_from_model(model, params)
+    if not ctx:
+        detail = _recent_log("failed") or "out of memory?"
+        raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens ({detail.strip()})", "lower --ctx")
+    return ctx
+
+
+def _new_sampler(vocab, s: Sampling):
+    chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+    if s.grammar:
+        grammar = ll.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
+        if not grammar:
+            ll.llama_sampler_free(chain)
+            raise GemmaError("the output grammar is invalid", "check the JSON schema or GBNF")
+        ll.llama_sampler_chain_add(chain, grammar)
+    if s.temperature <= 0:
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+        return chain
+    if s.top_k > 0:
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(s.top_k))
+    if 0 < s.top_p < 1:
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(s.top_p, 1))
+    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(s.temperature))
+    seed = ll.LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF
+    ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+    return chain

@@ -1,0 +1,89 @@
+"""Terminal output with Rich: answer on stdout, thinking dim on stderr, status on stderr.
+
+`gemma chat "…" > out.txt` must stay clean: only the answer goes to stdout. Colour and
+spinners appear only on a terminal, and never when NO_COLOR is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+from rich.console import Console
+
+
+def is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def use_color() -> bool:
+    return "NO_COLOR" not in os.environ
+
+
+def err_console() -> Console:
+    return Console(stderr=True, no_color=not use_color(), highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def spinner(message: str) -> Iterator[None]:
+    """A spinner on stderr while something slow runs (terminal only)."""
+    if not is_terminal(sys.stderr):
+        yield
+        return
+    with err_console().status(message, spinner="dots"):
+        yield
+
+
+class StreamPrinter:
+    """Writes streamed text as it arrives: answer to stdout, thinking (dim) to stderr."""
+
+    def __init__(self, *, show_thinking: bool = True):
+        self.show_thinking = show_thinking
+        self._dim = is_terminal(sys.stderr) and use_color()
+        self._in_thought = False
+        self._answer_started = False
+
+    def thinking(self, text: str) -> None:
+        if not self.show_thinking or not text:
+            return
+        if self._dim and not self._in_thought:
+            sys.stderr.write("\x1b[2m")
+        self._in_thought = True
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def answer(self, text: str) -> None:
+        if not text:
+            return
+        self._end_thought()
+        if not self._answer_started:
+            text = text.lstrip("\n")  # the answer after a thought often starts with a newline
+            self._answer_started = bool(text)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+    def _end_thought(self) -> None:
+        if self._in_thought:
+            sys.stderr.write("\x1b[0m\n" if self._dim else "\n")
+            sys.stderr.flush()
+            self._in_thought = False
+
+    def note(self, text: str) -> None:
+        """A one-line notice on stderr (dim on a terminal)."""
+        self._end_thought()
+        if self._dim:
+            sys.stderr.write(f"\x1b[2m{text}\x1b[0m\n")
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        self._end_thought()
+        if self._answer_started:
+            sys.stdout.write("\n")
+            sys.stdout.flush()

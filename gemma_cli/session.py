@@ -1,0 +1,212 @@
+"""A chat session: conversation history + prompt format + engine + reply parsing.
+
+The core of `gemma chat`, usable without the CLI. Gemma 4 models get our own prompt
+builder (`prompt`) and reply parser (`reply`); other GGUFs run through the chat template
+embedded in them (sandboxed), and base models without a template as plain completion.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+from gemma_cli import prompt as gemma_prompt
+from gemma_cli import reply
+
+if TYPE_CHECKING:
+    from gemma_cli.engine import Engine, Sampling, Step
+
+GEMMA4 = "gemma4"
+
+
+@dataclass
+class PromptFormat:
+    """How a model wants its conversation written: "gemma4", "template" or "plain"."""
+
+    kind: str
+    bos: str = ""
+    eos: str = ""
+    template: str | None = None
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None, *, thinking: bool = False,
+               add_generation_prompt: bool = True) -> str:
+        if self.kind == GEMMA4:
+            return gemma_prompt.render(messages, tools, thinking=thinking,
+                                       add_generation_prompt=add_generation_prompt, bos=self.bos or "<bos>")
+        if self.kind == "template":
+            from gemma_cli.template import render_template
+
+            return render_template(self.template or "", messages, bos=self.bos, eos=self.eos,
+                                   add_generation_prompt=add_generation_prompt, tools=tools,
+                                   enable_thinking=thinking)
+        return self.bos + "".join(_text_of(m) for m in messages if m.get("role") != "system")
+
+    @property
+    def notice(self) -> str | None:
+        if self.kind == "plain":
+            return "this model has no chat template (a base model): running as plain text completion"
+        return None
+
+
+def format_for(architecture: str, chat_template: str | None, bos: str, eos: str, add_bos: bool = True) -> PromptFormat:
+    if architecture == GEMMA4:
+        return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos)
+    if chat_template:
+        return PromptFormat("template", bos=bos, eos=eos, template=chat_template)
+    return PromptFormat("plain", bos=bos if add_bos else "", eos=eos)
+
+
+def format_of_header(header) -> PromptFormat:
+    """The prompt format of a GGUF, from its header alone (no weights loaded)."""
+    return format_for(
+        header.architecture,
+        header.chat_template,
+        header.token_text(header.get("tokenizer.ggml.bos_token_id")),
+        header.token_text(header.get("tokenizer.ggml.eos_token_id")),
+        bool(header.get("tokenizer.ggml.add_bos_token", True)),
+    )
+
+
+def _text_of(message: dict) -> str:
+    content = message.get("content") or ""
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    generated_tokens: int = 0
+    ttft: float = 0.0
+    tps: float = 0.0
+    finish_reason: str | None = None
+
+    @classmethod
+    def of(cls, step: "Step") -> "Stats":
+        return cls(step.prompt_tokens, step.reused_tokens, step.generated_tokens, step.ttft, step.tps, step.finish_reason)
+
+
+@dataclass
+class Result:
+    """One model turn, parsed."""
+
+    answer: str = ""
+    thinking: str = ""
+    tool_calls: list[reply.ToolCall] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+    interrupted: bool = False
+
+    @property
+    def thought_only(self) -> bool:
+        """Thinking used the whole budget and no answer came (say so instead of printing nothing)."""
+        return bool(self.thinking) and not self.answer.strip() and not self.tool_calls and self.stats.finish_reason == "length"
+
+
+@dataclass
+class Done:
+    """The last event of a turn."""
+
+    result: Result
+
+
+# ---------------------------------------------------------------- session
+
+
+class ChatSession:
+    def __init__(self, engine: "Engine", fmt: PromptFormat, *, sampling: "Sampling", max_tokens: int | None = None,
+                 think: bool = False, system: str | None = None, tools: list[dict] | None = None):
+        self.engine = engine
+        self.format = fmt
+        self.sampling = sampling
+        self.max_tokens = max_tokens
+        self.think = think
+        self.tools = tools or None
+        self.messages: list[dict] = []
+        if system:
+            self.messages.append({"role": "system", "content": system})
+
+    # ---- prompt
+
+    def prompt_text(self) -> str:
+        return self.format.render(self.messages, self.tools, thinking=self.think)
+
+    def _prompt_tokens(self) -> tuple[list[int], int | None]:
+        """The prompt's tokens and where its generation prompt starts (a KV checkpoint spot)."""
+        full = self.prompt_text()
+        head = self.format.render(self.messages, self.tools, thinking=self.think, add_generation_prompt=False)
+        tokens = self.engine.tokenize(full)
+        if not full.startswith(head) or len(full) == len(head):
+            return tokens, None
+        return tokens, len(tokens) - len(self.engine.tokenize(full[len(head):]))
+
+    # ---- turns
+
+    def send(self, content: str | list[dict]) -> Iterator[object]:
+        """Add a user turn and stream the model's reply (events from `reply`, then Done)."""
+        self.messages.append({"role": "user", "content": content})
+        return self.generate()
+
+    def generate(self) -> Iterator[object]:
+        tokens, checkpoint = self._prompt_tokens()
+        parse = self.format.kind == GEMMA4
+        parser = reply.ReplyParser()
+        result = Result()
+        stream = self.engine.stream_generate(tokens, max_tokens=self.max_tokens, sampling=self.sampling,
+                                             checkpoint_at=checkpoint)
+        try:
+            for step in stream:
+                result.stats = Stats.of(step)
+                events = parser.feed(step.text) if parse else _as_answer(step.text)
+                yield from _collect(events, result)
+            yield from _collect(parser.close() if parse else [], result)
+        except (KeyboardInterrupt, GeneratorExit):
+            result.interrupted = True
+            stream.close()
+            self._record(result)
+            raise
+        self._record(result)
+        yield Done(result)
+
+    def _record(self, result: Result) -> None:
+        """Keep the model's turn in the history: its answer (and tool calls), never its thinking."""
+        message: dict = {"role": "assistant", "content": result.answer}
+        if result.tool_calls:
+            message["tool_calls"] = [
+                {"id": f"call_{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for i, c in enumerate(result.tool_calls)
+            ]
+            if result.thinking:
+                message["reasoning_content"] = result.thinking
+        self.messages.append(message)
+
+    def retry(self) -> Iterator[object]:
+        """Drop the last model turn and generate it again."""
+        while self.messages and self.messages[-1]["role"] in ("assistant", "tool"):
+            self.messages.pop()
+        return self.generate()
+
+    def clear(self) -> None:
+        self.messages = [m for m in self.messages[:1] if m["role"] == "system"]
+
+
+def _as_answer(text: str) -> list[object]:
+    return [reply.Answer(text)] if text else []
+
+
+def _collect(events, result: Result) -> Iterator[object]:
+    for event in events:
+        if isinstance(event, reply.Answer):
+            result.answer += event.text
+        elif isinstance(event, reply.Thinking):
+            result.thinking += event.text
+        elif isinstance(event, reply.ToolCall):
+            result.tool_calls.append(event)
+        elif isinstance(event, reply.ToolCallError):
+            result.errors.append(event.message)
+        yield event

@@ -1,0 +1,146 @@
+"""The engine on the real llama.cpp: generation, counters, KV reuse (incl. SWA), UTF-8 safety."""
+
+from __future__ import annotations
+
+import pytest
+
+from gemma_cli.engine import Engine, Sampling
+from gemma_cli.errors import ContextOverflowError
+
+GREEDY = Sampling(temperature=0)
+
+
+def run(engine: Engine, prompt, **kw):
+    steps = list(engine.stream_generate(prompt, **kw))
+    return "".join(s.text for s in steps), steps[-1], steps
+
+
+@pytest.fixture(scope="module")
+def base(gemma3_base):
+    with Engine(gemma3_base, n_ctx=1024) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def tiny(e_model):
+    # The sliding-window Gemma 4 test model; n_ctx large enough to outgrow the SWA cache.
+    with Engine(e_model, n_ctx=2048, n_batch=64) as engine:
+        yield engine
+
+
+@pytest.mark.parametrize(
+    "prompt, expected",
+    [
+        ("The Eiffel Tower is located in the city of", "Paris"),
+        ("1, 2, 3, 4, 5,", " 6, 7"),
+    ],
+)
+def test_real_gemma3_continues_greedily(base, prompt, expected):
+    base.reset()
+    text, last, _ = run(base, "<bos>" + prompt, max_tokens=8, sampling=GREEDY)
+    assert expected in text
+    assert last.finish_reason == "length"
+    assert last.generated_tokens == 8
+
+
+def test_counters_report_prompt_generation_and_speed(base):
+    base.reset()
+    tokens = base.tokenize("<bos>Hello there, how are you")
+    text, last, steps = run(base, tokens, max_tokens=5, sampling=GREEDY)
+    assert last.prompt_tokens == len(tokens) and last.reused_tokens == 0
+    assert last.generated_tokens == 5 == len([s for s in steps if s.token is not None])
+    assert last.ttft > 0 and last.tps > 0
+
+
+def test_extending_prompt_evaluates_only_the_suffix(base):
+    base.reset()
+    first = base.tokenize("<bos>The capital of France is")
+    _, last, steps = run(base, first, max_tokens=4, sampling=GREEDY)
+    generated = [s.token for s in steps if s.token is not None]
+    follow = first + generated + base.tokenize(" And the capital of Spain is")
+    _, last2, _ = run(base, follow, max_tokens=4, sampling=GREEDY)
+    # all but the last generated token are in the cache (the last is never decoded)
+    assert last2.reused_tokens == len(first) + len(generated) - 1
+    assert last2.prompt_tokens == len(follow) - last2.reused_tokens
+
+
+def test_same_prompt_twice_reevaluates_one_token_and_repeats(base):
+    base.reset()
+    tokens = base.tokenize("<bos>Once upon a time")
+    a, _, _ = run(base, tokens, max_tokens=6, sampling=GREEDY)
+    b, last, _ = run(base, tokens, max_tokens=6, sampling=GREEDY)
+    assert a == b
+    assert last.prompt_tokens == 1 and last.reused_tokens == len(tokens) - 1
+
+
+def test_seed_makes_sampling_repeatable(base):
+    s = Sampling(temperature=1.0, seed=1234)
+    base.reset()
+    a, _, _ = run(base, "<bos>My favourite colour is", max_tokens=12, sampling=s)
+    base.reset()
+    b, _, _ = run(base, "<bos>My favourite colour is", max_tokens=12, sampling=s)
+    assert a == b
+
+
+def test_prompt_longer_than_context_is_an_error_before_evaluating(gemma3_base):
+    with Engine(gemma3_base, n_ctx=64) as engine:
+        with pytest.raises(ContextOverflowError, match="context holds 64"):
+            next(engine.stream_generate("word " * 200))
+        assert engine.cached_tokens == 0  # nothing was evaluated
+
+
+def test_generation_stops_at_the_context_end(gemma3_base):
+    with Engine(gemma3_base, n_ctx=64) as engine:
+        tokens = engine.tokenize("<bos>Count: 1, 2, 3, 4")
+        _, last, _ = run(engine, tokens, max_tokens=1000, sampling=GREEDY)
+        assert last.finish_reason == "length"
+        assert last.generated_tokens == 64 - len(tokens)
+
+
+def test_streamed_text_is_utf8_safe(tiny):
+    # Random weights emit byte tokens and broken UTF-8: every chunk must still be whole
+    # characters, and together they equal decoding all the bytes at once.
+    tiny.reset()
+    _, last, steps = run(tiny, "<bos>Grüße 👋 日本", max_tokens=60, sampling=Sampling(seed=7))
+    tokens = [s.token for s in steps if s.token is not None]
+    whole = b"".join(tiny.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
+    assert "".join(s.text for s in steps) == whole
+    assert all(isinstance(s.text, str) for s in steps)
+    for s in steps:
+        s.text.encode("utf-8")  # no lone surrogates
+
+
+def _fresh_greedy(path, tokens, n):
+    with Engine(path, n_ctx=2048, n_batch=64) as engine:
+        return run(engine, tokens, max_tokens=n, sampling=GREEDY)[0]
+
+
+def test_swa_model_reuses_prefix_within_window(tiny, e_model):
+    tiny.reset()
+    assert tiny.info.n_swa > 0
+    a = tiny.tokenize("<bos><|turn>user\nhello<turn|>\n<|turn>model\n")
+    run(tiny, a, max_tokens=3, sampling=GREEDY)
+    b = a + tiny.tokenize("more words here")
+    text, last, _ = run(tiny, b, max_tokens=5, sampling=GREEDY)
+    assert last.reused_tokens == len(a)
+    assert text == _fresh_greedy(e_model, b, 5)
+
+
+def test_swa_cut_beyond_window_falls_back_or_uses_checkpoint(tiny, e_model):
+    """After the SWA cache has dropped old positions, cutting back must not give wrong output."""
+    n_swa = tiny.info.n_swa
+    head = tiny.tokenize("<bos>" + "alpha beta gamma " * (n_swa // 2))
+    assert len(head) > n_swa
+    gen_prompt = tiny.tokenize("<|turn>model\n")
+    prompt = head + gen_prompt
+    for checkpoint in (None, len(head)):
+        tiny.reset()
+        # a long reply pushes the early positions out of the SWA cache
+        run(tiny, prompt, max_tokens=4 * n_swa, sampling=Sampling(seed=1), checkpoint_at=checkpoint)
+        follow = head + tiny.tokenize("<|turn>user\nnext<turn|>\n")
+        text, last, _ = run(tiny, follow, max_tokens=6, sampling=GREEDY)
+        if checkpoint is None:
+            assert last.reused_tokens == 0  # the window was lost: evaluate everything again
+        else:
+            assert last.reused_tokens == len(head)  # restored from the checkpoint
+        assert text == _fresh_greedy(e_model, follow, 6)
