@@ -1,4 +1,4 @@
-"""The engine: the only module that imports llama_cpp.
+"""The engine core: model, context, sampling, streamed generation, KV reuse.
 
 It loads a GGUF, keeps one llama.cpp context, and streams generated text token by token
 through llama.cpp's C API (not llama-cpp-python's high-level `Llama`, which re-evaluates
