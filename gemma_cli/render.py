@@ -87,3 +87,50 @@ class StreamPrinter:
         if self._answer_started:
             sys.stdout.write("\n")
             sys.stdout.flush()
+
+
+class MarkdownPrinter(StreamPrinter):
+    """The REPL's printer: the answer is re-rendered as Markdown while it streams."""
+
+    def __init__(self, *, show_thinking: bool = True):
+        super().__init__(show_thinking=show_thinking)
+        self._text = ""
+        self._live = None
+
+    def answer(self, text: str) -> None:
+        if not text:
+            return
+        self._end_thought()
+        self._text += text
+        if self._live is None:
+            from rich.live import Live
+
+            console = Console(highlight=False)
+            self._live = Live(console=console, refresh_per_second=10, vertical_overflow="visible", transient=False)
+            self._live.start()
+        from rich.markdown import Markdown
+
+        self._live.update(Markdown(self._text.lstrip("\n")))
+
+    def finish(self) -> None:
+        self._end_thought()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
+        self._text = ""
+
+
+def printer_for_repl(*, show_thinking: bool) -> StreamPrinter:
+    """Markdown on a colour terminal; plain streamed text otherwise (pipes, NO_COLOR)."""
+    if is_terminal(sys.stdout) and use_color():
+        return MarkdownPrinter(show_thinking=show_thinking)
+    return StreamPrinter(show_thinking=show_thinking)
+
+
+def status_line(stats) -> str:
+    """`42 tokens · 0.12 s to first token · 85.3 tok/s · prompt 120 (96 cached)`."""
+    parts = [f"{stats.generated_tokens} tokens", f"{stats.ttft:.2f} s to first token", f"{stats.tps:.1f} tok/s",
+             f"prompt {stats.prompt_tokens + stats.reused_tokens} ({stats.reused_tokens} cached)"]
+    if stats.finish_reason == "length":
+        parts.append("stopped at the token limit")
+    return " · ".join(parts)

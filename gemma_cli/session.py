@@ -177,13 +177,24 @@ class ChatSession:
         """Keep the model's turn in the history: its answer (and tool calls), never its thinking."""
         message: dict = {"role": "assistant", "content": result.answer}
         if result.tool_calls:
+            turn = len(self.messages)
             message["tool_calls"] = [
-                {"id": f"call_{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                {"id": f"call_{turn}_{i}", "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
                 for i, c in enumerate(result.tool_calls)
             ]
             if result.thinking:
                 message["reasoning_content"] = result.thinking
         self.messages.append(message)
+
+    def pending_calls(self) -> list[dict]:
+        """The tool calls of the last model turn (OpenAI shape, with ids)."""
+        last = self.messages[-1] if self.messages else {}
+        return list(last.get("tool_calls") or []) if last.get("role") == "assistant" else []
+
+    def add_tool_result(self, call: dict, value) -> None:
+        """Feed a tool's result back; the next `generate()` continues the same model turn."""
+        self.messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"],
+                              "content": value})
 
     def retry(self) -> Iterator[object]:
         """Drop the last model turn and generate it again."""
@@ -210,3 +221,52 @@ def _collect(events, result: Result) -> Iterator[object]:
         elif isinstance(event, reply.ToolCallError):
             result.errors.append(event.message)
         yield event
+
+
+# ---------------------------------------------------------------- tool loop
+
+
+@dataclass
+class ToolRun:
+    """A tool call the session handled: run (with its result) or declined."""
+
+    call: dict
+    approved: bool
+    result: object = None
+
+
+def converse(session: ChatSession, events: Iterator[object], toolbox=None, confirm=None,
+             max_rounds: int = 8) -> Iterator[object]:
+    """Stream a model turn and, while it calls tools that can run, run them and continue.
+
+    `confirm(call) -> bool` asks the user before each call (None: always yes). Declined
+    calls and errors go back to the model as error results, so it can carry on.
+    """
+    for round_no in range(max_rounds + 1):
+        result = None
+        for event in events:
+            if isinstance(event, Done):
+                result = event.result
+            yield event
+        calls = session.pending_calls()
+        if result is None or not calls or toolbox is None or not toolbox.runnable:
+            return
+        if round_no == max_rounds:
+            yield ToolRun({"function": {"name": "", "arguments": {}}}, False, f"stopped after {max_rounds} tool rounds")
+            return
+        for call in calls:
+            yield _run_call(session, toolbox, call, confirm)
+        events = session.generate()
+
+
+def _run_call(session: ChatSession, toolbox, call: dict, confirm) -> ToolRun:
+    from gemma_cli.tools import result_text
+
+    fn = call["function"]
+    if confirm is not None and not confirm(call):
+        value = {"error": "the user declined to run this tool"}
+        session.add_tool_result(call, value)
+        return ToolRun(call, False, value)
+    value = result_text(toolbox.run(fn["name"], fn.get("arguments")))
+    session.add_tool_result(call, value)
+    return ToolRun(call, True, value)

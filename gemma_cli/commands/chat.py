@@ -4,30 +4,41 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from gemma_cli import options as opt
-from gemma_cli.errors import UsageError
+from gemma_cli.errors import GemmaError, UsageError
 
 EXAMPLES = """
 [b]Examples[/b]
 
+  gemma chat                                     (interactive; /help inside)
   gemma chat "Why is the sky blue?"
   cat notes.txt | gemma chat "Summarise this"
   gemma chat --think "How many r's are in strawberry?"
-  gemma chat -m ./gemma-4-E4B-it-Q4_K_M.gguf --temperature 0 "Hello" --json
-  gemma chat "Hi" --print-prompt        (show the exact prompt; loads no weights)
+  gemma chat --tools examples/tools.py "What time is it in Tokyo?"
+  gemma chat --schema person.json "Invent a person"      (answer constrained to the schema)
+  gemma chat --continue                          (resume the last conversation)
+  gemma chat --load examples/conversation.json --print-prompt
 """
 
 
 def chat(
-    prompt: Annotated[Optional[str], typer.Argument(help="What to ask. Omit it for the interactive chat; stdin is read as context.")] = None,
+    prompt: Annotated[Optional[str], typer.Argument(help="What to ask. Omit it for the interactive chat; piped stdin is read as context.")] = None,
     model: opt.Model = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
-    think: Annotated[bool, typer.Option("--think/--no-think", help="Let the model think before it answers.")] = False,
+    think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think before it answers (default off).")] = None,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the thinking.")] = False,
+    tools: Annotated[Optional[Path], typer.Option("--tools", help="Tools: a .py file (its functions run after you confirm) or a .json file of declarations (calls are only shown).")] = None,
+    schema: Annotated[Optional[Path], typer.Option("--schema", help="JSON Schema file: the answer is constrained to it (thinking stays free).")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="'json': the answer is a JSON object.")] = None,
+    grammar: Annotated[Optional[Path], typer.Option("--grammar", help="GBNF grammar file constraining the output (llama.cpp syntax).")] = None,
+    load: Annotated[Optional[Path], typer.Option("--load", help="Start from a saved conversation (OpenAI chat JSON).")] = None,
+    resume: Annotated[bool, typer.Option("--continue", help="Resume the last conversation.")] = False,
+    max_tool_rounds: Annotated[int, typer.Option("--max-tool-rounds", min=0, help="Most tool-call rounds per answer.")] = 8,
     max_tokens: opt.MaxTokens = None,
     temperature: opt.Temperature = None,
     top_p: opt.TopP = None,
@@ -41,28 +52,53 @@ def chat(
     yes: opt.Yes = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
-    """Chat with a model: one answer for a prompt, or an interactive chat."""
-    from gemma_cli import config
+    """Chat with a model: one answer for a prompt, or an interactive chat on a terminal."""
+    from gemma_cli import config, conversation, paths
 
     settings = config.load()
     text = _read_input(prompt)
-    sampling = _sampling(settings, temperature, top_p, top_k, seed)
-    path = _locate(settings.pick("model", model), yes)
+    conv = _start_conversation(load, resume)
+    saved = conv.settings
+    think = think if think is not None else bool(saved.get("think", False))
+    toolbox = _load_tools(tools)
+    declarations = toolbox.declarations if toolbox else (conv.tools or None)
+    sampling = _sampling(settings, saved, temperature, top_p, top_k, seed)
+    sampling.grammar, sampling.grammar_trigger = _constraint(schema, fmt, grammar, think)
+    path = _locate(settings.pick("model", model or conv.model), yes)
+    messages = list(conv.messages)
+    if system is not None:
+        messages = [m for m in messages if m["role"] != "system"]
+        messages.insert(0, {"role": "system", "content": system})
     if print_prompt:
-        return _print_prompt(path, system, think, text)
-    if text is None:
-        raise UsageError("no prompt given and stdin is not a terminal", 'pass a prompt: gemma chat "…"')
+        return _print_prompt(path, messages, declarations, think, text)
+    interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
+    if text is None and not interactive:
+        raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
+
     from gemma_cli.commands.loading import open_engine
     from gemma_cli.session import ChatSession, format_for
 
     engine = open_engine(path, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                          gpu_layers=settings.pick("gpu_layers", gpu_layers), verbose=verbose)
     info = engine.info
-    fmt = format_for(info.architecture, info.chat_template, info.bos, info.eos,
-                     bool(info.meta.get("tokenizer.ggml.add_bos_token", True)))
-    session = ChatSession(engine, fmt, sampling=sampling, max_tokens=settings.pick("max_tokens", max_tokens),
-                          think=think, system=system)
-    _one_shot(session, text, show_thinking=not hide_thinking, as_json=as_json)
+    prompt_format = format_for(info.architecture, info.chat_template, info.bos, info.eos,
+                               bool(info.meta.get("tokenizer.ggml.add_bos_token", True)))
+    session = ChatSession(engine, prompt_format, sampling=sampling,
+                          max_tokens=settings.pick("max_tokens", max_tokens or saved.get("max_tokens")),
+                          think=think, tools=declarations)
+    session.messages = messages
+    confirm = None if yes else _confirm
+    if interactive:
+        from gemma_cli.commands.repl import Repl
+
+        if prompt_format.notice:
+            sys.stderr.write(prompt_format.notice + "\n")
+        Repl(session, path.name, toolbox, confirm, show_thinking=not hide_thinking,
+             autosave=paths.last_conversation(), max_tool_rounds=max_tool_rounds).run()
+        return
+    _one_shot(session, text, toolbox, confirm, max_tool_rounds, show_thinking=not hide_thinking, as_json=as_json)
+    conversation.save(conversation.Conversation(session.messages, declarations or [], {"think": think}, path.name),
+                      paths.last_conversation())
 
 
 def _read_input(prompt: str | None) -> str | None:
@@ -75,15 +111,70 @@ def _read_input(prompt: str | None) -> str | None:
     return prompt if prompt is not None else piped
 
 
-def _sampling(settings, temperature, top_p, top_k, seed):
+def _start_conversation(load: Path | None, resume: bool):
+    from gemma_cli import conversation, paths
+
+    if load and resume:
+        raise UsageError("--load and --continue both name a conversation", "use one of them")
+    if load:
+        return conversation.load(load)
+    if resume:
+        last = paths.last_conversation()
+        if not last.exists():
+            raise GemmaError("there is no earlier conversation to continue", f"it is saved in {last} after a chat")
+        return conversation.load(last)
+    return conversation.Conversation()
+
+
+def _load_tools(path: Path | None):
+    if path is None:
+        return None
+    from gemma_cli import tools
+
+    return tools.load(path)
+
+
+def _constraint(schema: Path | None, fmt: str | None, grammar: Path | None, think: bool) -> tuple[str | None, str | None]:
+    """The GBNF for --schema/--format json/--grammar, and (with thinking) the trigger after the thought."""
+    if fmt not in (None, "json"):
+        raise UsageError(f"unknown --format {fmt!r}", "the only format is 'json' (or use --schema FILE)")
+    chosen = [x for x in (schema, fmt, grammar) if x]
+    if len(chosen) > 1:
+        raise UsageError("--schema, --format and --grammar each constrain the answer", "use one of them")
+    if not chosen:
+        return None, None
+    if grammar:
+        gbnf = _read_text(grammar, "grammar")
+    else:
+        from gemma_cli.engine.core import schema_to_grammar
+
+        gbnf = schema_to_grammar(_read_schema(schema) if schema else None)
+    # With thinking on, the thought runs free: the grammar starts after `<channel|>`.
+    return gbnf, (r"[\s\S]*?<channel\|>([\s\S]*)" if think else None)
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise GemmaError(f"cannot read {what} file {path}: {e.strerror or e}", "check the path") from None
+
+
+def _read_schema(path: Path) -> dict:
+    try:
+        return json.loads(_read_text(path, "schema"))
+    except json.JSONDecodeError as e:
+        raise GemmaError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})", "a schema is a JSON Schema object") from None
+
+
+def _sampling(settings, saved: dict, temperature, top_p, top_k, seed):
     from gemma_cli.engine import Sampling
 
-    return Sampling(
-        temperature=settings.pick("temperature", temperature),
-        top_p=settings.pick("top_p", top_p),
-        top_k=settings.pick("top_k", top_k),
-        seed=settings.pick("seed", seed),
-    )
+    def pick(key, flag):
+        return settings.pick(key, flag if flag is not None else saved.get(key))
+
+    return Sampling(temperature=pick("temperature", temperature), top_p=pick("top_p", top_p),
+                    top_k=pick("top_k", top_k), seed=pick("seed", seed))
 
 
 def _locate(model, yes):
@@ -92,32 +183,41 @@ def _locate(model, yes):
     return locate_path(model, yes=yes)
 
 
-def _print_prompt(path, system, think, text) -> None:
+def _print_prompt(path, messages: list[dict], tools, think: bool, text: str | None) -> None:
     from gemma_cli.gguf_header import read_header
     from gemma_cli.session import format_of_header
 
     fmt = format_of_header(read_header(path))
-    messages = [{"role": "system", "content": system}] if system else []
     if text is not None:
-        messages.append({"role": "user", "content": text})
-    sys.stdout.write(fmt.render(messages, thinking=think))
+        messages = messages + [{"role": "user", "content": text}]
+    sys.stdout.write(fmt.render(messages, tools, thinking=think))
     sys.stdout.flush()
 
 
-def _one_shot(session, text: str, *, show_thinking: bool, as_json: bool) -> None:
+def _confirm(call: dict) -> bool:
+    from gemma_cli.commands.repl import confirm_on_terminal
+
+    return confirm_on_terminal(call)
+
+
+def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thinking: bool, as_json: bool) -> None:
     from gemma_cli import reply
     from gemma_cli.render import StreamPrinter
-    from gemma_cli.session import Done
+    from gemma_cli.session import Done, ToolRun, converse
 
     printer = StreamPrinter(show_thinking=show_thinking and not as_json)
     if session.format.notice:
         printer.note(session.format.notice)
-    result = None
-    events = session.send(text)
+    results, runs = [], []
+    events = converse(session, session.send(text), toolbox, confirm, max_rounds)
     try:
         for event in events:
             if isinstance(event, Done):
-                result = event.result
+                results.append(event.result)
+            elif isinstance(event, ToolRun):
+                runs.append(event)
+                if not as_json:
+                    printer.note(f"  {'result' if event.approved else 'not run'}: {json.dumps(event.result, ensure_ascii=False, default=str)[:200]}")
             elif as_json:
                 continue
             elif isinstance(event, reply.Thinking):
@@ -125,30 +225,32 @@ def _one_shot(session, text: str, *, show_thinking: bool, as_json: bool) -> None
             elif isinstance(event, reply.Answer):
                 printer.answer(event.text)
             elif isinstance(event, reply.ToolCall):
-                printer.note(f"tool call: {event.name}({json.dumps(event.arguments, ensure_ascii=False)})")
+                printer.note(f"→ {event.name}({json.dumps(event.arguments, ensure_ascii=False)})")
     finally:
         events.close()
     printer.finish()
-    if result is None:
+    if not results:
         return
     if as_json:
-        sys.stdout.write(json.dumps(_as_json(result), ensure_ascii=False) + "\n")
-    elif result.thought_only:
+        sys.stdout.write(json.dumps(_as_json(results, runs), ensure_ascii=False) + "\n")
+    elif results[-1].thought_only:
         printer.note("the model used all its tokens thinking and gave no answer: raise --max-tokens or use --no-think")
 
 
-def _as_json(result) -> dict:
-    s = result.stats
+def _as_json(results: list, runs: list) -> dict:
+    last = results[-1]
+    s = last.stats
     return {
-        "answer": result.answer,
-        "thinking": result.thinking,
-        "tool_calls": [{"name": c.name, "arguments": c.arguments} for c in result.tool_calls],
-        "errors": result.errors,
+        "answer": "".join(r.answer for r in results),
+        "thinking": "".join(r.thinking for r in results),
+        "tool_calls": [{"name": c.name, "arguments": c.arguments} for r in results for c in r.tool_calls],
+        "tool_results": [{"name": t.call["function"]["name"], "ran": t.approved, "result": t.result} for t in runs],
+        "errors": [e for r in results for e in r.errors],
         "stats": {
-            "prompt_tokens": s.prompt_tokens,
-            "reused_tokens": s.reused_tokens,
-            "generated_tokens": s.generated_tokens,
-            "ttft_s": round(s.ttft, 4),
+            "prompt_tokens": sum(r.stats.prompt_tokens for r in results),
+            "reused_tokens": sum(r.stats.reused_tokens for r in results),
+            "generated_tokens": sum(r.stats.generated_tokens for r in results),
+            "ttft_s": round(results[0].stats.ttft, 4),
             "tokens_per_s": round(s.tps, 2),
             "finish_reason": s.finish_reason,
         },

@@ -72,7 +72,10 @@ class Sampling:
     top_p: float = 0.95
     top_k: int = 64
     seed: int | None = None
-    grammar: str | None = None  # GBNF; constrains every generated token
+    grammar: str | None = None  # GBNF; constrains the generated text
+    # A regex: the grammar applies only from its first capture group on (lazy grammar),
+    # so a thought can run free and only the answer after it is constrained.
+    grammar_trigger: str | None = None
 
 
 @dataclass
@@ -456,10 +459,29 @@ def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
     return ctx
 
 
+def _new_grammar(vocab, gbnf: str, trigger: str | None):
+    if not trigger:
+        return ll.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
+    patterns = (ctypes.c_char_p * 1)(trigger.encode("utf-8"))
+    no_tokens = (ll.llama_token * 1)()
+    return ll.llama_sampler_init_grammar_lazy_patterns(vocab, gbnf.encode("utf-8"), b"root", patterns, 1, no_tokens, 0)
+
+
+def schema_to_grammar(schema: dict | None) -> str:
+    """GBNF for a JSON Schema (llama.cpp's converter); `None` means any JSON object."""
+    import json
+
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if schema is None:
+        return JSON_GBNF
+    return json_schema_to_gbnf(json.dumps(schema))
+
+
 def _new_sampler(vocab, s: Sampling):
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
     if s.grammar:
-        grammar = ll.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
+        grammar = _new_grammar(vocab, s.grammar, s.grammar_trigger)
         if not grammar:
             ll.llama_sampler_free(chain)
             raise GemmaError("the output grammar is invalid", "check the JSON schema or GBNF")

@@ -1,0 +1,45 @@
+"""Where gemma keeps its files. `GEMMA_HOME` puts everything under one folder (tests use it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+APP = "gemma-cli"
+
+
+def _home() -> Path | None:
+    home = os.environ.get("GEMMA_HOME")
+    return Path(home).expanduser() if home else None
+
+
+def config_dir() -> Path:
+    home = _home()
+    if home:
+        return home / "config"
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP))
+
+
+def data_dir() -> Path:
+    home = _home()
+    if home:
+        return home / "data"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir(APP))
+
+
+def conversations_dir() -> Path:
+    return data_dir() / "conversations"
+
+
+def last_conversation() -> Path:
+    """The autosaved conversation `gemma chat --continue` resumes."""
+    return conversations_dir() / "last.json"
+
+
+def history_file() -> Path:
+    """Up-arrow history of the interactive chat, kept across sessions."""
+    return data_dir() / "chat_history"
