@@ -1,0 +1,136 @@
+"""`gemma_cli.template.render_template`: embedded chat templates, rendered only in the sandbox."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from gemma_cli.errors import GemmaError, ModelError
+from gemma_cli.prompt import render
+from gemma_cli.template import render_template
+
+CHATML = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+HI = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"}]
+
+
+def test_chatml():
+    assert render_template(CHATML, HI, bos="<s>", eos="</s>") == (
+        "<s><|im_start|>system\nBe kind.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert render_template(CHATML, HI, bos="", eos="", add_generation_prompt=False).endswith("Hi<|im_end|>\n")
+
+
+def test_trim_and_lstrip_blocks():
+    # As transformers: the newline after a block tag and the indentation before it are dropped.
+    template = "{% for m in messages %}\n    {% if m.role == 'user' %}\n[{{ m.content }}]\n    {% endif %}\n{% endfor %}"
+    assert render_template(template, HI, bos="", eos="") == "[Hi]\n"
+
+
+def test_globals_and_extra_variables():
+    template = (
+        "{{ eos_token }}|{{ tools | length }}|{{ enable_thinking }}|{{ strftime_now('%Y') | length }}|"
+        "{{ {'k': 'é<'} | tojson }}|{% for x in [1, 2, 3] %}{% if x == 2 %}{% break %}{% endif %}{{ x }}{% endfor %}|"
+        "{% generation %}kept{% endgeneration %}"
+    )
+    out = render_template(template, HI, bos="", eos="</s>", tools=[{"a": 1}], enable_thinking=True)
+    assert out == '</s>|1|True|4|{"k": "é<"}|1|kept'
+
+
+def test_raise_exception():
+    template = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must alternate\nuser/assistant') }}{% endif %}"
+    with pytest.raises(ModelError, match="refused the conversation: Conversation roles must alternate user/assistant") as info:
+        render_template(template, HI, bos="", eos="")
+    assert "\n" not in info.value.message
+    assert isinstance(info.value, GemmaError) and info.value.hint
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        pytest.param("{{ ''.__class__.__mro__[1].__subclasses__() }}", id="subclasses"),
+        pytest.param("{{ messages.__class__.__mro__ }}", id="mro"),
+        pytest.param("{{ cycler.__init__.__globals__.os.popen('id').read() }}", id="globals"),
+        pytest.param("{% set x = messages.append({'role': 'user'}) %}", id="append-to-messages"),
+        pytest.param("{% set l = [1] %}{{ l.append(2) }}", id="append-to-list"),
+        pytest.param("{% set d = {} %}{{ d.update({'a': 1}) }}", id="update-dict"),
+        pytest.param("{{ messages[0].pop('role') }}", id="pop-from-message"),
+    ],
+)
+def test_sandbox_blocks_escapes_and_mutation(template):
+    messages = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(ModelError, match="unsafe|undefined|failed"):
+        render_template(template, messages, bos="", eos="")
+    assert messages == [{"role": "user", "content": "Hi"}]
+
+
+def test_printing_an_unsafe_attribute_leaks_nothing():
+    # The sandbox answers a lone unsafe attribute with an empty Undefined (as on the Hub); only
+    # going further through it raises.
+    assert render_template("[{{ raise_exception.__globals__ }}][{{ ''.__class__ }}]", HI, bos="", eos="") == "[][]"
+
+
+def test_mutation_is_a_security_error():
+    with pytest.raises(ModelError, match="unsafe operation"):
+        render_template("{% set l = [1] %}{{ l.append(2) }}", HI, bos="", eos="")
+    with pytest.raises(ModelError, match="unsafe operation"):
+        render_template("{{ ''.__class__.__mro__ }}", HI, bos="", eos="")
+
+
+def test_syntax_error_is_one_line():
+    with pytest.raises(ModelError, match=r"not valid Jinja \(line 2\)") as info:
+        render_template("ok\n{% for x in %}", HI, bos="", eos="")
+    assert "\n" not in info.value.message
+
+
+def test_runtime_error_is_a_model_error():
+    with pytest.raises(ModelError, match="TypeError"):
+        render_template("{{ 'a' + 1 }}", HI, bos="", eos="")
+    with pytest.raises(ModelError, match="undefined"):
+        render_template("{{ nothing.there }}", HI, bos="", eos="")
+
+
+USER = {"role": "user", "content": "Weather in Paris?"}
+CALL = {
+    "role": "assistant",
+    "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}],
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
+
+
+@pytest.mark.parametrize(
+    ("messages", "tools", "thinking"),
+    [
+        pytest.param([USER], None, False, id="plain"),
+        pytest.param([{"role": "system", "content": "Short."}, USER], None, True, id="system-thinking"),
+        pytest.param([USER, CALL, {"role": "tool", "tool_call_id": "c1", "content": "21"}], TOOLS, False, id="tools"),
+        pytest.param(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is this?"}]}], None, False, id="image"
+        ),
+    ],
+)
+def test_official_template_equals_prompt_render(official_template, messages, tools, thinking):
+    rendered = render_template(official_template, messages, bos="<bos>", eos="<eos>", tools=tools, enable_thinking=thinking)
+    assert rendered == render(messages, tools, thinking=thinking)
+
+
+def test_jinja_imported_lazily():
+    code = "import sys, gemma_cli.template; sys.exit('jinja2' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
