@@ -90,6 +90,8 @@ class Step:
     ttft: float  # seconds from the call to the first generated token
     tps: float  # decode speed so far, tokens per second
     finish_reason: str | None = None  # "stop" (end of turn / EOS), "length"; None while streaming
+    drafted: int = 0  # speculative decoding (engine.draft): tokens drafted so far
+    accepted: int = 0  # ... and kept, having matched what the model picked
 
 
 @dataclass
@@ -158,10 +160,21 @@ class Engine:
         self._cached: list[int] = []  # tokens in the KV cache of sequence 0, position i = index i
         self._checkpoints: list[_Checkpoint] = []
         self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
+        self.n_gpu_layers = n_gpu_layers
+        self.draft = None  # a draft.Drafter once attach_draft() is called: speculative decoding
 
     # ---- lifecycle
 
+    def attach_draft(self, drafter) -> None:
+        """Decode with `drafter` (see engine.draft) from now on; None: plain decoding."""
+        if self.draft is not None and self.draft is not drafter:
+            self.draft.close()
+        self.draft = drafter
+
     def close(self) -> None:
+        if getattr(self, "draft", None) is not None:  # its context reads ours: free it first
+            self.draft.close()
+            self.draft = None
         if getattr(self, "_batch", None) is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
@@ -236,7 +249,10 @@ class Engine:
         try:
             t0 = time.perf_counter()
             evaluated, reused = self._prefill(tokens, checkpoint_at)
-            yield from self._decode_loop(sampler, max_tokens, evaluated, reused, t0)
+            if self.draft is not None:
+                yield from self.draft.decode(self, sampler, max_tokens, evaluated, reused, t0)
+            else:
+                yield from self._decode_loop(sampler, max_tokens, evaluated, reused, t0)
         finally:
             ll.llama_sampler_free(sampler)
 
@@ -371,6 +387,10 @@ class Engine:
         if logits_last:
             b.logits[n - 1] = 1
         b.n_tokens = n
+
+    def swa_pos_min(self) -> int:
+        """The oldest position the (sliding-window) KV cache of sequence 0 still holds."""
+        return ll.llama_memory_seq_pos_min(self._mem, 0)
 
     @property
     def cached_tokens(self) -> int:

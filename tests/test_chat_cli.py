@@ -1,0 +1,142 @@
+"""`gemma chat` one-shot through the real CLI and engine; errors as one line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from gemma_cli import prompt
+from tests.clitools import assert_one_line_error, run_gemma
+
+GREEDY = ["--temperature", "0"]
+
+
+def test_real_base_model_answers_paris(gemma3_base, tmp_path):
+    proc = run_gemma("chat", "The Eiffel Tower is located in the city of", "--model", gemma3_base,
+                     "--max-tokens", "8", *GREEDY, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Paris" in proc.stdout
+    # a base model has no template: plain completion, said once on stderr, not on stdout
+    assert "plain text completion" in proc.stderr
+    assert "plain text completion" not in proc.stdout
+
+
+def test_real_base_model_counts_on(gemma3_base, tmp_path):
+    proc = run_gemma("chat", "1, 2, 3, 4, 5,", "--model", gemma3_base, "--max-tokens", "6", *GREEDY, home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(" 6, 7")
+
+
+def test_piped_prompt_works_like_an_argument(gemma3_base, tmp_path):
+    piped = run_gemma("chat", "--model", gemma3_base, "--max-tokens", "6", *GREEDY, home=tmp_path,
+                      input="1, 2, 3, 4, 5,")
+    argued = run_gemma("chat", "1, 2, 3, 4, 5,", "--model", gemma3_base, "--max-tokens", "6", *GREEDY, home=tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout == argued.stdout
+
+
+def test_print_prompt_is_the_gemma4_prompt_and_loads_nothing(e_model, tmp_path):
+    proc = run_gemma("chat", "Hi there", "--model", e_model, "--system", "Be brief.", "--print-prompt",
+                     home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    expected = prompt.render([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}])
+    assert proc.stdout == expected
+    assert proc.stdout.endswith("<|turn>model\n<|channel>thought\n<channel|>")
+
+
+def test_print_prompt_with_think(e_model, tmp_path):
+    proc = run_gemma("chat", "Hi", "--model", e_model, "--think", "--print-prompt", home=tmp_path)
+    assert proc.stdout == "<bos><|turn>system\n<|think|>\n<turn|>\n<|turn>user\nHi<turn|>\n<|turn>model\n"
+
+
+def test_json_output_parses_with_stats(e_model, tmp_path):
+    proc = run_gemma("chat", "Hello", "--model", e_model, "--max-tokens", "12", "--seed", "3", "--json",
+                     home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert set(data) >= {"answer", "thinking", "tool_calls", "stats"}
+    assert data["stats"]["generated_tokens"] <= 12
+    assert data["stats"]["prompt_tokens"] > 5
+
+
+def test_thinking_goes_to_stderr_answer_to_stdout(e_model, tmp_path):
+    # The random model may or may not "think"; what must hold: stdout has no thinking markers.
+    proc = run_gemma("chat", "Hello", "--model", e_model, "--max-tokens", "40", "--seed", "5", "--think",
+                     home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "<|channel>" not in proc.stdout and "<channel|>" not in proc.stdout
+
+
+def test_missing_model_file(tmp_path):
+    proc = run_gemma("chat", "hi", "--model", tmp_path / "nope.gguf", home=tmp_path)
+    assert_one_line_error(proc, "model file not found", "nope.gguf")
+
+
+def test_file_that_is_not_gguf(tmp_path):
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("just some text, not a model\n")
+    proc = run_gemma("chat", "hi", "--model", bad, home=tmp_path)
+    assert_one_line_error(proc, "not a GGUF model file", "notes.gguf")
+
+
+def test_truncated_gguf(e_model, tmp_path):
+    cut = tmp_path / "cut.gguf"
+    data = e_model.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    proc = run_gemma("chat", "hi", "--model", cut, home=tmp_path)
+    assert_one_line_error(proc, "truncated or damaged", "cut.gguf")
+
+
+def test_truncated_header(e_model, tmp_path):
+    cut = tmp_path / "head.gguf"
+    cut.write_bytes(e_model.read_bytes()[:100])
+    proc = run_gemma("chat", "hi", "--model", cut, home=tmp_path)
+    assert_one_line_error(proc, "truncated or damaged")
+
+
+def test_unknown_architecture(tmp_path):
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "alien.gguf"
+    w = gguf.GGUFWriter(str(path), "zorblax")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    proc = run_gemma("chat", "hi", "--model", path, home=tmp_path)
+    assert_one_line_error(proc, "zorblax")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    proc = run_gemma("chat", "hi", "--model", tmp_path / "nope.gguf", home=tmp_path, GEMMA_DEBUG="1")
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr
+
+
+def test_prompt_longer_than_context_is_one_line(gemma3_base, tmp_path):
+    proc = run_gemma("chat", "word " * 400, "--model", gemma3_base, "--ctx", "128", home=tmp_path)
+    assert_one_line_error(proc, "context holds 128")
+
+
+def test_no_prompt_and_empty_stdin_is_a_usage_error(e_model, tmp_path):
+    proc = run_gemma("chat", "--model", e_model, home=tmp_path, input="")
+    assert_one_line_error(proc, "no prompt")
+    assert proc.returncode == 2
+
+
+def test_output_to_a_closed_pipe_is_quiet(gemma3_base, tmp_path):
+    if shutil.which("head") is None:
+        pytest.skip("needs head")
+    import subprocess
+    import sys
+
+    from tests.clitools import gemma_env
+
+    cmd = f'"{sys.executable}" -m gemma_cli chat "Tell me a story" --model "{gemma3_base}" --max-tokens 200 | head -c 5'
+    proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=gemma_env(tmp_path), timeout=120)
+    assert "Traceback" not in proc.stderr

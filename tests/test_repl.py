@@ -1,0 +1,201 @@
+"""The interactive chat driven in a real pseudo-terminal (pexpect) on real models."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+
+import pexpect
+import pytest
+
+from tests.clitools import gemma_env
+
+PROMPT = ">>> "
+STATUS = re.compile(r"\d+ tokens · [\d.]+ s to first token")
+
+
+def spawn(home, *args) -> pexpect.spawn:
+    child = pexpect.spawn(sys.executable, ["-m", "gemma_cli", "chat", *map(str, args)], env=gemma_env(home),
+                          encoding="utf-8", timeout=90, dimensions=(40, 120))
+    child.expect_exact(PROMPT)
+    return child
+
+
+def say(child: pexpect.spawn, text: str) -> str:
+    child.sendline(text)
+    child.expect(STATUS)
+    out = child.before
+    child.expect_exact(PROMPT)
+    return out
+
+
+def command(child: pexpect.spawn, text: str) -> str:
+    child.sendline(text)
+    child.expect_exact(PROMPT)
+    return child.before
+
+
+def leave(child: pexpect.spawn) -> None:
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+@pytest.fixture
+def tiny_chat(e_model, tmp_path):
+    child = spawn(tmp_path, "--model", e_model, "--max-tokens", "16", "--seed", "1")
+    yield child
+    if child.isalive():
+        child.terminate(force=True)
+
+
+def saved(tmp_path, child, name="conv.json") -> dict:
+    path = tmp_path / name
+    command(child, f"/save {path}")
+    return json.loads(path.read_text())
+
+
+def test_two_turns_then_stats_show_the_cache_reused(tiny_chat, tmp_path):
+    say(tiny_chat, "hello there")
+    say(tiny_chat, "and a second question")
+    stats = command(tiny_chat, "/stats")
+    cached = int(re.search(r"prompt tokens cached\s+(\d+)", stats).group(1))
+    evaluated = int(re.search(r"prompt tokens evaluated\s+(\d+)", stats).group(1))
+    assert cached > 10 and evaluated < cached
+    data = saved(tmp_path, tiny_chat)
+    assert [m["role"] for m in data["messages"]] == ["user", "assistant", "user", "assistant"]
+    leave(tiny_chat)
+
+
+def test_think_on_changes_the_prompt(tiny_chat, tmp_path):
+    assert "thinking on" in command(tiny_chat, "/think on")
+    assert re.search(r"thinking\s+on", command(tiny_chat, "/show"))
+    say(tiny_chat, "think about this")
+    assert saved(tmp_path, tiny_chat)["settings"]["think"] is True
+    leave(tiny_chat)
+
+
+def test_multiline_input(tiny_chat, tmp_path):
+    tiny_chat.sendline('"""')
+    tiny_chat.sendline("line one")
+    tiny_chat.sendline("line two")
+    tiny_chat.sendline('"""')
+    tiny_chat.expect(STATUS)
+    tiny_chat.expect_exact(PROMPT)
+    assert saved(tmp_path, tiny_chat)["messages"][0] == {"role": "user", "content": "line one\nline two"}
+    leave(tiny_chat)
+
+
+def test_save_clear_load_round_trip(tiny_chat, tmp_path):
+    command(tiny_chat, "/system You are terse.")
+    say(tiny_chat, "first")
+    before = saved(tmp_path, tiny_chat, "a.json")
+    command(tiny_chat, "/clear")
+    assert saved(tmp_path, tiny_chat, "b.json")["messages"] == [{"role": "system", "content": "You are terse."}]
+    command(tiny_chat, f"/load {tmp_path / 'a.json'}")
+    assert saved(tmp_path, tiny_chat, "c.json")["messages"] == before["messages"]
+    leave(tiny_chat)
+
+
+def test_set_and_unknown_command_suggestion(tiny_chat):
+    assert "temperature = 0.5" in command(tiny_chat, "/set temperature 0.5")
+    assert "needs a float" in command(tiny_chat, "/set temperature warm")
+    assert "did you mean /think" in command(tiny_chat, "/thnk on")
+    leave(tiny_chat)
+
+
+def test_continue_resumes_the_autosaved_conversation(e_model, tmp_path):
+    child = spawn(tmp_path, "--model", e_model, "--max-tokens", "8", "--seed", "2")
+    say(child, "remember this")
+    leave(child)
+    child = spawn(tmp_path, "--model", e_model, "--max-tokens", "8", "--continue")
+    assert re.search(r"messages\s+2", command(child, "/show"))
+    leave(child)
+
+
+def test_ctrl_c_at_prompt_twice_exits(tiny_chat):
+    tiny_chat.sendintr()
+    tiny_chat.expect("Ctrl-C again")
+    tiny_chat.sendintr()
+    tiny_chat.expect(pexpect.EOF)
+
+
+def test_ctrl_d_exits(tiny_chat):
+    tiny_chat.sendeof()
+    tiny_chat.expect(pexpect.EOF)
+
+
+def test_ctrl_c_stops_a_long_reply_keeps_it_and_chat_goes_on(gemma3_base, tmp_path):
+    child = spawn(tmp_path, "--model", gemma3_base, "--max-tokens", "3000", "--seed", "4")
+    child.sendline("Once upon a time, in a land far away,")
+    time.sleep(2.0)
+    child.sendintr()
+    child.expect_exact("interrupted")
+    child.expect_exact(PROMPT)
+    data = saved(tmp_path, child)
+    partial = data["messages"][-1]
+    assert partial["role"] == "assistant" and len(partial["content"]) > 10
+    say(child, " The end.")
+    assert len(saved(tmp_path, child, "after.json")["messages"]) == 4
+    leave(child)
+
+
+TOOLS = '''
+from pathlib import Path
+
+def add(a: int, b: int) -> dict:
+    """Add two numbers.
+
+    Args:
+        a: The first number.
+        b: The second number.
+    """
+    Path(__file__).with_name("ran.txt").write_text(f"{a}+{b}")
+    return {"sum": a + b}
+'''
+
+CALL_GRAMMAR = 'root ::= "<|tool_call>call:add{a:2,b:3}<tool_call|>"\n'
+
+
+@pytest.mark.parametrize("confirm", ["--yes", "ask"])
+def test_tool_from_python_file_is_called_and_result_fed_back(e_model, tmp_path, confirm):
+    tools = tmp_path / "mytools.py"
+    tools.write_text(TOOLS)
+    grammar = tmp_path / "call.gbnf"
+    grammar.write_text(CALL_GRAMMAR)
+    extra = ["--yes"] if confirm == "--yes" else []
+    child = spawn(tmp_path, "--model", e_model, "--tools", tools, "--grammar", grammar, "--max-tool-rounds", "1",
+                  "--max-tokens", "64", *extra)
+    child.sendline("what is 2 + 3?")
+    child.expect_exact("→ add")
+    if confirm == "ask":
+        child.expect_exact("run add(")
+        child.sendline("y")
+    child.expect_exact("result:")
+    child.expect(STATUS)
+    child.expect_exact(PROMPT)
+    assert (tmp_path / "ran.txt").read_text() == "2+3"
+    messages = saved(tmp_path, child)["messages"]
+    call = messages[1]["tool_calls"][0]["function"]
+    assert call["name"] == "add" and json.loads(call["arguments"]) == {"a": 2, "b": 3}
+    assert messages[2] == {"role": "tool", "tool_call_id": messages[1]["tool_calls"][0]["id"], "name": "add",
+                           "content": {"sum": 5}}
+    leave(child)
+
+
+def test_declined_tool_call_is_not_run(e_model, tmp_path):
+    tools = tmp_path / "mytools.py"
+    tools.write_text(TOOLS)
+    grammar = tmp_path / "call.gbnf"
+    grammar.write_text(CALL_GRAMMAR)
+    child = spawn(tmp_path, "--model", e_model, "--tools", tools, "--grammar", grammar, "--max-tool-rounds", "1")
+    child.sendline("what is 2 + 3?")
+    child.expect_exact("run add(")
+    child.sendline("n")
+    child.expect_exact("not run")
+    child.expect_exact(PROMPT)
+    assert not (tmp_path / "ran.txt").exists()
+    leave(child)
