@@ -64,7 +64,9 @@ def test_two_turns_then_stats_show_the_cache_reused(tiny_chat, tmp_path):
     stats = command(tiny_chat, "/stats")
     cached = int(re.search(r"prompt tokens cached\s+(\d+)", stats).group(1))
     evaluated = int(re.search(r"prompt tokens evaluated\s+(\d+)", stats).group(1))
-    assert cached > 10 and evaluated < cached
+    # the first user turn and `<|turn>model\n` come from the cache; the answer is evaluated
+    # again because history drops the empty thought block the generation prompt had
+    assert cached >= 12 and evaluated > 0
     data = saved(tmp_path, tiny_chat)
     assert [m["role"] for m in data["messages"]] == ["user", "assistant", "user", "assistant"]
     leave(tiny_chat)
@@ -138,6 +140,7 @@ def test_ctrl_c_stops_a_long_reply_keeps_it_and_chat_goes_on(gemma3_base, tmp_pa
     data = saved(tmp_path, child)
     partial = data["messages"][-1]
     assert partial["role"] == "assistant" and len(partial["content"]) > 10
+    command(child, "/set max_tokens 5")
     say(child, " The end.")
     assert len(saved(tmp_path, child, "after.json")["messages"]) == 4
     leave(child)

@@ -114,7 +114,7 @@ class Repl:
             printer.finish()
             if events is not None:
                 events.close()
-            self.err.print("[dim][interrupted: the reply so far is kept][/dim]")
+            self.err.print("[dim](interrupted: the reply so far is kept)[/dim]")
         except GemmaError as e:
             printer.finish()
             self.err.print(f"[red]error:[/red] {e.message}" + (f"\n[dim]hint: {e.hint}[/dim]" if e.hint else ""))

@@ -303,15 +303,22 @@ class Engine:
         n = _common_prefix(self._cached, tokens)
         if n == len(tokens):
             n -= 1  # at least one token must be evaluated to get logits for the next one
+        if self._spans:
+            from gemma_cli.engine.media import span_start
+
+            n = span_start(tokens, n)  # an image or clip is evaluated whole
         if n < len(self._cached):
             n = self._cut(n)
         return n
 
     def _resync(self) -> None:
-        # An interrupt (Ctrl-C) can land between a decode and our bookkeeping: trust llama.cpp.
+        # An interrupt (Ctrl-C) can land between a decode and our bookkeeping, leaving one
+        # side a batch ahead: keep only what both agree on.
         n_kv = ll.llama_memory_seq_pos_max(self._mem, 0) + 1
         if n_kv < len(self._cached):
             del self._cached[n_kv:]
+        elif n_kv > len(self._cached):
+            ll.llama_memory_seq_rm(self._mem, 0, len(self._cached), -1)
 
     def _cut(self, n: int) -> int:
         """Remove positions >= n; returns how many tokens really remain usable."""
