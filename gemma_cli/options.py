@@ -25,3 +25,20 @@ Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU th
 GpuLayers = Annotated[Optional[int], typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1 = all; default: chosen from free VRAM).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to every question (downloads, tool calls).")]
+Draft = Annotated[
+    Optional[str],
+    typer.Option(
+        "--draft",
+        metavar="auto|off|ngram|PATH",
+        help="Speculative decoding: cheap drafts checked by the model in one batch, so the output stays "
+        "the model's own; faster when drafts hit. "
+        "auto (default): the model's Gemma 4 MTP drafter when installed (`gemma models pull NAME --draft`), "
+        "on for dense models, off for 26B-A4B (a MoE: reports show little or no gain there); "
+        "ngram: prompt lookup, any model, for copy-heavy work (transcripts, rewriting, extraction); "
+        "PATH: a gemma4-assistant GGUF; off: plain decoding.",
+    ),
+]
+DraftMax = Annotated[
+    Optional[int],
+    typer.Option("--draft-max", min=1, max=32, help="Most tokens drafted per step (default 4 with an MTP drafter, 16 with ngram); fewer while drafts miss."),
+]
