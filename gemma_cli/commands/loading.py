@@ -21,7 +21,18 @@ def locate_path(model: str | None, *, yes: bool = False) -> Path:
 
 def open_engine(path: Path, *, ctx: int | None, threads: int | None, gpu_layers: int | None, verbose: bool = False):
     """Load the model with a spinner on stderr (terminal only)."""
+    if gpu_layers is None:
+        gpu_layers = _auto_gpu_layers(path, ctx)
     with render.spinner(f"Loading {path.name}…"):
         from gemma_cli.engine import Engine
 
-        return Engine(path, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers or 0, verbose=verbose)
+        return Engine(path, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose)
+
+
+def _auto_gpu_layers(path: Path, ctx: int | None) -> int:
+    """All layers on the GPU when they fit in free VRAM, else as many as fit; 0 without a GPU build."""
+    from types import SimpleNamespace
+
+    from gemma_cli.hardware import auto_gpu_layers
+
+    return auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=ctx)

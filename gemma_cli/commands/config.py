@@ -1,0 +1,84 @@
+"""`gemma config path|show|set|unset`: the YAML settings file."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated
+
+import typer
+
+from gemma_cli import options as opt
+
+EXAMPLES = """
+Examples:
+
+\b
+  gemma config path
+  gemma config show
+  gemma config set model 31b:q8_0
+  gemma config set temperature 0.7
+  gemma config set model_dir /data/models
+  gemma config unset temperature
+
+Precedence: flags > GEMMA_<KEY> environment (GEMMA_TEMPERATURE=0.7) > this file > defaults.
+"""
+
+Key = Annotated[str, typer.Argument(help="A setting: model, quantization, ctx, threads, gpu_layers, temperature, top_p, top_k, seed, max_tokens, model_dir, endpoint.")]
+
+
+def path_cmd() -> None:
+    """Print the config file's path (it need not exist yet)."""
+    from gemma_cli import config
+
+    print(config.path())
+
+
+def show(as_json: opt.Json = False) -> None:
+    """Show every setting, its value and where it comes from."""
+    from gemma_cli import config
+
+    settings = config.load()
+    if as_json:
+        print(json.dumps({"file": str(settings.file),
+                          "settings": {k: {"value": settings.get(k), "source": settings.source(k)} for k in config.KEYS}},
+                         indent=2))
+        return
+    width = max(map(len, config.KEYS))
+    out = [f"# {settings.file}" + ("" if settings.file.exists() else " (not created yet)")]
+    for k, spec in config.KEYS.items():
+        value = settings.get(k)
+        shown = "null" if value is None else value
+        out.append(f"{k + ':':<{width + 1}} {shown!s:<12} # {settings.source(k)}: {spec.help}")
+    print("\n".join(out))
+
+
+def set_cmd(key: Key, value: Annotated[str, typer.Argument(help="The value ('null' clears it back to the default).")]) -> None:
+    """Set one setting in the config file (validated first)."""
+    from gemma_cli import config
+
+    file, parsed = config.set_value(key, value)
+    sys.stderr.write(f"{key} = {'null' if parsed is None else parsed}  ({file})\n")
+    env = config.env_name(key)
+    import os
+
+    if os.environ.get(env) is not None:
+        sys.stderr.write(f"note: {env} is set in the environment and takes precedence\n")
+
+
+def unset(key: Key) -> None:
+    """Remove one setting from the config file (back to its default)."""
+    from gemma_cli import config
+
+    file = config.unset(key)
+    sys.stderr.write(f"{key} removed ({file})\n")
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(name="config", help="Show and change settings (a YAML file).", no_args_is_help=True,
+                      rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
+    sub.command("path", epilog=EXAMPLES)(path_cmd)
+    sub.command("show", epilog=EXAMPLES)(show)
+    sub.command("set", epilog=EXAMPLES)(set_cmd)
+    sub.command("unset", epilog=EXAMPLES)(unset)
+    app.add_typer(sub, name="config")
