@@ -10,8 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
+
+# typer >= 0.20 vendors its own click: its exceptions are not plain click's.
+try:
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older typer on plain click
+    from click.exceptions import ClickException
 
 from gemma_cli.errors import GemmaError
 
@@ -23,14 +28,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click help: Rich help formatting costs ~60 ms at every start
     context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="""Examples:
+
+\b
+  gemma chat "Why is the sky blue?"
+  gemma describe-image photo.jpg
+  gemma transcribe meeting.mp3 --format srt -o meeting.srt
+  gemma batch prompts.jsonl -o results.jsonl --parallel 8
+  gemma models pull e4b
+  gemma doctor
+
+Run `gemma COMMAND --help` for a command's options. GEMMA_DEBUG=1 shows tracebacks.""",
 )
 
 
 def _register() -> None:
     # One line per command module; each module exposes `register(app)`.
-    from gemma_cli.commands import chat
+    from gemma_cli.commands import chat, config, describe, doctor, models, transcribe
 
-    chat.register(app)
+    for module in (chat, describe, transcribe, models, doctor, config):
+        module.register(app)
 
 
 _register()
@@ -52,12 +69,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _print_error(e.message, e.hint)
         sys.exit(e.exit_code)
-    except click.exceptions.Exit as e:
+    except typer.Exit as e:
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         sys.stderr.write("\naborted\n")
         sys.exit(130)
-    except click.ClickException as e:
+    except ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ embedded in them (sandboxed), and base models without a template as plain comple
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator
 
 from gemma_cli import prompt as gemma_prompt
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from gemma_cli.engine import Engine, Sampling, Step
 
 GEMMA4 = "gemma4"
+THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
 
 
 @dataclass
@@ -128,6 +129,7 @@ class ChatSession:
         self.think = think
         self.tools = tools or None
         self.messages: list[dict] = []
+        self._media = None  # gemma_cli.media.MediaParts, made at the first image or audio part
         if system:
             self.messages.append({"role": "system", "content": system})
 
@@ -148,17 +150,38 @@ class ChatSession:
     # ---- turns
 
     def send(self, content: str | list[dict]) -> Iterator[object]:
-        """Add a user turn and stream the model's reply (events from `reply`, then Done)."""
+        """Add a user turn and stream the model's reply (events from `reply`, then Done).
+
+        Media parts (`{"type": "image"|"audio", "path": ...}`, before the text) are loaded
+        here, so a bad file fails before it joins the history; audio over 30 s becomes
+        several parts cut at pauses.
+        """
+        content = self.media_parts().prepare(content) if _has_media([{"content": content}]) else content
         self.messages.append({"role": "user", "content": content})
         return self.generate()
+
+    def media_parts(self):
+        """The loader of this conversation's images and audio (see gemma_cli.media.MediaParts)."""
+        if self._media is None:
+            from gemma_cli.errors import CapabilityError
+            from gemma_cli.media import MediaParts
+
+            if self.format.kind != GEMMA4:
+                raise CapabilityError("images and audio need a Gemma 4 model", "pick a Gemma 4 GGUF with --model")
+            self._media = MediaParts(self.engine)
+        return self._media
+
+    def _prompt_media(self) -> list:
+        """The loaded media of the conversation, in the order of their placeholders in the prompt."""
+        return self.media_parts().in_prompt_order(self.messages) if _has_media(self.messages) else []
 
     def generate(self) -> Iterator[object]:
         tokens, checkpoint = self._prompt_tokens()
         parse = self.format.kind == GEMMA4
         parser = reply.ReplyParser()
         result = Result()
-        stream = self.engine.stream_generate(tokens, max_tokens=self.max_tokens, sampling=self.sampling,
-                                             checkpoint_at=checkpoint)
+        media = self._prompt_media()
+        stream = self._steps(tokens, media or None, checkpoint)
         try:
             for step in stream:
                 result.stats = Stats.of(step)
@@ -172,6 +195,41 @@ class ChatSession:
             raise
         self._record(result)
         yield Done(result)
+
+    def _steps(self, tokens: list, media, checkpoint: int | None) -> Iterator["Step"]:
+        """Engine steps for one model turn; with a grammar and thinking, the thought runs free.
+
+        The grammar constrains the answer only: the thought is generated without it, up to
+        `<channel|>`, then generation goes on with the grammar from there (the KV cache
+        holds the thought, so only its last token is evaluated again).
+        """
+        run = self.engine.stream_generate
+        s = self.sampling
+        if not (s.grammar and self.think and self.format.kind == GEMMA4):
+            yield from run(tokens, media=media, max_tokens=self.max_tokens, sampling=s, checkpoint_at=checkpoint)
+            return
+        thought, text, first = [], "", None
+        stream = run(tokens, media=media, max_tokens=self.max_tokens, sampling=replace(s, grammar=None),
+                     checkpoint_at=checkpoint)
+        for step in stream:
+            first = first or step
+            text += step.text
+            if step.token is not None:
+                thought.append(step.token)
+            if not text.startswith(THOUGHT_OPEN[: len(text)]):
+                thought = []  # no thought: answer from the prompt, constrained from its first token
+                break
+            if step.finish_reason or THOUGHT_CLOSE in text:
+                yield step
+                if step.finish_reason:
+                    return
+                break
+            yield step
+        stream.close()
+        budget = None if self.max_tokens is None else self.max_tokens - len(thought)
+        for step in run(list(tokens) + thought, media=media, max_tokens=budget, sampling=s):
+            yield replace(step, prompt_tokens=first.prompt_tokens, reused_tokens=first.reused_tokens,
+                          generated_tokens=step.generated_tokens + len(thought), ttft=first.ttft)
 
     def _record(self, result: Result) -> None:
         """Keep the model's turn in the history: its answer (and tool calls), never its thinking."""
@@ -204,6 +262,11 @@ class ChatSession:
 
     def clear(self) -> None:
         self.messages = [m for m in self.messages[:1] if m["role"] == "system"]
+
+
+def _has_media(messages: list[dict]) -> bool:
+    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") in ("image", "audio")
+                                                          for p in m["content"]) for m in messages)
 
 
 def _as_answer(text: str) -> list[object]:

@@ -141,3 +141,17 @@ def test_output_to_a_closed_pipe_is_quiet(gemma3_base, tmp_path):
     cmd = f'"{sys.executable}" -m gemma_cli chat "Tell me a story" --model "{gemma3_base}" --max-tokens 200 | head -c 5'
     proc = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=gemma_env(tmp_path), timeout=120)
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [["chat", "--bogus"], ["models", "e4"], ["nosuchcommand"]])
+def test_bad_usage_is_a_usage_error_without_traceback(tmp_path, args):
+    proc = run_gemma(*args, home=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "this is a bug" not in proc.stderr
+    assert "Error:" in proc.stderr
+
+
+def test_help_has_examples(tmp_path):
+    for args in (["--help"], ["chat", "--help"]):
+        proc = run_gemma(*args, home=tmp_path)
+        assert proc.returncode == 0 and "Examples:" in proc.stdout

@@ -13,8 +13,9 @@ from gemma_cli import options as opt
 from gemma_cli.errors import GemmaError, UsageError
 
 EXAMPLES = """
-[b]Examples[/b]
+Examples:
 
+\b
   gemma chat                                     (interactive; /help inside)
   gemma chat "Why is the sky blue?"
   cat notes.txt | gemma chat "Summarise this"
@@ -29,6 +30,9 @@ EXAMPLES = """
 def chat(
     prompt: Annotated[Optional[str], typer.Argument(help="What to ask. Omit it for the interactive chat; piped stdin is read as context.")] = None,
     model: opt.Model = None,
+    image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="An image to send with the prompt (repeatable; - reads stdin).")] = None,
+    audio: Annotated[Optional[list[str]], typer.Option("--audio", "-a", metavar="PATH", help="An audio clip to send with the prompt (repeatable; over 30 s is cut at pauses).")] = None,
+    mmproj: opt.Mmproj = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think before it answers (default off).")] = None,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the thinking.")] = False,
@@ -47,6 +51,8 @@ def chat(
     ctx: opt.Ctx = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = None,
+    draft: opt.Draft = None,
+    draft_max: opt.DraftMax = None,
     print_prompt: Annotated[bool, typer.Option("--print-prompt", help="Print the exact prompt text and exit (loads no weights).")] = False,
     as_json: opt.Json = False,
     yes: opt.Yes = False,
@@ -56,21 +62,22 @@ def chat(
     from gemma_cli import config, conversation, paths
 
     settings = config.load()
-    text = _read_input(prompt)
+    parts = _media_parts(image, audio)  # before stdin is read as text: `-i -` reads it
+    text = _read_input(prompt) if not any(p.get("url") for p in parts) else prompt
     conv = _start_conversation(load, resume)
     saved = conv.settings
     think = think if think is not None else bool(saved.get("think", False))
     toolbox = _load_tools(tools)
     declarations = toolbox.declarations if toolbox else (conv.tools or None)
     sampling = _sampling(settings, saved, temperature, top_p, top_k, seed)
-    sampling.grammar, sampling.grammar_trigger = _constraint(schema, fmt, grammar, think)
+    sampling.grammar = _constraint(schema, fmt, grammar)
     path = _locate(settings.pick("model", model or conv.model), yes)
     messages = list(conv.messages)
     if system is not None:
         messages = [m for m in messages if m["role"] != "system"]
         messages.insert(0, {"role": "system", "content": system})
     if print_prompt:
-        return _print_prompt(path, messages, declarations, think, text)
+        return _print_prompt(path, messages, declarations, think, _with_media(parts, text))
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
@@ -87,6 +94,7 @@ def chat(
                           max_tokens=settings.pick("max_tokens", max_tokens or saved.get("max_tokens")),
                           think=think, tools=declarations)
     session.messages = messages
+    _projector(engine, settings.pick("model", model or conv.model), path, mmproj, parts)
     confirm = None if yes else _confirm
     if interactive:
         from gemma_cli.commands.repl import Repl
@@ -94,11 +102,43 @@ def chat(
         if prompt_format.notice:
             sys.stderr.write(prompt_format.notice + "\n")
         Repl(session, path.name, toolbox, confirm, show_thinking=not hide_thinking,
-             autosave=paths.last_conversation(), max_tool_rounds=max_tool_rounds).run()
+             autosave=paths.last_conversation(), max_tool_rounds=max_tool_rounds, pending_media=parts).run()
         return
-    _one_shot(session, text, toolbox, confirm, max_tool_rounds, show_thinking=not hide_thinking, as_json=as_json)
+    _attach_draft(engine, settings.pick("model", model or conv.model), draft, draft_max)
+    _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds, show_thinking=not hide_thinking,
+              as_json=as_json)
     conversation.save(conversation.Conversation(session.messages, declarations or [], {"think": think}, path.name),
                       paths.last_conversation())
+
+
+def _media_parts(images: list[str] | None, audios: list[str] | None) -> list[dict]:
+    """-i/-a as message parts (images first, as Gemma 4 wants); files are checked now, before the model loads."""
+    from gemma_cli.media import check_file, read_bytes
+
+    parts = []
+    for kind, sources in (("image", images or []), ("audio", audios or [])):
+        for source in sources:
+            if source == "-":  # kept in the message itself, so --continue can read it again
+                import base64
+
+                parts.append({"type": kind, "url": "data:;base64," + base64.b64encode(read_bytes("-", kind)).decode()})
+                continue
+            check_file(source, kind)
+            parts.append({"type": kind, "path": str(Path(source).expanduser().resolve())})
+    return parts
+
+
+def _with_media(parts: list[dict], text: str | None):
+    return parts + [{"type": "text", "text": text}] if parts and text is not None else text
+
+
+def _projector(engine, name: str | None, path: Path, mmproj: Path | None, parts: list[dict]) -> None:
+    """Where the engine finds its mmproj; loaded now for -i/-a, else at the first /image or /audio."""
+    from gemma_cli.media import projector_path
+
+    engine.mmproj_path = lambda: projector_path(name, path, mmproj)  # looked up only when needed
+    for kind in dict.fromkeys(p["type"] for p in parts):
+        engine.ensure_projector(kind)
 
 
 def _read_input(prompt: str | None) -> str | None:
@@ -134,23 +174,20 @@ def _load_tools(path: Path | None):
     return tools.load(path)
 
 
-def _constraint(schema: Path | None, fmt: str | None, grammar: Path | None, think: bool) -> tuple[str | None, str | None]:
-    """The GBNF for --schema/--format json/--grammar, and (with thinking) the trigger after the thought."""
+def _constraint(schema: Path | None, fmt: str | None, grammar: Path | None) -> str | None:
+    """The GBNF for --schema/--format json/--grammar (with thinking, it applies after the thought)."""
     if fmt not in (None, "json"):
         raise UsageError(f"unknown --format {fmt!r}", "the only format is 'json' (or use --schema FILE)")
     chosen = [x for x in (schema, fmt, grammar) if x]
     if len(chosen) > 1:
         raise UsageError("--schema, --format and --grammar each constrain the answer", "use one of them")
     if not chosen:
-        return None, None
+        return None
     if grammar:
-        gbnf = _read_text(grammar, "grammar")
-    else:
-        from gemma_cli.engine.core import schema_to_grammar
+        return _read_text(grammar, "grammar")
+    from gemma_cli.engine.core import schema_to_grammar
 
-        gbnf = schema_to_grammar(_read_schema(schema) if schema else None)
-    # With thinking on, the thought runs free: the grammar starts after `<channel|>`.
-    return gbnf, (r"[\s\S]*?<channel\|>([\s\S]*)" if think else None)
+    return schema_to_grammar(_read_schema(schema) if schema else None)
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -194,6 +231,26 @@ def _print_prompt(path, messages: list[dict], tools, think: bool, text: str | No
     sys.stdout.flush()
 
 
+def _attach_draft(engine, name: str | None, spec: str | None, draft_max: int | None) -> None:
+    """Speculative decoding per --draft; a drafter that cannot run is one warning line, then plain decoding."""
+    from gemma_cli.engine import draft as drafting
+
+    installed = _installed_draft(name) if (spec or "auto").strip().lower() == "auto" else None
+    warning = drafting.setup(engine, spec, draft_max=draft_max, registry_draft=installed)
+    if warning:
+        sys.stderr.write(f"warning: {warning}\n")
+
+
+def _installed_draft(name: str | None) -> Path | None:
+    """The model's MTP drafter if it is on disk (registry store, or beside a .gguf); never downloads."""
+    try:
+        from gemma_cli.models import locate
+
+        return locate(name).draft
+    except GemmaError:
+        return None
+
+
 def _confirm(call: dict) -> bool:
     from gemma_cli.commands.repl import confirm_on_terminal
 
@@ -232,12 +289,12 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
     if not results:
         return
     if as_json:
-        sys.stdout.write(json.dumps(_as_json(results, runs), ensure_ascii=False) + "\n")
+        sys.stdout.write(json.dumps(_as_json(results, runs, session.engine.draft), ensure_ascii=False) + "\n")
     elif results[-1].thought_only:
         printer.note("the model used all its tokens thinking and gave no answer: raise --max-tokens or use --no-think")
 
 
-def _as_json(results: list, runs: list) -> dict:
+def _as_json(results: list, runs: list, drafter=None) -> dict:
     last = results[-1]
     s = last.stats
     return {
@@ -253,7 +310,18 @@ def _as_json(results: list, runs: list) -> dict:
             "ttft_s": round(results[0].stats.ttft, 4),
             "tokens_per_s": round(s.tps, 2),
             "finish_reason": s.finish_reason,
+            **_draft_stats(drafter),
         },
+    }
+
+
+def _draft_stats(drafter) -> dict:
+    total = drafter.total if drafter is not None else None
+    return {
+        "draft": drafter.kind if drafter is not None else "off",
+        "drafted": total.drafted if total else 0,
+        "accepted": total.accepted if total else 0,
+        "acceptance_rate": round(total.rate, 4) if total else 0.0,
     }
 
 

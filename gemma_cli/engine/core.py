@@ -22,11 +22,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import llama_cpp as ll
 
-from gemma_cli.errors import ContextOverflowError, GemmaError, ModelError
+from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, ModelError
 from gemma_cli.gguf_header import read_header
 
 # ---------------------------------------------------------------- logging
@@ -73,9 +73,6 @@ class Sampling:
     top_k: int = 64
     seed: int | None = None
     grammar: str | None = None  # GBNF; constrains the generated text
-    # A regex: the grammar applies only from its first capture group on (lazy grammar),
-    # so a thought can run free and only the answer after it is constrained.
-    grammar_trigger: str | None = None
 
 
 @dataclass
@@ -142,6 +139,8 @@ class Engine:
         swa_full: bool = False,
         use_mmap: bool = True,
         verbose: bool = False,
+        mmproj: str | Path | None = None,
+        image_tokens: int | None = None,
     ):
         set_verbose(verbose)
         self.path = Path(path)
@@ -150,20 +149,86 @@ class Engine:
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.info = _describe(self.path, header, self._model)
         self.n_threads = n_threads or _default_threads()
+        self.n_gpu_layers = n_gpu_layers
+        self._verbose = verbose
+        self.media = None  # a media.Projector once an mmproj is loaded (images, audio)
+        # Where ensure_projector() loads one from on first use: a path, or a function finding one.
+        self.mmproj_path: Path | Callable[[], Path | None] | None = None
+        self._spans: dict = {}  # media spans of the current prompt, by (kind, digest)
+        if mmproj is not None:
+            self.media = self._open_projector(mmproj, image_tokens)
+            n_batch = max(n_batch, self.media.batch_needed)
+            n_ubatch = max(n_ubatch or n_batch, self.media.batch_needed)
         n_ctx = min(n_ctx or 8192, self.info.n_ctx_train or n_ctx or 8192)
-        self._ctx = _new_context(self._model, n_ctx, self.n_threads, n_batch, n_ubatch or n_batch, n_seq, swa_full)
-        self.n_ctx = ll.llama_n_ctx(self._ctx)
-        self.n_batch = ll.llama_n_batch(self._ctx)
-        self._mem = ll.llama_get_memory(self._ctx)
-        self._batch = ll.llama_batch_init(self.n_batch, 0, max(1, n_seq))
+        self._context_args = (n_ctx, n_seq, swa_full)
+        self._open_context(n_batch, n_ubatch or n_batch)
         self._swa = self.info.n_swa > 0 and not swa_full
-        self._cached: list[int] = []  # tokens in the KV cache of sequence 0, position i = index i
+        # What sits in the KV cache of sequence 0, position i = index i: token ids, and for
+        # image/audio positions hashable keys (kind, sha256, i, n) (see engine.media).
+        self._cached: list = []
         self._checkpoints: list[_Checkpoint] = []
         self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
-        self.n_gpu_layers = n_gpu_layers
         self.draft = None  # a draft.Drafter once attach_draft() is called: speculative decoding
 
     # ---- lifecycle
+
+    def _open_context(self, n_batch: int, n_ubatch: int) -> None:
+        n_ctx, n_seq, swa_full = self._context_args
+        self._ctx = _new_context(self._model, n_ctx, self.n_threads, n_batch, n_ubatch, n_seq, swa_full)
+        self.n_ctx = ll.llama_n_ctx(self._ctx)
+        self.n_batch = ll.llama_n_batch(self._ctx)
+        self.n_ubatch = ll.llama_n_ubatch(self._ctx)
+        self._mem = ll.llama_get_memory(self._ctx)
+        self._batch = ll.llama_batch_init(self.n_batch, 0, max(1, n_seq))
+
+    def _open_projector(self, path, image_tokens: int | None):
+        from gemma_cli.engine.media import Projector
+
+        name = str(self.info.meta.get("general.name") or self.path.stem)
+        return Projector(path, self._model, model_name=name, n_threads=self.n_threads,
+                         use_gpu=self.n_gpu_layers != 0, image_tokens=image_tokens, verbose=self._verbose)
+
+    def attach_projector(self, path: str | Path, image_tokens: int | None = None) -> None:
+        """Load an mmproj (images/audio) into an open engine.
+
+        Non-causal images need n_ubatch >= their tokens: a context too small for that is made
+        again (the KV cache starts empty). Pass `mmproj=` to the constructor to avoid that.
+        """
+        projector = self._open_projector(path, image_tokens)
+        need = projector.batch_needed
+        if need > self.n_ubatch:
+            if self.draft is not None:
+                projector.close()
+                raise GemmaError("images need a larger batch than the context was made with",
+                                 "load the projector before speculative decoding (--mmproj with -i, or --draft off)")
+            ll.llama_batch_free(self._batch)
+            ll.llama_free(self._ctx)
+            self._cached.clear()
+            self._checkpoints.clear()
+            self._open_context(max(self.n_batch, need), need)
+        if self.media is not None:
+            self.media.close()
+        self.media = projector
+
+    def ensure_projector(self, kind: str):
+        """The projector, loading the mmproj beside the model on first use; a clear error without one."""
+        if self.media is None:
+            from gemma_cli.engine.media import find_mmproj
+
+            found = self.mmproj_path() if callable(self.mmproj_path) else self.mmproj_path
+            found = found or find_mmproj(self.path)
+            if found is None:
+                name = self.info.meta.get("general.name") or self.path.name
+                raise CapabilityError(f"{name} has no projector loaded for {kind}, and no single mmproj file beside "
+                                      f"{self.path.name} is clearly its own",
+                                      "pass --mmproj PATH: the mmproj-*.gguf that comes with the model")
+            self.attach_projector(found)
+        self.media.require(kind)
+        return self.media
+
+    def media_tokens(self, media) -> int:
+        """How many embedding tokens `media` takes (preprocessed, not encoded)."""
+        return self.ensure_projector(media.kind).span(media).media_tokens
 
     def attach_draft(self, drafter) -> None:
         """Decode with `drafter` (see engine.draft) from now on; None: plain decoding."""
@@ -178,6 +243,9 @@ class Engine:
         if getattr(self, "_batch", None) is not None:
             ll.llama_batch_free(self._batch)
             self._batch = None
+        if getattr(self, "media", None) is not None:  # it refers to the model: free it before
+            self.media.close()
+            self.media = None
         if getattr(self, "_ctx", None):
             ll.llama_free(self._ctx)
             self._ctx = None
@@ -231,17 +299,23 @@ class Engine:
         self,
         prompt: str | Sequence[int],
         *,
+        media: Sequence | None = None,
         max_tokens: int | None = None,
         sampling: Sampling | None = None,
         checkpoint_at: int | None = None,
     ) -> Iterator[Step]:
         """Evaluate `prompt` (reusing the KV cache) and yield generated text as it decodes.
 
+        `media`: engine.media.Media items, one per `<|image|>` / `<|audio|>` placeholder in
+        the prompt, in order; each placeholder becomes the media's tokens in the KV cache.
         `checkpoint_at`: a prompt length at which to keep a copy of the SWA cache, so a
         later prompt that diverges after that point can still reuse everything before it
         (chat passes the start of the generation prompt).
         """
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        self._spans = {}
+        if media:
+            tokens, checkpoint_at = self._expand(tokens, media, checkpoint_at)
         self._check_fits(tokens)
         budget = self.n_ctx - len(tokens)
         max_tokens = budget if max_tokens is None else min(max_tokens, budget)
@@ -286,6 +360,21 @@ class Engine:
         yield Step(tail, None, evaluated, reused, generated, step.ttft, step.tps, finish)
 
     # ---- prompt evaluation and KV reuse
+
+    def _expand(self, tokens: list[int], media: Sequence, checkpoint_at: int | None) -> tuple[list, int | None]:
+        from gemma_cli.engine.media import PLACEHOLDERS, expand
+
+        for kind in {m.kind for m in media}:
+            self.ensure_projector(kind)
+        placeholders = {}
+        for kind, text in PLACEHOLDERS.items():
+            ids = self.tokenize(text)
+            if len(ids) == 1:
+                placeholders[ids[0]] = kind
+        items, checkpoint_at, self._spans = expand(tokens, media, self.media, placeholders, checkpoint_at)
+        for span in self._spans.values():  # before evaluating anything: llama.cpp would abort
+            self.media.check_fits(span, self.n_ubatch)
+        return items, checkpoint_at
 
     def _check_fits(self, tokens: Sequence[int]) -> None:
         if not tokens:
@@ -359,17 +448,57 @@ class Engine:
     def _prefill(self, tokens: Sequence[int], checkpoint_at: int | None) -> tuple[int, int]:
         reused = self.reuse_prefix(tokens)
         todo = list(tokens[reused:])
+        if self._spans and checkpoint_at is not None:
+            from gemma_cli.engine.media import span_start
+
+            checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at) == checkpoint_at else None
         if self._swa and checkpoint_at and reused < checkpoint_at < len(tokens):
             split = checkpoint_at - reused
-            self._eval(todo[:split], logits_last=False)
+            self._eval_items(todo[:split], logits_last=False)
             self._save_checkpoint()
             todo = todo[split:]
-        self._eval(todo, logits_last=True)
+        self._eval_items(todo, logits_last=True)
         self.last_prefill = (len(tokens) - reused, reused)
         return self.last_prefill
 
-    def _eval(self, tokens: Sequence[int], *, logits_last: bool) -> None:
-        """Decode `tokens` into sequence 0 in batches of n_batch, after what is cached."""
+    def _eval_items(self, items: Sequence, *, logits_last: bool) -> None:
+        """Decode prompt items (token ids, media span keys) after what is cached."""
+        if not self._spans:
+            return self._eval(items, logits_last=logits_last)
+        from gemma_cli.engine.media import is_key
+
+        i, n = 0, len(items)
+        while i < n:
+            j = i
+            while j < n and not is_key(items[j]):
+                j += 1
+            if j > i:
+                self._eval(items[i:j], logits_last=logits_last and j == n)
+            if j < n:
+                span = self._spans[items[j][:2]]
+                self._eval_span(span, logits_last=logits_last and j + span.n_pos == n)
+                j += span.n_pos
+            i = j
+
+    def _eval_span(self, span, *, logits_last: bool) -> None:
+        """One image or clip: its text parts through our batch, its embeddings through mtmd."""
+        keys = span.keys()
+        pos = 0
+        for index, part in enumerate(span.parts):
+            last = index == len(span.parts) - 1
+            if part.kind == "text":
+                self._eval(part.tokens, logits_last=logits_last and last, keys=keys[pos : pos + part.n_pos])
+            else:
+                n_pos = self.media.decode(span, index, self._ctx, len(self._cached), self.n_batch)
+                self._cached.extend(keys[pos : pos + n_pos])
+            pos += part.n_pos
+        self.media.release(span)
+
+    def _eval(self, tokens: Sequence[int], *, logits_last: bool, keys: Sequence | None = None) -> None:
+        """Decode `tokens` into sequence 0 in batches of n_batch, after what is cached.
+
+        `keys`: what to remember in the cache for them instead of the ids (a span's begin/end tokens).
+        """
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             last = start + len(chunk) == len(tokens)
@@ -380,7 +509,7 @@ class Engine:
                     f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})",
                     "the context may be full: raise --ctx or shorten the conversation",
                 )
-            self._cached.extend(chunk)
+            self._cached.extend(chunk if keys is None else keys[start : start + len(chunk)])
 
     def _fill_batch(self, chunk: Sequence[int], pos0: int, logits_last: bool) -> None:
         b = self._batch
@@ -398,6 +527,10 @@ class Engine:
     def swa_pos_min(self) -> int:
         """The oldest position the (sliding-window) KV cache of sequence 0 still holds."""
         return ll.llama_memory_seq_pos_min(self._mem, 0)
+
+    def cache_contents(self) -> list:
+        """What the KV cache of sequence 0 holds, position by position (a copy)."""
+        return list(self._cached)
 
     @property
     def cached_tokens(self) -> int:
@@ -486,14 +619,6 @@ def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
     return ctx
 
 
-def _new_grammar(vocab, gbnf: str, trigger: str | None):
-    if not trigger:
-        return ll.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
-    patterns = (ctypes.c_char_p * 1)(trigger.encode("utf-8"))
-    no_tokens = (ll.llama_token * 1)()
-    return ll.llama_sampler_init_grammar_lazy_patterns(vocab, gbnf.encode("utf-8"), b"root", patterns, 1, no_tokens, 0)
-
-
 def schema_to_grammar(schema: dict | None) -> str:
     """GBNF for a JSON Schema (llama.cpp's converter); `None` means any JSON object."""
     import json
@@ -508,7 +633,9 @@ def schema_to_grammar(schema: dict | None) -> str:
 def _new_sampler(vocab, s: Sampling):
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
     if s.grammar:
-        grammar = _new_grammar(vocab, s.grammar, s.grammar_trigger)
+        # Not llama.cpp's lazy grammar: its trigger can leave the grammar stack empty
+        # mid-token and abort the process. A thought runs free through session.py instead.
+        grammar = ll.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
         if not grammar:
             ll.llama_sampler_free(chain)
             raise GemmaError("the output grammar is invalid", "check the JSON schema or GBNF")

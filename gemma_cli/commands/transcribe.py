@@ -1,0 +1,142 @@
+"""`gemma transcribe`: speech to text (and translation) with timestamps, like whisper-cli."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gemma_cli import options as opt
+from gemma_cli.errors import GemmaError, UsageError
+
+EXAMPLES = """
+Examples:
+
+\b
+  gemma transcribe talk.mp3                      (plain text on stdout)
+  gemma transcribe talk.mp3 -o talk.srt          (format from the extension)
+  gemma transcribe talk.wav -l ja --format vtt
+  gemma transcribe talk.wav -l ja --translate-to en --format json
+  arecord -d 10 -f S16_LE -r 16000 | gemma transcribe -
+"""
+
+FORMATS = ("txt", "srt", "vtt", "json")
+MAX_TOKENS = 512  # per <= 30 s segment: far more than speech at any pace needs
+
+
+def transcribe(
+    audio: Annotated[str, typer.Argument(metavar="AUDIO", help="Audio file (WAV, FLAC, OGG, MP3); - reads from stdin.")],
+    language: Annotated[Optional[str], typer.Option("--language", "-l", help="Spoken language: a code (en, ja) or a name (default: the model decides).")] = None,
+    translate_to: Annotated[Optional[str], typer.Option("--translate-to", help="Also translate into this language (code or name); both texts are kept.")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", metavar="txt|srt|vtt|json", help="Output format (default: from -o's extension, else txt).")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    model: opt.Model = None,
+    mmproj: opt.Mmproj = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help=f"Most tokens per segment (default {MAX_TOKENS}).")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature (default 0: greedy, as whisper).")] = None,
+    seed: opt.Seed = None,
+    ctx: opt.Ctx = None,
+    threads: opt.Threads = None,
+    gpu_layers: opt.GpuLayers = None,
+    yes: opt.Yes = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
+) -> None:
+    """Transcribe speech; long recordings are cut at pauses into <= 30 s segments."""
+    from gemma_cli import config, transcript
+    from gemma_cli.commands.describe import _sampling, open_for_media
+    from gemma_cli.media import SAMPLE_RATE, clips, cut, load_audio
+
+    fmt = _format(fmt, output)
+    recording = load_audio(audio, SAMPLE_RATE)  # a bad file fails now, before the model loads
+    segments = cut(recording.samples, recording.rate)
+    settings = config.load()
+    sampling = _sampling(settings, temperature, None, None, seed, default_temperature=0.0)
+    engine, session_for = open_for_media(settings, model, mmproj, None, ctx, threads, gpu_layers, yes, verbose,
+                                         sampling=sampling, max_tokens=max_tokens or MAX_TOKENS, need="audio")
+    projector = engine.media
+    if projector.sample_rate != recording.rate:  # every Gemma 4 encoder takes 16 kHz; another could differ
+        recording = load_audio(audio, projector.sample_rate)
+        segments = cut(recording.samples, recording.rate)
+    question = transcript.prompt(language, translate_to)
+    cues = []
+    with _progress(len(segments), recording.name) as advance:
+        for segment, clip in zip(segments, clips(recording, segments)):
+            answer = _ask(session_for(), clip, question)
+            if translate_to:
+                text, translation = transcript.split_translation(answer, translate_to)
+                cues.append(transcript.Cue(segment.start, segment.end, text, translation))
+            else:
+                cues.append(transcript.Cue(segment.start, segment.end, transcript.clean(answer)))
+            advance(segment)
+    text = transcript.render(cues, fmt, **({"model": engine.path.name, "source": recording.name, "language": language,
+                                           "translate_to": translate_to, "duration": recording.seconds}
+                                          if fmt == "json" else {}))
+    _write(text, output)
+
+
+def _format(fmt: str | None, output: Path | None) -> str:
+    if fmt is None:
+        suffix = output.suffix.lower().lstrip(".") if output is not None and str(output) != "-" else ""
+        return suffix if suffix in FORMATS else "txt"
+    if fmt.lower() not in FORMATS:
+        raise UsageError(f"unknown --format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    return fmt.lower()
+
+
+def _ask(session, clip, question: str) -> str:
+    """One turn per segment: the audio first, then the model card's instructions; thinking off."""
+    from gemma_cli.session import Done
+
+    result = None
+    events = session.send([{"type": "audio", "media": clip}, {"type": "text", "text": question}])
+    try:
+        for event in events:
+            if isinstance(event, Done):
+                result = event.result
+    finally:
+        events.close()
+    return result.answer if result is not None else ""
+
+
+class _progress:
+    """A bar on stderr that moves a segment at a time (terminal only: pipes and logs stay clean)."""
+
+    def __init__(self, total: int, name: str):
+        self.total, self.name, self._bar = total, name, None
+
+    def __enter__(self):
+        from gemma_cli.render import err_console, is_terminal
+
+        if is_terminal(sys.stderr):
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), console=err_console(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(f"Transcribing {Path(self.name).name}", total=self.total)
+        return self.advance
+
+    def advance(self, segment) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1, description=f"Transcribing {Path(self.name).name} (to {segment.end:.0f} s)")
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None or str(output) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        output.expanduser().write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise GemmaError(f"cannot write {output}: {e.strerror or e}", "check the folder exists and is writable") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("transcribe", epilog=EXAMPLES)(transcribe)

@@ -1,0 +1,537 @@
+"""Reading images and audio for the model, and cutting long audio into clips.
+
+Images go through Pillow (PNG, JPEG, WebP, GIF, BMP, TIFF, ...): first frame, EXIF
+orientation applied, alpha flattened onto white, every mode made 8-bit RGB. Audio goes
+through soundfile (WAV, FLAC, OGG, MP3; librosa for what libsndfile lacks): downmixed to
+mono, resampled to the projector's rate. `-` reads from stdin. Whatever is wrong with a
+file becomes one MediaError naming it.
+
+Audio longer than the encoder's 30 s is cut at its quietest points (energy minima), so a
+cut falls in a pause rather than inside a word.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gemma_cli.errors import MediaError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gemma_cli.engine.media import Media
+
+IMAGE_FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+AUDIO_FORMATS = "WAV, FLAC, OGG or MP3"
+MAX_PIXELS = 64_000_000  # more is a decompression bomb or a scan far beyond any token budget
+SAMPLE_RATE = 16_000  # Gemma 4's audio encoder (mtmd_get_audio_sample_rate)
+MAX_CLIP_SECONDS = 30.0
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _name(source: str | Path) -> str:
+    return "stdin" if str(source) == "-" else str(source)
+
+
+def read_bytes(source: str | Path, what: str) -> bytes:
+    """The whole file (or stdin for `-`); a one-line error when missing, unreadable or empty."""
+    name = _name(source)
+    if str(source) == "-":
+        data = sys.stdin.buffer.read() if sys.stdin is not None else b""
+    else:
+        check_file(source, what)
+        try:
+            data = Path(source).expanduser().read_bytes()
+        except OSError as e:
+            raise MediaError(f"cannot read {name}: {e.strerror or e}", "check the file's permissions") from None
+    if not data:
+        raise MediaError(f"{name} is empty (0 bytes)", f"pass a non-empty {what} file")
+    return data
+
+
+# ---------------------------------------------------------------- images
+
+
+def load_image(source: str | Path, data: bytes | None = None) -> "Media":
+    """An image file (or `-`, or `data` already read) as upright 8-bit RGB."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    from gemma_cli.engine.media import Media
+
+    name = _name(source)
+    data = read_bytes(source, "image") if data is None else data
+    if not data:
+        raise MediaError(f"{name} is empty (0 bytes)", "pass a non-empty image file")
+    with warnings.catch_warnings():
+        # Pillow only warns between its limit and twice it; a bomb is an error at any size past ours.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data))
+            _check_size(image, name)
+            image.seek(0)  # animations and multi-page files: the first frame
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise MediaError(f"{name} is too large to decode safely (over {Image.MAX_IMAGE_PIXELS} pixels)",
+                             "a decompression bomb? scale the image down first") from None
+        except UnidentifiedImageError:
+            raise MediaError(f"{name} is not an image gemma can read", f"use {IMAGE_FORMATS}") from None
+        except MediaError:
+            raise
+        except (OSError, SyntaxError, ValueError, EOFError, IndexError) as e:
+            raise MediaError(f"{name} is truncated or damaged ({_short(e)})", "export or download the image again") from None
+    rgb = _rgb(_upright(image))
+    return Media.image(rgb.tobytes(), rgb.width, rgb.height, name)
+
+
+def _check_size(image, name: str) -> None:
+    w, h = image.size
+    if w <= 0 or h <= 0:
+        raise MediaError(f"{name} has no pixels ({w}x{h})", "pass a real image")
+    if w * h > MAX_PIXELS:
+        raise MediaError(f"{name} is too large to decode safely ({w}x{h} pixels)",
+                         "a decompression bomb? scale the image down first")
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:120]
+
+
+def _upright(image):
+    """Apply the EXIF orientation (phone photos are stored sideways with a rotate flag)."""
+    from PIL import ImageOps
+
+    try:
+        return ImageOps.exif_transpose(image) or image
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the picture
+        return image
+
+
+def _rgb(image):
+    """Any Pillow mode as 8-bit RGB; transparency flattened onto white."""
+    from PIL import Image
+
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode.startswith("I") or mode == "F":
+        image = _eight_bit(image)
+    elif mode in ("LA", "La", "PA", "RGBa"):
+        image = image.convert("RGBA")
+    if image.mode == "RGBA":
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel("A"))
+        return background
+    return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def _eight_bit(image):
+    """16/32-bit integer and float images scaled to 8 bits (a plain convert would clip them)."""
+    import numpy as np
+    from PIL import Image
+
+    a = np.asarray(image, dtype=np.float64)
+    lo, hi = (0.0, 65535.0) if image.mode.startswith("I;16") else (float(a.min()), float(a.max()))
+    if image.mode == "I" and lo >= 0 and hi <= 255:
+        lo, hi = 0.0, 255.0
+    scaled = np.zeros_like(a) if hi <= lo else (a - lo) * (255.0 / (hi - lo))
+    return Image.fromarray(np.clip(scaled + 0.5, 0, 255).astype(np.uint8), "L")
+
+
+# ---------------------------------------------------------------- audio
+
+
+@dataclass
+class Audio:
+    samples: "np.ndarray"  # mono float32
+    rate: int
+    name: str
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.rate if self.rate else 0.0
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of audio: seconds for people, sample indices [first, last) for slicing."""
+
+    start: float
+    end: float
+    first: int
+    last: int
+
+
+def load_audio(source: str | Path, rate: int = SAMPLE_RATE, data: bytes | None = None) -> Audio:
+    """An audio file (or `-`, or `data` already read) as mono float32 at `rate` Hz."""
+    import numpy as np
+
+    name = _name(source)
+    if data is None and str(source) == "-":
+        data = read_bytes(source, "audio")
+    elif data is None:
+        check_file(source, "audio")
+    if data is not None and not data:
+        raise MediaError(f"{name} is empty (0 bytes)", "pass a non-empty audio file")
+    try:
+        samples = _stream(io.BytesIO(data) if data is not None else str(Path(source).expanduser()), rate)
+    except _Unreadable as first:
+        # librosa's other backends only help with formats libsndfile lacks (m4a, aac, wma, ...)
+        native = Path(str(source)).suffix.lower() in (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff")
+        fallback = _librosa_decode(source) if data is None and not native else None
+        if fallback is None:
+            raise MediaError(f"{name} is not audio gemma can read, or it is damaged ({_short(first.cause)})",
+                             f"use {AUDIO_FORMATS}") from None
+        samples, sr = fallback
+        if samples.ndim == 2:
+            samples = samples.mean(axis=1)
+        samples = resample(samples.astype(np.float32), sr, rate) if sr != rate else samples
+    if samples.size == 0:
+        raise MediaError(f"{name} has no audio samples", "pass a recording that is not empty")
+    samples = np.nan_to_num(samples.astype(np.float32, copy=False), copy=False)
+    return Audio(np.ascontiguousarray(samples, dtype=np.float32), rate, name)
+
+
+class _Unreadable(Exception):
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+_BLOCK = 1 << 18  # frames per read: a few seconds, so no full-length stereo copy is ever made
+
+
+def _stream(source, rate: int) -> "np.ndarray":
+    """Decode, downmix and resample block by block: a 5-minute file never exists as a float stereo array,
+    which saves most of the time (fresh large arrays cost page faults, not arithmetic)."""
+    import numpy as np
+    import soundfile as sf
+
+    try:
+        f = sf.SoundFile(source)
+    except Exception as e:  # noqa: BLE001 - libsndfile says "format not recognised" many ways
+        raise _Unreadable(e) from None
+    with f:
+        channels, sr = f.channels, int(f.samplerate)
+        mix = np.full(channels, 1.0 / channels, dtype=np.float32)
+        stream = _resampler(sr, rate)
+        buf = np.empty((_BLOCK, channels), dtype=np.float32)
+        out = []
+        try:
+            while True:
+                block = f.read(_BLOCK, dtype="float32", always_2d=True, out=buf)
+                if not len(block):
+                    break
+                mono = block @ mix if channels > 1 else block[:, 0].copy()
+                out.append(stream(mono, False) if stream else mono)
+                if len(block) < _BLOCK:
+                    break
+        except Exception as e:  # noqa: BLE001 - a file that breaks off in the middle
+            if not out:
+                raise _Unreadable(e) from None
+        if stream:
+            out.append(stream(np.zeros(0, np.float32), True))
+    if not out:
+        return np.zeros(0, np.float32)
+    samples = np.concatenate(out)
+    return samples if stream or sr == rate else resample(samples, sr, rate)
+
+
+def _resampler(rate_in: int, rate_out: int):
+    """soxr's streaming resampler (librosa's own backend), or None to resample at the end."""
+    if rate_in == rate_out:
+        return None
+    try:
+        import soxr
+    except ImportError:
+        return None
+    rs = soxr.ResampleStream(rate_in, rate_out, 1, dtype="float32")
+    return lambda x, last: rs.resample_chunk(x, last=last)
+
+
+def _librosa_decode(source):
+    """Formats libsndfile lacks (m4a, aac, ...) through librosa/audioread, when its backend can."""
+    import warnings
+
+    try:
+        import librosa
+
+        with warnings.catch_warnings():  # its "PySoundFile failed, trying audioread" is noise here
+            warnings.simplefilter("ignore")
+            samples, sr = librosa.load(str(source), sr=None, mono=False)
+    except Exception:  # noqa: BLE001 - no backend for it: the caller reports the file
+        return None
+    return (samples.T if samples.ndim == 2 else samples), int(sr)
+
+
+def resample(samples: "np.ndarray", rate_in: int, rate_out: int) -> "np.ndarray":
+    try:
+        import soxr  # librosa's own default backend, without librosa's import cost
+
+        return soxr.resample(samples, rate_in, rate_out)
+    except ImportError:
+        import librosa
+
+        return librosa.resample(samples, orig_sr=rate_in, target_sr=rate_out)
+
+
+def cut(samples: "np.ndarray", rate: int, max_seconds: float = MAX_CLIP_SECONDS) -> list[Segment]:
+    """Segments of at most `max_seconds`, cut at quiet points, covering the whole recording.
+
+    Each cut lands in a pause (300 ms smoothed energy near its minimum) between a third of
+    the limit and the limit after the previous cut: the latest such pause, so segments stay
+    long and few; without a pause, at the quietest moment.
+    """
+    import numpy as np
+
+    n = len(samples)
+    limit = int(max_seconds * rate)
+    if n <= limit:
+        return [Segment(0.0, n / rate, 0, n)]
+    hop = max(1, rate // 100)  # 10 ms frames
+    frames = n // hop
+    energy = np.square(samples[: frames * hop].astype(np.float64)).reshape(frames, hop).mean(axis=1)
+    width = 30
+    smooth = np.convolve(energy, np.ones(width) / width, mode="same")
+    cuts, start = [], 0
+    while n - start > limit:
+        lo = -(-(start + limit // 3) // hop)  # first frame starting at or after start + limit/3
+        hi = min((start + limit) // hop, frames)
+        cuts.append(_pause(smooth, lo, hi) * hop if hi > lo else start + limit)
+        start = cuts[-1]
+    bounds = [0, *cuts, n]
+    return [Segment(a / rate, b / rate, a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def _pause(smooth: "np.ndarray", lo: int, hi: int, min_frames: int = 10) -> int:
+    """The frame in [lo, hi) to cut at: the middle of the last pause at least 100 ms long
+    whose energy is within 5 % (of the way to the median) of the quietest; else of the quietest stretch."""
+    import numpy as np
+
+    window = smooth[lo:hi]
+    floor = float(window.min())
+    quiet = window <= floor + 0.05 * (float(np.median(window)) - floor) + 1e-12
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], quiet.astype(np.int8), [0]))))
+    runs = list(zip(edges[::2], edges[1::2] - 1))  # inclusive [first, last] frames of each quiet run
+    long = [r for r in runs if r[1] - r[0] + 1 >= min_frames]
+    if long:
+        a, b = long[-1]
+    else:
+        i = int(np.argmin(window))
+        a, b = next(r for r in runs if r[0] <= i <= r[1])
+    return lo + (int(a) + int(b)) // 2
+
+
+def clips(audio: Audio, segments: list[Segment]) -> list["Media"]:
+    from gemma_cli.engine.media import Media
+
+    return [Media.audio(audio.samples[s.first : s.last], audio.rate, name=f"{audio.name} [{s.start:.1f}-{s.end:.1f} s]")
+            for s in segments]
+
+
+# ---------------------------------------------------------------- chat message parts
+
+
+MEDIA_KINDS = ("image", "audio")
+
+
+def media_parts(content) -> list[dict]:
+    """The image/audio parts of a message's content (a string has none)."""
+    if not isinstance(content, list):
+        return []
+    return [p for p in content if isinstance(p, dict) and p.get("type") in MEDIA_KINDS]
+
+
+def prompt_order(messages: list[dict]) -> list[dict]:
+    """The media parts of `messages` in the order gemma_cli.prompt writes their placeholders.
+
+    The first system message drops media; tool results are written into the model turn
+    that called them, before that turn's own content; other tool messages are not written.
+    """
+    rest = messages[1:] if messages and messages[0].get("role") in ("system", "developer") else messages
+    out: list[dict] = []
+    for i, m in enumerate(rest):
+        if m.get("role") == "tool":
+            continue
+        if m.get("tool_calls") and not m.get("tool_responses"):
+            for follow in rest[i + 1 :]:
+                if follow.get("role") != "tool":
+                    break
+                out += media_parts(follow.get("content"))
+        out += media_parts(m.get("content"))
+    return out
+
+
+class MediaParts:
+    """Loads the media parts of chat messages for one engine, and keeps recent ones loaded.
+
+    Parts name their source: `path` (a file, or `-`), `url` (file://, data:...;base64,...)
+    or `data` (base64, OpenAI's input_audio); audio parts may carry `start`/`end` seconds.
+    `media` (an engine.media.Media) is media the caller loaded itself; it is not saved.
+    """
+
+    def __init__(self, engine, keep: int = 16):
+        from collections import OrderedDict
+
+        self.engine = engine
+        self.keep = keep
+        self._loaded: OrderedDict[tuple, object] = OrderedDict()
+
+    def prepare(self, content):
+        """Load the media of a new message now (a bad file fails before it joins the history);
+        audio longer than 30 s becomes several parts, cut at quiet points."""
+        if not media_parts(content):
+            return content
+        out = []
+        for part in content:
+            if not (isinstance(part, dict) and part.get("type") in MEDIA_KINDS):
+                out.append(part)
+                continue
+            if part["type"] == "audio" and "start" not in part and part.get("media") is None:
+                audio = self._audio(part)
+                if audio.seconds > MAX_CLIP_SECONDS:
+                    out += [{**part, "start": round(s.start, 3), "end": round(s.end, 3)}
+                            for s in cut(audio.samples, audio.rate)]
+                    continue
+            self.load(part)
+            out.append(part)
+        return out
+
+    def load(self, part: dict) -> "Media":
+        kind = part["type"]
+        projector = self.engine.ensure_projector(kind)  # the capability error before reading any file
+        if part.get("media") is not None:  # loaded by the caller (an engine.media.Media; not saved)
+            return part["media"]
+        if kind == "image":
+            return self._cached(("image", _source_key(part)), lambda: load_image(*_source(part, "image")))
+        audio = self._audio(part, projector.sample_rate)
+        start, end = part.get("start"), part.get("end")
+        first = int(round(float(start or 0.0) * audio.rate))
+        last = len(audio.samples) if end is None else min(len(audio.samples), int(round(float(end) * audio.rate)))
+        segment = Segment(first / audio.rate, last / audio.rate, first, last)
+        return self._cached(("clip", _source_key(part), first, last), lambda: clips(audio, [segment])[0])
+
+    def in_prompt_order(self, messages: list[dict]) -> list["Media"]:
+        return [self.load(p) for p in prompt_order(messages)]
+
+    def _audio(self, part: dict, rate: int | None = None) -> Audio:
+        rate = rate or self.engine.ensure_projector("audio").sample_rate
+        return self._cached(("audio", _source_key(part), rate), lambda: load_audio(*_source(part, "audio", rate)))
+
+    def _cached(self, key: tuple, make):
+        value = self._loaded.get(key)
+        if value is None:
+            value = make()
+            self._loaded[key] = value
+            while len(self._loaded) > self.keep:  # an evicted file is read again if needed
+                self._loaded.popitem(last=False)
+        else:
+            self._loaded.move_to_end(key)
+        return value
+
+
+def _source(part: dict, what: str, *rate) -> tuple:
+    """(name, *rate, bytes or None): a file is read by the loader itself (audio streams from it)."""
+    path = part.get("path")
+    url = part.get("url") or ""
+    if path is not None and str(path) != "-":
+        return (str(path), *rate, None)
+    if url.startswith("file://"):
+        return (url[len("file://"):], *rate, None)
+    return (_label(part), *rate, _part_bytes(part, what))
+
+
+def _label(part: dict) -> str:
+    if part.get("path"):
+        return str(part["path"])
+    url = part.get("url") or ""
+    if url.startswith("file://"):
+        return url[len("file://"):]
+    return "data URL" if url.startswith("data:") else ("inline audio" if part.get("data") else url or part["type"])
+
+
+def _source_key(part: dict) -> str:
+    import hashlib
+
+    if part.get("path") and str(part["path"]) != "-":
+        return "path:" + str(Path(part["path"]).expanduser().resolve())
+    blob = part.get("url") or part.get("data") or part.get("path") or ""
+    return "blob:" + hashlib.sha256(str(blob).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+_STDIN: dict[str, bytes] = {}  # `-` read once: later turns see the same bytes
+
+
+def _part_bytes(part: dict, what: str) -> bytes:
+    """The bytes a part names (a path, a file:// or base64 data: URL, or base64 `data`)."""
+    import base64
+    import binascii
+
+    path = part.get("path")
+    if path is not None:
+        if str(path) == "-":
+            if "-" not in _STDIN:
+                _STDIN["-"] = read_bytes("-", what)
+            return _STDIN["-"]
+        return read_bytes(path, what)
+    url = part.get("url")
+    if isinstance(url, str) and url.startswith("file://"):
+        return read_bytes(url[len("file://"):], what)
+    encoded = part.get("data")
+    if isinstance(url, str) and url.startswith("data:"):
+        encoded = url.split(",", 1)[1] if "," in url and ";base64" in url.split(",", 1)[0] else None
+        if encoded is None:
+            raise MediaError(f"the {what} data URL is not base64", "use data:<type>;base64,<data>")
+    elif isinstance(url, str) and url:
+        raise MediaError(f"gemma does not download {what} from {url}", "save the file and pass its path")
+    if not encoded:
+        raise MediaError(f"an {what} part names no file", 'give it a "path", a "url" or "data"')
+    try:
+        data = base64.b64decode(encoded, validate=False)
+    except (binascii.Error, ValueError):
+        raise MediaError(f"the {what} data is not valid base64", "check the conversation file") from None
+    if not data:
+        raise MediaError(f"the inline {what} data is empty", f"pass a non-empty {what}")
+    return data
+
+
+def check_file(source: str | Path, what: str) -> None:
+    """Fail now, before a model loads, for a file that is missing, a folder or empty."""
+    if str(source) == "-":
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise MediaError(f"{what} file not found: {source}", "check the path")
+    if path.is_dir():
+        raise MediaError(f"{source} is a folder, not {what} file", f"pass an {what} file")
+    if path.stat().st_size == 0:
+        raise MediaError(f"{source} is empty (0 bytes)", f"pass a non-empty {what} file")
+
+
+def projector_path(model: str | None, model_path: Path, explicit: Path | None) -> Path | None:
+    """The mmproj for a model: --mmproj, else the registry's (installed with the model), else one beside it."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    from gemma_cli.errors import GemmaError
+
+    try:
+        from gemma_cli.models import locate
+
+        found = locate(model).mmproj
+        if found is not None:
+            return Path(found)
+    except (GemmaError, ImportError, AttributeError, OSError):
+        pass
+    from gemma_cli.engine.media import find_mmproj
+
+    return find_mmproj(model_path)
