@@ -42,3 +42,8 @@ DraftMax = Annotated[
     Optional[int],
     typer.Option("--draft-max", min=1, max=32, help="Most tokens drafted per step (default 4 with an MTP drafter, 16 with ngram); fewer while drafts miss."),
 ]
+ImageTokens = Annotated[
+    Optional[int],
+    typer.Option("--image-tokens", metavar="70|140|280|560|1120",
+                 help="Visual token budget per image: 70 fast, 140 captions, 280 general (default), 560 charts, 1120 OCR/fine detail."),
+]

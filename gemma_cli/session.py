@@ -57,6 +57,13 @@ def format_for(architecture: str, chat_template: str | None, bos: str, eos: str,
     return PromptFormat("plain", bos=bos if add_bos else "", eos=eos)
 
 
+def format_of_engine(engine) -> PromptFormat:
+    """The prompt format of a loaded model."""
+    info = engine.info
+    return format_for(info.architecture, info.chat_template, info.bos, info.eos,
+                      bool(info.meta.get("tokenizer.ggml.add_bos_token", True)))
+
+
 def format_of_header(header) -> PromptFormat:
     """The prompt format of a GGUF, from its header alone (no weights loaded)."""
     return format_for(
@@ -86,10 +93,13 @@ class Stats:
     ttft: float = 0.0
     tps: float = 0.0
     finish_reason: str | None = None
+    drafted: int = 0  # speculative decoding: tokens proposed by the drafter
+    accepted: int = 0  # ... and kept by the model
 
     @classmethod
     def of(cls, step: "Step") -> "Stats":
-        return cls(step.prompt_tokens, step.reused_tokens, step.generated_tokens, step.ttft, step.tps, step.finish_reason)
+        return cls(step.prompt_tokens, step.reused_tokens, step.generated_tokens, step.ttft, step.tps,
+                   step.finish_reason, getattr(step, "drafted", 0), getattr(step, "accepted", 0))
 
 
 @dataclass

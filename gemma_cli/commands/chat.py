@@ -33,6 +33,7 @@ def chat(
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="An image to send with the prompt (repeatable; - reads stdin).")] = None,
     audio: Annotated[Optional[list[str]], typer.Option("--audio", "-a", metavar="PATH", help="An audio clip to send with the prompt (repeatable; over 30 s is cut at pauses).")] = None,
     mmproj: opt.Mmproj = None,
+    image_tokens: opt.ImageTokens = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think before it answers (default off).")] = None,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the thinking.")] = False,
@@ -59,23 +60,21 @@ def chat(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
     """Chat with a model: one answer for a prompt, or an interactive chat on a terminal."""
-    from gemma_cli import config, conversation, paths
+    from gemma_cli import config
 
     settings = config.load()
+    from gemma_cli.commands.describe import check_budget
+
+    check_budget(image_tokens)
     parts = _media_parts(image, audio)  # before stdin is read as text: `-i -` reads it
     text = _read_input(prompt) if not any(p.get("url") for p in parts) else prompt
     conv = _start_conversation(load, resume)
-    saved = conv.settings
-    think = think if think is not None else bool(saved.get("think", False))
+    think = think if think is not None else bool(conv.settings.get("think", False))
     toolbox = _load_tools(tools)
     declarations = toolbox.declarations if toolbox else (conv.tools or None)
-    sampling = _sampling(settings, saved, temperature, top_p, top_k, seed)
-    sampling.grammar = _constraint(schema, fmt, grammar)
-    path = _locate(settings.pick("model", model or conv.model), yes)
-    messages = list(conv.messages)
-    if system is not None:
-        messages = [m for m in messages if m["role"] != "system"]
-        messages.insert(0, {"role": "system", "content": system})
+    name = settings.pick("model", model or conv.model)
+    path = _locate(name, yes)
+    messages = _with_system(conv.messages, system)
     if print_prompt:
         return _print_prompt(path, messages, declarations, think, _with_media(parts, text))
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
@@ -83,32 +82,54 @@ def chat(
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
 
     from gemma_cli.commands.loading import open_engine
-    from gemma_cli.session import ChatSession, format_for
+    from gemma_cli.media import projector_path
+    from gemma_cli.session import ChatSession, format_of_engine
 
+    projector = projector_path(name, path, mmproj)
     engine = open_engine(path, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
-                         gpu_layers=settings.pick("gpu_layers", gpu_layers), verbose=verbose)
-    info = engine.info
-    prompt_format = format_for(info.architecture, info.chat_template, info.bos, info.eos,
-                               bool(info.meta.get("tokenizer.ggml.add_bos_token", True)))
-    session = ChatSession(engine, prompt_format, sampling=sampling,
-                          max_tokens=settings.pick("max_tokens", max_tokens or saved.get("max_tokens")),
-                          think=think, tools=declarations)
+                         gpu_layers=settings.pick("gpu_layers", gpu_layers), verbose=verbose,
+                         mmproj=projector if parts else None, image_tokens=image_tokens)
+    engine.mmproj_path = projector  # /image and /audio load it on first use
+    sampling = _sampling(settings, conv.settings, temperature, top_p, top_k, seed)
+    sampling.grammar = _constraint(schema, fmt, grammar)
+    session = ChatSession(engine, format_of_engine(engine), sampling=sampling, think=think, tools=declarations,
+                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")))
     session.messages = messages
-    _projector(engine, settings.pick("model", model or conv.model), path, mmproj, parts)
+    for kind in dict.fromkeys(p["type"] for p in parts):
+        engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
+    _attach_draft(engine, name, draft, draft_max)
     confirm = None if yes else _confirm
     if interactive:
-        from gemma_cli.commands.repl import Repl
-
-        if prompt_format.notice:
-            sys.stderr.write(prompt_format.notice + "\n")
-        Repl(session, path.name, toolbox, confirm, show_thinking=not hide_thinking,
-             autosave=paths.last_conversation(), max_tool_rounds=max_tool_rounds, pending_media=parts).run()
-        return
-    _attach_draft(engine, settings.pick("model", model or conv.model), draft, draft_max)
+        return _interactive(session, path, toolbox, confirm, parts, show_thinking=not hide_thinking,
+                            max_tool_rounds=max_tool_rounds)
     _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds, show_thinking=not hide_thinking,
               as_json=as_json)
-    conversation.save(conversation.Conversation(session.messages, declarations or [], {"think": think}, path.name),
-                      paths.last_conversation())
+    _autosave(session, path)
+
+
+def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
+                 max_tool_rounds: int) -> None:
+    from gemma_cli import paths
+    from gemma_cli.commands.repl import Repl
+
+    if session.format.notice:
+        sys.stderr.write(session.format.notice + "\n")
+    Repl(session, path.name, toolbox, confirm, show_thinking=show_thinking, autosave=paths.last_conversation(),
+         max_tool_rounds=max_tool_rounds, pending_media=parts).run()
+
+
+def _autosave(session, path: Path) -> None:
+    """Keep the one-shot exchange too, so `gemma chat --continue` picks it up."""
+    from gemma_cli import conversation, paths
+
+    conv = conversation.Conversation(session.messages, session.tools or [], {"think": session.think}, path.name)
+    conversation.save(conv, paths.last_conversation())
+
+
+def _with_system(messages: list[dict], system: str | None) -> list[dict]:
+    if system is None:
+        return list(messages)
+    return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
 
 
 def _media_parts(images: list[str] | None, audios: list[str] | None) -> list[dict]:
@@ -130,15 +151,6 @@ def _media_parts(images: list[str] | None, audios: list[str] | None) -> list[dic
 
 def _with_media(parts: list[dict], text: str | None):
     return parts + [{"type": "text", "text": text}] if parts and text is not None else text
-
-
-def _projector(engine, name: str | None, path: Path, mmproj: Path | None, parts: list[dict]) -> None:
-    """Where the engine finds its mmproj; loaded now for -i/-a, else at the first /image or /audio."""
-    from gemma_cli.media import projector_path
-
-    engine.mmproj_path = lambda: projector_path(name, path, mmproj)  # looked up only when needed
-    for kind in dict.fromkeys(p["type"] for p in parts):
-        engine.ensure_projector(kind)
 
 
 def _read_input(prompt: str | None) -> str | None:

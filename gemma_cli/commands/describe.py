@@ -26,18 +26,13 @@ BUDGETS = (70, 140, 280, 560, 1120)  # engine.media.BUDGETS, kept here so --help
 DEFAULT_PROMPT = "Describe this image in detail."
 DEFAULT_PROMPT_MANY = "Describe these images in detail."
 
-ImageTokens = Annotated[
-    Optional[int],
-    typer.Option("--image-tokens", metavar="70|140|280|560|1120",
-                 help="Visual token budget per image: 70 fast, 140 captions, 280 general (default), 560 charts, 1120 OCR/fine detail."),
-]
 
 
 def describe_image(
     images: Annotated[List[str], typer.Argument(metavar="IMAGE", help="Image files (PNG, JPEG, WebP, GIF, BMP, TIFF); - reads one from stdin.")],
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about each image.")] = None,
     together: Annotated[bool, typer.Option("--together", help="All images in one turn, one answer.")] = False,
-    image_tokens: ImageTokens = None,
+    image_tokens: opt.ImageTokens = None,
     model: opt.Model = None,
     mmproj: opt.Mmproj = None,
     max_tokens: opt.MaxTokens = None,
@@ -92,8 +87,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
     `need` ("image" or "audio") is checked in the projector's header first: a 31B asked for
     audio says so at once, not after loading 17 GB of weights.
     """
-    from gemma_cli import render
-    from gemma_cli.commands.loading import locate_path
+    from gemma_cli.commands.loading import locate_path, open_engine
     from gemma_cli.media import projector_path
 
     name = settings.pick("model", model)
@@ -103,16 +97,13 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
         raise CapabilityError(f"no projector (mmproj) found for {path.name}: it cannot read images or audio without one",
                               "pass --mmproj PATH, or `gemma models pull NAME` to fetch it with the model")
     _check_encoder(path, projector, need)
-    with render.spinner(f"Loading {path.name}…"):
-        from gemma_cli.engine import Engine
-
-        engine = Engine(path, n_ctx=settings.pick("ctx", ctx), n_threads=settings.pick("threads", threads),
-                        n_gpu_layers=settings.pick("gpu_layers", gpu_layers) or 0, verbose=verbose,
-                        mmproj=projector, image_tokens=image_tokens)
-    from gemma_cli.session import ChatSession, GEMMA4, format_for
+    engine = open_engine(path, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
+                         gpu_layers=settings.pick("gpu_layers", gpu_layers), verbose=verbose,
+                         mmproj=projector, image_tokens=image_tokens)
+    from gemma_cli.session import ChatSession, GEMMA4, format_of_engine
 
     info = engine.info
-    fmt = format_for(info.architecture, info.chat_template, info.bos, info.eos)
+    fmt = format_of_engine(engine)
     if fmt.kind != GEMMA4:
         raise CapabilityError(f"{path.name} is not a Gemma 4 model ({info.architecture})",
                               "images and audio need a Gemma 4 GGUF and its mmproj")

@@ -19,14 +19,16 @@ def locate_path(model: str | None, *, yes: bool = False) -> Path:
     return ensure_model(model, yes=yes).path
 
 
-def open_engine(path: Path, *, ctx: int | None, threads: int | None, gpu_layers: int | None, verbose: bool = False):
-    """Load the model with a spinner on stderr (terminal only)."""
+def open_engine(path: Path, *, ctx: int | None, threads: int | None, gpu_layers: int | None, verbose: bool = False,
+                mmproj: Path | None = None, image_tokens: int | None = None):
+    """Load the model (and its projector, when given) with a spinner on stderr (terminal only)."""
     if gpu_layers is None:
         gpu_layers = _auto_gpu_layers(path, ctx)
     with render.spinner(f"Loading {path.name}…"):
         from gemma_cli.engine import Engine
 
-        return Engine(path, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose)
+        return Engine(path, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose,
+                      mmproj=mmproj, image_tokens=image_tokens)
 
 
 def _auto_gpu_layers(path: Path, ctx: int | None) -> int:

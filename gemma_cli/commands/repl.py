@@ -227,7 +227,8 @@ class Repl:
             f"prompt tokens evaluated  {s.prompt_tokens}\nprompt tokens cached     {s.reused_tokens}\n"
             f"tokens generated         {s.generated_tokens}\ntime to first token      {s.ttft:.3f} s\n"
             f"decode speed             {s.tps:.1f} tok/s\nfinish reason            {s.finish_reason}\n"
-            f"context in use           {self.session.engine.cached_tokens} / {self.session.engine.n_ctx}",
+            f"context in use           {self.session.engine.cached_tokens} / {self.session.engine.n_ctx}"
+            + (f"\ndrafted / accepted       {s.drafted} / {s.accepted} ({s.accepted / s.drafted:.0%})" if s.drafted else ""),
             markup=False, highlight=False)
 
     def _clear(self) -> None:
@@ -255,7 +256,7 @@ class Repl:
         if not arg:
             self.err.print(f"usage: /{kind} PATH", markup=False)
             return
-        path = Path(shlex.split(arg)[0]).expanduser()
+        path = Path(shlex.split(arg)[0]).expanduser().resolve()  # --continue may run elsewhere
         if not path.is_file():
             raise GemmaError(f"{kind} file not found: {path}", "check the path")
         self.pending_media.append({"type": kind, "path": str(path)})
