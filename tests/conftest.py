@@ -48,6 +48,12 @@ import sys  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic  # noqa: E402
 
+from gemma_cli.engine.core import avoid_amx  # noqa: E402
+
+# Tests that load models through llama-cpp-python's own `Llama` get the engine's weight layout:
+# llama.cpp's AMX matmul segfaults on K-quants on Xeons with AMX (engine.core.AMX_BUILD).
+avoid_amx()
+
 
 def _synthetic_dir(request, tmp_path_factory, template: str) -> Path:
     """A directory keyed by the generator's source and the embedded template, so reruns reuse the files."""

@@ -406,8 +406,6 @@ def test_chat_one_shot_attaches_the_drafter_and_reports_its_stats(e_model, wrong
 
 
 def test_chat_json_reports_draft_stats(e_model, tmp_path):
-    pytest.importorskip("gemma_cli.reply")
-    pytest.importorskip("gemma_cli.config")
     import json
 
     from clitools import run_gemma

@@ -145,3 +145,23 @@ def test_swa_cut_beyond_window_falls_back_or_uses_checkpoint(tiny, e_model):
         else:
             assert last.reused_tokens == len(head)  # restored from the checkpoint
         assert text == _fresh_greedy(e_model, follow, 6)
+
+
+def test_llama_cpp_python_loads_weights_as_the_engine_does():
+    # On a build with AMX, llama.cpp's AMX matmul crashes on K-quants: the engine and the
+    # patched defaults of llama-cpp-python's own Llama (conftest calls avoid_amx) skip the
+    # extra buffer types; elsewhere both keep llama.cpp's default (repacked weights).
+    import llama_cpp
+    import llama_cpp.llama_cpp as api
+
+    from gemma_cli.engine.core import AMX_BUILD
+
+    assert AMX_BUILD == (b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info())
+    assert api.llama_model_default_params().use_extra_bufts is (not AMX_BUILD)
+
+
+def test_a_k_quant_model_decodes_a_batch_of_several_sequences(gemma3_base):
+    # The first decode of a Q4_K_M model is where the AMX kernel crashed the process.
+    with Engine(gemma3_base, n_ctx=1024, n_seq=4) as engine:
+        text, last, _ = run(engine, "<bos>The Eiffel Tower is located in the city of", max_tokens=4, sampling=GREEDY)
+    assert "Paris" in text and last.finish_reason == "length"

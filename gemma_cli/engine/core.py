@@ -47,6 +47,32 @@ def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
 ll.llama_log_set(_on_log, ctypes.c_void_p(0))
 ll.llama_backend_init()
 
+# llama.cpp's AMX matmul (Xeons from Sapphire Rapids on) segfaults at the first decode of
+# K-quant models (ggml-org/llama.cpp#20824, unfixed in the vendored version). On a build
+# with AMX, weights load without the extra buffer types (AMX, and CPU repacking with it).
+AMX_BUILD = b"AMX_INT8 = 1" in ll.llama_print_system_info()
+
+
+def avoid_amx() -> None:
+    """Make llama-cpp-python's own `Llama` (and its server) load weights as the engine does.
+
+    For code in this process that uses the high-level API beside the engine: benchmarks'
+    reference loops, the test suite's llama_cpp.server. A no-op on builds without AMX.
+    """
+    import llama_cpp.llama_cpp as api
+
+    if not AMX_BUILD or getattr(api.llama_model_default_params, "_gemma_no_amx", False):
+        return
+    original = api.llama_model_default_params
+
+    def defaults():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    defaults._gemma_no_amx = True
+    api.llama_model_default_params = defaults
+
 
 def set_verbose(on: bool) -> None:
     global _verbose
@@ -137,6 +163,7 @@ class Engine:
         n_ubatch: int | None = None,
         n_seq: int = 1,
         swa_full: bool = False,
+        batch_invariant: bool = False,
         use_mmap: bool = True,
         verbose: bool = False,
         mmproj: str | Path | None = None,
@@ -145,7 +172,13 @@ class Engine:
         set_verbose(verbose)
         self.path = Path(path)
         header = read_header(self.path)
-        self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap)
+        if batch_invariant:
+            # CPU kernels picked by batch size (repacked and tiled matmuls, flash attention's
+            # split paths) round a row differently when other sequences share its batch: keep
+            # every row on one path so its output does not depend on them (engine.parallel).
+            os.environ["GGML_CPU_TILED_MM"] = "0"  # read once per process, at ggml's first matmul
+        self._flash_attn = not batch_invariant
+        self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap, repack=not batch_invariant)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.info = _describe(self.path, header, self._model)
         self.n_threads = n_threads or _default_threads()
@@ -174,7 +207,8 @@ class Engine:
 
     def _open_context(self, n_batch: int, n_ubatch: int) -> None:
         n_ctx, n_seq, swa_full = self._context_args
-        self._ctx = _new_context(self._model, n_ctx, self.n_threads, n_batch, n_ubatch, n_seq, swa_full)
+        self._ctx = _new_context(self._model, n_ctx, self.n_threads, n_batch, n_ubatch, n_seq, swa_full,
+                                 flash_attn=self._flash_attn)
         self.n_ctx = ll.llama_n_ctx(self._ctx)
         self.n_batch = ll.llama_n_batch(self._ctx)
         self.n_ubatch = ll.llama_n_ubatch(self._ctx)
@@ -553,10 +587,11 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
-def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool):
+def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool, repack: bool = True):
     params = ll.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
     params.use_mmap = use_mmap
+    params.use_extra_bufts = repack and not AMX_BUILD
     _log_lines.clear()
     model = ll.llama_model_load_from_file(str(path).encode("utf-8"), params)
     if not model:
@@ -602,7 +637,8 @@ def _describe(path: Path, header, model) -> ModelInfo:
     )
 
 
-def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int, n_seq: int, swa_full: bool):
+def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int, n_seq: int, swa_full: bool,
+                 flash_attn: bool = True):
     params = ll.llama_context_default_params()
     params.n_ctx = n_ctx
     params.n_batch = n_batch
@@ -612,6 +648,8 @@ def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
     params.n_threads_batch = n_threads
     params.swa_full = swa_full
     params.no_perf = True
+    if not flash_attn:
+        params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
     ctx = ll.llama_init_from_model(model, params)
     if not ctx:
         detail = _recent_log("failed") or "out of memory?"
