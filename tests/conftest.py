@@ -7,10 +7,11 @@ where they fail so that nothing is silently skipped in CI.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+
+from tests.needs import skip_or_fail
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference"
@@ -21,10 +22,7 @@ def need_reference(name: str) -> Path:
     path = REFERENCE / name
     if path.is_file():
         return path
-    reason = f"{path} is absent (it ships beside the project as ../shared/reference)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true: {reason}")
-    pytest.skip(reason)
+    skip_or_fail(f"{path} is absent (it ships beside the project as ../shared/reference)")
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ import pytest
 
 from gemma_cli import prompt
 from tests.clitools import assert_one_line_error, run_gemma
+from tests.needs import skip_or_fail
 
 GREEDY = ["--temperature", "0"]
 
@@ -132,7 +133,7 @@ def test_no_prompt_and_empty_stdin_is_a_usage_error(e_model, tmp_path):
 
 def test_output_to_a_closed_pipe_is_quiet(gemma3_base, tmp_path):
     if shutil.which("head") is None:
-        pytest.skip("needs head")
+        skip_or_fail("needs the head command")
     import subprocess
     import sys
 

@@ -89,7 +89,7 @@ CASES = [
      "<|channel>thought\nhmm" + call("call:f{}"), [T("hmm"), C("f", {})]),
     ("answer around a tool call", "Checking." + call("call:f{}") + "Done.<turn|>",
      [A("Checking."), C("f", {}), A("Done."), END()]),
-    ("several tool calls", call(f"call:a{{x:1}}") + call(f"call:b{{y:{Q}z{Q}}}") + "\n" + call("call:c{}"),
+    ("several tool calls", call("call:a{x:1}") + call(f"call:b{{y:{Q}z{Q}}}") + "\n" + call("call:c{}"),
      [C("a", {"x": 1}), C("b", {"y": "z"}), A("\n"), C("c", {})]),
     ("every kind of value",
      call(f"call:f{{key:{Q}text{Q},n:1,flag:true,off:false,x:null,obj:{{a:[1,2.5,{Q}s{Q}]}}}}"),

@@ -11,9 +11,8 @@ import llama_cpp
 import llama_cpp.mtmd_cpp as mtmd
 import numpy as np
 import pytest
-from llama_cpp import Llama
-
 import synthetic
+from llama_cpp import Llama
 
 TEXTS = [
     "The capital of France is Paris.",

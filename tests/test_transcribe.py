@@ -13,6 +13,7 @@ import soundfile as sf
 
 from gemma_cli import transcript
 from tests.clitools import assert_one_line_error, gemma_env, run_gemma
+from tests.needs import skip_or_fail
 
 FAST = ["--max-tokens", "4", "--threads", "1"]  # one thread: llama.cpp's spin-waits suffer on shared cores
 
@@ -80,7 +81,7 @@ def test_srt_cues_are_monotone_and_cover_the_recording(long_recording, e_model, 
 @pytest.mark.parametrize("fmt, suffix", [("MP3", "mp3"), ("OGG", "ogg"), ("FLAC", "flac")])
 def test_stereo_44k_files_are_resampled(fmt, suffix, e_model, audio_mmproj, tmp_path):
     if fmt not in sf.available_formats():
-        pytest.skip(f"this libsndfile cannot write {fmt}")
+        skip_or_fail(f"this libsndfile cannot write {fmt}")
     t = np.arange(int(44100 * 1.5)) / 44100
     stereo = np.stack([0.3 * np.sin(2 * np.pi * 440 * t), 0.3 * np.sin(2 * np.pi * 660 * t)], axis=1)
     path = tmp_path / f"clip.{suffix}"

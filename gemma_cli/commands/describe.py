@@ -100,7 +100,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
     engine = open_engine(path, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                          gpu_layers=settings.pick("gpu_layers", gpu_layers), verbose=verbose,
                          mmproj=projector, image_tokens=image_tokens)
-    from gemma_cli.session import ChatSession, GEMMA4, format_of_engine
+    from gemma_cli.session import GEMMA4, ChatSession, format_of_engine
 
     info = engine.info
     fmt = format_of_engine(engine)

@@ -81,9 +81,10 @@ def set_verbose(on: bool) -> None:
 
 def _recent_log(pattern: str) -> str | None:
     """The newest llama.cpp log line containing `pattern`, if any."""
-    for line in reversed(_log_lines):
-        if pattern in line:
-            return line.strip()
+    for entry in reversed(_log_lines):
+        for line in reversed(entry.splitlines()):  # one log call can hold several lines
+            if pattern in line:
+                return line.strip()
     return None
 
 
