@@ -44,9 +44,9 @@ Run `gemma COMMAND --help` for a command's options. GEMMA_DEBUG=1 shows tracebac
 
 def _register() -> None:
     # One line per command module; each module exposes `register(app)`.
-    from gemma_cli.commands import chat, config, describe, doctor, models, transcribe
+    from gemma_cli.commands import batch, chat, config, describe, doctor, models, transcribe
 
-    for module in (chat, describe, transcribe, models, doctor, config):
+    for module in (chat, describe, transcribe, batch, models, doctor, config):
         module.register(app)
 
 

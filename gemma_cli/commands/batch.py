@@ -1,0 +1,242 @@
+"""`gemma batch`: a JSONL file of prompts in, a JSONL file of results out; resumable, parallel."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from gemma_cli import options as opt
+from gemma_cli.errors import UsageError
+
+EXAMPLES = """
+Each input line is {"id": …, "prompt": "…"} (or "messages"; optional "system", "images",
+"audio", "think", "tools", "schema", "max_tokens", "temperature", "top_p", "top_k", "seed"),
+or an OpenAI Batch API line {"custom_id": …, "method": "POST", "url": "/v1/chat/completions",
+"body": {…}}. Results mirror the input's form, one line per input line, in the order they
+finish. Running the same command again resumes: answered ids are skipped, failed ones retried.
+
+Exit status: 0 all lines answered, 3 some lines failed (see their "error"), 1 the run
+could not go on, 2 bad usage, 130/143 stopped by SIGINT/SIGTERM (run again to resume).
+
+Examples:
+
+\b
+  gemma batch prompts.jsonl -o results.jsonl
+  gemma batch prompts.jsonl -o results.jsonl --parallel 16 --temperature 0
+  gemma batch examples/batch-openai.jsonl -o out.jsonl -m e4b
+  cat prompts.jsonl | gemma batch - -o results.jsonl --system "Answer in one sentence."
+  gemma batch prompts.jsonl -o results.jsonl --endpoint http://gpu-box:8000/v1 --concurrency 64
+  gemma batch prompts.jsonl -o results.jsonl --restart          (redo every line)
+"""
+
+EXIT_FAILED_LINES = 3
+DEFAULT_CONCURRENCY = 8
+
+
+def batch(
+    source: Annotated[str, typer.Argument(metavar="INPUT", help="JSON Lines file of prompts; - reads stdin.")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="OUT", help="Results file (JSON Lines), appended to and resumed; default stdout (no resume).")] = None,
+    parallel: Annotated[Optional[int], typer.Option("--parallel", "-p", min=1, max=255, help="Lines decoded together in one model (default: 8 on CPU, 16 with a GPU, fewer for a large --ctx).")] = None,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first line that fails (exit 3).")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Empty the results file and run every line again.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
+    endpoint: Annotated[Optional[str], typer.Option("--endpoint", metavar="URL", help="Send lines to an OpenAI-compatible server instead (vLLM, llama-server, Ollama, Bedrock).")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GEMMA_API_KEY", show_envvar=True, help="Bearer token for --endpoint.")] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=1024, help="Requests in flight with --endpoint.")] = DEFAULT_CONCURRENCY,
+    retries: Annotated[int, typer.Option("--retries", min=0, max=100, help="Retries per request on 429, 5xx and timeouts (with backoff, honouring Retry-After).")] = 8,
+    timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait for one answer from --endpoint.")] = 600.0,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model: a name (e4b), a .gguf path or hf:OWNER/REPO/FILE.gguf; with --endpoint, the served model's name.")] = None,
+    mmproj: opt.Mmproj = None,
+    image_tokens: opt.ImageTokens = None,
+    system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for lines without one (evaluated once, shared).")] = None,
+    think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think first, for lines that do not say (default off).")] = None,
+    max_tokens: opt.MaxTokens = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    top_k: opt.TopK = None,
+    seed: opt.Seed = None,
+    ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each line, prompt and answer (default 8192).")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="CPU kernels that keep each line's output independent of --parallel (default on without a GPU; off: faster prompt processing).")] = None,
+    threads: opt.Threads = None,
+    gpu_layers: opt.GpuLayers = None,
+    yes: opt.Yes = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
+) -> None:
+    """Run a JSONL file of prompts: parallel in one model or against a server, crash-safe and resumable."""
+    from gemma_cli import batch as jobs
+    from gemma_cli import config
+
+    if source != "-" and not Path(source).is_file():
+        raise UsageError(f"input file not found: {source}", "pass a .jsonl file, or - for stdin")
+    if output is not None and output != "-" and source != "-" and Path(output).resolve() == Path(source).resolve():
+        raise UsageError("the results file is the input file", "write results to another file with -o")
+    settings = config.load()
+    overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("seed", seed),
+                                   ("max_tokens", max_tokens)) if v is not None}
+    defaults = jobs.Defaults(_sampling(settings, temperature, top_p, top_k, seed),
+                             max_tokens=settings.pick("max_tokens", max_tokens), think=bool(think), system=system,
+                             image_tokens=image_tokens, overrides=overrides)
+    out = jobs.Output(output, restart=restart)
+    view = _View(quiet, out)
+    total = jobs.count_lines(source) if view.bar else None
+    kw = dict(fail_fast=fail_fast, total=total, progress=view.update, notify=view.note)
+    try:
+        if endpoint:
+            from gemma_cli.remote import Endpoint
+
+            defaults.model = model
+            target = Endpoint(endpoint, api_key, timeout=timeout, retries=retries, model=model)
+            with view:
+                summary = jobs.run_remote(target, concurrency, source, out, defaults, **kw)
+        else:
+            engine, n = _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, threads, gpu_layers,
+                              yes, verbose)
+            with view:
+                summary = jobs.run_local(engine, n, source, out, defaults, **kw)
+    finally:
+        out.close()
+    view.summary(summary)
+    # SystemExit, not typer.Exit: `main()` runs the app with standalone_mode=False, where click
+    # turns typer.Exit into a return value and the status would be lost.
+    if summary.stopped in ("interrupted", "terminated"):
+        raise SystemExit(130 if summary.stopped == "interrupted" else 143)
+    if summary.failed:
+        raise SystemExit(EXIT_FAILED_LINES)
+
+
+def _sampling(settings, temperature, top_p, top_k, seed):
+    from gemma_cli.engine import Sampling
+
+    return Sampling(temperature=settings.pick("temperature", temperature), top_p=settings.pick("top_p", top_p),
+                    top_k=settings.pick("top_k", top_k), seed=settings.pick("seed", seed))
+
+
+def default_parallel(gpu: bool, ctx: int) -> int:
+    """8 sequences on a CPU, 16 on a GPU, fewer when each line's context is over 8192 tokens."""
+    base = 16 if gpu else 8
+    return max(1, min(base, base * 8192 // ctx))
+
+
+def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, threads, gpu_layers, yes, verbose):
+    """The engine for a local run: n parallel sequences (plus the staging one), each `ctx` tokens."""
+    from types import SimpleNamespace
+
+    from gemma_cli import render
+    from gemma_cli.commands.describe import check_budget
+    from gemma_cli.commands.loading import locate_path
+    from gemma_cli.media import projector_path
+
+    check_budget(image_tokens)
+    name = settings.pick("model", model)
+    path = locate_path(name, yes=yes)
+    per_line = settings.pick("ctx", ctx) or 8192
+    gpu_layers = settings.pick("gpu_layers", gpu_layers)
+    if gpu_layers is None:
+        from gemma_cli.hardware import auto_gpu_layers
+
+        gpu_layers = auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=per_line * 9)
+    n = parallel or default_parallel(gpu_layers != 0, per_line)
+    budget = image_tokens or 280
+    n_batch = max(512, budget + budget // 4)  # room for a non-causal image in one micro-batch, should lines bring one
+    with render.spinner(f"Loading {path.name} for {n} parallel sequences…"):
+        from gemma_cli.engine import Engine
+
+        engine = Engine(path, n_ctx=per_line * (n + 1), n_threads=settings.pick("threads", threads),
+                        n_gpu_layers=gpu_layers, n_seq=n + 1, n_batch=n_batch, n_ubatch=n_batch,
+                        batch_invariant=gpu_layers == 0 if deterministic is None else deterministic, verbose=verbose)
+    engine.mmproj_path = lambda: projector_path(name, path, mmproj)  # loaded at the first image or clip
+    return engine, n
+
+
+class _View:
+    """Progress bar (stderr, terminal only) and the final summary."""
+
+    def __init__(self, quiet: bool, output):
+        from gemma_cli.render import is_terminal
+
+        self.quiet = quiet
+        self.output = output
+        self.bar = not quiet and is_terminal(sys.stderr)
+        self._progress = None
+        self._task = None
+        self._last = 0.0
+        self._notes = []
+        if not quiet and output.path is not None:
+            if output.repaired:
+                self.note(f"repaired {output.path}: dropped a torn last line ({output.repaired} bytes)")
+            if output.kept:
+                self.note(f"resuming {output.path}: {output.kept} lines already answered"
+                          + (f", {output.retrying} failed lines to retry" if output.retrying else ""))
+
+    def __enter__(self) -> "_View":
+        if self.bar:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            from gemma_cli.render import err_console
+
+            self._progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn("{task.fields[failed]}"), TextColumn("{task.fields[tps]}"),
+                                      TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                                      console=err_console(), transient=True)
+            self._progress.start()
+            self._task = self._progress.add_task("batch", total=None, failed="", tps="")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def update(self, s) -> None:
+        if self._progress is None:
+            return
+        now = time.perf_counter()
+        if now - self._last < 0.1 and (s.total is None or s.done < s.total):
+            return
+        self._last = now
+        out = max(s.tokens_out, s.live_out)
+        tps = f"{out / s.seconds:.1f} tok/s" if s.seconds > 0 and out else ""
+        self._progress.update(self._task, total=s.total, completed=s.done,
+                              failed=f"[red]{s.failed} failed[/]" if s.failed else "", tps=tps)
+
+    def note(self, message: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(message, highlight=False, markup=False)
+        else:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
+
+    def summary(self, s) -> None:
+        if self.quiet:
+            return
+        parts = [f"{s.ok} ok", f"{s.failed} failed", f"{s.skipped} skipped"]
+        text = (f"batch: {s.read} lines: {', '.join(parts)}; tokens {s.tokens_in} in, {s.tokens_out} out; "
+                f"{s.tps:.1f} tok/s; {s.seconds:.1f} s" + (f"; {s.retried} requests retried" if s.retried else ""))
+        sys.stderr.write(text + "\n")
+        where = self.output.path or "stdout"
+        if s.stopped in ("interrupted", "terminated"):
+            sys.stderr.write(f"stopped ({s.stopped}): run the same command again to resume {where}\n")
+        elif s.stopped == "fail-fast":
+            sys.stderr.write("stopped at the first failed line (--fail-fast); see its \"error\" in the results\n")
+        elif s.failed:
+            sys.stderr.write(f"{s.failed} lines failed: each has an \"error\" record in {where}; "
+                             "run the same command again to retry them\n")
+        sys.stderr.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("batch", epilog=EXAMPLES)(batch)
+

@@ -1,0 +1,335 @@
+"""Several sequences decoding together in one llama.cpp context, with continuous batching.
+
+`Parallel(engine, n)` runs jobs (a prompt, its sampling, a token budget) on n sequences of
+one context, the way llama-server's slots do. Each step is one `llama_batch` holding the
+next token of every running sequence, each under its own sequence id, so the weights are
+read once for all of them; a sequence that finishes gives its slot to the next job at once.
+
+Prompts are evaluated in the engine's own sequence 0 (the staging sequence), with the
+engine's KV reuse: a job evaluates only what its prompt does not share with the previous
+one, so a system prompt or tool declarations common to many jobs is evaluated once. The
+staging sequence is then copied into the job's slot (sequences 1..n). Images and audio go
+through the engine's media path the same way.
+
+The context keeps one KV stream per sequence (llama.cpp's non-unified cache): where a
+sequence's tokens sit in its stream does not depend on what runs beside it. Together with
+`Engine(batch_invariant=True)` (kernels that do not change with the batch's row count) a
+job's tokens on the CPU are the same whichever jobs share its batches, so `--parallel 1`
+and `--parallel 8` give the same greedy output. llama.cpp's GPU backends choose kernels by
+batch size, so there a near-tie can still break differently.
+
+The engine must be opened with `n_seq = n + 1` (the slots plus the staging sequence).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+
+import llama_cpp as ll
+import numpy as np
+
+from gemma_cli.engine.core import Sampling, _new_sampler
+from gemma_cli.errors import ContextOverflowError, GemmaError
+
+if TYPE_CHECKING:
+    from gemma_cli.engine.core import Engine
+
+STAGING = 0  # the engine's own sequence: prompts are evaluated here, then copied to a slot
+THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
+
+
+@dataclass
+class Job:
+    """One prompt to complete."""
+
+    prompt: str | Sequence[int]
+    sampling: Sampling = field(default_factory=Sampling)
+    max_tokens: int | None = None  # None: what the sequence's context leaves
+    media: Sequence | None = None  # engine.media.Media, one per <|image|>/<|audio|> placeholder, in order
+    # Prompt tokens likely shared by later jobs (a system turn): the engine keeps an SWA
+    # checkpoint there, so a later prompt that diverges after it still reuses it.
+    shared: int | None = None
+    # With a grammar: a leading `<|channel>…<channel|>` thought runs unconstrained, the
+    # grammar applies from the answer on (as ChatSession does).
+    free_thought: bool = False
+    key: object = None  # the caller's, handed back in Finished
+
+
+@dataclass
+class Finished:
+    """A job's outcome: its text (control tokens included, for reply parsing) and counters."""
+
+    job: Job
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    prompt_tokens: int = 0  # evaluated for this job
+    reused_tokens: int = 0  # served by what the staging sequence already held
+    generated_tokens: int = 0
+    finish_reason: str | None = None  # "stop" (end of turn), "length"; None with an error
+    ttft: float = 0.0  # seconds from the job's start to its first token
+    seconds: float = 0.0  # from its start to its last token
+    error: GemmaError | None = None
+
+
+class _Slot:
+    """A sequence of the context and the job it runs."""
+
+    def __init__(self, seq: int):
+        self.seq = seq
+        self.job: Job | None = None
+
+    def begin(self, job: Job, samplers: list, greedy: bool, n_prompt: int, budget: int, counts: tuple[int, int],
+              t0: float) -> None:
+        self.job = job
+        # samplers[0]: the one in use; with a free thought, [free, constrained] until the thought ends
+        self.samplers = samplers
+        self.phase = "free" if len(samplers) == 2 else "plain"
+        self.greedy = greedy
+        self.pos = n_prompt
+        self.budget = budget
+        self.counts = counts
+        self.t0 = t0
+        self.t_first = 0.0
+        self.tokens: list[int] = []
+        self.pieces: list[str] = []
+        self.head = ""  # with a free thought: the text so far (its tail, once the thought is open)
+        self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.pending: int | None = None  # sampled, to be evaluated in the next step
+        self.finish: str | None = None
+        self.error: GemmaError | None = None
+        self.copied = False
+
+    def release(self) -> None:
+        for sampler in getattr(self, "samplers", ()):
+            ll.llama_sampler_free(sampler)
+        self.samplers = []
+        self.job = None
+        self.pending = None
+
+    def result(self) -> Finished:
+        tail = self.utf8.decode(b"", final=True)
+        now = time.perf_counter()
+        evaluated, reused = self.counts
+        return Finished(self.job, "".join(self.pieces) + tail, self.tokens, evaluated, reused, len(self.tokens),
+                        self.finish, (self.t_first or now) - self.t0, now - self.t0, self.error)
+
+
+class Parallel:
+    """Continuous batching over `n` sequences of one engine (opened with n_seq = n + 1)."""
+
+    def __init__(self, engine: "Engine", n: int | None = None):
+        self.engine = engine
+        n_seq = ll.llama_n_seq_max(engine._ctx)
+        self.n = n_seq - 1 if n is None else n
+        if not 1 <= self.n <= n_seq - 1:
+            raise GemmaError(f"{self.n} parallel sequences need an engine opened with n_seq={self.n + 1}",
+                             f"open it with Engine(..., n_seq={self.n + 1})")
+        if engine.draft is not None:
+            raise GemmaError("speculative decoding and parallel sequences do not mix", "detach the drafter first")
+        self.n_ctx_seq = ll.llama_n_ctx_seq(engine._ctx)  # each sequence's own KV stream
+        self.stopping = False  # set it (a signal handler may) to take no new jobs; running ones finish
+        self.tick = None  # called after each decoding step (progress displays)
+        self.prompt_tokens = 0  # totals over the run, for progress displays
+        self.reused_tokens = 0
+        self.generated_tokens = 0
+        self._mem = engine._mem
+        self._n_vocab = ll.llama_vocab_n_tokens(engine._vocab)
+        self._buffer = (ctypes.c_uint8 * 0)()  # state copies, grown as needed
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def run(self, jobs: Iterable[Job]) -> Iterator[Finished]:
+        """Run `jobs` (read lazily, one as each slot frees) and yield each as it finishes.
+
+        Jobs finish in any order. A job that cannot run (its prompt does not fit, a media
+        file the projector cannot take, an invalid grammar) comes back with `error` set and
+        the run goes on. Closing the generator drops the jobs still running.
+        """
+        slots = [_Slot(seq) for seq in range(1, self.n + 1)]
+        source = iter(jobs)
+        exhausted = False
+        try:
+            while True:
+                # Fill every free slot before the step: a step with fewer rows than slots
+                # wastes most of what batching gains (matmul kernels work in row tiles).
+                for slot in slots:
+                    while slot.job is None and not exhausted and not self.stopping:
+                        job = next(source, None)
+                        if job is None:
+                            exhausted = True
+                            break
+                        done = self._start(slot, job)
+                        if done is not None:
+                            yield done  # failed, or finished at its first token: the slot is free again
+                active = [s for s in slots if s.job is not None]
+                if not active:
+                    if exhausted or self.stopping:
+                        return
+                    continue
+                finished = self._step(active)
+                if self.tick is not None:
+                    self.tick()
+                for slot in finished:
+                    yield slot.result()
+                    self._free(slot)
+        finally:
+            for slot in slots:
+                if slot.job is not None:
+                    self._free(slot)
+
+    # ---- a job's start: prompt in the staging sequence, first token, copy to the slot
+
+    def _start(self, slot: _Slot, job: Job) -> Finished | None:
+        """Evaluate the job's prompt and take its first token; a Finished if it is already done."""
+        engine = self.engine
+        t0 = time.perf_counter()
+        samplers: list = []
+        try:
+            samplers = _samplers(engine._vocab, job)
+            tokens, checkpoint = self._prompt(job)
+            evaluated, reused = engine._prefill(tokens, checkpoint)
+        except GemmaError as e:
+            for sampler in samplers:
+                ll.llama_sampler_free(sampler)
+            return Finished(job, error=e)
+        finally:
+            engine._spans = {}
+        self.prompt_tokens += evaluated
+        self.reused_tokens += reused
+        budget = self.n_ctx_seq - len(tokens)
+        budget = budget if job.max_tokens is None else min(job.max_tokens, budget)
+        greedy = job.sampling.temperature <= 0 and not job.sampling.grammar
+        slot.begin(job, samplers, greedy, len(tokens), budget, (evaluated, reused), t0)
+        self._take(slot, self._sample(slot, -1))  # the prompt's last logits
+        if slot.finish is None:
+            try:
+                self._copy(slot)
+                return None
+            except GemmaError as e:
+                slot.finish, slot.error = None, e
+        result = slot.result()
+        self._free(slot)
+        return result
+
+    def _copy(self, slot: _Slot) -> None:
+        """Put the staging sequence's KV cells into the slot's stream, now.
+
+        Through the state API rather than llama_memory_seq_cp: across streams that copies a
+        whole stream, and only at the next decode, by which time staging may have changed.
+        """
+        ctx = self.engine._ctx
+        size = ll.llama_state_seq_get_size_ext(ctx, STAGING, 0)
+        if len(self._buffer) < size:
+            self._buffer = (ctypes.c_uint8 * size)()
+        written = ll.llama_state_seq_get_data_ext(ctx, self._buffer, size, STAGING, 0)
+        slot.copied = True  # from here on its stream may hold cells to remove
+        if ll.llama_state_seq_set_data_ext(ctx, self._buffer, written, slot.seq, 0) == 0:
+            raise GemmaError(f"llama.cpp could not copy a prompt's KV cache into sequence {slot.seq}",
+                             "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
+
+    def _prompt(self, job: Job) -> tuple[list, int | None]:
+        """The job's prompt items (media expanded) and its checkpoint spot; checks it fits a sequence."""
+        engine = self.engine
+        tokens = engine.tokenize(job.prompt) if isinstance(job.prompt, str) else list(job.prompt)
+        checkpoint = job.shared
+        engine._spans = {}
+        if job.media:
+            tokens, checkpoint = engine._expand(tokens, job.media, checkpoint)
+        if not tokens:
+            raise GemmaError("the prompt is empty", "give each line a prompt or messages")
+        if len(tokens) >= self.n_ctx_seq:
+            raise ContextOverflowError(
+                f"the prompt is {len(tokens)} tokens but each of the {self.n} parallel sequences holds {self.n_ctx_seq}",
+                "raise --ctx (the context of each line), or shorten the input",
+            )
+        return tokens, checkpoint
+
+    # ---- decoding
+
+    def _step(self, active: list[_Slot]) -> list[_Slot]:
+        """Evaluate every active slot's pending token in one batch; returns the slots now finished."""
+        b = self.engine._batch
+        for i, slot in enumerate(active):
+            b.token[i] = slot.pending
+            b.pos[i] = slot.pos
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = slot.seq
+            b.logits[i] = 1
+        b.n_tokens = len(active)
+        rc = ll.llama_decode(self.engine._ctx, b)
+        if rc != 0:
+            raise GemmaError(f"llama.cpp could not decode the batch of {len(active)} sequences (llama_decode returned {rc})",
+                             "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
+        done = []
+        for i, slot in enumerate(active):
+            slot.pos += 1
+            self._take(slot, self._sample(slot, i))
+            if slot.finish is not None:
+                done.append(slot)
+        return done
+
+    def _sample(self, slot: _Slot, row: int) -> int:
+        ctx = self.engine._ctx
+        if slot.greedy:
+            # The greedy sampler's argmax (first maximum), without building 262K candidates.
+            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, row), shape=(self._n_vocab,))
+            return int(logits.argmax())
+        token = ll.llama_sampler_sample(slot.samplers[0], ctx, row)
+        if slot.phase == "free" and not self._thought_goes_on(slot, token):
+            token = ll.llama_sampler_sample(slot.samplers[0], ctx, row)  # now the constrained one
+        return token
+
+    def _thought_goes_on(self, slot: _Slot, token: int) -> bool:
+        """With a free thought: False when `token` shows there is no thought (switch to the grammar now)."""
+        opened = slot.head.startswith(THOUGHT_OPEN)
+        slot.head += self.engine.token_bytes(token).decode("utf-8", errors="replace")
+        if THOUGHT_CLOSE in slot.head:  # the answer starts after this token: constrained from the next
+            self._constrain(slot)
+            return True
+        if opened or slot.head.startswith(THOUGHT_OPEN):
+            slot.head = THOUGHT_OPEN + slot.head[-len(THOUGHT_CLOSE):]  # enough to find the close
+            return True
+        if THOUGHT_OPEN.startswith(slot.head):
+            return True
+        self._constrain(slot)  # no thought: this very token is the answer's first
+        return False
+
+    def _constrain(self, slot: _Slot) -> None:
+        ll.llama_sampler_free(slot.samplers.pop(0))
+        slot.phase = "plain"
+
+    def _take(self, slot: _Slot, token: int) -> None:
+        """Record a sampled token; set `finish` or make it the next one to evaluate."""
+        if not slot.tokens:
+            slot.t_first = time.perf_counter()
+        if self.engine.is_end(token):
+            slot.finish = "stop"
+            return
+        slot.tokens.append(token)
+        slot.pieces.append(slot.utf8.decode(self.engine.token_bytes(token)))
+        self.generated_tokens += 1
+        if len(slot.tokens) >= slot.budget:
+            slot.finish = "length"  # the last token is never needed in the cache
+            return
+        slot.pending = token
+
+    def _free(self, slot: _Slot) -> None:
+        if slot.copied:
+            ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+            slot.copied = False
+        slot.release()
+
+
+def _samplers(vocab, job: Job) -> list:
+    """The job's sampler chain; with a grammar and a free thought, [free, constrained]."""
+    s = job.sampling
+    if not (s.grammar and job.free_thought):
+        return [_new_sampler(vocab, s)]
+    constrained = _new_sampler(vocab, s)
+    free = _new_sampler(vocab, Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
+    return [free, constrained]

@@ -1,0 +1,304 @@
+"""`gemma batch`: reading lines, result records, the results file (repair, resume), and the CLI
+on the tiny synthetic Gemma 4 model (fast; the real-model and crash tests live beside this file)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from gemma_cli import batch
+from gemma_cli.batch import Answer, Failure, Output, parse_line, record
+from tests.clitools import run_gemma
+
+# ---------------------------------------------------------------- lines
+
+
+def line(obj, number=1, base=None):
+    raw = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return parse_line(number, raw + b"\n", base)
+
+
+def test_simple_prompt_line():
+    ln = line({"id": "q1", "prompt": "Hi", "system": "Be brief.", "max_tokens": 5, "temperature": 0, "seed": 3})
+    assert ln.error is None and ln.form == "simple" and ln.id == "q1"
+    r = ln.request
+    assert r.messages == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert (r.max_tokens, r.temperature, r.seed) == (5, 0.0, 3)
+
+
+def test_a_line_without_an_id_gets_its_line_number():
+    assert line({"prompt": "Hi"}, number=42).id == 42
+    assert line({"custom_id": None, "body": {"messages": [{"role": "user", "content": "x"}]}}, number=7).id == 7
+
+
+def test_ids_keep_their_type_for_resume():
+    assert batch.key_of(1) != batch.key_of("1")
+    assert line({"id": 1, "prompt": "x"}).key == "1" and line({"id": "1", "prompt": "x"}).key == '"1"'
+
+
+def test_images_go_before_the_text_and_resolve_beside_the_input(tmp_path):
+    ln = line({"prompt": "What is it?", "images": ["cat.png", "data:image/png;base64,AAAA"], "audio": "/abs/a.wav"},
+              base=tmp_path)
+    content = ln.request.messages[0]["content"]
+    assert content[0] == {"type": "image", "path": str(tmp_path / "cat.png")}
+    assert content[1] == {"type": "image", "url": "data:image/png;base64,AAAA"}
+    assert content[2] == {"type": "audio", "path": "/abs/a.wav"}
+    assert content[3] == {"type": "text", "text": "What is it?"}
+
+
+def test_openai_line_with_image_url_and_input_audio_parts():
+    body = {"model": "gemma-4", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+        {"type": "text", "text": "Describe"}]}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        "max_completion_tokens": 20, "chat_template_kwargs": {"enable_thinking": True}, "user": "u1"}
+    ln = line({"custom_id": "r1", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    assert ln.error is None and ln.form == "openai" and ln.id == "r1"
+    r = ln.request
+    assert [p["type"] for p in r.messages[0]["content"]] == ["image", "audio", "text"]
+    assert r.schema == {"type": "object"} and r.max_tokens == 20 and r.think is True
+    assert r.body is body or r.body == body
+
+
+@pytest.mark.parametrize("raw, code, needle", [
+    (b"{not json", "invalid_json", "not valid JSON"),
+    (b"[1, 2]", "invalid_line", "not an object"),
+    (json.dumps({"prompt": "x", "max_token": 5}).encode(), "invalid_line", "unknown field 'max_token'"),
+    (json.dumps({"prompt": 5}).encode(), "invalid_line", '"prompt" must be a string'),
+    (json.dumps({"prompt": "x", "max_tokens": "many"}).encode(), "invalid_line", '"max_tokens" must be an integer'),
+    (json.dumps({"prompt": "x", "temperature": -1}).encode(), "invalid_line", "outside"),
+    (json.dumps({"prompt": "x", "think": "yes"}).encode(), "invalid_line", '"think" must be true or false'),
+    (json.dumps({"prompt": "x", "messages": []}).encode(), "invalid_line", "either"),
+    (json.dumps({"messages": [{"role": "robot", "content": "x"}]}).encode(), "invalid_line", "needs a role"),
+    (json.dumps({"id": {"a": 1}, "prompt": "x"}).encode(), "invalid_line", "string or an integer"),
+    (json.dumps({"custom_id": "a", "url": "/v1/embeddings", "body": {}}).encode(), "invalid_line", "not supported"),
+    (json.dumps({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], "n": 2}}).encode(),
+     "invalid_line", "n = 1"),
+    (json.dumps({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], "stop": ["\n"]}}).encode(),
+     "invalid_line", "unsupported body field 'stop'"),
+])
+def test_bad_lines_become_failures(raw, code, needle):
+    ln = parse_line(3, raw + b"\n")
+    assert ln.request is None
+    assert ln.error.code == code and needle in ln.error.message, ln.error.message
+
+
+# ---------------------------------------------------------------- records
+
+
+def test_simple_record_shapes():
+    ln = line({"id": 9, "prompt": "x"})
+    ok = record(ln, Answer("Paris", "hmm", [{"name": "f", "arguments": {"a": 1}}], 10, 4, 3, "stop"))
+    assert ok == {"id": 9, "answer": "Paris", "thinking": "hmm", "tool_calls": [{"name": "f", "arguments": {"a": 1}}],
+                  "usage": {"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13, "cached_tokens": 4},
+                  "finish_reason": "stop", "error": None}
+    bad = record(ln, failure=Failure("context_overflow", "too long", "raise --ctx"))
+    assert bad["answer"] is None and bad["error"] == {"code": "context_overflow", "message": "too long", "line": 1,
+                                                      "hint": "raise --ctx"}
+    assert set(bad) == set(ok)
+
+
+def test_openai_record_is_a_batch_output_line_with_a_chat_completion():
+    ln = line({"custom_id": "c1", "body": {"messages": [{"role": "user", "content": "x"}]}})
+    rec = record(ln, Answer("", "", [{"name": "get_time", "arguments": {"tz": "UTC"}}], 7, 0, 5, "stop", model="m"))
+    assert rec["custom_id"] == "c1" and rec["id"].startswith("batch_req_") and rec["error"] is None
+    assert rec["response"]["status_code"] == 200 and rec["response"]["request_id"]
+    body = rec["response"]["body"]
+    assert body["object"] == "chat.completion" and body["model"] == "m"
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
+    call = choice["message"]["tool_calls"][0]
+    assert call["type"] == "function" and json.loads(call["function"]["arguments"]) == {"tz": "UTC"}
+    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    failed = record(ln, failure=Failure("http_400", "bad", status=400, body={"error": {"message": "bad"}}))
+    assert failed["response"]["status_code"] == 400 and failed["error"]["code"] == "http_400"
+
+
+def test_a_constrained_answer_must_be_json():
+    batch.check_json(Answer('{"a": 1}'))
+    with pytest.raises(Exception) as info:
+        batch.check_json(Answer('{"a": ', finish_reason="length"))
+    assert info.value.code == "grammar" and "cut at max_tokens" in info.value.message
+
+
+# ---------------------------------------------------------------- the results file
+
+
+def rec(ident, error=None):
+    return {"id": ident, "answer": "x", "error": error}
+
+
+def write_lines(path: Path, *items, tail: bytes = b"") -> None:
+    path.write_bytes(b"".join(json.dumps(i).encode() + b"\n" for i in items) + tail)
+
+
+def test_torn_last_line_is_repaired(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, rec(1), rec(2), tail=b'{"id": 3, "answ')
+    o = Output(out)
+    assert o.repaired == len(b'{"id": 3, "answ') and o.kept == 2
+    o.write(rec(3))
+    o.close()
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_power_cut_zeros_at_the_end_are_repaired(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, rec(1), tail=b"\0" * 100)
+    o = Output(out)
+    o.close()
+    assert o.repaired == 100 and out.read_bytes().endswith(b"}\n")
+
+
+def test_error_records_are_dropped_so_those_lines_run_again(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, rec("a"), rec("b", {"code": "x", "message": "m"}), rec("c"))
+    o = Output(out)
+    assert o.retrying == 1 and o.kept == 2
+    assert o.answered(line({"id": "a", "prompt": "x"})) and not o.answered(line({"id": "b", "prompt": "x"}))
+    o.close()
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["a", "c"]
+
+
+def test_openai_results_resume_by_custom_id(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, {"id": "batch_req_1", "custom_id": "r1", "response": {}, "error": None})
+    o = Output(out)
+    assert o.answered(line({"custom_id": "r1", "body": {"messages": [{"role": "user", "content": "x"}]}}))
+    assert not o.answered(line({"id": "batch_req_1", "prompt": "x"}))
+    o.close()
+
+
+def test_restart_empties_the_file(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, rec(1))
+    Output(out, restart=True).close()
+    assert out.read_bytes() == b""
+
+
+def test_a_second_writer_is_refused(tmp_path):
+    out = tmp_path / "out.jsonl"
+    first = Output(out)
+    with pytest.raises(batch.GemmaError, match="another gemma batch"):
+        Output(out)
+    first.close()
+
+
+# ---------------------------------------------------------------- the command, on the synthetic model
+
+
+def run_batch(tmp_path, lines, *args, name="in.jsonl", out="out.jsonl", input=None):
+    src = tmp_path / name
+    src.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    proc = run_gemma("batch", src if input is None else "-", "-o", tmp_path / out, *args, home=tmp_path / "home",
+                     input=input)
+    results = [json.loads(x) for x in (tmp_path / out).read_text().splitlines()] if (tmp_path / out).exists() else []
+    return proc, results
+
+
+def test_bad_lines_get_error_records_and_exit_3(e_model, tmp_path):
+    lines = [{"id": 1, "prompt": "Hello", "max_tokens": 4}, "{oops", {"id": 3, "prompt": "x", "colour": "red"},
+             {"id": 4, "prompt": "Hi", "max_tokens": 4}, {"id": 4, "prompt": "again"}]
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "2", "--ctx", "256", "-t", "0")
+    assert proc.returncode == 3, proc.stderr
+    by_line = {r["error"]["line"] if r["error"] else r["id"]: r for r in results}
+    assert len(results) == 5
+    assert by_line[1]["error"] is None and by_line[4]["error"] is None
+    assert by_line[2]["error"]["code"] == "invalid_json" and by_line[2]["id"] == 2
+    assert by_line[3]["error"]["code"] == "invalid_line"
+    assert by_line[5]["error"]["code"] == "duplicate_id"
+    assert "5 lines: 2 ok, 3 failed, 0 skipped" in proc.stderr
+
+
+def test_context_overflow_is_an_error_record_and_the_run_goes_on(e_model, tmp_path):
+    lines = [{"id": "long", "prompt": "word " * 400}, {"id": "short", "prompt": "Hi", "max_tokens": 3}]
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "--ctx", "128", "-p", "2")
+    assert proc.returncode == 3
+    got = {r["id"]: r for r in results}
+    assert got["long"]["error"]["code"] == "context_overflow" and "--ctx" in got["long"]["error"]["hint"]
+    assert got["short"]["error"] is None and got["short"]["usage"]["completion_tokens"] <= 3
+
+
+def test_fail_fast_stops_at_the_first_failure(e_model, tmp_path):
+    lines = ["{bad"] + [{"id": i, "prompt": f"line {i}", "max_tokens": 4} for i in range(2, 40)]
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "1", "--fail-fast")
+    assert proc.returncode == 3
+    assert results[0]["error"]["code"] == "invalid_json"
+    assert len(results) < 5 and "fail-fast" in proc.stderr
+
+
+def test_openai_form_round_trip(e_model, tmp_path):
+    lines = [{"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "gemma-4-e4b", "messages": [{"role": "system", "content": "Be brief."},
+                                                            {"role": "user", "content": f"Question {i}"}],
+                       "max_tokens": 5, "temperature": 0}} for i in range(6)]
+    lines.append({"custom_id": "json", "body": {"messages": [{"role": "user", "content": "JSON"}],
+                                                "response_format": {"type": "json_object"}, "max_tokens": 60,
+                                                "temperature": 0}})
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "3")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["custom_id"] for r in results) == sorted(x["custom_id"] for x in lines)
+    for r in results:
+        assert r["error"] is None and r["response"]["status_code"] == 200
+        body = r["response"]["body"]
+        assert body["object"] == "chat.completion"
+        assert body["usage"]["completion_tokens"] <= 60
+        assert body["choices"][0]["message"]["role"] == "assistant"
+    answer = next(r for r in results if r["custom_id"] == "json")["response"]["body"]["choices"][0]["message"]["content"]
+    assert isinstance(json.loads(answer), dict)
+    # the shared system turn was evaluated once: later lines reuse it from the cache
+    cached = [r["response"]["body"]["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
+              for r in results if r["custom_id"].startswith("req-")]
+    assert sorted(cached)[-1] >= 8
+
+
+def test_stdin_in_stdout_out(e_model, tmp_path):
+    src = json.dumps({"id": "s", "prompt": "Hi", "max_tokens": 3}) + "\n"
+    proc = run_gemma("batch", "-", "-m", e_model, "-q", home=tmp_path, input=src)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["id"] == "s" and proc.stderr == ""
+
+
+def test_running_again_resumes_and_restart_redoes(e_model, tmp_path):
+    lines = [{"id": i, "prompt": f"n {i}", "max_tokens": 3} for i in range(5)]
+    first, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "2")
+    assert first.returncode == 0 and len(results) == 5
+    again, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "2")
+    assert again.returncode == 0 and len(results) == 5
+    assert "0 ok, 0 failed, 5 skipped" in again.stderr
+    redo, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "2", "--restart")
+    assert "5 ok" in redo.stderr and len(results) == 5
+
+
+def test_images_in_a_batch_line(e_model, vision_mmproj, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(tmp_path / "green.png")
+    lines = [{"id": "img", "prompt": "Describe", "images": ["green.png"], "max_tokens": 3},
+             {"id": "gone", "prompt": "Describe", "images": ["nope.png"], "max_tokens": 3}]
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "--mmproj", vision_mmproj, "-p", "2")
+    got = {r["id"]: r for r in results}
+    assert got["img"]["error"] is None and got["img"]["usage"]["prompt_tokens"] > 50  # the image's tokens
+    assert got["gone"]["error"]["code"] == "media" and "nope.png" in got["gone"]["error"]["message"]
+    assert proc.returncode == 3
+
+
+def test_images_without_a_projector_say_what_is_needed(e_model, tmp_path):
+    model = tmp_path / "alone" / "gemma4-e.gguf"  # no mmproj beside it
+    model.parent.mkdir()
+    os.symlink(e_model, model)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    proc, results = run_batch(tmp_path, [{"id": 1, "prompt": "Describe", "images": ["x.png"]}], "-m", model)
+    assert proc.returncode == 3
+    assert results[0]["error"]["code"] == "media" and "--mmproj" in results[0]["error"]["hint"]
+
+
+def test_missing_input_is_a_usage_error(tmp_path):
+    proc = run_gemma("batch", tmp_path / "nope.jsonl", "-o", tmp_path / "o.jsonl", home=tmp_path)
+    assert proc.returncode == 2 and "input file not found" in proc.stderr

@@ -1,0 +1,145 @@
+"""Parallel sequences in one context (engine.parallel) and `gemma batch --parallel` on real weights:
+greedy output the same at --parallel 1 and 8, one batch per step for all sequences, continuous
+batching, a shared system prompt evaluated once."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.clitools import run_gemma
+
+GREEDY = ["--temperature", "0"]
+
+
+def run_batch(tmp_path, name, lines, *args):
+    src = tmp_path / f"{name}.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / f"{name}.out.jsonl"
+    proc = run_gemma("batch", src, "-o", out, "-q", *args, home=tmp_path / "home", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+
+
+PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time", "The best way to learn Python is",
+           "Water boils at", "My favourite colour is", "In 1969, astronauts", "def fibonacci(n):",
+           "The quick brown fox", "Roses are red,", "Dear Sir or Madam,", "The mitochondria is",
+           "import numpy as np\n", "Monday, Tuesday,", "The recipe calls for", "Q: What is 2+2?\nA:"]
+
+
+@pytest.mark.slow
+def test_greedy_output_is_the_same_at_parallel_1_and_8(gemma3_base, tmp_path):
+    lines = [{"id": i, "prompt": p, "max_tokens": 24 + 4 * (i % 3)} for i, p in enumerate(PROMPTS)]
+    one = run_batch(tmp_path, "p1", lines, "-m", gemma3_base, "-p", "1", "--ctx", "256", *GREEDY)
+    eight = run_batch(tmp_path, "p8", lines, "-m", gemma3_base, "-p", "8", "--ctx", "256", *GREEDY)
+    assert one.keys() == eight.keys() == set(range(len(PROMPTS)))
+    for i in one:
+        assert one[i]["answer"] == eight[i]["answer"], (i, one[i]["answer"], eight[i]["answer"])
+        assert one[i]["usage"]["completion_tokens"] == eight[i]["usage"]["completion_tokens"]
+    assert one[1]["answer"].startswith(" 5, 6")  # real weights, real answers
+
+
+@pytest.mark.slow
+def test_shared_system_prompt_and_seeded_sampling_do_not_depend_on_parallel(e_model, tmp_path):
+    # A Gemma 4 prompt: the system turn is shared (evaluated once, then reused from the cache);
+    # seeded sampling at temperature 1 is per sequence, so it repeats whatever runs beside it.
+    system = "You answer questions about numbers. " * 6
+    lines = [{"id": i, "system": system, "prompt": f"Tell me about {i}", "max_tokens": 16, "seed": i}
+             for i in range(12)]
+    one = run_batch(tmp_path, "p1", lines, "-m", e_model, "-p", "1", "--ctx", "512", "--temperature", "1")
+    six = run_batch(tmp_path, "p6", lines, "-m", e_model, "-p", "6", "--ctx", "512", "--temperature", "1")
+    assert all(one[i]["answer"] == six[i]["answer"] for i in one)
+    reused = sorted(r["usage"].get("cached_tokens", 0) for r in six.values())
+    assert reused[1] >= 40  # every line after the first found the system turn in the cache
+
+
+# ---------------------------------------------------------------- the engine API
+
+
+@pytest.fixture(scope="module")
+def base_engine(gemma3_base):
+    from gemma_cli.engine import Engine
+
+    engine = Engine(gemma3_base, n_ctx=256 * 5, n_threads=2, n_seq=5)
+    yield engine
+    engine.close()
+
+
+def jobs_of(lengths, prompt="Count: 1, 2, 3,"):
+    from gemma_cli.engine import Sampling
+    from gemma_cli.engine.parallel import Job
+
+    return [Job(f"<bos>{prompt} #{i}", Sampling(temperature=0), n, key=i) for i, n in enumerate(lengths)]
+
+
+def test_all_running_sequences_share_one_batch_per_step(base_engine):
+    from gemma_cli.engine.parallel import Parallel
+
+    runner = Parallel(base_engine, 4)
+    steps = []
+    runner.tick = lambda: steps.append(1)
+    done = list(runner.run(jobs_of([10, 10, 10, 10])))
+    assert sorted(d.job.key for d in done) == [0, 1, 2, 3]
+    assert all(d.generated_tokens == 10 and d.finish_reason == "length" for d in done)
+    assert len(steps) == 9  # the first token comes from the prompt; 9 steps of 4 rows give the rest
+
+
+def test_a_finished_sequence_takes_the_next_job_at_once(base_engine):
+    from gemma_cli.engine.parallel import Parallel
+
+    runner = Parallel(base_engine, 2)
+    steps = []
+    runner.tick = lambda: steps.append(1)
+    order = [d.job.key for d in runner.run(jobs_of([40, 4, 4, 4, 4, 4, 4, 4]))]
+    # waves of two would take 39 + 3*4 steps; slot two runs the seven short jobs beside the long one
+    assert len(steps) <= 40
+    assert order[-1] == 0 and sorted(order) == list(range(8))
+
+
+def test_a_job_that_cannot_run_comes_back_with_its_error(base_engine):
+    from gemma_cli.engine import Sampling
+    from gemma_cli.engine.parallel import Job, Parallel
+    from gemma_cli.errors import ContextOverflowError
+
+    runner = Parallel(base_engine, 2)
+    long = Job("<bos>" + "word " * 400, Sampling(temperature=0), 4, key="long")
+    bad = Job("<bos>x", Sampling(temperature=0, grammar="root ::= ("), 4, key="grammar")
+    done = {d.job.key: d for d in runner.run([long, bad] + jobs_of([3]))}
+    assert isinstance(done["long"].error, ContextOverflowError)
+    assert "grammar" in done["grammar"].error.message
+    assert done[0].error is None and done[0].generated_tokens == 3
+
+
+def test_closing_the_run_drops_running_sequences(base_engine):
+    import llama_cpp as ll
+
+    from gemma_cli.engine.parallel import Parallel
+
+    runner = Parallel(base_engine, 4)
+    run = runner.run(jobs_of([30, 30, 5, 30, 30]))
+    first = next(run)
+    assert first.job.key == 2
+    run.close()
+    for seq in range(1, 5):  # nothing left in the slots' KV streams
+        assert ll.llama_memory_seq_pos_max(base_engine._mem, seq) == -1
+
+
+def test_stop_takes_no_new_jobs_and_finishes_the_running_ones(base_engine):
+    from gemma_cli.engine.parallel import Parallel
+
+    runner = Parallel(base_engine, 2)
+    run = runner.run(jobs_of([3, 8, 3, 3, 3]))
+    first = next(run)
+    runner.stop()
+    rest = list(run)
+    assert first.job.key == 0 and [d.job.key for d in rest] == [1]
+
+
+def test_the_engine_must_have_room_for_the_slots(gemma3_base):
+    from gemma_cli.engine import Engine
+    from gemma_cli.engine.parallel import Parallel
+    from gemma_cli.errors import GemmaError
+
+    with Engine(gemma3_base, n_ctx=512, n_threads=2) as engine, pytest.raises(GemmaError, match="n_seq=3"):
+        Parallel(engine, 2)

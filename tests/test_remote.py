@@ -1,0 +1,360 @@
+"""`gemma batch --endpoint`: the Chat Completions client (retries, backoff, Retry-After), bodies
+and answers, against a scripted local server and against llama-cpp-python's real server,
+stopped and restarted in the middle of a run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from gemma_cli import remote
+from gemma_cli.batch import Defaults, parse_line
+from gemma_cli.engine import Sampling
+from gemma_cli.remote import Endpoint, RemoteError, chat_url
+from tests.clitools import gemma_env, run_gemma
+
+# ---------------------------------------------------------------- a scripted server
+
+
+def completion(text="ok", **message):
+    return {"id": "chatcmpl-1", "object": "chat.completion", "model": "served",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, **message},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+
+
+class Script:
+    """What the server answers, request by request: (status, headers, body) or a callable."""
+
+    def __init__(self, *steps, default=(200, {}, completion())):
+        self.steps = list(steps)
+        self.default = default
+        self.requests: list[dict] = []
+        self.lock = threading.Lock()
+
+    def next(self, request: dict):
+        with self.lock:
+            self.requests.append(request)
+            step = self.steps.pop(0) if self.steps else self.default
+        return step(request) if callable(step) else step
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def make(script: Script, port: int = 0):
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self._answer(200, {}, {"object": "list", "data": [{"id": "served-model"}]})
+
+            def do_POST(self):
+                size = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(size))
+                request = {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+                status, headers, payload = script.next(request)
+                if status == "sleep":
+                    time.sleep(headers)
+                    status, headers, payload = 200, {}, completion("late")
+                self._answer(status, headers, payload)
+
+            def _answer(self, status, headers, payload):
+                data = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        httpd.daemon_threads = True
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        servers.append(httpd)
+        return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+    yield make
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def fast(url, **kw):
+    return Endpoint(url, backoff=0.05, max_backoff=0.2, **kw)
+
+
+# ---------------------------------------------------------------- the client
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("http://h:8000", "http://h:8000/v1/chat/completions"),
+    ("http://h:8000/v1", "http://h:8000/v1/chat/completions"),
+    ("http://h:8000/v1/", "http://h:8000/v1/chat/completions"),
+    ("https://bedrock-runtime.us-west-2.amazonaws.com/openai/v1",
+     "https://bedrock-runtime.us-west-2.amazonaws.com/openai/v1/chat/completions"),
+    ("http://h/v1/chat/completions", "http://h/v1/chat/completions"),
+])
+def test_chat_url(given, expected):
+    assert chat_url(given) == expected
+
+
+def test_a_url_that_is_not_http_is_a_usage_error():
+    with pytest.raises(remote.UsageError):
+        chat_url("localhost:8000")
+
+
+def test_429_with_retry_after_is_honoured(server):
+    script = Script((429, {"Retry-After": "1"}, {"error": {"message": "slow down"}}))
+    ep = fast(server(script), api_key="sk-test")
+    t0 = time.perf_counter()
+    assert ep.post({"messages": []})["choices"][0]["message"]["content"] == "ok"
+    assert time.perf_counter() - t0 >= 0.95  # Retry-After, not the 0.05 s backoff
+    assert len(script.requests) == 2 and script.requests[0]["auth"] == "Bearer sk-test"
+
+
+def test_5xx_is_retried_with_backoff(server):
+    script = Script((503, {}, {"error": "loading"}), (502, {}, b"bad gateway"), (500, {}, {}))
+    ep = fast(server(script))
+    assert ep.post({"messages": []})["choices"]
+    assert len(script.requests) == 4 and ep.retried == 3
+
+
+def test_a_4xx_fails_the_line_at_once_with_the_servers_error(server):
+    script = Script((400, {}, {"error": {"message": "messages: field required"}}))
+    ep = fast(server(script))
+    with pytest.raises(RemoteError) as info:
+        ep.post({})
+    e = info.value
+    assert e.status == 400 and e.code == "http_400" and "field required" in e.message
+    assert e.body == {"error": {"message": "messages: field required"}} and len(script.requests) == 1
+
+
+def test_retries_run_out(server):
+    script = Script(default=(503, {}, {"error": "down"}))
+    ep = fast(server(script), retries=2)
+    with pytest.raises(RemoteError) as info:
+        ep.post({})
+    assert info.value.status == 503 and len(script.requests) == 3
+
+
+def test_a_timeout_is_retried(server):
+    script = Script(("sleep", 1.5, None))
+    ep = fast(server(script), timeout=0.5)
+    assert ep.post({})["choices"][0]["message"]["content"] == "ok"
+
+
+def test_a_server_that_comes_up_late_is_waited_for():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ep = Endpoint(f"http://127.0.0.1:{port}", backoff=0.2, max_backoff=0.5, retries=10)
+    script = Script()
+    later = {}
+
+    def up():
+        time.sleep(1.0)
+        httpd = ThreadingHTTPServer(("127.0.0.1", port), _plain_handler(script))
+        later["httpd"] = httpd
+        httpd.serve_forever()
+
+    threading.Thread(target=up, daemon=True).start()
+    try:
+        assert ep.post({"messages": []})["choices"]
+        assert ep.retried >= 1
+    finally:
+        if "httpd" in later:
+            later["httpd"].shutdown()
+            later["httpd"].server_close()
+
+
+def _plain_handler(script):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            status, _, payload = script.next({})
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    return Handler
+
+
+def test_the_model_name_comes_from_the_server_when_not_given(server):
+    script = Script()
+    ep = fast(server(script))
+    assert ep.model_name() == "served-model"
+
+
+# ---------------------------------------------------------------- bodies and answers
+
+
+def defaults(**kw):
+    return Defaults(Sampling(), **kw)
+
+
+def request_of(obj, base=None):
+    line = parse_line(1, json.dumps(obj).encode(), base)
+    assert line.error is None, line.error
+    return line.request
+
+
+def test_a_simple_line_becomes_a_chat_body_with_data_urls(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"\x89PNG fake")
+    (tmp_path / "b.wav").write_bytes(b"RIFF fake")
+    r = request_of({"prompt": "What?", "images": ["a.png"], "audio": ["b.wav"], "system": "Be brief.", "think": True,
+                    "schema": {"type": "object"}, "max_tokens": 9, "top_k": 20}, tmp_path)
+    body = remote.body_for(r, defaults(model="gemma-4", overrides={"temperature": 0.0}))
+    assert body["model"] == "gemma-4" and body["max_tokens"] == 9 and body["top_k"] == 20 and body["temperature"] == 0.0
+    assert "top_p" not in body  # only what the line or the command line set: the server keeps its defaults
+    assert body["chat_template_kwargs"] == {"enable_thinking": True}
+    assert body["response_format"]["json_schema"]["schema"] == {"type": "object"}
+    system, user = body["messages"]
+    assert system == {"role": "system", "content": "Be brief."}
+    image, audio, text = user["content"]
+    assert image["image_url"]["url"] == "data:image/png;base64," + base64.b64encode(b"\x89PNG fake").decode()
+    assert audio == {"type": "input_audio", "input_audio": {"data": base64.b64encode(b"RIFF fake").decode(), "format": "wav"}}
+    assert text == {"type": "text", "text": "What?"}
+
+
+def test_an_openai_line_is_sent_as_it_is():
+    body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.2, "user": "u"}
+    r = request_of({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    assert remote.body_for(r, defaults(model="m")) == {**body, "model": "m"}
+
+
+def test_answers_from_servers_with_and_without_gemma_parsers():
+    parsed = remote.answer_of(completion("Hi", reasoning_content="mm", tool_calls=[
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]), "simple")
+    assert (parsed.text, parsed.thinking, parsed.tool_calls) == ("Hi", "mm", [{"name": "f", "arguments": {"x": 1}}])
+    raw = remote.answer_of(completion("<|channel>thought\nhmm<channel|>Paris"), "simple")
+    assert (raw.text, raw.thinking) == ("Paris", "hmm")
+    kept = remote.answer_of(completion("x"), "openai")
+    assert kept.completion["id"] == "chatcmpl-1" and kept.prompt_tokens == 5
+
+
+# ---------------------------------------------------------------- the command against a server
+
+
+def run_batch(tmp_path, lines, *args, timeout=120):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "out.jsonl"
+    proc = run_gemma("batch", src, "-o", out, *args, home=tmp_path / "home", timeout=timeout)
+    return proc, [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
+
+
+def test_batch_against_an_endpoint_mirrors_both_forms(server, tmp_path):
+    script = Script((429, {"Retry-After": "0"}, {}), (400, {}, {"error": {"message": "bad request"}}),
+                    default=(200, {}, completion("fine")))
+    url = server(script)
+    lines = [{"id": i, "prompt": f"q{i}"} for i in range(6)]
+    lines.append({"custom_id": "o", "body": {"model": "x", "messages": [{"role": "user", "content": "hi"}]}})
+    proc, results = run_batch(tmp_path, lines, "--endpoint", url, "--api-key", "k", "--concurrency", "3")
+    assert proc.returncode == 3, proc.stderr  # one line got the 400
+    assert len(results) == 7
+    failed = [r for r in results if r["error"]]
+    assert len(failed) == 1 and failed[0]["error"]["code"] == "http_400"
+    openai = next(r for r in results if r.get("custom_id") == "o")
+    assert openai["error"] is None and openai["response"]["body"]["choices"][0]["message"]["content"] == "fine"
+    assert all(r["answer"] == "fine" for r in results if "custom_id" not in r and not r["error"])
+    assert all(req["auth"] == "Bearer k" for req in script.requests)
+    assert {req["body"].get("model") for req in script.requests} >= {"served-model", "x"}
+
+
+def test_the_api_key_can_come_from_the_environment(server, tmp_path):
+    script = Script()
+    url = server(script)
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"prompt": "x"}) + "\n")
+    proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "--endpoint", url, home=tmp_path, GEMMA_API_KEY="env-key")
+    assert proc.returncode == 0, proc.stderr
+    assert script.requests[0]["auth"] == "Bearer env-key"
+
+
+# ---------------------------------------------------------------- llama-cpp-python's real server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# `python -m llama_cpp.server`, with weights loaded as the engine loads them (engine.core.avoid_amx)
+SERVER = ("import runpy; from gemma_cli.engine.core import avoid_amx; avoid_amx(); "
+          "runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)")
+
+
+def start_server(model: str, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", SERVER, "--model", model, "--host", "127.0.0.1",
+                             "--port", str(port), "--n_ctx", "1024", "--n_threads", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return proc
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail("llama_cpp.server did not start")
+            time.sleep(0.2)
+    proc.kill()
+    pytest.fail("llama_cpp.server did not come up within 60 s")
+
+
+@pytest.mark.slow
+def test_a_real_server_stopped_and_restarted_mid_run(gemma3_base, tmp_path):
+    import llama_cpp.server.app  # noqa: F401 - the test extra installs llama-cpp-python[server]; no silent skip
+    port = free_port()
+    server = start_server(gemma3_base, port)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [{"id": f"r{i}", "prompt": f"Say the number {i}.", "max_tokens": 12, "temperature": 0} for i in range(40)]
+    lines.append({"custom_id": "openai", "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 8}})
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run = subprocess.Popen([sys.executable, "-m", "gemma_cli", "batch", str(src), "-o", str(out), "--endpoint",
+                            f"http://127.0.0.1:{port}/v1", "--concurrency", "2", "--retries", "12"],
+                           env=gemma_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while (not out.exists() or out.read_bytes().count(b"\n") < 5) and time.time() < deadline:
+            time.sleep(0.1)
+        server.terminate()  # mid-run: requests in flight fail, new ones are refused
+        server.wait(timeout=30)
+        assert run.poll() is None, "the run should wait for the server, not give up"
+        time.sleep(2.0)
+        server = start_server(gemma3_base, port)
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        assert "requests retried" in err  # the run was carried through by retries
+    finally:
+        for p in (run, server):
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    results = [json.loads(x) for x in out.read_text().splitlines()]
+    ids = [r.get("custom_id") if "custom_id" in r else r["id"] for r in results]
+    assert sorted(ids, key=str) == sorted([x.get("id", x.get("custom_id")) for x in lines], key=str)
+    assert all(r["error"] is None for r in results)
+    assert next(r for r in results if r.get("custom_id") == "openai")["response"]["body"]["object"] == "chat.completion"
