@@ -538,6 +538,9 @@ class Summary:
     stopped: str | None = None  # "interrupted", "terminated", "fail-fast"
     live_out: int = 0  # tokens generated so far, finished lines or not (progress)
     retried: int = 0  # requests an endpoint was asked again (429, 5xx, timeouts, a server away)
+    draft: str | None = None  # speculative decoding ("mtp", "ngram"), when a drafter ran
+    drafted: int = 0
+    accepted: int = 0
 
     @property
     def seconds(self) -> float:
@@ -655,11 +658,12 @@ class _Signals:
 
 
 def run_local(engine: "Engine", n: int, source: str | Path, output: Output, defaults: Defaults, **kw) -> Summary:
-    """Run the lines of `source` on `n` parallel sequences of `engine` (opened with n_seq = n + 1)."""
+    """Run the lines of `source` on `n` parallel sequences of `engine` (opened with n_seq = n + 1),
+    or, with a drafter attached (speculative decoding), one line at a time."""
     from gemma_cli.engine.parallel import Parallel
 
     run = Run(source, output, **kw)
-    runner = Parallel(engine, n)
+    runner = Parallel(engine, n) if engine.draft is None else _Serial(engine)
     run.on_stop(runner.stop)
     local = _Local(engine, defaults)
 
@@ -686,7 +690,49 @@ def run_local(engine: "Engine", n: int, source: str | Path, output: Output, defa
             pass  # a second signal: running lines are dropped, and run again on resume
         finally:
             results.close()
+    if engine.draft is not None:
+        total = engine.draft.total
+        run.summary.draft, run.summary.drafted, run.summary.accepted = engine.draft.kind, total.drafted, total.accepted
     return run.close()
+
+
+class _Serial:
+    """Lines one at a time through the engine's own decoding, which drafts (engine.draft).
+
+    Parallel's face (run, stop, tick, generated_tokens) for run_local. Drafting and parallel
+    sequences do not mix: llama.cpp's MTP context follows one sequence of the main one.
+    """
+
+    def __init__(self, engine: "Engine"):
+        self.engine = engine
+        self.tick: Callable[[], None] | None = None
+        self.generated_tokens = 0
+
+    def stop(self) -> None:
+        pass  # the lines stop coming (Run.lines); the running one finishes
+
+    def run(self, jobs):
+        for job in jobs:
+            yield self._one(job)
+
+    def _one(self, job):
+        from gemma_cli.engine.parallel import Finished
+        from gemma_cli.session import turn_steps
+
+        t0, pieces, tokens, last, before = time.perf_counter(), [], [], None, self.generated_tokens
+        try:
+            for last in turn_steps(self.engine, job.prompt, job.media, job.max_tokens, job.sampling, job.shared,
+                                   free_thought=job.free_thought):
+                pieces.append(last.text)
+                if last.token is not None:
+                    tokens.append(last.token)
+                self.generated_tokens = before + last.generated_tokens
+                if self.tick is not None:
+                    self.tick()
+        except GemmaError as e:
+            return Finished(job, error=e)
+        return Finished(job, "".join(pieces), tokens, last.prompt_tokens, last.reused_tokens, last.generated_tokens,
+                        last.finish_reason, last.ttft, time.perf_counter() - t0)
 
 
 class _Local:

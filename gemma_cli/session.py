@@ -191,7 +191,9 @@ class ChatSession:
         parser = reply.ReplyParser()
         result = Result()
         media = self._prompt_media()
-        stream = self._steps(tokens, media or None, checkpoint)
+        free = bool(self.sampling.grammar and self.think and self.format.kind == GEMMA4)
+        stream = turn_steps(self.engine, tokens, media or None, self.max_tokens, self.sampling, checkpoint,
+                            free_thought=free)
         try:
             for step in stream:
                 result.stats = Stats.of(step)
@@ -205,41 +207,6 @@ class ChatSession:
             raise
         self._record(result)
         yield Done(result)
-
-    def _steps(self, tokens: list, media, checkpoint: int | None) -> Iterator["Step"]:
-        """Engine steps for one model turn; with a grammar and thinking, the thought runs free.
-
-        The grammar constrains the answer only: the thought is generated without it, up to
-        `<channel|>`, then generation goes on with the grammar from there (the KV cache
-        holds the thought, so only its last token is evaluated again).
-        """
-        run = self.engine.stream_generate
-        s = self.sampling
-        if not (s.grammar and self.think and self.format.kind == GEMMA4):
-            yield from run(tokens, media=media, max_tokens=self.max_tokens, sampling=s, checkpoint_at=checkpoint)
-            return
-        thought, text, first = [], "", None
-        stream = run(tokens, media=media, max_tokens=self.max_tokens, sampling=replace(s, grammar=None),
-                     checkpoint_at=checkpoint)
-        for step in stream:
-            first = first or step
-            text += step.text
-            if step.token is not None:
-                thought.append(step.token)
-            if not text.startswith(THOUGHT_OPEN[: len(text)]):
-                thought = []  # no thought: answer from the prompt, constrained from its first token
-                break
-            if step.finish_reason or THOUGHT_CLOSE in text:
-                yield step
-                if step.finish_reason:
-                    return
-                break
-            yield step
-        stream.close()
-        budget = None if self.max_tokens is None else self.max_tokens - len(thought)
-        for step in run(list(tokens) + thought, media=media, max_tokens=budget, sampling=s):
-            yield replace(step, prompt_tokens=first.prompt_tokens, reused_tokens=first.reused_tokens,
-                          generated_tokens=step.generated_tokens + len(thought), ttft=first.ttft)
 
     def _record(self, result: Result) -> None:
         """Keep the model's turn in the history: its answer (and tool calls), never its thinking."""
@@ -343,3 +310,38 @@ def _run_call(session: ChatSession, toolbox, call: dict, confirm) -> ToolRun:
     value = result_text(toolbox.run(fn["name"], fn.get("arguments")))
     session.add_tool_result(call, value)
     return ToolRun(call, True, value)
+
+
+def turn_steps(engine, tokens: list, media, max_tokens: int | None, s, checkpoint: int | None = None, *,
+               free_thought: bool = False) -> Iterator["Step"]:
+    """Engine steps for one model turn; with `free_thought` (a grammar and thinking), the thought runs free.
+
+    The grammar constrains the answer only: the thought is generated without it, up to
+    `<channel|>`, then generation goes on with the grammar from there (the KV cache
+    holds the thought, so only its last token is evaluated again).
+    """
+    run = engine.stream_generate
+    if not (s.grammar and free_thought):
+        yield from run(tokens, media=media, max_tokens=max_tokens, sampling=s, checkpoint_at=checkpoint)
+        return
+    thought, text, first = [], "", None
+    stream = run(tokens, media=media, max_tokens=max_tokens, sampling=replace(s, grammar=None), checkpoint_at=checkpoint)
+    for step in stream:
+        first = first or step
+        text += step.text
+        if step.token is not None:
+            thought.append(step.token)
+        if not text.startswith(THOUGHT_OPEN[: len(text)]):
+            thought = []  # no thought: answer from the prompt, constrained from its first token
+            break
+        if step.finish_reason or THOUGHT_CLOSE in text:
+            yield step
+            if step.finish_reason:
+                return
+            break
+        yield step
+    stream.close()
+    budget = None if max_tokens is None else max_tokens - len(thought)
+    for step in run(list(tokens) + thought, media=media, max_tokens=budget, sampling=s):
+        yield replace(step, prompt_tokens=first.prompt_tokens, reused_tokens=first.reused_tokens,
+                      generated_tokens=step.generated_tokens + len(thought), ttft=first.ttft)

@@ -381,23 +381,23 @@ def test_chat_help_explains_draft_and_the_moe_default():
     assert "26B-A4B" in out and "ngram" in out
 
 
-def test_chat_one_shot_attaches_the_drafter_and_reports_its_stats(e_model, wrong_drafter, tmp_path, monkeypatch,
+def test_draft_option_attaches_the_drafter_and_reports_its_stats(e_model, wrong_drafter, tmp_path, monkeypatch,
                                                                     capsys):
-    from gemma_cli.commands import chat
+    from gemma_cli.commands.loading import attach_draft, draft_stats
 
     monkeypatch.setenv("GEMMA_HOME", str(tmp_path))
     monkeypatch.setenv("GEMMA_CONFIG", str(tmp_path / "config.yaml"))
     with Engine(e_model, n_ctx=1024, n_batch=64) as engine:
-        chat._attach_draft(engine, e_model, None, None)  # auto: the drafter beside the model
+        attach_draft(engine, e_model, None, None)  # auto: the drafter beside the model
         assert engine.draft.kind == "mtp" and engine.draft.path.name == "gemma4-e-assistant.gguf"
-        chat._attach_draft(engine, e_model, "ngram", 3)
+        attach_draft(engine, e_model, "ngram", 3)
         assert engine.draft.kind == "ngram" and engine.draft.max == 3
         engine.draft.total = draft.DraftStats(drafted=9, accepted=6, rounds=4)
-        assert chat._draft_stats(engine.draft) == {"draft": "ngram", "drafted": 9, "accepted": 6,
+        assert draft_stats(engine.draft) == {"draft": "ngram", "drafted": 9, "accepted": 6,
                                                    "acceptance_rate": 0.6667}
         assert capsys.readouterr().err == ""
-        chat._attach_draft(engine, e_model, wrong_drafter, None)
-        assert engine.draft is None and chat._draft_stats(None)["draft"] == "off"
+        attach_draft(engine, e_model, wrong_drafter, None)
+        assert engine.draft is None and draft_stats(None)["draft"] == "off"
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("warning: drafter gemma4-wrong-assistant.gguf does not fit")
 
@@ -413,3 +413,68 @@ def test_chat_json_reports_draft_stats(e_model, tmp_path):
     stats = json.loads(proc.stdout)["stats"]
     assert stats["draft"] == "ngram"
     assert {"drafted", "accepted", "acceptance_rate"} <= set(stats)
+
+
+def test_describe_image_drafts_and_reports_it_in_json(e_model, drafter, vision_mmproj, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from clitools import run_gemma
+
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
+    base = ["describe-image", tmp_path / "red.png", "-m", e_model, "--mmproj", vision_mmproj, "-t", "0", "-n", "24",
+            "--json"]
+    plain = run_gemma(*base, "--draft", "off", home=tmp_path)
+    fast = run_gemma(*base, "--draft", drafter, home=tmp_path)
+    assert plain.returncode == 0 and fast.returncode == 0, fast.stderr
+    plain, fast = json.loads(plain.stdout), json.loads(fast.stdout)
+    assert fast["draft"] == "mtp" and fast["drafted"] > 0 and plain["draft"] == "off"
+    assert fast["results"][0]["description"] == plain["results"][0]["description"]  # the model's own output
+    assert fast["results"][0]["stats"]["drafted"] > 0
+
+
+def test_transcribe_takes_draft(e_model, drafter, audio_mmproj, tmp_path):
+    import soundfile as sf
+
+    from clitools import run_gemma
+
+    t = np.arange(16000 * 2) / 16000
+    sf.write(tmp_path / "tone.wav", 0.3 * np.sin(2 * np.pi * 440 * t), 16000)
+    base = ["transcribe", tmp_path / "tone.wav", "-m", e_model, "--mmproj", audio_mmproj, "-n", "16"]
+    plain = run_gemma(*base, "--draft", "off", home=tmp_path)
+    fast = run_gemma(*base, "--draft", drafter, home=tmp_path)
+    assert plain.returncode == 0 and fast.returncode == 0, fast.stderr
+    assert fast.stdout == plain.stdout and "warning" not in fast.stderr
+
+
+def test_batch_drafts_one_line_at_a_time_with_the_same_answers(e_model, drafter, tmp_path):
+    import json
+
+    from clitools import run_gemma
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"Repeat: {'abc ' * (i + 3)}", "max_tokens": 24}) + "\n"
+                           for i in range(6)))
+    outs = {}
+    for spec in ("off", drafter, "ngram"):
+        out = tmp_path / f"out-{Path(spec).name}.jsonl"
+        proc = run_gemma("batch", src, "-o", out, "-m", e_model, "-t", "0", "--ctx", "256", "--draft", spec,
+                         home=tmp_path, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outs[spec] = {r["id"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
+        if spec != "off":
+            assert "drafts:" in proc.stderr and "tokens accepted" in proc.stderr, proc.stderr
+    assert outs[drafter] == outs["off"] == outs["ngram"]
+    assert sorted(outs["off"]) == list(range(6))
+
+
+def test_batch_draft_and_parallel_do_not_mix(e_model, tmp_path):
+    from clitools import assert_one_line_error, run_gemma
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "prompt": "hi"}\n')
+    proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "-m", e_model, "--draft", "ngram", "-p", "4",
+                     home=tmp_path)
+    assert_one_line_error(proc, "--draft", "--parallel 4")
+    assert proc.returncode == 2

@@ -30,6 +30,7 @@ Examples:
   gemma batch examples/batch-openai.jsonl -o out.jsonl -m e4b
   cat prompts.jsonl | gemma batch - -o results.jsonl --system "Answer in one sentence."
   gemma batch prompts.jsonl -o results.jsonl --endpoint http://gpu-box:8000/v1 --concurrency 64
+  gemma batch rewrite.jsonl -o out.jsonl --draft ngram  (one line at a time, drafting from the prompt)
   gemma batch prompts.jsonl -o results.jsonl --restart          (redo every line)
 """
 
@@ -60,6 +61,8 @@ def batch(
     top_k: opt.TopK = None,
     seed: opt.Seed = None,
     ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each line, prompt and answer (default 8192).")] = None,
+    draft: Annotated[Optional[str], typer.Option("--draft", metavar="off|auto|ngram|PATH", help="Speculative decoding, one line at a time (instead of --parallel): auto, the model's installed MTP drafter; ngram, prompt lookup for copy-heavy lines; PATH, a gemma4-assistant GGUF. Default off: parallel sequences give a batch more throughput.")] = None,
+    draft_max: opt.DraftMax = None,
     deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="CPU kernels that keep each line's output independent of --parallel (default on without a GPU; off: faster prompt processing).")] = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = None,
@@ -94,7 +97,7 @@ def batch(
                 summary = jobs.run_remote(target, concurrency, source, out, defaults, **kw)
         else:
             engine, n = _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, threads, gpu_layers,
-                              yes, verbose)
+                              yes, verbose, draft, draft_max)
             with view:
                 summary = jobs.run_local(engine, n, source, out, defaults, **kw)
     finally:
@@ -121,16 +124,22 @@ def default_parallel(gpu: bool, ctx: int) -> int:
     return max(1, min(base, base * 8192 // ctx))
 
 
-def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, threads, gpu_layers, yes, verbose):
-    """The engine for a local run: n parallel sequences (plus the staging one), each `ctx` tokens."""
+def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, threads, gpu_layers, yes, verbose,
+          draft, draft_max):
+    """The engine for a local run: n parallel sequences (plus the staging one), each `ctx` tokens;
+    with --draft, one sequence and the drafter."""
     from types import SimpleNamespace
 
     from gemma_cli import render
     from gemma_cli.commands.describe import check_budget
-    from gemma_cli.commands.loading import locate_path
+    from gemma_cli.commands.loading import attach_draft, locate_path
     from gemma_cli.media import projector_path
 
     check_budget(image_tokens)
+    drafting = draft is not None and draft.strip().lower() != "off"
+    if drafting and parallel not in (None, 1):
+        raise UsageError(f"--draft decodes one line at a time, so it does not go with --parallel {parallel}",
+                         "drop --parallel (or use --draft off for parallel sequences)")
     name = settings.pick("model", model)
     path = locate_path(name, yes=yes)
     per_line = settings.pick("ctx", ctx) or 8192
@@ -139,16 +148,20 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
         from gemma_cli.hardware import auto_gpu_layers
 
         gpu_layers = auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=per_line * 9)
-    n = parallel or default_parallel(gpu_layers != 0, per_line)
+    n = 1 if drafting else parallel or default_parallel(gpu_layers != 0, per_line)
+    n_seq = 1 if drafting else n + 1  # the slots and the staging sequence (engine.parallel)
     budget = image_tokens or 280
     n_batch = max(512, budget + budget // 4)  # room for a non-causal image in one micro-batch, should lines bring one
-    with render.spinner(f"Loading {path.name} for {n} parallel sequences…"):
+    what = "speculative decoding" if drafting else f"{n} parallel sequences"
+    with render.spinner(f"Loading {path.name} for {what}…"):
         from gemma_cli.engine import Engine
 
-        engine = Engine(path, n_ctx=per_line * (n + 1), n_threads=settings.pick("threads", threads),
-                        n_gpu_layers=gpu_layers, n_seq=n + 1, n_batch=n_batch, n_ubatch=n_batch,
+        engine = Engine(path, n_ctx=per_line * n_seq, n_threads=settings.pick("threads", threads),
+                        n_gpu_layers=gpu_layers, n_seq=n_seq, n_batch=n_batch, n_ubatch=n_batch,
                         batch_invariant=gpu_layers == 0 if deterministic is None else deterministic, verbose=verbose)
     engine.mmproj_path = lambda: projector_path(name, path, mmproj)  # loaded at the first image or clip
+    if drafting:
+        attach_draft(engine, name, draft, draft_max)
     return engine, n
 
 
@@ -225,6 +238,9 @@ class _View:
         parts = [f"{s.ok} ok", f"{s.failed} failed", f"{s.skipped} skipped"]
         text = (f"batch: {s.read} lines: {', '.join(parts)}; tokens {s.tokens_in} in, {s.tokens_out} out; "
                 f"{s.tps:.1f} tok/s; {s.seconds:.1f} s" + (f"; {s.retried} requests retried" if s.retried else ""))
+        if s.draft:
+            rate = s.accepted / s.drafted if s.drafted else 0.0
+            text += f"; {s.draft} drafts: {s.accepted} of {s.drafted} tokens accepted ({rate:.0%})"
         sys.stderr.write(text + "\n")
         where = self.output.path or "stdout"
         if s.stopped in ("interrupted", "terminated"):

@@ -81,7 +81,7 @@ def chat(
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
 
-    from gemma_cli.commands.loading import open_engine
+    from gemma_cli.commands.loading import attach_draft, open_engine
     from gemma_cli.media import projector_path
     from gemma_cli.session import ChatSession, format_of_engine
 
@@ -97,7 +97,7 @@ def chat(
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
-    _attach_draft(engine, name, draft, draft_max)
+    attach_draft(engine, name, draft, draft_max)
     confirm = None if yes else _confirm
     if interactive:
         return _interactive(session, path, toolbox, confirm, parts, show_thinking=not hide_thinking,
@@ -243,26 +243,6 @@ def _print_prompt(path, messages: list[dict], tools, think: bool, text: str | No
     sys.stdout.flush()
 
 
-def _attach_draft(engine, name: str | None, spec: str | None, draft_max: int | None) -> None:
-    """Speculative decoding per --draft; a drafter that cannot run is one warning line, then plain decoding."""
-    from gemma_cli.engine import draft as drafting
-
-    installed = _installed_draft(name) if (spec or "auto").strip().lower() == "auto" else None
-    warning = drafting.setup(engine, spec, draft_max=draft_max, registry_draft=installed)
-    if warning:
-        sys.stderr.write(f"warning: {warning}\n")
-
-
-def _installed_draft(name: str | None) -> Path | None:
-    """The model's MTP drafter if it is on disk (registry store, or beside a .gguf); never downloads."""
-    try:
-        from gemma_cli.models import locate
-
-        return locate(name).draft
-    except GemmaError:
-        return None
-
-
 def _confirm(call: dict) -> bool:
     from gemma_cli.commands.repl import confirm_on_terminal
 
@@ -307,6 +287,8 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
 
 
 def _as_json(results: list, runs: list, drafter=None) -> dict:
+    from gemma_cli.commands.loading import draft_stats
+
     last = results[-1]
     s = last.stats
     return {
@@ -322,18 +304,8 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
             "ttft_s": round(results[0].stats.ttft, 4),
             "tokens_per_s": round(s.tps, 2),
             "finish_reason": s.finish_reason,
-            **_draft_stats(drafter),
+            **draft_stats(drafter),
         },
-    }
-
-
-def _draft_stats(drafter) -> dict:
-    total = drafter.total if drafter is not None else None
-    return {
-        "draft": drafter.kind if drafter is not None else "off",
-        "drafted": total.drafted if total else 0,
-        "accepted": total.accepted if total else 0,
-        "acceptance_rate": round(total.rate, 4) if total else 0.0,
     }
 
 

@@ -43,6 +43,8 @@ def describe_image(
     ctx: opt.Ctx = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = None,
+    draft: opt.Draft = None,
+    draft_max: opt.DraftMax = None,
     as_json: opt.Json = False,
     yes: opt.Yes = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
@@ -58,7 +60,8 @@ def describe_image(
     settings = config.load()
     engine, session_for = open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_layers, yes, verbose,
                                          sampling=_sampling(settings, temperature, top_p, top_k, seed),
-                                         max_tokens=settings.pick("max_tokens", max_tokens), need="image")
+                                         max_tokens=settings.pick("max_tokens", max_tokens), need="image",
+                                         draft=draft, draft_max=draft_max)
     groups = [loaded] if together else [[m] for m in loaded]
     question = prompt or (DEFAULT_PROMPT_MANY if len(groups[0]) > 1 else DEFAULT_PROMPT)
     results = []
@@ -70,7 +73,10 @@ def describe_image(
         results.append({"images": [m.name for m in group], "image_tokens": [engine.media_tokens(m) for m in group],
                         "description": result.answer.strip(), "stats": _stats(result.stats)})
     if as_json:
-        out = {"model": engine.path.name, "image_tokens_budget": engine.media.budget, "results": results}
+        from gemma_cli.commands.loading import draft_stats
+
+        out = {"model": engine.path.name, "image_tokens_budget": engine.media.budget, "results": results,
+               **draft_stats(engine.draft)}
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
 
 
@@ -81,13 +87,14 @@ def check_budget(image_tokens: int | None) -> None:
 
 
 def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_layers, yes, verbose, *, sampling,
-                   max_tokens, need: str):
-    """The model with its projector, and a maker of fresh single-turn sessions (thinking off).
+                   max_tokens, need: str, draft: str | None = None, draft_max: int | None = None):
+    """The model with its projector (and drafter, per --draft), and a maker of fresh single-turn
+    sessions (thinking off).
 
     `need` ("image" or "audio") is checked in the projector's header first: a 31B asked for
     audio says so at once, not after loading 17 GB of weights.
     """
-    from gemma_cli.commands.loading import locate_path, open_engine
+    from gemma_cli.commands.loading import attach_draft, locate_path, open_engine
     from gemma_cli.media import projector_path
 
     name = settings.pick("model", model)
@@ -112,6 +119,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
         return ChatSession(engine, fmt, sampling=sampling, max_tokens=max_tokens, think=False)
 
     engine.ensure_projector(need)  # the same check on what llama.cpp loaded
+    attach_draft(engine, name, draft, draft_max)  # after the projector, which may remake the context a drafter binds to
     return engine, session_for
 
 
@@ -165,7 +173,8 @@ def _describe(session, group, question: str, *, stream: bool):
 
 def _stats(s) -> dict:
     return {"prompt_tokens": s.prompt_tokens, "reused_tokens": s.reused_tokens, "generated_tokens": s.generated_tokens,
-            "ttft_s": round(s.ttft, 4), "tokens_per_s": round(s.tps, 2), "finish_reason": s.finish_reason}
+            "ttft_s": round(s.ttft, 4), "tokens_per_s": round(s.tps, 2), "finish_reason": s.finish_reason,
+            "drafted": s.drafted, "accepted": s.accepted}
 
 
 def register(app: typer.Typer) -> None:

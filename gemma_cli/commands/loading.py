@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from gemma_cli import render
+from gemma_cli.errors import GemmaError
 
 
 def locate_path(model: str | None, *, yes: bool = False) -> Path:
@@ -38,3 +40,34 @@ def _auto_gpu_layers(path: Path, ctx: int | None) -> int:
     from gemma_cli.hardware import auto_gpu_layers
 
     return auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=ctx)
+
+
+def attach_draft(engine, name: str | None, spec: str | None, draft_max: int | None) -> None:
+    """Speculative decoding per --draft; a drafter that cannot run is one warning line, then plain decoding."""
+    from gemma_cli.engine import draft as drafting
+
+    installed = _installed_draft(name) if (spec or "auto").strip().lower() == "auto" else None
+    warning = drafting.setup(engine, spec, draft_max=draft_max, registry_draft=installed)
+    if warning:
+        sys.stderr.write(f"warning: {warning}\n")
+
+
+def _installed_draft(name: str | None) -> Path | None:
+    """The model's MTP drafter if it is on disk (registry store, or beside a .gguf); never downloads."""
+    try:
+        from gemma_cli.models import locate
+
+        return locate(name).draft
+    except GemmaError:
+        return None
+
+
+def draft_stats(drafter) -> dict:
+    """Speculative decoding's totals for --json output (and batch summaries)."""
+    total = drafter.total if drafter is not None else None
+    return {
+        "draft": drafter.kind if drafter is not None else "off",
+        "drafted": total.drafted if total else 0,
+        "accepted": total.accepted if total else 0,
+        "acceptance_rate": round(total.rate, 4) if total else 0.0,
+    }

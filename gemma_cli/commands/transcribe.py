@@ -40,6 +40,8 @@ def transcribe(
     ctx: opt.Ctx = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = None,
+    draft: opt.Draft = None,
+    draft_max: opt.DraftMax = None,
     yes: opt.Yes = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
@@ -54,7 +56,8 @@ def transcribe(
     settings = config.load()
     sampling = _sampling(settings, temperature, None, None, seed, default_temperature=0.0)
     engine, session_for = open_for_media(settings, model, mmproj, None, ctx, threads, gpu_layers, yes, verbose,
-                                         sampling=sampling, max_tokens=max_tokens or MAX_TOKENS, need="audio")
+                                         sampling=sampling, max_tokens=max_tokens or MAX_TOKENS, need="audio",
+                                         draft=draft, draft_max=draft_max)
     projector = engine.media
     if projector.sample_rate != recording.rate:  # every Gemma 4 encoder takes 16 kHz; another could differ
         recording = load_audio(audio, projector.sample_rate)
