@@ -345,7 +345,9 @@ def auto_gpu_layers(loc, *, ctx: int | None = None, hw: Hardware | None = None) 
     first = Path(loc.path)
     shards = sorted(first.parent.glob(re.sub(r"-00001-of-(\d{5})\.gguf$", r"-*-of-\1.gguf", first.name)))
     size = sum(p.stat().st_size for p in shards) if len(shards) > 1 else first.stat().st_size
-    spec = loc.spec
+    from gemma_cli.models import identify
+
+    spec = loc.spec or identify(first.name)  # a Gemma 4 file given by path is still a registry variant
     if spec is not None:
         weights = int(size * (1 - spec.ple_params / spec.params_total))
         kv, layers = spec.kv.bytes(min(ctx or DEFAULT_CTX, spec.context)), spec.layers
@@ -354,10 +356,26 @@ def auto_gpu_layers(loc, *, ctx: int | None = None, hw: Hardware | None = None) 
 
         header = read_header(first)
         layers = int(header.get(f"{header.architecture}.block_count", 0) or 0)
-        weights, kv = size, size // 20  # the KV layout of an unknown model: a margin instead
+        weights, kv = size, _kv_estimate(header, ctx or DEFAULT_CTX, layers, size)
         if not layers:
             return -1 if weights + kv + _overhead(weights) <= _gpu_budget(hw) else 0
     return _fit_layers(weights, kv, _overhead(weights), _gpu_budget(hw), layers)
+
+
+def _kv_estimate(header, ctx: int, layers: int, size: int) -> int:
+    """The f16 KV cache of an unknown model at `ctx` from its header, every layer global (an upper
+    bound for sliding-window models); a twentieth of the weights when the header does not say."""
+    arch = header.architecture
+    heads = header.get(f"{arch}.attention.head_count", 0)
+    kv_heads = header.get(f"{arch}.attention.head_count_kv", heads)
+    if isinstance(kv_heads, list):  # per-layer counts
+        kv_heads = max(kv_heads, default=0)
+    embd = int(header.get(f"{arch}.embedding_length", 0) or 0)
+    head_k = int(header.get(f"{arch}.attention.key_length", 0) or (embd // heads if heads else 0))
+    head_v = int(header.get(f"{arch}.attention.value_length", 0) or head_k)
+    if not (layers and kv_heads and head_k):
+        return size // 20
+    return 2 * layers * ctx * int(kv_heads) * (head_k + head_v)
 
 
 def _guide_row(table, gib: int) -> tuple[str, str]:

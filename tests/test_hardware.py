@@ -207,3 +207,21 @@ def test_auto_gpu_layers_for_located_models(tmp_path, synthetic_models):
     assert hardware.auto_gpu_layers(loc, hw=cpu_only(30)) == 0
     unknown = models.Located("x", models.Path(synthetic_models["e_model"]), None, None, None)
     assert hardware.auto_gpu_layers(unknown, hw=on_gpu(SMI[8])) == -1
+
+
+def test_auto_gpu_layers_counts_the_context_for_a_model_given_by_path(tmp_path, gemma3_base):
+    from gemma_cli import models
+
+    spec = models.REGISTRY["31b"]
+    weights = tmp_path / "gemma-4-31B-it-Q4_K_M.gguf"
+    with open(weights, "wb") as f:
+        f.truncate(spec.size("q4_k_m"))
+    by_path = models.Located(str(weights), weights, None, None, None)  # `-m FILE.gguf`: no spec attached
+    assert hardware.auto_gpu_layers(by_path, ctx=4096, hw=on_gpu(SMI[24])) == -1
+    long = hardware.auto_gpu_layers(by_path, ctx=131072, hw=on_gpu(SMI[24]))
+    assert 0 < long < spec.layers  # the registry's KV layout at 128K does not fit beside the weights
+    # A model the registry does not know: its header's KV layout, scaled by the context.
+    base = models.Located("base", models.Path(gemma3_base), None, None, None)
+    card = on_gpu("NVIDIA GeForce GT 1030, 2048, 1500\n")
+    assert hardware.auto_gpu_layers(base, ctx=4096, hw=card) == -1
+    assert 0 < hardware.auto_gpu_layers(base, ctx=131072, hw=card) < 18

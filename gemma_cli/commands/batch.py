@@ -147,7 +147,8 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
     if gpu_layers is None:
         from gemma_cli.hardware import auto_gpu_layers
 
-        gpu_layers = auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=per_line * 9)
+        slots = 1 if drafting else parallel or default_parallel(True, per_line)  # as many as a GPU run takes
+        gpu_layers = auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=per_line * (slots + 1))
     n = 1 if drafting else parallel or default_parallel(gpu_layers != 0, per_line)
     n_seq = 1 if drafting else n + 1  # the slots and the staging sequence (engine.parallel)
     budget = image_tokens or 280
