@@ -518,7 +518,6 @@ class Defaults:
     max_tokens: int | None = None
     think: bool = False
     system: str | None = None
-    image_tokens: int | None = None
     model: str | None = None  # the name endpoints are asked for (openai lines may name their own)
     # Sampling fields given on the command line: sent to endpoints (which have their own defaults)
     overrides: dict = field(default_factory=dict)
@@ -659,11 +658,11 @@ class _Signals:
 
 def run_local(engine: "Engine", n: int, source: str | Path, output: Output, defaults: Defaults, **kw) -> Summary:
     """Run the lines of `source` on `n` parallel sequences of `engine` (opened with n_seq = n + 1),
-    or, with a drafter attached (speculative decoding), one line at a time."""
+    or one line at a time on an engine of one sequence (speculative decoding, if a drafter is attached)."""
     from gemma_cli.engine.parallel import Parallel
 
     run = Run(source, output, **kw)
-    runner = Parallel(engine, n) if engine.draft is None else _Serial(engine)
+    runner = _Serial(engine) if engine.draft is not None or engine.n_seq == 1 else Parallel(engine, n)
     run.on_stop(runner.stop)
     local = _Local(engine, defaults)
 
@@ -812,22 +811,10 @@ class _Local:
             raise CapabilityError("images and audio need a Gemma 4 model", "run the batch with a Gemma 4 --model")
         parts = prompt_order(messages)
         for kind in dict.fromkeys(p["type"] for p in parts):
-            self._projector(kind)
+            self.engine.ensure_projector(kind)  # loaded on first use, with the engine's image budget
         if self._media is None:
             self._media = MediaParts(self.engine, keep=8)
         return [self._media.load(p) for p in parts]
-
-    def _projector(self, kind: str) -> None:
-        """Load the projector on first use, with the run's image budget."""
-        engine = self.engine
-        if engine.media is None and self.defaults.image_tokens:
-            from gemma_cli.engine.media import find_mmproj
-
-            found = engine.mmproj_path() if callable(engine.mmproj_path) else engine.mmproj_path
-            found = found or find_mmproj(engine.path)
-            if found is not None:
-                engine.attach_projector(found, self.defaults.image_tokens)
-        engine.ensure_projector(kind)
 
     def answer(self, line: Line, done) -> Answer:
         from gemma_cli import reply

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterator
 
 from gemma_cli import prompt as gemma_prompt
 from gemma_cli import reply
+from gemma_cli.errors import GemmaError
 
 if TYPE_CHECKING:
     from gemma_cli.engine import Engine, Sampling, Step
@@ -233,6 +234,8 @@ class ChatSession:
 
     def retry(self) -> Iterator[object]:
         """Drop the last model turn and generate it again."""
+        if not any(m["role"] == "user" for m in self.messages):
+            raise GemmaError("there is no answer to retry yet", "send a message first")
         while self.messages and self.messages[-1]["role"] in ("assistant", "tool"):
             self.messages.pop()
         return self.generate()

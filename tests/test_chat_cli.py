@@ -156,3 +156,40 @@ def test_help_has_examples(tmp_path):
     for args in (["--help"], ["chat", "--help"]):
         proc = run_gemma(*args, home=tmp_path)
         assert proc.returncode == 0 and "Examples:" in proc.stdout
+
+
+# A grammar makes the random synthetic model write a thought and an answer, so the split is certain.
+THOUGHT = 'root ::= "<|channel>thought\\nI ponder deeply<channel|>The answer is four."\n'
+
+
+def test_thinking_goes_to_stderr_and_hide_thinking_drops_it(e_model, tmp_path):
+    grammar = tmp_path / "thought.gbnf"
+    grammar.write_text(THOUGHT)
+    shown = run_gemma("chat", "2+2?", "--model", e_model, "--grammar", grammar, "--max-tokens", "60", home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "The answer is four."
+    assert "I ponder deeply" in shown.stderr
+    hidden = run_gemma("chat", "2+2?", "--model", e_model, "--grammar", grammar, "--max-tokens", "60",
+                       "--hide-thinking", home=tmp_path)
+    assert hidden.stdout.strip() == "The answer is four." and "ponder" not in hidden.stderr
+
+
+def test_a_thought_that_uses_every_token_is_reported_not_printed_empty(e_model, tmp_path):
+    grammar = tmp_path / "endless.gbnf"
+    grammar.write_text('root ::= "<|channel>thought\\n" ("hmm " | "well ")+\n')
+    proc = run_gemma("chat", "Think hard", "--model", e_model, "--grammar", grammar, "--max-tokens", "30",
+                     "--json", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["answer"] == "" and data["stats"]["finish_reason"] == "length"
+    assert data["thinking"].split()[0] in ("hmm", "well")
+    plain = run_gemma("chat", "Think hard", "--model", e_model, "--grammar", grammar, "--max-tokens", "30",
+                      home=tmp_path)
+    assert plain.stdout == "" and "used all its tokens thinking" in plain.stderr
+
+
+def test_stdin_and_a_prompt_together_put_stdin_first(e_model, tmp_path):
+    proc = run_gemma("chat", "Summarise this", "--model", e_model, "--print-prompt", home=tmp_path,
+                     input="The meeting moved to Tuesday.\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "<|turn>user\nThe meeting moved to Tuesday.\n\nSummarise this<turn|>" in proc.stdout

@@ -248,3 +248,41 @@ def test_schema_format_and_grammar_are_exclusive(e_model, tmp_path):
     grammar.write_text('root ::= "x"\n')
     proc = run_gemma("chat", "x", "--model", e_model, "--format", "json", "--grammar", grammar, home=tmp_path)
     assert_one_line_error(proc, "constrain the answer")
+
+
+def test_follow_up_retry_and_system_change_evaluate_only_what_changed(e_model):
+    # A full-size SWA cache isolates what this tests: each turn evaluates exactly the prompt
+    # tokens the KV cache does not already hold (the SWA window's limits: test_engine.py).
+    from gemma_cli.engine import Engine, Sampling
+    from gemma_cli.engine.core import _common_prefix
+    from gemma_cli.session import ChatSession, Done, format_of_engine
+
+    with Engine(e_model, n_ctx=2048, swa_full=True) as engine:
+        session = ChatSession(engine, format_of_engine(engine), sampling=Sampling(temperature=0), max_tokens=8,
+                              system="You answer briefly.")
+
+        def lacking() -> tuple[int, int]:
+            """(tokens of the next prompt, how many of them the cache lacks; at least one is evaluated)."""
+            tokens = engine.tokenize(session.prompt_text())
+            return len(tokens), max(1, len(tokens) - _common_prefix(engine.cache_contents(), tokens))
+
+        def turn(start) -> tuple[int, int]:
+            stats = next(e for e in start() if isinstance(e, Done)).result.stats
+            return stats.prompt_tokens, stats.reused_tokens
+
+        session.messages.append({"role": "user", "content": "Hello there, how are you today?"})
+        size, need = lacking()
+        assert turn(session.generate) == (size, 0) and need == size
+        for text in ("And a second question?", "A third one, a little longer than the others."):
+            session.messages.append({"role": "user", "content": text})
+            size, need = lacking()
+            assert need < size - 30  # the earlier turns are in the cache
+            assert turn(session.generate) == (need, size - need)
+        answer = session.messages.pop()  # what /retry sends: the prompt before the last answer
+        size, need = lacking()
+        session.messages.append(answer)
+        assert need == 1 and turn(session.retry) == (1, size - 1)
+        session.messages[0] = {"role": "system", "content": "You answer at length."}  # /system
+        size, need = lacking()
+        assert 1 < need < size
+        assert turn(session.generate) == (need, size - need)  # from where the system text changed on

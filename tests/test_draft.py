@@ -7,6 +7,7 @@ drafter that does not fit refused with one warning.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -464,7 +465,10 @@ def test_batch_drafts_one_line_at_a_time_with_the_same_answers(e_model, drafter,
         assert proc.returncode == 0, proc.stderr
         outs[spec] = {r["id"]: r["answer"] for r in map(json.loads, out.read_text().splitlines())}
         if spec != "off":
-            assert "drafts:" in proc.stderr and "tokens accepted" in proc.stderr, proc.stderr
+            kind, accepted, drafted = re.search(r"(\w+) drafts: (\d+) of (\d+) tokens accepted", proc.stderr).groups()
+            assert kind == ("ngram" if spec == "ngram" else "mtp") and int(accepted) <= int(drafted)
+            if kind == "mtp":  # an MTP drafter drafts every round (ngram only when the output repeats the prompt)
+                assert int(drafted) > 0, proc.stderr
     assert outs[drafter] == outs["off"] == outs["ngram"]
     assert sorted(outs["off"]) == list(range(6))
 
@@ -477,4 +481,33 @@ def test_batch_draft_and_parallel_do_not_mix(e_model, tmp_path):
     proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "-m", e_model, "--draft", "ngram", "-p", "4",
                      home=tmp_path)
     assert_one_line_error(proc, "--draft", "--parallel 4")
+    assert proc.returncode == 2
+
+
+@pytest.mark.parametrize("spec", ["auto", "wrong"])
+def test_batch_falls_back_to_plain_decoding_when_the_drafter_cannot_run(spec, dense_model, wrong_drafter, e_model,
+                                                                         tmp_path):
+    import json
+
+    from clitools import run_gemma
+
+    model, draft_spec = (dense_model, "auto") if spec == "auto" else (e_model, wrong_drafter)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"Say {i}", "max_tokens": 6}) + "\n" for i in range(3)))
+    proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "-m", model, "-t", "0", "--ctx", "256",
+                     "--draft", draft_spec, home=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 3
+    assert "drafts:" not in proc.stderr  # plain decoding, one line at a time
+    if spec == "wrong":
+        assert "warning: drafter gemma4-wrong-assistant.gguf does not fit" in proc.stderr
+
+
+def test_batch_draft_is_refused_with_an_endpoint(tmp_path):
+    from clitools import assert_one_line_error, run_gemma
+
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "prompt": "hi"}\n')
+    proc = run_gemma("batch", src, "--endpoint", "http://127.0.0.1:9/v1", "--draft", "ngram", home=tmp_path)
+    assert_one_line_error(proc, "--draft", "--endpoint")
     assert proc.returncode == 2

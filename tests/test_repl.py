@@ -202,3 +202,56 @@ def test_declined_tool_call_is_not_run(e_model, tmp_path):
     child.expect_exact(PROMPT)
     assert not (tmp_path / "ran.txt").exists()
     leave(child)
+
+
+def test_retry_before_any_message_says_so_and_the_chat_goes_on(tiny_chat, tmp_path):
+    assert "no answer to retry" in command(tiny_chat, "/retry")
+    say(tiny_chat, "hello")
+    first = saved(tmp_path, tiny_chat)["messages"]
+    say(tiny_chat, "/retry")  # the answer again: one model turn, not two
+    again = saved(tmp_path, tiny_chat, "again.json")["messages"]
+    assert [m["role"] for m in again] == ["user", "assistant"] and again[0] == first[0]
+    leave(tiny_chat)
+
+
+def test_up_arrow_history_survives_a_restart(e_model, tmp_path):
+    child = spawn(tmp_path, "--model", e_model, "--max-tokens", "4")
+    say(child, "a line worth remembering")
+    leave(child)
+    child = spawn(tmp_path, "--model", e_model, "--max-tokens", "4")
+    child.send("\x1b[A\x1b[A")  # Up twice: past "/exit", to the line from the last session
+    child.sendline("")
+    child.expect(STATUS)
+    child.expect_exact(PROMPT)
+    assert saved(tmp_path, child)["messages"][0] == {"role": "user", "content": "a line worth remembering"}
+    leave(child)
+
+
+def test_image_command_uses_the_image_token_budget(e_model, vision_mmproj, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 48), (30, 90, 200)).save(tmp_path / "blue.png")
+    child = spawn(tmp_path, "--model", e_model, "--mmproj", vision_mmproj, "--image-tokens", "70", "--max-tokens", "4")
+    assert "will go with your next message" in command(child, f"/image {tmp_path / 'blue.png'}")
+    say(child, "What colour?")
+    evaluated = int(re.search(r"prompt tokens evaluated\s+(\d+)", command(child, "/stats")).group(1))
+    assert 63 < evaluated < 150  # 63 image tokens at budget 70 (280 would give about 300)
+    leave(child)
+
+
+def test_a_tool_question_goes_to_the_terminal_not_to_redirected_stdout(e_model, tmp_path):
+    tools = tmp_path / "mytools.py"
+    tools.write_text(TOOLS)
+    grammar = tmp_path / "call.gbnf"
+    grammar.write_text(CALL_GRAMMAR)
+    out = tmp_path / "out.txt"
+    cmd = (f"{sys.executable} -m gemma_cli chat --model {e_model} --tools {tools} --grammar {grammar} "
+           f"--max-tool-rounds 1 --max-tokens 64 'what is 2 + 3?' > {out}")
+    child = pexpect.spawn("bash", ["-c", cmd], env=gemma_env(tmp_path), encoding="utf-8", timeout=90)
+    child.expect_exact("run add(")
+    child.sendline("y")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert (tmp_path / "ran.txt").read_text() == "2+3"
+    assert "run add" not in out.read_text() and "[y/N]" not in out.read_text()

@@ -77,12 +77,18 @@ def batch(
         raise UsageError(f"input file not found: {source}", "pass a .jsonl file, or - for stdin")
     if output is not None and output != "-" and source != "-" and Path(output).resolve() == Path(source).resolve():
         raise UsageError("the results file is the input file", "write results to another file with -o")
+    if _drafting(draft) and endpoint:
+        raise UsageError("--draft runs on the local engine; with --endpoint the server decides how it decodes",
+                         "drop --draft (or --endpoint)")
+    if _drafting(draft) and parallel not in (None, 1):
+        raise UsageError(f"--draft decodes one line at a time, so it does not go with --parallel {parallel}",
+                         "drop --parallel (or use --draft off for parallel sequences)")
     settings = config.load()
     overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("seed", seed),
                                    ("max_tokens", max_tokens)) if v is not None}
     defaults = jobs.Defaults(_sampling(settings, temperature, top_p, top_k, seed),
                              max_tokens=settings.pick("max_tokens", max_tokens), think=bool(think), system=system,
-                             image_tokens=image_tokens, overrides=overrides)
+                             overrides=overrides)
     out = jobs.Output(output, restart=restart)
     view = _View(quiet, out)
     total = jobs.count_lines(source) if view.bar else None
@@ -118,6 +124,10 @@ def _sampling(settings, temperature, top_p, top_k, seed):
                     top_k=settings.pick("top_k", top_k), seed=settings.pick("seed", seed))
 
 
+def _drafting(draft: str | None) -> bool:
+    return draft is not None and draft.strip().lower() != "off"
+
+
 def default_parallel(gpu: bool, ctx: int) -> int:
     """8 sequences on a CPU, 16 on a GPU, fewer when each line's context is over 8192 tokens."""
     base = 16 if gpu else 8
@@ -136,10 +146,7 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
     from gemma_cli.media import projector_path
 
     check_budget(image_tokens)
-    drafting = draft is not None and draft.strip().lower() != "off"
-    if drafting and parallel not in (None, 1):
-        raise UsageError(f"--draft decodes one line at a time, so it does not go with --parallel {parallel}",
-                         "drop --parallel (or use --draft off for parallel sequences)")
+    drafting = _drafting(draft)
     name = settings.pick("model", model)
     path = locate_path(name, yes=yes)
     per_line = settings.pick("ctx", ctx) or 8192
@@ -151,14 +158,12 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
         gpu_layers = auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=per_line * (slots + 1))
     n = 1 if drafting else parallel or default_parallel(gpu_layers != 0, per_line)
     n_seq = 1 if drafting else n + 1  # the slots and the staging sequence (engine.parallel)
-    budget = image_tokens or 280
-    n_batch = max(512, budget + budget // 4)  # room for a non-causal image in one micro-batch, should lines bring one
     what = "speculative decoding" if drafting else f"{n} parallel sequences"
     with render.spinner(f"Loading {path.name} for {what}…"):
         from gemma_cli.engine import Engine
 
         engine = Engine(path, n_ctx=per_line * n_seq, n_threads=settings.pick("threads", threads),
-                        n_gpu_layers=gpu_layers, n_seq=n_seq, n_batch=n_batch, n_ubatch=n_batch,
+                        n_gpu_layers=gpu_layers, n_seq=n_seq, image_tokens=image_tokens,
                         batch_invariant=gpu_layers == 0 if deterministic is None else deterministic, verbose=verbose)
     engine.mmproj_path = lambda: projector_path(name, path, mmproj)  # loaded at the first image or clip
     if drafting:

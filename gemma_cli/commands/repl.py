@@ -312,8 +312,11 @@ def confirm_on_terminal(call: dict) -> bool:
         return False
     fn = call["function"]
     args = json.dumps(fn.get("arguments"), ensure_ascii=False)
+    # The question goes to stderr: with `> out.txt`, input()'s own prompt would land in the file.
+    sys.stderr.write(f"run {fn['name']}({args})? [y/N] ")
+    sys.stderr.flush()
     try:
-        answer = input(f"run {fn['name']}({args})? [y/N] ")
+        answer = input()
     except EOFError:
         return False
     return answer.strip().lower() in ("y", "yes")

@@ -188,11 +188,19 @@ class Engine:
         self.media = None  # a media.Projector once an mmproj is loaded (images, audio)
         # Where ensure_projector() loads one from on first use: a path, or a function finding one.
         self.mmproj_path: Path | Callable[[], Path | None] | None = None
+        self.image_tokens = image_tokens  # the visual token budget, for a projector loaded now or later
         self._spans: dict = {}  # media spans of the current prompt, by (kind, digest)
+        need = 0
         if mmproj is not None:
             self.media = self._open_projector(mmproj, image_tokens)
-            n_batch = max(n_batch, self.media.batch_needed)
-            n_ubatch = max(n_ubatch or n_batch, self.media.batch_needed)
+            need = self.media.batch_needed
+        elif image_tokens:
+            from gemma_cli.engine.media import batch_for
+
+            need = batch_for(image_tokens)  # room now, so a projector loaded later need not remake the context
+        if need:
+            n_batch = max(n_batch, need)
+            n_ubatch = max(n_ubatch or n_batch, need)
         n_ctx = min(n_ctx or 8192, self.info.n_ctx_train or n_ctx or 8192)
         self._context_args = (n_ctx, n_seq, swa_full)
         self._open_context(n_batch, n_ubatch or n_batch)
@@ -213,6 +221,7 @@ class Engine:
         self.n_ctx = ll.llama_n_ctx(self._ctx)
         self.n_batch = ll.llama_n_batch(self._ctx)
         self.n_ubatch = ll.llama_n_ubatch(self._ctx)
+        self.n_seq = ll.llama_n_seq_max(self._ctx)
         self._mem = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(self.n_batch, 0, max(1, n_seq))
 
@@ -229,7 +238,7 @@ class Engine:
         Non-causal images need n_ubatch >= their tokens: a context too small for that is made
         again (the KV cache starts empty). Pass `mmproj=` to the constructor to avoid that.
         """
-        projector = self._open_projector(path, image_tokens)
+        projector = self._open_projector(path, image_tokens or self.image_tokens)
         need = projector.batch_needed
         if need > self.n_ubatch:
             if self.draft is not None:

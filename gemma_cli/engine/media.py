@@ -131,6 +131,11 @@ def span_start(items: Sequence, n: int) -> int:
 # ---------------------------------------------------------------- projector
 
 
+def batch_for(budget: int) -> int:
+    """The micro-batch a non-causal image of `budget` tokens needs (llama.cpp rounds sizes up)."""
+    return budget + budget // 4
+
+
 class Projector:
     """An mmproj GGUF loaded into an mtmd context for one text model."""
 
@@ -169,7 +174,7 @@ class Projector:
     @property
     def batch_needed(self) -> int:
         """The micro-batch an image needs: the budget, plus room for llama.cpp rounding sizes up."""
-        return self.budget + self.budget // 4 if self.non_causal_images else 0
+        return batch_for(self.budget) if self.non_causal_images else 0
 
     def close(self) -> None:
         for span in self._spans.values():
