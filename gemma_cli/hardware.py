@@ -182,13 +182,10 @@ def _run(cmd: list[str], notes: list[str]) -> str | None:
 def gpu_offload() -> bool | None:
     """Whether the installed llama-cpp-python was built with a GPU backend (None: not importable)."""
     try:
-        import llama_cpp
+        from gemma_cli.engine.core import supports_gpu_offload
     except Exception:  # noqa: BLE001 - an ImportError or a broken shared library: both mean "unknown"
         return None
-    try:
-        return bool(llama_cpp.llama_supports_gpu_offload())
-    except Exception:  # noqa: BLE001
-        return None
+    return supports_gpu_offload()
 
 
 def _windows_memory() -> tuple[int, int]:
@@ -342,10 +339,10 @@ def auto_gpu_layers(loc, *, ctx: int | None = None, hw: Hardware | None = None) 
         return 0
     from pathlib import Path
 
+    from gemma_cli.models import file_size, identify
+
     first = Path(loc.path)
-    shards = sorted(first.parent.glob(re.sub(r"-00001-of-(\d{5})\.gguf$", r"-*-of-\1.gguf", first.name)))
-    size = sum(p.stat().st_size for p in shards) if len(shards) > 1 else first.stat().st_size
-    from gemma_cli.models import identify
+    size = file_size(first)
 
     spec = loc.spec or identify(first.name)  # a Gemma 4 file given by path is still a registry variant
     if spec is not None:

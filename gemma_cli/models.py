@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from gemma_cli.errors import GemmaError, ModelError, UsageError
+from gemma_cli.errors import DownloadError, GemmaError, ModelError, UsageError
 
 QUANTS = ("q4_k_m", "q8_0", "bf16", "qat")
 DEFAULT_QUANT = "q4_k_m"
@@ -591,6 +591,13 @@ def installed_registry(root: Path | None = None) -> list[tuple[ModelSpec, str]]:
     return out
 
 
+def file_size(path: Path) -> int:
+    """Bytes of a GGUF on disk, every part of a split one (`-00001-of-0000N`) counted."""
+    path = Path(path)
+    shards = sorted(path.parent.glob(re.sub(r"-00001-of-(\d{5})\.gguf$", r"-*-of-\1.gguf", path.name)))
+    return sum(p.stat().st_size for p in shards) if len(shards) > 1 else path.stat().st_size
+
+
 def identify(filename: str) -> ModelSpec | None:
     """The registry variant a GGUF file name belongs to, if it says (gemma-4-E4B-it-…)."""
     m = re.search(r"gemma-?4[-_]?(e2b|e4b|12b|26b|31b)", filename, re.IGNORECASE)
@@ -716,14 +723,35 @@ def pull(name: str, *, draft: bool = False, mmproj: bool = True, progress: Progr
         if mmproj:
             _fetch_hf_projector(f, root, progress)
         return _locate_hf(plan.name, False)
-    for what, cands in plan.groups:
-        if what == "model":
-            if first_installed(cands, root=root) or _scan_weights(plan.spec.weights(plan.quant), plan.quant, root):
-                continue
-        elif first_installed(cands, root=root):
-            continue
+    todo = [(what, cands) for what, cands in plan.groups if not _have(what, cands, plan, root)]
+    if todo:  # the whole pull, before the first byte: a model must not fill the disk half-way
+        from gemma_cli import download
+
+        download.check_space(root, sum(_to_fetch(cands[0], root) for _, cands in todo), plan.name)
+    for what, cands in todo:
         _fetch_first(what, cands, plan.quant, root, progress)
     return locate_registry(plan.spec, plan.quant, need_mmproj=mmproj, need_draft=draft, root=root)
+
+
+def _to_fetch(f: File, root: Path) -> int:
+    """Bytes still to download for `f`, by the Hub's sizes (0 where it cannot say: fetch() will)."""
+    from gemma_cli import download
+
+    total = 0
+    for n in f.names():
+        try:
+            size = download.metadata(f.repo, n).size or 0
+        except DownloadError:  # not there (the next candidate is tried), offline, refused: fetch() says so
+            return 0
+        part = store_path(f.repo, n, root=root).with_name(n.rsplit("/", 1)[-1] + ".part")
+        total += max(0, size - (part.stat().st_size if part.is_file() else 0))
+    return total
+
+
+def _have(what: str, cands: tuple[File, ...], plan: PullPlan, root: Path) -> bool:
+    if first_installed(cands, root=root):
+        return True
+    return what == "model" and bool(_scan_weights(plan.spec.weights(plan.quant), plan.quant, root))
 
 
 def _fetch_first(what: str, cands: tuple[File, ...], quant: str | None, root: Path, progress) -> Path:

@@ -294,3 +294,12 @@ def test_ensure_model_on_a_terminal_asks_first(hub, home, monkeypatch):
     assert not hub.gets(E2B_REPO, "gemma-4-E2B-it-Q4_K_M.gguf")
     monkeypatch.setattr(cmd.typer, "confirm", lambda text, **kw: True)
     assert cmd.ensure_model("e2b", yes=False).path.is_file()
+
+
+def test_a_pull_checks_the_disk_for_all_its_files_before_the_first(hub, home, monkeypatch):
+    serve_e2b(hub)  # weights 1 MiB + 3, projector 300 kB, drafter 200 kB
+    weights = MIB + 3
+    monkeypatch.setattr(download, "free_space", lambda folder: weights + download.SPACE_MARGIN + 1000)
+    with pytest.raises(DownloadError, match="not enough disk space for e2b"):
+        models.pull("e2b", draft=True)  # each file alone would fit; together they do not
+    assert not any(method == "GET" and "/resolve/" in path for method, path, _ in hub.requests), "no bytes fetched"

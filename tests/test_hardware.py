@@ -225,3 +225,9 @@ def test_auto_gpu_layers_counts_the_context_for_a_model_given_by_path(tmp_path, 
     card = on_gpu("NVIDIA GeForce GT 1030, 2048, 1500\n")
     assert hardware.auto_gpu_layers(base, ctx=4096, hw=card) == -1
     assert 0 < hardware.auto_gpu_layers(base, ctx=131072, hw=card) < 18
+
+
+def test_gpu_offload_is_what_this_llama_cpp_build_says():
+    import llama_cpp
+
+    assert hardware.gpu_offload() is bool(llama_cpp.llama_supports_gpu_offload())

@@ -305,3 +305,11 @@ def test_cli_models_table_marks_the_recommended_one(home, monkeypatch):
     assert any("e2b:q4_k_m" in ln and "downloaded" in ln for ln in out.splitlines())
     installed = CliRunner().invoke(app, ["models", "list", "--installed", "--json"]).stdout
     assert [m["name"] for m in json.loads(installed)["models"]] == ["e2b:q4_k_m"]
+
+
+def test_the_size_of_a_split_gguf_counts_every_part(tmp_path):
+    (tmp_path / "big-00001-of-00002.gguf").write_bytes(b"a" * 10)
+    (tmp_path / "big-00002-of-00002.gguf").write_bytes(b"b" * 20)
+    (tmp_path / "small.gguf").write_bytes(b"c" * 7)
+    assert models.file_size(tmp_path / "big-00001-of-00002.gguf") == 30
+    assert models.file_size(tmp_path / "small.gguf") == 7

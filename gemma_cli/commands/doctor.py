@@ -54,11 +54,11 @@ def collect() -> dict:
     for spec, q in models.installed_registry(root):
         loc = models.locate_registry(spec, q, root=root) if _has(spec, q, root) else None
         if loc:
-            installed.append({"name": loc.name, "path": str(loc.path), "size": loc.path.stat().st_size,
+            installed.append({"name": loc.name, "path": str(loc.path), "size": models.file_size(loc.path),
                               "mmproj": str(loc.mmproj) if loc.mmproj else None,
                               "draft": str(loc.draft) if loc.draft else None})
     for p in models.stray_files(root):
-        installed.append({"name": f"hf:{p.relative_to(root).as_posix()}", "path": str(p), "size": p.stat().st_size,
+        installed.append({"name": f"hf:{p.relative_to(root).as_posix()}", "path": str(p), "size": models.file_size(p),
                           "mmproj": None, "draft": None})
     problems += _disk_problems(root, rec)
     return {

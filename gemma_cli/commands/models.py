@@ -179,7 +179,7 @@ def _list(as_json: bool, only_installed: bool) -> None:
             first = spec.weights(q).files[0]
             rows.append({
                 "name": name, "variant": spec.key, "quant": q, "title": spec.title,
-                "size": loc.path.stat().st_size if loc else spec.size(q),
+                "size": models.file_size(loc.path) if loc else spec.size(q),
                 "size_verified": bool(loc) or first.verified,
                 "installed": loc is not None,
                 "path": str(loc.path) if loc else None,
@@ -190,7 +190,7 @@ def _list(as_json: bool, only_installed: bool) -> None:
                 "context": spec.context, "modalities": list(spec.modalities),
                 "repo": first.repo, "file": first.name,
             })
-    other = [{"name": f"hf:{p.relative_to(root).as_posix()}", "path": str(p), "size": p.stat().st_size}
+    other = [{"name": f"hf:{p.relative_to(root).as_posix()}", "path": str(p), "size": models.file_size(p)}
              for p in models.stray_files(root)]
     if only_installed:
         rows = [r for r in rows if r["installed"]]

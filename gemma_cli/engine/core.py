@@ -53,6 +53,11 @@ ll.llama_backend_init()
 AMX_BUILD = b"AMX_INT8 = 1" in ll.llama_print_system_info()
 
 
+def supports_gpu_offload() -> bool:
+    """Whether this llama-cpp-python was built with a GPU backend (CUDA, Metal, ROCm, Vulkan)."""
+    return bool(ll.llama_supports_gpu_offload())
+
+
 def avoid_amx() -> None:
     """Make llama-cpp-python's own `Llama` (and its server) load weights as the engine does.
 
