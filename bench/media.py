@@ -131,8 +131,8 @@ def bench_transcription(model: Path, mmproj: Path, seconds: int, threads: int, m
     out = folder / "talk.json"
     t0 = time.perf_counter()
     transcribe(audio=str(audio), language="en", translate_to=None, fmt="json", output=out, model=str(model),
-               mmproj=mmproj, max_tokens=max_tokens, temperature=None, seed=None, ctx=4096, threads=threads,
-               gpu_layers=None, draft="off", draft_max=None, yes=True, verbose=False)  # no drafter's time in the figures
+               mmproj=mmproj, max_tokens=max_tokens, temperature=None, top_p=None, top_k=None, seed=None, ctx=4096,
+               threads=threads, gpu_layers=None, draft="off", draft_max=None, yes=True, verbose=False)  # no drafter
     wall = time.perf_counter() - t0
 
     import json

@@ -29,6 +29,7 @@ class PromptFormat:
     bos: str = ""
     eos: str = ""
     template: str | None = None
+    add_bos: bool = False  # a template that leaves out the BOS its model wants gets it (as llama.cpp does)
 
     def render(self, messages: list[dict], tools: list[dict] | None = None, *, thinking: bool = False,
                add_generation_prompt: bool = True) -> str:
@@ -38,9 +39,10 @@ class PromptFormat:
         if self.kind == "template":
             from gemma_cli.template import render_template
 
-            return render_template(self.template or "", messages, bos=self.bos, eos=self.eos,
+            text = render_template(self.template or "", messages, bos=self.bos, eos=self.eos,
                                    add_generation_prompt=add_generation_prompt, tools=tools,
                                    enable_thinking=thinking)
+            return self.bos + text if self.add_bos and self.bos and not text.startswith(self.bos) else text
         return self.bos + "".join(_text_of(m) for m in messages if m.get("role") != "system")
 
     @property
@@ -54,7 +56,7 @@ def format_for(architecture: str, chat_template: str | None, bos: str, eos: str,
     if architecture == GEMMA4:
         return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos)
     if chat_template:
-        return PromptFormat("template", bos=bos, eos=eos, template=chat_template)
+        return PromptFormat("template", bos=bos, eos=eos, template=chat_template, add_bos=add_bos)
     return PromptFormat("plain", bos=bos if add_bos else "", eos=eos)
 
 

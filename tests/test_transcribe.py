@@ -148,12 +148,24 @@ def test_prompts_are_the_model_cards():
     assert transcript.messages("X")[0]["content"][0] == {"type": "audio"}  # audio before the text
 
 
-def test_transcribe_session_forces_thinking_off(e_model, audio_mmproj):
-    # the command builds its sessions with think=False: the prompt ends with the empty thought
-    from gemma_cli import prompt
+def test_transcribe_session_forces_thinking_off(e_model, audio_mmproj, tmp_path, monkeypatch):
+    # The sessions the command builds think=False: no <|think|>, the prompt ends with the empty thought.
+    from gemma_cli import config
+    from gemma_cli.commands.describe import _sampling, open_for_media
 
-    text = prompt.render(transcript.messages("T"), None, thinking=False)
-    assert text.endswith("<|turn>model\n<|channel>thought\n<channel|>") and "<|think|>" not in text
+    monkeypatch.setenv("GEMMA_CONFIG", str(tmp_path / "config.yaml"))
+    settings = config.load()
+    engine, session_for = open_for_media(settings, e_model, audio_mmproj, None, 512, 1, 0, True, False,
+                                         sampling=_sampling(settings, 0.0, None, None, None), max_tokens=4,
+                                         need="audio", draft="off")
+    try:
+        session = session_for()
+        session.messages = transcript.messages("Transcribe this.")
+        text = session.prompt_text()
+        assert session.think is False and "<|think|>" not in text
+        assert text.endswith("<|turn>model\n<|channel>thought\n<channel|>")
+    finally:
+        engine.close()
 
 
 def test_split_translation():

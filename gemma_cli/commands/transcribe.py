@@ -36,6 +36,8 @@ def transcribe(
     mmproj: opt.Mmproj = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help=f"Most tokens per segment (default {MAX_TOKENS}).")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature (default 0: greedy, as whisper).")] = None,
+    top_p: opt.TopP = None,
+    top_k: opt.TopK = None,
     seed: opt.Seed = None,
     ctx: opt.Ctx = None,
     threads: opt.Threads = None,
@@ -54,7 +56,7 @@ def transcribe(
     recording = load_audio(audio, SAMPLE_RATE)  # a bad file fails now, before the model loads
     segments = cut(recording.samples, recording.rate)
     settings = config.load()
-    sampling = _sampling(settings, temperature, None, None, seed, default_temperature=0.0)
+    sampling = _sampling(settings, temperature, top_p, top_k, seed, default_temperature=0.0)
     engine, session_for = open_for_media(settings, model, mmproj, None, ctx, threads, gpu_layers, yes, verbose,
                                          sampling=sampling, max_tokens=max_tokens or MAX_TOKENS, need="audio",
                                          draft=draft, draft_max=draft_max)
