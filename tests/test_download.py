@@ -277,6 +277,12 @@ def test_cli_pull_list_path_rm(hub, home):
     assert rows["e2b:q4_k_m"]["installed"] and not rows["e4b:q4_k_m"]["installed"]
     r = runner.invoke(app, ["models", "path", "e2b", "--mmproj"])
     assert r.stdout.strip().endswith("mmproj-F16.gguf")
+    assert not hub.gets(E2B_REPO, "MTP/mtp-gemma-4-E2B-it-Q8_0.gguf")  # the drafter only with --draft
+    r = runner.invoke(app, ["models", "pull", "e2b", "--draft"])
+    assert r.exit_code == 0, r.output
+    assert len(hub.gets(E2B_REPO, "MTP/mtp-gemma-4-E2B-it-Q8_0.gguf")) == 1
+    r = runner.invoke(app, ["models", "path", "e2b", "--draft"])
+    assert r.stdout.strip().endswith("mtp-gemma-4-E2B-it-Q8_0.gguf")
     r = runner.invoke(app, ["models", "rm", "e2b"])
     assert r.exit_code == 0 and not os.path.exists(rows["e2b:q4_k_m"]["path"])
 

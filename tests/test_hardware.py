@@ -231,3 +231,33 @@ def test_gpu_offload_is_what_this_llama_cpp_build_says():
     import llama_cpp
 
     assert hardware.gpu_offload() is bool(llama_cpp.llama_supports_gpu_offload())
+
+
+def fake_tool(folder, name: str, output: str, status: int = 0) -> None:
+    tool = folder / name
+    tool.write_text(f"#!/bin/sh\nprintf '%s' '{output}'\nexit {status}\n")  # builtins only: PATH is this folder
+    tool.chmod(0o755)
+
+
+def test_detect_reads_a_real_nvidia_smi_run_and_its_failure(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    fake_tool(tmp_path, "nvidia-smi", SMI[24] + SMI[24])
+    hw = hardware.detect(check_backend=False)
+    assert [g.name for g in hw.gpus] == ["NVIDIA GeForce RTX 4090"] * 2 and hw.vram_free == 2 * 24082 * MIB
+    fake_tool(tmp_path, "nvidia-smi", "No devices were found\n", status=6)  # a driver without a card
+    hw = hardware.detect(check_backend=False)
+    assert hw.gpus == [] and hardware.recommend(Hardware(ram_total=16 * GIB, ram_available=12 * GIB)).gpu_layers == 0
+
+
+@pytest.mark.parametrize("total_kb, available_kb, name", [
+    (4_026_532, 2_941_268, "e2b:q4_k_m"),     # a 4 GB laptop
+    (8_052_520, 6_101_340, "e2b:q4_k_m"),     # 8 GB
+    (16_318_412, 11_734_520, "e4b:q4_k_m"),   # 16 GB
+    (32_803_468, 29_120_004, "26b:q4_k_m"),   # 32 GB
+])
+def test_cpu_only_recommendation_from_meminfo_samples(total_kb, available_kb, name):
+    sample = f"MemTotal:       {total_kb} kB\nMemFree:         {available_kb // 3} kB\nMemAvailable:   {available_kb} kB\n"
+    total, available = hardware.parse_meminfo(sample)
+    assert (total, available) == (total_kb * 1024, available_kb * 1024)
+    rec = hardware.recommend(Hardware(ram_total=total, ram_available=available))
+    assert rec.name == name and rec.gpu_layers == 0
