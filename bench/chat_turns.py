@@ -15,6 +15,8 @@ so it sits at other positions. Prints the worst gemma/new ratio last (target <= 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 import tempfile
 import time
@@ -74,11 +76,12 @@ def run_llama_cpp(model: Path, mmproj: Path, turns: int, max_tokens: int, ctx: i
         llama_cpp.llama_perf_context_reset(llm._ctx.ctx)
         t0 = time.perf_counter()
         ttft, text = None, ""
-        for chunk in llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0, stream=True):
-            delta = chunk["choices"][0]["delta"].get("content") or ""
-            if ttft is None and delta:
-                ttft = time.perf_counter() - t0
-            text += delta
+        with contextlib.redirect_stdout(io.StringIO()):  # the handler prints each prompt it builds
+            for chunk in llm.create_chat_completion(messages, max_tokens=max_tokens, temperature=0, stream=True):
+                delta = chunk["choices"][0]["delta"].get("content") or ""
+                if ttft is None and delta:
+                    ttft = time.perf_counter() - t0
+                text += delta
         perf = llama_cpp.llama_perf_context(llm._ctx.ctx)
         rows.append((perf.n_p_eval, ttft or time.perf_counter() - t0))
         messages.append({"role": "assistant", "content": text})

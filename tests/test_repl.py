@@ -255,3 +255,43 @@ def test_a_tool_question_goes_to_the_terminal_not_to_redirected_stdout(e_model, 
     assert child.exitstatus == 0
     assert (tmp_path / "ran.txt").read_text() == "2+3"
     assert "run add" not in out.read_text() and "[y/N]" not in out.read_text()
+
+
+def test_answers_render_as_markdown_on_a_terminal(e_model, tmp_path):
+    grammar = tmp_path / "md.gbnf"
+    grammar.write_text('root ::= "# Title\\n\\nSome **bold** words and a list:\\n\\n- one\\n- two\\n"\n')
+    env = gemma_env(tmp_path)
+    del env["NO_COLOR"]  # a colour terminal: Rich renders the Markdown as it streams
+    child = pexpect.spawn(sys.executable, ["-m", "gemma_cli", "chat", "--model", str(e_model), "--grammar",
+                                           str(grammar), "--max-tokens", "60"], env=env, encoding="utf-8",
+                          timeout=90, dimensions=(40, 120))
+    child.expect_exact(PROMPT)
+    child.sendline("write some markdown")
+    child.expect(STATUS)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)  # what the eye sees, less the colours
+    child.expect_exact(PROMPT)
+    assert "bold" in shown and "**bold**" not in shown  # rendered, not the raw Markdown
+    assert "• one" in shown and "- one" not in shown
+    assert "Title" in shown and "# Title" not in shown
+    assert saved(tmp_path, child)["messages"][1]["content"].startswith("# Title")  # history keeps the text
+    leave(child)
+
+
+def test_ctrl_c_in_a_gemma4_reply_keeps_it_and_the_next_turn_reuses_the_cache(e_model, tmp_path):
+    grammar = tmp_path / "endless.gbnf"
+    grammar.write_text('root ::= words\nwords ::= ("on and " | "so forth ") words\n')  # never ends by itself
+    child = spawn(tmp_path, "--model", e_model, "--grammar", grammar, "--max-tokens", "100000", "--ctx", "32768")
+    child.sendline("Talk forever")
+    child.expect_exact("on and")  # the reply is streaming
+    time.sleep(0.5)
+    child.sendintr()
+    child.expect_exact("interrupted")
+    child.expect_exact(PROMPT)
+    partial = saved(tmp_path, child)["messages"][-1]
+    assert partial["role"] == "assistant" and partial["content"].startswith(("on and", "so forth"))
+    command(child, "/set max_tokens 4")
+    say(child, "Stop now")
+    cached = int(re.search(r"prompt tokens cached\s+(\d+)", command(child, "/stats")).group(1))
+    assert cached > 5  # the turn before the interrupted reply came from the cache
+    assert len(saved(tmp_path, child, "after.json")["messages"]) == 4
+    leave(child)

@@ -186,3 +186,21 @@ def test_writers():
                                          duration=3725.5))
     assert [s["start"] for s in data["segments"]] == [0.0, 24.5, 61.25] and data["translation"] == "deux"
     assert transcript.timestamp(3599.9995) == "01:00:00,000"
+
+
+def test_a_progress_bar_on_a_terminal_and_none_in_a_pipe(long_recording, e_model, audio_mmproj, tmp_path):
+    import sys
+
+    import pexpect
+
+    args = ["-m", "gemma_cli", "transcribe", str(long_recording), "--model", e_model, "--mmproj", audio_mmproj,
+            *FAST, "-o", str(tmp_path / "talk.srt")]
+    child = pexpect.spawn(sys.executable, args, env=gemma_env(tmp_path), encoding="utf-8", timeout=120,
+                          dimensions=(24, 120))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert "Transcribing talk.flac" in child.before  # the bar, drawn on the terminal (then cleared)
+    piped = transcribe(long_recording, "-o", tmp_path / "piped.srt", home=tmp_path, model=e_model, mmproj=audio_mmproj)
+    assert piped.returncode == 0 and "Transcribing" not in piped.stderr and piped.stderr == ""
+    assert (tmp_path / "talk.srt").read_text().count(" --> ") == 3
