@@ -163,12 +163,17 @@ def add(a: int, b: int) -> dict:
 CALL_GRAMMAR = 'root ::= "<|tool_call>call:add{a:2,b:3}<tool_call|>"\n'
 
 
+def tool_files(folder):
+    """The tools file and a grammar that makes the model call add(2, 3)."""
+    tools, grammar = folder / "mytools.py", folder / "call.gbnf"
+    tools.write_text(TOOLS)
+    grammar.write_text(CALL_GRAMMAR)
+    return tools, grammar
+
+
 @pytest.mark.parametrize("confirm", ["--yes", "ask"])
 def test_tool_from_python_file_is_called_and_result_fed_back(e_model, tmp_path, confirm):
-    tools = tmp_path / "mytools.py"
-    tools.write_text(TOOLS)
-    grammar = tmp_path / "call.gbnf"
-    grammar.write_text(CALL_GRAMMAR)
+    tools, grammar = tool_files(tmp_path)
     extra = ["--yes"] if confirm == "--yes" else []
     child = spawn(tmp_path, "--model", e_model, "--tools", tools, "--grammar", grammar, "--max-tool-rounds", "1",
                   "--max-tokens", "64", *extra)
@@ -190,10 +195,7 @@ def test_tool_from_python_file_is_called_and_result_fed_back(e_model, tmp_path, 
 
 
 def test_declined_tool_call_is_not_run(e_model, tmp_path):
-    tools = tmp_path / "mytools.py"
-    tools.write_text(TOOLS)
-    grammar = tmp_path / "call.gbnf"
-    grammar.write_text(CALL_GRAMMAR)
+    tools, grammar = tool_files(tmp_path)
     child = spawn(tmp_path, "--model", e_model, "--tools", tools, "--grammar", grammar, "--max-tool-rounds", "1")
     child.sendline("what is 2 + 3?")
     child.expect_exact("run add(")
@@ -240,10 +242,7 @@ def test_image_command_uses_the_image_token_budget(e_model, vision_mmproj, tmp_p
 
 
 def test_a_tool_question_goes_to_the_terminal_not_to_redirected_stdout(e_model, tmp_path):
-    tools = tmp_path / "mytools.py"
-    tools.write_text(TOOLS)
-    grammar = tmp_path / "call.gbnf"
-    grammar.write_text(CALL_GRAMMAR)
+    tools, grammar = tool_files(tmp_path)
     out = tmp_path / "out.txt"
     cmd = (f"{sys.executable} -m gemma_cli chat --model {e_model} --tools {tools} --grammar {grammar} "
            f"--max-tool-rounds 1 --max-tokens 64 'what is 2 + 3?' > {out}")
