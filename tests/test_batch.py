@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -302,3 +303,23 @@ def test_images_without_a_projector_say_what_is_needed(e_model, tmp_path):
 def test_missing_input_is_a_usage_error(tmp_path):
     proc = run_gemma("batch", tmp_path / "nope.jsonl", "-o", tmp_path / "o.jsonl", home=tmp_path)
     assert proc.returncode == 2 and "input file not found" in proc.stderr
+
+
+def test_a_progress_bar_on_a_terminal_then_the_summary(e_model, tmp_path):
+    import sys
+
+    import pexpect
+
+    from tests.clitools import gemma_env
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"Line {i}", "max_tokens": 8}) + "\n" for i in range(40)))
+    child = pexpect.spawn(sys.executable, ["-m", "gemma_cli", "batch", str(src), "-o", str(tmp_path / "o.jsonl"),
+                                           "-m", e_model, "-p", "2", "--ctx", "128"],
+                          env=gemma_env(tmp_path), encoding="utf-8", timeout=120, dimensions=(24, 140))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
+    assert re.search(r"batch ━+ 40/40 .*tok/s", shown), shown[-500:]  # the bar: done of total, speed
+    assert "batch: 40 lines: 40 ok, 0 failed, 0 skipped" in shown

@@ -194,3 +194,19 @@ def test_stdin_and_a_prompt_together_put_stdin_first(e_model, tmp_path):
                      input="The meeting moved to Tuesday.\n")
     assert proc.returncode == 0, proc.stderr
     assert "<|turn>user\nThe meeting moved to Tuesday.\n\nSummarise this<turn|>" in proc.stdout
+
+
+def test_help_imports_none_of_the_heavy_libraries(tmp_path):
+    # `gemma --help` and a command's --help stay fast: llama_cpp, numpy, PIL, librosa, soundfile,
+    # huggingface_hub and jinja2 load only inside the commands that use them.
+    import subprocess
+    import sys
+
+    heavy = ["llama_cpp", "numpy", "PIL", "librosa", "soundfile", "huggingface_hub", "jinja2"]
+    for args in ([], ["chat"], ["batch"], ["transcribe"], ["models"]):
+        code = ("import sys; from gemma_cli.cli import main; sys.argv = ['gemma', *%r, '--help']\n"
+                "try:\n    main()\nexcept SystemExit:\n    pass\n"
+                "sys.stderr.write(','.join(m for m in %r if m in sys.modules))" % (args, heavy))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert "Usage" in proc.stdout, proc.stderr
+        assert proc.stderr == "", (args, proc.stderr)

@@ -419,9 +419,8 @@ def test_chat_json_reports_draft_stats(e_model, tmp_path):
 def test_describe_image_drafts_and_reports_it_in_json(e_model, drafter, vision_mmproj, tmp_path):
     import json
 
-    from PIL import Image
-
     from clitools import run_gemma
+    from PIL import Image
 
     Image.new("RGB", (64, 48), (200, 30, 30)).save(tmp_path / "red.png")
     base = ["describe-image", tmp_path / "red.png", "-m", e_model, "--mmproj", vision_mmproj, "-t", "0", "-n", "24",
@@ -437,7 +436,6 @@ def test_describe_image_drafts_and_reports_it_in_json(e_model, drafter, vision_m
 
 def test_transcribe_takes_draft(e_model, drafter, audio_mmproj, tmp_path):
     import soundfile as sf
-
     from clitools import run_gemma
 
     t = np.arange(16000 * 2) / 16000

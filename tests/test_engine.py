@@ -108,6 +108,26 @@ def test_streamed_text_is_utf8_safe(tiny):
     assert all(isinstance(s.text, str) for s in steps)
     for s in steps:
         s.text.encode("utf-8")  # no lone surrogates
+    # The case this is about happened: a token that ends inside a character, held back until the next.
+    split = [i for i, t in enumerate(tokens) if _ends_mid_character(b"".join(tiny.token_bytes(x) for x in tokens[:i + 1]))]
+    assert split, "no token ended inside a character; pick another seed"
+
+
+def _ends_mid_character(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return False
+    except UnicodeDecodeError as e:
+        return e.start >= len(data) - 3 and e.reason == "unexpected end of data"
+
+
+def test_generation_stops_at_the_end_of_turn_token(tiny):
+    # A grammar that writes a word and ends: the next token is the end of turn, and it is not text.
+    tiny.reset()
+    text, last, steps = run(tiny, "<bos><|turn>user\nHi<turn|>\n<|turn>model\n", max_tokens=50,
+                            sampling=Sampling(temperature=0, grammar='root ::= "Hello"'))
+    assert text == "Hello" and last.finish_reason == "stop" and last.generated_tokens < 50
+    assert "<turn|>" not in text and "<eos>" not in text
 
 
 def _fresh_greedy(path, tokens, n):
