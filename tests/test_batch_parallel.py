@@ -143,3 +143,17 @@ def test_the_engine_must_have_room_for_the_slots(gemma3_base):
 
     with Engine(gemma3_base, n_ctx=512, n_threads=2) as engine, pytest.raises(GemmaError, match="n_seq=3"):
         Parallel(engine, 2)
+
+
+def test_the_prompts_of_free_slots_are_evaluated_in_one_batch(base_engine, monkeypatch):
+    from gemma_cli.engine import parallel
+
+    calls = []
+    decode = parallel.ll.llama_decode
+    monkeypatch.setattr(parallel.ll, "llama_decode", lambda ctx, b: calls.append(b.n_tokens) or decode(ctx, b))
+    runner = parallel.Parallel(base_engine, 4)
+    done = list(runner.run(jobs_of([1, 1, 1, 1])))  # each ends at its first token, sampled from the prompt
+    assert sorted(d.job.key for d in done) == [0, 1, 2, 3] and all(d.generated_tokens == 1 for d in done)
+    assert len(calls) == 1 and calls[0] == sum(d.prompt_tokens for d in done)  # four prompts, one llama_decode
+    alone = list(parallel.Parallel(base_engine, 1).run(jobs_of([1, 1, 1, 1])))
+    assert [d.text for d in sorted(alone, key=lambda d: d.job.key)] == [d.text for d in sorted(done, key=lambda d: d.job.key)]

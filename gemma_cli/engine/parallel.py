@@ -5,11 +5,11 @@ one context, the way llama-server's slots do. Each step is one `llama_batch` hol
 next token of every running sequence, each under its own sequence id, so the weights are
 read once for all of them; a sequence that finishes gives its slot to the next job at once.
 
-Prompts are evaluated in the engine's own sequence 0 (the staging sequence), with the
-engine's KV reuse: a job evaluates only what its prompt does not share with the previous
-one, so a system prompt or tool declarations common to many jobs is evaluated once. The
-staging sequence is then copied into the job's slot (sequences 1..n). Images and audio go
-through the engine's media path the same way.
+The prompts of the jobs that fill free slots are evaluated together, each in its own slot
+(sequences 1..n), in shared batches. A head they share (`Job.shared`: a system prompt or tool
+declarations common to many jobs) is evaluated once in the engine's own sequence 0 (the
+staging sequence), with the engine's KV reuse, and copied into each slot first. Prompts with
+images or audio go through the engine's media path in the staging sequence, then are copied.
 
 The context keeps one KV stream per sequence (llama.cpp's non-unified cache): where a
 sequence's tokens sit in its stream does not depend on what runs beside it. Together with
@@ -81,6 +81,8 @@ class _Slot:
     def __init__(self, seq: int):
         self.seq = seq
         self.job: Job | None = None
+        self.samplers: list = []
+        self.copied = False  # its KV stream may hold cells (removed when the slot is freed)
 
     def begin(self, job: Job, samplers: list, greedy: bool, n_prompt: int, budget: int, counts: tuple[int, int],
               t0: float) -> None:
@@ -104,7 +106,7 @@ class _Slot:
         self.copied = False
 
     def release(self) -> None:
-        for sampler in getattr(self, "samplers", ()):
+        for sampler in self.samplers:
             ll.llama_sampler_free(sampler)
         self.samplers = []
         self.job = None
@@ -157,15 +159,17 @@ class Parallel:
             while True:
                 # Fill every free slot before the step: a step with fewer rows than slots
                 # wastes most of what batching gains (matmul kernels work in row tiles).
-                for slot in slots:
-                    while slot.job is None and not exhausted and not self.stopping:
+                while not exhausted and not self.stopping:
+                    group = []
+                    for slot in (s for s in slots if s.job is None):
                         job = next(source, None)
                         if job is None:
                             exhausted = True
                             break
-                        done = self._start(slot, job)
-                        if done is not None:
-                            yield done  # failed, or finished at its first token: the slot is free again
+                        group.append((slot, job))
+                    if not group:
+                        break
+                    yield from self._start_group(group)  # failed, or done at the first token: free again
                 active = [s for s in slots if s.job is not None]
                 if not active:
                     if exhausted or self.stopping:
@@ -182,7 +186,86 @@ class Parallel:
                 if slot.job is not None:
                     self._free(slot)
 
-    # ---- a job's start: prompt in the staging sequence, first token, copy to the slot
+    # ---- jobs' starts: prompts evaluated together, each in its own slot
+
+    def _start_group(self, group: list[tuple[_Slot, Job]]) -> Iterator[Finished]:
+        """Start the jobs of `group`; yield those that failed or finished at their first token.
+
+        Text prompts are evaluated together, each in its own slot's sequence, in as few
+        batches as they fill: the weights are read once for all of them (on a GPU a batch of
+        80 rows costs little more than one of 10; on a CPU, where prompt evaluation is
+        compute-bound, 400 one-token lines ran 1.25x faster than one prompt at a time). A
+        shared head (`Job.shared`, the system turn) is evaluated once in the staging sequence
+        and copied to each slot. Prompts with images or audio go through the engine's media
+        path one at a time.
+        """
+        rows: list[tuple[_Slot, list[int], int]] = []
+        for slot, job in group:
+            if job.media:
+                done = self._start(slot, job)
+                if done is not None:
+                    yield done
+                continue
+            t0 = time.perf_counter()
+            samplers: list = []
+            try:
+                samplers = _samplers(self.engine._vocab, job)
+                tokens, _ = self._prompt(job)
+                reused = self._seed(slot, tokens, job.shared)
+            except GemmaError as e:
+                for sampler in samplers:
+                    ll.llama_sampler_free(sampler)
+                self._free(slot)
+                yield Finished(job, error=e)
+                continue
+            self._begin(slot, job, samplers, tokens, (len(tokens) - reused, reused), t0)
+            slot.copied = True  # its stream holds (or is about to hold) the prompt
+            rows.append((slot, tokens, reused))
+        yield from self._prefill_rows(rows)
+
+    def _seed(self, slot: _Slot, tokens: list[int], shared: int | None) -> int:
+        """Copy the shared head of `tokens` from the staging sequence into the slot; how many tokens that is."""
+        if not shared or shared >= len(tokens):  # at least the last token is evaluated in the slot, for its logits
+            return 0
+        engine, head = self.engine, tokens[:shared]
+        if engine.cache_contents() != head:  # staging keeps only heads: the next line's system turn is likely this one
+            n = engine.reuse_prefix(head)
+            engine._eval_items(head[n:], logits_last=False)
+        self._copy(slot)
+        return shared
+
+    def _begin(self, slot: _Slot, job: Job, samplers: list, tokens: list, counts: tuple[int, int], t0: float) -> None:
+        self.prompt_tokens += counts[0]
+        self.reused_tokens += counts[1]
+        budget = self.n_ctx_seq - len(tokens)
+        budget = budget if job.max_tokens is None else min(job.max_tokens, budget)
+        greedy = job.sampling.temperature <= 0 and not job.sampling.grammar
+        slot.begin(job, samplers, greedy, len(tokens), budget, counts, t0)
+
+    def _prefill_rows(self, rows: list[tuple[_Slot, list[int], int]]) -> Iterator[Finished]:
+        """Evaluate each slot's prompt tokens from `start` on, all slots in shared batches; sample each first token."""
+        flat = [(slot, tok, pos, pos == len(tokens) - 1)
+                for slot, tokens, start in rows for pos, tok in enumerate(tokens) if pos >= start]
+        b, n_batch = self.engine._batch, self.engine.n_batch
+        for at in range(0, len(flat), n_batch):
+            chunk = flat[at : at + n_batch]
+            for i, (slot, tok, pos, last) in enumerate(chunk):
+                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, last
+                b.seq_id[i][0] = slot.seq
+            b.n_tokens = len(chunk)
+            rc = ll.llama_decode(self.engine._ctx, b)
+            if rc != 0:
+                raise GemmaError(f"llama.cpp could not evaluate {len(rows)} prompts together (llama_decode returned {rc})",
+                                 "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
+            for i, (slot, _, _, last) in enumerate(chunk):
+                if not last:
+                    continue
+                self._take(slot, self._sample(slot, i))
+                if slot.finish is not None:
+                    yield slot.result()
+                    self._free(slot)
+
+    # ---- a job's start with media: prompt in the staging sequence, first token, copy to the slot
 
     def _start(self, slot: _Slot, job: Job) -> Finished | None:
         """Evaluate the job's prompt and take its first token; a Finished if it is already done."""
@@ -199,12 +282,7 @@ class Parallel:
             return Finished(job, error=e)
         finally:
             engine._spans = {}
-        self.prompt_tokens += evaluated
-        self.reused_tokens += reused
-        budget = self.n_ctx_seq - len(tokens)
-        budget = budget if job.max_tokens is None else min(job.max_tokens, budget)
-        greedy = job.sampling.temperature <= 0 and not job.sampling.grammar
-        slot.begin(job, samplers, greedy, len(tokens), budget, (evaluated, reused), t0)
+        self._begin(slot, job, samplers, tokens, (evaluated, reused), t0)
         self._take(slot, self._sample(slot, -1))  # the prompt's last logits
         if slot.finish is None:
             try:
