@@ -103,6 +103,9 @@ def test_save_clear_load_round_trip(tiny_chat, tmp_path):
 
 
 def test_set_and_unknown_command_suggestion(tiny_chat):
+    shown = command(tiny_chat, "/help")
+    assert all(c in shown for c in ("/think", "/system", "/set", "/show", "/clear", "/retry", "/save", "/load",
+                                    "/image", "/audio", "/exit", '"""'))
     assert "temperature = 0.5" in command(tiny_chat, "/set temperature 0.5")
     assert "needs a float" in command(tiny_chat, "/set temperature warm")
     assert "did you mean /think" in command(tiny_chat, "/thnk on")
