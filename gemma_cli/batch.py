@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -110,8 +111,8 @@ class Failure:
 
 
 def key_of(value) -> str:
-    """The resume key of an id: its JSON text, so 1 and "1" stay different ids."""
-    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+    """The resume key of an id: its JSON text, so 1 and "1" stay different ids (ASCII: any string encodes)."""
+    return json.dumps(value, sort_keys=True)
 
 
 def read_lines(source: str | Path) -> Iterator[tuple[int, bytes]]:
@@ -460,6 +461,7 @@ class Output:
     def _drop_errors(self) -> None:
         # A copy without the error records replaces the file in one rename: a crash leaves one or the other.
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        os.fchmod(fd, stat.S_IMODE(os.fstat(self._fd).st_mode))  # mkstemp's 0600 would stay after the rename
         try:
             with os.fdopen(fd, "wb") as out, open(self.path, "rb") as src:
                 for raw in src:
@@ -469,6 +471,7 @@ class Output:
                 out.flush()
                 os.fsync(out.fileno())
             os.replace(tmp, self.path)
+            _fsync_dir(self.path.parent)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -480,7 +483,10 @@ class Output:
         return _digest(line.key) in self.done
 
     def write(self, rec: dict) -> None:
-        data = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+        try:
+            data = (json.dumps(rec, ensure_ascii=False) + "\n").encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (valid JSON, not UTF-8): written escaped
+            data = (json.dumps(rec) + "\n").encode("ascii")
         view = memoryview(data)
         while view:  # one write() in practice; a short write is finished, never interleaved
             n = os.write(self._fd, view)
@@ -492,6 +498,20 @@ class Output:
         if self.path is not None and self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` survive a power cut (where the platform allows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _parse_record(raw: bytes) -> dict | None:
@@ -579,15 +599,17 @@ class Run:
                 return
             line = parse_line(number, raw, self.base)
             self.summary.read += 1
-            if self.output.answered(line):
+            # Duplicates first: a later line with an answered id is a duplicate on every run, not "answered".
+            digest = _digest(line.key)
+            duplicate = digest in self._seen
+            self._seen.add(digest)
+            if duplicate and line.error is None:
+                line.error = Failure("duplicate_id", f"line {number}: the id {line.key} was used by an earlier line",
+                                     "give every line its own id")
+            elif line.error is None and self.output.answered(line):  # a bad line gets its error record every run
                 self.summary.skipped += 1
                 self.progress(self.summary)
                 continue
-            digest = _digest(line.key)
-            if digest in self._seen and line.error is None:
-                line.error = Failure("duplicate_id", f"line {number}: the id {line.key} was used by an earlier line",
-                                     "give every line its own id")
-            self._seen.add(digest)
             if line.error is not None:
                 self.fail(line, line.error)
                 continue

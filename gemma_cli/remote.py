@@ -82,7 +82,7 @@ class Endpoint:
     def post(self, body: dict, cancel: threading.Event | None = None) -> dict:
         """The server's chat.completion for `body`; RemoteError once it fails for good."""
         cancel = cancel or threading.Event()
-        data = json.dumps(body, ensure_ascii=False).encode("utf-8")
+        data = json.dumps(body).encode("ascii")  # escaped: any string encodes, a lone surrogate too
         last: RemoteError | None = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -100,7 +100,8 @@ class Endpoint:
                 last = _http_error(status, payload, self.url)
                 if status not in RETRY_STATUS:
                     raise last
-                delay = _retry_after(headers) or self._delay(attempt)
+                delay = _retry_after(headers)
+                delay = self._delay(attempt) if delay is None else delay  # "Retry-After: 0" means now
             if attempt == self.retries:
                 break
             if cancel.wait(delay):
@@ -111,21 +112,24 @@ class Endpoint:
         """`--model`, else the first model the server lists (asked once); None if it lists none."""
         with self._model_lock:
             if self.model is None:
-                self.model = self._first_model() or ""
+                self.model = self._first_model()  # None again when the server did not answer: asked next time
         return self.model or None
 
     def _first_model(self) -> str | None:
+        """The first listed model's id; "" when the server lists none; None when it did not answer."""
         path = self._path.rsplit("/chat/completions", 1)[0] + "/models"
         try:
             status, _, payload = self._send("GET", path, None)
-            data = json.loads(payload) if status == 200 else {}
+            data = json.loads(payload) if status == 200 else None
         except (OSError, http.client.HTTPException, ValueError):
             self._drop_connection()
             return None
+        if data is None:
+            return None if status >= 500 or status == 429 else ""
         items = data.get("data") if isinstance(data, dict) else None
         if isinstance(items, list) and items and isinstance(items[0], dict):
-            return items[0].get("id")
-        return None
+            return str(items[0].get("id") or "")
+        return ""
 
     def _send(self, method: str, path: str, data: bytes | None) -> tuple[int, dict, bytes]:
         conn = self._connection()
@@ -358,7 +362,17 @@ def _read(path: str, what: str) -> bytes:
 
 
 def answer_of(completion: dict, form: str, model: str = "") -> "Answer":
-    """An endpoint's chat.completion as a batch Answer (kept whole for openai lines)."""
+    """An endpoint's chat.completion as a batch Answer (kept whole for openai lines); a shape
+    it cannot read fails that line (bad_response), not the run."""
+    try:
+        return _answer_of(completion, form, model)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
+        raise RemoteError(f"the server's chat.completion cannot be read ({type(e).__name__}: {e})",
+                          "is it an OpenAI-compatible Chat Completions endpoint?", status=200, body=completion,
+                          code="bad_response") from None
+
+
+def _answer_of(completion: dict, form: str, model: str) -> "Answer":
     from gemma_cli import reply
     from gemma_cli.batch import Answer
 

@@ -323,3 +323,69 @@ def test_a_progress_bar_on_a_terminal_then_the_summary(e_model, tmp_path):
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
     assert re.search(r"batch ━+ 40/40 .*tok/s", shown), shown[-500:]  # the bar: done of total, speed
     assert "batch: 40 lines: 40 ok, 0 failed, 0 skipped" in shown
+
+
+# ---------------------------------------------------------------- found in review
+
+
+def test_dropping_error_records_keeps_the_files_mode(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, rec("a"), rec("b", {"code": "x", "message": "m"}))
+    out.chmod(0o644)
+    Output(out).close()
+    assert out.stat().st_mode & 0o777 == 0o644 and len(out.read_text().splitlines()) == 1
+
+
+def test_duplicates_stay_errors_on_every_run(e_model, tmp_path):
+    # Line 4 has no id: it gets its line number, 4, which line 3 already took.
+    lines = [{"id": "a", "prompt": "x", "max_tokens": 2}, {"id": "a", "prompt": "y", "max_tokens": 2},
+             {"id": 4, "prompt": "z", "max_tokens": 2}, {"prompt": "w", "max_tokens": 2}]
+    for run in range(2):
+        proc, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "2", "--ctx", "128")
+        assert proc.returncode == 3, (run, proc.stderr)
+        assert len(results) == 4, (run, results)
+        assert sorted(r["error"]["line"] for r in results if r["error"]) == [2, 4]
+        assert all(r["error"]["code"] == "duplicate_id" for r in results if r["error"])
+    assert "2 skipped" in proc.stderr  # the second run: a and 4 were answered, the duplicates failed again
+
+
+def test_an_id_with_a_lone_surrogate_is_written_and_resumed(e_model, tmp_path):
+    lines = ['{"id": "a\\ud800", "prompt": "hi", "max_tokens": 2}', {"id": "b", "prompt": "hi", "max_tokens": 2}]
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "--ctx", "128")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["id"] for r in results) == ["a\ud800", "b"]
+    again, results = run_batch(tmp_path, lines, "-m", e_model, "--ctx", "128")
+    assert again.returncode == 0 and "2 skipped" in again.stderr and len(results) == 2
+
+
+def test_each_line_gets_the_context_it_asks_for_up_to_the_trained_one(e_model, tmp_path):
+    # 4 lines of 4096 (the synthetic model's trained context) need 5 x 4096 in all: none is cut to 819.
+    long = {"id": "long", "prompt": "word " * 300, "max_tokens": 2}
+    for ctx in ("4096", "16384"):
+        proc, results = run_batch(tmp_path, [long], "-m", e_model, "-p", "4", "--ctx", ctx, "--restart")
+        assert proc.returncode == 0, proc.stderr
+        assert results[0]["usage"]["prompt_tokens"] > 819
+
+
+def test_restart_touches_nothing_when_the_run_cannot_start(tmp_path):
+    out = tmp_path / "out.jsonl"
+    write_lines(out, rec("kept"))
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "prompt": "hi"}\n')
+    proc = run_gemma("batch", src, "-o", out, "--restart", "-m", tmp_path / "typo.gguf", home=tmp_path)
+    assert proc.returncode != 0 and "not found" in proc.stderr
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["kept"]
+
+
+def test_an_image_too_big_for_a_small_context_fails_its_line_not_the_run(e_model, vision_mmproj, tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(tmp_path / "green.png")
+    lines = [{"id": "t1", "prompt": "Hi", "max_tokens": 2},
+             {"id": "img", "prompt": "Describe", "images": ["green.png"], "max_tokens": 2},
+             {"id": "t2", "prompt": "Hi again", "max_tokens": 2}, {"id": "t3", "prompt": "Bye", "max_tokens": 2}]
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "--mmproj", vision_mmproj, "-p", "2", "--ctx", "64")
+    assert proc.returncode == 3, proc.stderr  # not a crash (was: a segfault once the context was remade)
+    got = {r["id"]: r for r in results}
+    assert got["img"]["error"]["code"] == "media" and "--ctx" in got["img"]["error"]["hint"]
+    assert all(got[k]["error"] is None for k in ("t1", "t2", "t3"))

@@ -206,6 +206,29 @@ def test_the_model_name_comes_from_the_server_when_not_given(server):
     assert ep.model_name() == "served-model"
 
 
+def test_a_server_away_when_the_model_is_asked_is_asked_again_later(server):
+    port = free_port()
+    ep = fast(f"http://127.0.0.1:{port}/v1")
+    assert ep.model_name() is None  # nothing listens yet: not remembered as "no model"
+    server(Script(), port=port)
+    assert ep.model_name() == "served-model"
+
+
+def test_retry_after_zero_retries_at_once(server):
+    script = Script((503, {"Retry-After": "0"}, {"error": "busy"}))
+    ep = Endpoint(server(script), backoff=5.0, max_backoff=5.0)
+    t0 = time.perf_counter()
+    assert ep.post({"messages": []})["choices"]
+    assert time.perf_counter() - t0 < 2.0  # not the 5 s backoff
+
+
+def test_an_answer_of_an_odd_shape_fails_the_line_not_the_run():
+    odd = {"choices": [{"message": "not an object"}], "usage": {"prompt_tokens": "many"}}
+    with pytest.raises(RemoteError) as e:
+        remote.answer_of(odd, "simple")
+    assert e.value.code == "bad_response"
+
+
 # ---------------------------------------------------------------- bodies and answers
 
 

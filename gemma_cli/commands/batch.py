@@ -89,22 +89,25 @@ def batch(
     defaults = jobs.Defaults(_sampling(settings, temperature, top_p, top_k, seed),
                              max_tokens=settings.pick("max_tokens", max_tokens), think=bool(think), system=system,
                              overrides=overrides)
+    if endpoint:
+        from gemma_cli.remote import Endpoint
+
+        defaults.model = model
+        target = Endpoint(endpoint, api_key, timeout=timeout, retries=retries, model=model)
+    else:
+        engine, n = _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, threads, gpu_layers,
+                          yes, verbose, draft, draft_max)
+    # Only now: --restart's truncation and the retry of failed lines (their records are dropped)
+    # must not happen for a run that cannot start (a wrong model name, a bad URL).
     out = jobs.Output(output, restart=restart)
     view = _View(quiet, out)
     total = jobs.count_lines(source) if view.bar else None
     kw = dict(fail_fast=fail_fast, total=total, progress=view.update, notify=view.note)
     try:
-        if endpoint:
-            from gemma_cli.remote import Endpoint
-
-            defaults.model = model
-            target = Endpoint(endpoint, api_key, timeout=timeout, retries=retries, model=model)
-            with view:
+        with view:
+            if endpoint:
                 summary = jobs.run_remote(target, concurrency, source, out, defaults, **kw)
-        else:
-            engine, n = _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, threads, gpu_layers,
-                              yes, verbose, draft, draft_max)
-            with view:
+            else:
                 summary = jobs.run_local(engine, n, source, out, defaults, **kw)
     finally:
         out.close()
@@ -122,6 +125,15 @@ def _sampling(settings, temperature, top_p, top_k, seed):
 
     return Sampling(temperature=settings.pick("temperature", temperature), top_p=settings.pick("top_p", top_p),
                     top_k=settings.pick("top_k", top_k), seed=settings.pick("seed", seed))
+
+
+def _per_line(path, ctx: int) -> int:
+    """Each line's context: as asked, at most what the model was trained for."""
+    from gemma_cli.gguf_header import read_header
+
+    header = read_header(path)
+    trained = int(header.get(f"{header.architecture}.context_length", 0) or 0)
+    return min(ctx, trained) if trained else ctx
 
 
 def _drafting(draft: str | None) -> bool:
@@ -149,7 +161,7 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
     drafting = _drafting(draft)
     name = settings.pick("model", model)
     path = locate_path(name, yes=yes)
-    per_line = settings.pick("ctx", ctx) or 8192
+    per_line = _per_line(path, settings.pick("ctx", ctx) or 8192)
     gpu_layers = settings.pick("gpu_layers", gpu_layers)
     if gpu_layers is None:
         from gemma_cli.hardware import auto_gpu_layers

@@ -206,7 +206,10 @@ class Engine:
         if need:
             n_batch = max(n_batch, need)
             n_ubatch = max(n_ubatch or n_batch, need)
-        n_ctx = min(n_ctx or 8192, self.info.n_ctx_train or n_ctx or 8192)
+        # The model's trained context bounds each sequence's (non-unified KV: one stream per sequence).
+        n_ctx = n_ctx or 8192
+        if self.info.n_ctx_train:
+            n_ctx = min(n_ctx, self.info.n_ctx_train * max(1, n_seq))
         self._context_args = (n_ctx, n_seq, swa_full)
         self._open_context(n_batch, n_ubatch or n_batch)
         self._swa = self.info.n_swa > 0 and not swa_full
@@ -250,6 +253,10 @@ class Engine:
                 projector.close()
                 raise GemmaError("images need a larger batch than the context was made with",
                                  "load the projector before speculative decoding (--mmproj with -i, or --draft off)")
+            if self.n_seq > 1:  # other sequences' KV cells (engine.parallel) must not vanish with the context
+                projector.close()
+                raise CapabilityError(f"an image takes {need} tokens in one batch, more than the context's "
+                                      f"{self.n_ubatch} allow", f"raise --ctx to at least {need}")
             ll.llama_batch_free(self._batch)
             ll.llama_free(self._ctx)
             self._cached.clear()
