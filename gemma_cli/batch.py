@@ -212,8 +212,11 @@ def _openai_request(data: dict) -> Request:
                        f"supported: {', '.join(sorted(BODY_FIELDS))}")
     messages = _messages(body.get("messages"))
     tools = _tools(body.get("tools"))
-    if body.get("tool_choice") == "none":
+    choice = body.get("tool_choice", "auto")
+    if choice == "none":
         tools = None
+    elif choice != "auto":  # forcing a call is not something the local engine does: refused, not ignored
+        raise _Invalid(f"tool_choice {json.dumps(choice)[:60]} is not supported", 'use "auto" or "none"')
     schema, json_mode = _response_format(body.get("response_format"))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     fields = dict(body, max_tokens=max_tokens)

@@ -81,6 +81,9 @@ def test_openai_line_with_image_url_and_input_audio_parts():
      "invalid_line", "n = 1"),
     (json.dumps({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], "stop": ["\n"]}}).encode(),
      "invalid_line", "unsupported body field 'stop'"),
+    (json.dumps({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], "tools": [
+        {"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}}).encode(),
+     "invalid_line", 'tool_choice "required" is not supported'),
 ])
 def test_bad_lines_become_failures(raw, code, needle):
     ln = parse_line(3, raw + b"\n")
