@@ -4,7 +4,7 @@ Input is read as a stream (`-` is stdin), one line at a time. Two forms, told ap
 
     simple   {"id": 1, "prompt": "…"} or {"id": 1, "messages": [...]}, optional "system",
              "images", "audio", "think", "tools", "schema", "max_tokens", "temperature",
-             "top_p", "top_k", "seed"
+             "top_p", "top_k", "seed", "stop"
     openai   {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
              (the OpenAI Batch API's request lines, as `vllm run-batch` reads them)
 
@@ -45,11 +45,11 @@ if TYPE_CHECKING:
     from gemma_cli.engine import Engine, Sampling
 
 SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "audio", "think", "tools", "schema", "max_tokens",
-                 "temperature", "top_p", "top_k", "seed"}
+                 "temperature", "top_p", "top_k", "seed", "stop"}
 OPENAI_FIELDS = {"custom_id", "method", "url", "body"}
 # Body fields the local engine honours; others that change the answer are refused, not ignored.
 BODY_FIELDS = {"messages", "model", "tools", "tool_choice", "response_format", "max_tokens", "max_completion_tokens",
-               "temperature", "top_p", "top_k", "seed", "chat_template_kwargs", "reasoning_effort"}
+               "temperature", "top_p", "top_k", "seed", "stop", "chat_template_kwargs", "reasoning_effort"}
 BODY_IGNORED = {"user", "metadata", "store", "parallel_tool_calls", "n", "stream", "logprobs", "top_logprobs",
                 "frequency_penalty", "presence_penalty", "stream_options", "service_tier"}
 ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
@@ -72,6 +72,7 @@ class Request:
     top_p: float | None = None
     top_k: int | None = None
     seed: int | None = None
+    stop: tuple[str, ...] = ()  # strings that end the answer (not included)
     body: dict | None = None  # openai form: the body as given (sent as is to an endpoint)
 
 
@@ -187,7 +188,7 @@ def _simple_request(data: dict, base: Path | None) -> Request:
     if schema is not None and not isinstance(schema, dict):
         raise _Invalid('"schema" must be a JSON Schema object')
     return Request(messages, _tools(data.get("tools")), _typed(data, "think", bool), schema, False,
-                   *_sampling_fields(data, "max_tokens"))
+                   *_sampling_fields(data, "max_tokens"), stop=_stop(data.get("stop")))
 
 
 def _openai_request(data: dict) -> Request:
@@ -221,7 +222,17 @@ def _openai_request(data: dict) -> Request:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     fields = dict(body, max_tokens=max_tokens)
     return Request(messages, tools, _thinking(body), schema, json_mode, *_sampling_fields(fields, "max_tokens"),
-                   body=body)
+                   stop=_stop(body.get("stop")), body=body)
+
+
+def _stop(value) -> tuple[str, ...]:
+    """OpenAI's `stop`: a string or a list of up to 4 strings."""
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
+        raise _Invalid('"stop" must be a string or a list of up to 4 non-empty strings')
+    return tuple(stops)
 
 
 def _typed(data: dict, key: str, kind: type):
@@ -740,23 +751,30 @@ class _Serial:
             yield self._one(job)
 
     def _one(self, job):
-        from gemma_cli.engine.parallel import Finished
+        from gemma_cli.engine.parallel import Finished, cut_at_stop
         from gemma_cli.session import turn_steps
 
         t0, pieces, tokens, last, before = time.perf_counter(), [], [], None, self.generated_tokens
+        finish = None
+        steps = turn_steps(self.engine, job.prompt, job.media, job.max_tokens, job.sampling, job.shared,
+                           free_thought=job.free_thought)
         try:
-            for last in turn_steps(self.engine, job.prompt, job.media, job.max_tokens, job.sampling, job.shared,
-                                   free_thought=job.free_thought):
+            for last in steps:
                 pieces.append(last.text)
                 if last.token is not None:
                     tokens.append(last.token)
                 self.generated_tokens = before + last.generated_tokens
                 if self.tick is not None:
                     self.tick()
+                if job.stop and cut_at_stop("".join(pieces), job.stop) != "".join(pieces):
+                    finish = "stop"
+                    break
         except GemmaError as e:
             return Finished(job, error=e)
-        return Finished(job, "".join(pieces), tokens, last.prompt_tokens, last.reused_tokens, last.generated_tokens,
-                        last.finish_reason, last.ttft, time.perf_counter() - t0)
+        finally:
+            steps.close()
+        return Finished(job, cut_at_stop("".join(pieces), job.stop), tokens, last.prompt_tokens, last.reused_tokens,
+                        last.generated_tokens, finish or last.finish_reason, last.ttft, time.perf_counter() - t0)
 
 
 class _Local:
@@ -785,7 +803,8 @@ class _Local:
                 continue
             r = line.request
             yield Job(prompt, sampling, r.max_tokens or self.defaults.max_tokens, media, shared,
-                      free_thought=bool(think and sampling.grammar and self.format.kind == "gemma4"), key=line)
+                      free_thought=bool(think and sampling.grammar and self.format.kind == "gemma4"), stop=r.stop,
+                      key=line)
 
     def _prompt(self, r: Request):
         d = self.defaults

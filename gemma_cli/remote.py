@@ -313,6 +313,8 @@ def body_for(request: "Request", defaults: "Defaults") -> dict:
     think = defaults.think if request.think is None else request.think
     if think:
         body["chat_template_kwargs"] = {"enable_thinking": True}  # vLLM, llama-server, SGLang
+    if request.stop:
+        body["stop"] = list(request.stop)
     fields = {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
               "top_k": request.top_k, "seed": request.seed}
     for key, value in fields.items():

@@ -79,8 +79,9 @@ def test_openai_line_with_image_url_and_input_audio_parts():
     (json.dumps({"custom_id": "a", "url": "/v1/embeddings", "body": {}}).encode(), "invalid_line", "not supported"),
     (json.dumps({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], "n": 2}}).encode(),
      "invalid_line", "n = 1"),
-    (json.dumps({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], "stop": ["\n"]}}).encode(),
-     "invalid_line", "unsupported body field 'stop'"),
+    (json.dumps({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], "logit_bias": {}}}).encode(),
+     "invalid_line", "unsupported body field 'logit_bias'"),
+    (json.dumps({"prompt": "x", "stop": ["a", ""]}).encode(), "invalid_line", '"stop" must be a string or a list'),
     (json.dumps({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], "tools": [
         {"type": "function", "function": {"name": "f"}}], "tool_choice": "required"}}).encode(),
      "invalid_line", 'tool_choice "required" is not supported'),

@@ -157,3 +157,34 @@ def test_the_prompts_of_free_slots_are_evaluated_in_one_batch(base_engine, monke
     assert len(calls) == 1 and calls[0] == sum(d.prompt_tokens for d in done)  # four prompts, one llama_decode
     alone = list(parallel.Parallel(base_engine, 1).run(jobs_of([1, 1, 1, 1])))
     assert [d.text for d in sorted(alone, key=lambda d: d.job.key)] == [d.text for d in sorted(done, key=lambda d: d.job.key)]
+
+
+
+def test_a_stop_string_ends_a_job_and_is_left_out(base_engine):
+    from gemma_cli.engine import Sampling
+    from gemma_cli.engine.parallel import Job, Parallel
+
+    plain, = Parallel(base_engine, 1).run([Job("<bos>1, 2, 3, 4, 5,", Sampling(temperature=0), 12)])
+    assert plain.text.startswith(" 6, 7, 8")
+    jobs = [Job("<bos>1, 2, 3, 4, 5,", Sampling(temperature=0), 12, stop=(" 8", "never"), key="stop"),
+            Job("<bos>1, 2, 3, 4, 5,", Sampling(temperature=0), 12, key="free")]
+    done = {d.job.key: d for d in Parallel(base_engine, 2).run(jobs)}
+    assert done["stop"].text == " 6, 7," and done["stop"].finish_reason == "stop"
+    assert done["stop"].generated_tokens < plain.generated_tokens  # it stopped decoding, not only the text
+    assert done["free"].text == plain.text  # the other sequence went on
+
+
+def test_batch_lines_take_stop_in_both_forms(gemma3_base, tmp_path):
+    lines = [{"id": "s", "prompt": "1, 2, 3, 4, 5,", "max_tokens": 12, "stop": " 8"},
+             {"custom_id": "o", "body": {"messages": [{"role": "user", "content": "1, 2, 3, 4, 5,"}],
+                                         "max_tokens": 12, "stop": [" 8"]}}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    out = tmp_path / "out.jsonl"
+    for how in ([], ["--draft", "ngram"]):  # parallel sequences, and one line at a time with drafting
+        proc = run_gemma("batch", src, "-o", out, "-m", gemma3_base, "-t", "0", "--ctx", "256", "-q", "--restart",
+                         *how, home=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        got = {r.get("custom_id", r["id"]): r for r in map(json.loads, out.read_text().splitlines())}
+        assert got["s"]["answer"] == " 6, 7," and got["s"]["finish_reason"] == "stop", how
+        assert " 8" not in got["o"]["response"]["body"]["choices"][0]["message"]["content"]

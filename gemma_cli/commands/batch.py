@@ -14,7 +14,7 @@ from gemma_cli.errors import UsageError
 
 EXAMPLES = """
 Each input line is {"id": …, "prompt": "…"} (or "messages"; optional "system", "images",
-"audio", "think", "tools", "schema", "max_tokens", "temperature", "top_p", "top_k", "seed"),
+"audio", "think", "tools", "schema", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"),
 or an OpenAI Batch API line {"custom_id": …, "method": "POST", "url": "/v1/chat/completions",
 "body": {…}}. Results mirror the input's form, one line per input line, in the order they
 finish. Running the same command again resumes: answered ids are skipped, failed ones retried.

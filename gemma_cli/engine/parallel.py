@@ -56,6 +56,7 @@ class Job:
     # With a grammar: a leading `<|channel>…<channel|>` thought runs unconstrained, the
     # grammar applies from the answer on (as ChatSession does).
     free_thought: bool = False
+    stop: Sequence[str] = ()  # strings that end the job where they appear (not included in its text)
     key: object = None  # the caller's, handed back in Finished
 
 
@@ -113,11 +114,23 @@ class _Slot:
         self.pending = None
 
     def result(self) -> Finished:
-        tail = self.utf8.decode(b"", final=True)
+        text = "".join(self.pieces) + self.utf8.decode(b"", final=True)
         now = time.perf_counter()
         evaluated, reused = self.counts
-        return Finished(self.job, "".join(self.pieces) + tail, self.tokens, evaluated, reused, len(self.tokens),
+        return Finished(self.job, cut_at_stop(text, self.job.stop), self.tokens, evaluated, reused, len(self.tokens),
                         self.finish, (self.t_first or now) - self.t0, now - self.t0, self.error)
+
+    def stopped(self) -> bool:
+        """Whether the text ends in (or has just passed) one of the job's stop strings."""
+        if not self.job.stop:
+            return False
+        # A stop string first complete in the newest piece starts at most `longest` characters before its end.
+        need = max(map(len, self.job.stop)) + len(self.pieces[-1])
+        tail, i = "", len(self.pieces)
+        while i > 0 and len(tail) < need:
+            i -= 1
+            tail = self.pieces[i] + tail
+        return any(s and s in tail for s in self.job.stop)
 
 
 class Parallel:
@@ -391,6 +404,9 @@ class Parallel:
         slot.tokens.append(token)
         slot.pieces.append(slot.utf8.decode(self.engine.token_bytes(token)))
         self.generated_tokens += 1
+        if slot.stopped():
+            slot.finish = "stop"
+            return
         if len(slot.tokens) >= slot.budget:
             slot.finish = "length"  # the last token is never needed in the cache
             return
@@ -411,3 +427,9 @@ def _samplers(vocab, job: Job) -> list:
     constrained = _new_sampler(vocab, s)
     free = _new_sampler(vocab, Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
     return [free, constrained]
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to the first of the `stop` strings in it (OpenAI's `stop`)."""
+    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
+    return text[: min(ends)] if ends else text
