@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from gemma_cli import options as opt
+from gemma_cli.commands import options as opt
 from gemma_cli.errors import UsageError
 
 EXAMPLES = """

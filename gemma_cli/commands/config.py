@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from gemma_cli import options as opt
+from gemma_cli.commands import options as opt
 
 EXAMPLES = """
 Examples:

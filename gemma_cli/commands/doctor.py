@@ -9,7 +9,7 @@ import sys
 
 import typer
 
-from gemma_cli import options as opt
+from gemma_cli.commands import options as opt
 from gemma_cli.errors import GemmaError
 
 EXAMPLES = """
