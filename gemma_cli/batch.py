@@ -751,7 +751,7 @@ class _Serial:
             yield self._one(job)
 
     def _one(self, job):
-        from gemma_cli.engine.parallel import Finished, cut_at_stop
+        from gemma_cli.engine.parallel import Finished, cut_at_stop, hit_stop
         from gemma_cli.session import turn_steps
 
         t0, pieces, tokens, last, before = time.perf_counter(), [], [], None, self.generated_tokens
@@ -766,7 +766,7 @@ class _Serial:
                 self.generated_tokens = before + last.generated_tokens
                 if self.tick is not None:
                     self.tick()
-                if job.stop and cut_at_stop("".join(pieces), job.stop) != "".join(pieces):
+                if hit_stop(pieces, job.stop):
                     finish = "stop"
                     break
         except GemmaError as e:

@@ -197,6 +197,11 @@ def check_space(folder: Path, need: int, what: str) -> None:
             "free some space, or download elsewhere: gemma config set model_dir /bigger/disk (or GEMMA_MODEL_DIR)")
 
 
+def partial(dest: Path) -> Path:
+    """Where an interrupted download of `dest` is kept until it resumes."""
+    return dest.with_name(dest.name + ".part")
+
+
 def fetch(repo: str, filename: str, dest: Path, *, progress: ProgressFn | None = None, revision: str = "main") -> Path:
     """Download one file to `dest`, resuming a `.part` left by an interrupted run, and verify it."""
     dest = Path(dest)
@@ -212,7 +217,7 @@ def fetch(repo: str, filename: str, dest: Path, *, progress: ProgressFn | None =
         if remote.sha256 is None and (remote.git_sha1 is None or remote.size is None):
             raise DownloadError(f"cannot verify {repo}/{filename}: the Hub sent no sha256 (ETag {remote.etag!r})",
                                 "HF_ENDPOINT must point at a Hugging Face Hub (or a mirror of it)")
-        part = dest.with_name(dest.name + ".part")
+        part = partial(dest)
         note = dest.with_name(dest.name + ".part.json")
         have = _resume_point(part, note, remote)
         if remote.size is not None:

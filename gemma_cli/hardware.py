@@ -343,7 +343,6 @@ def auto_gpu_layers(loc, *, ctx: int | None = None, hw: Hardware | None = None) 
 
     first = Path(loc.path)
     size = file_size(first)
-
     spec = loc.spec or identify(first.name)  # a Gemma 4 file given by path is still a registry variant
     if spec is not None:
         weights = int(size * (1 - spec.ple_params / spec.params_total))
@@ -363,16 +362,19 @@ def _kv_estimate(header, ctx: int, layers: int, size: int) -> int:
     """The f16 KV cache of an unknown model at `ctx` from its header, every layer global (an upper
     bound for sliding-window models); a twentieth of the weights when the header does not say."""
     arch = header.architecture
-    heads = header.get(f"{arch}.attention.head_count", 0)
-    kv_heads = header.get(f"{arch}.attention.head_count_kv", heads)
-    if isinstance(kv_heads, list):  # per-layer counts
-        kv_heads = max(kv_heads, default=0)
+    heads = _most(header.get(f"{arch}.attention.head_count", 0))
+    kv_heads = _most(header.get(f"{arch}.attention.head_count_kv", heads))
     embd = int(header.get(f"{arch}.embedding_length", 0) or 0)
     head_k = int(header.get(f"{arch}.attention.key_length", 0) or (embd // heads if heads else 0))
     head_v = int(header.get(f"{arch}.attention.value_length", 0) or head_k)
     if not (layers and kv_heads and head_k):
         return size // 20
     return 2 * layers * ctx * int(kv_heads) * (head_k + head_v)
+
+
+def _most(value) -> int:
+    """A head count, or the largest of per-layer ones."""
+    return int(max(value, default=0) if isinstance(value, list) else value or 0)
 
 
 def _guide_row(table, gib: int) -> tuple[str, str]:

@@ -743,7 +743,7 @@ def _to_fetch(f: File, root: Path) -> int:
             size = download.metadata(f.repo, n).size or 0
         except DownloadError:  # not there (the next candidate is tried), offline, refused: fetch() says so
             return 0
-        part = store_path(f.repo, n, root=root).with_name(n.rsplit("/", 1)[-1] + ".part")
+        part = download.partial(store_path(f.repo, n, root=root))
         total += max(0, size - (part.stat().st_size if part.is_file() else 0))
     return total
 

@@ -150,11 +150,9 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
           draft, draft_max):
     """The engine for a local run: n parallel sequences (plus the staging one), each `ctx` tokens;
     with --draft, one sequence and the drafter."""
-    from types import SimpleNamespace
-
     from gemma_cli import render
     from gemma_cli.commands.describe import check_budget
-    from gemma_cli.commands.loading import attach_draft, locate_path
+    from gemma_cli.commands.loading import attach_draft, auto_gpu_layers, locate_path
     from gemma_cli.media import projector_path
 
     check_budget(image_tokens)
@@ -164,10 +162,8 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
     per_line = _per_line(path, settings.pick("ctx", ctx) or 8192)
     gpu_layers = settings.pick("gpu_layers", gpu_layers)
     if gpu_layers is None:
-        from gemma_cli.hardware import auto_gpu_layers
-
         slots = 1 if drafting else parallel or default_parallel(True, per_line)  # as many as a GPU run takes
-        gpu_layers = auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=per_line * (slots + 1))
+        gpu_layers = auto_gpu_layers(path, per_line * (slots + 1))
     n = 1 if drafting else parallel or default_parallel(gpu_layers != 0, per_line)
     n_seq = 1 if drafting else n + 1  # the slots and the staging sequence (engine.parallel)
     what = "speculative decoding" if drafting else f"{n} parallel sequences"

@@ -25,7 +25,7 @@ def open_engine(path: Path, *, ctx: int | None, threads: int | None, gpu_layers:
                 mmproj: Path | None = None, image_tokens: int | None = None):
     """Load the model (and its projector, when given) with a spinner on stderr (terminal only)."""
     if gpu_layers is None:
-        gpu_layers = _auto_gpu_layers(path, ctx)
+        gpu_layers = auto_gpu_layers(path, ctx)
     with render.spinner(f"Loading {path.name}…"):
         from gemma_cli.engine import Engine
 
@@ -33,13 +33,13 @@ def open_engine(path: Path, *, ctx: int | None, threads: int | None, gpu_layers:
                       mmproj=mmproj, image_tokens=image_tokens)
 
 
-def _auto_gpu_layers(path: Path, ctx: int | None) -> int:
+def auto_gpu_layers(path: Path, ctx: int | None) -> int:
     """All layers on the GPU when they fit in free VRAM, else as many as fit; 0 without a GPU build."""
     from types import SimpleNamespace
 
-    from gemma_cli.hardware import auto_gpu_layers
+    from gemma_cli import hardware
 
-    return auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=ctx)
+    return hardware.auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=ctx)
 
 
 def attach_draft(engine, name: str | None, spec: str | None, draft_max: int | None) -> None:

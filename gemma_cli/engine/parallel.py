@@ -121,16 +121,7 @@ class _Slot:
                         self.finish, (self.t_first or now) - self.t0, now - self.t0, self.error)
 
     def stopped(self) -> bool:
-        """Whether the text ends in (or has just passed) one of the job's stop strings."""
-        if not self.job.stop:
-            return False
-        # A stop string first complete in the newest piece starts at most `longest` characters before its end.
-        need = max(map(len, self.job.stop)) + len(self.pieces[-1])
-        tail, i = "", len(self.pieces)
-        while i > 0 and len(tail) < need:
-            i -= 1
-            tail = self.pieces[i] + tail
-        return any(s and s in tail for s in self.job.stop)
+        return hit_stop(self.pieces, self.job.stop)
 
 
 class Parallel:
@@ -138,7 +129,7 @@ class Parallel:
 
     def __init__(self, engine: "Engine", n: int | None = None):
         self.engine = engine
-        n_seq = ll.llama_n_seq_max(engine._ctx)
+        n_seq = engine.n_seq
         self.n = n_seq - 1 if n is None else n
         if not 1 <= self.n <= n_seq - 1:
             raise GemmaError(f"{self.n} parallel sequences need an engine opened with n_seq={self.n + 1}",
@@ -427,6 +418,19 @@ def _samplers(vocab, job: Job) -> list:
     constrained = _new_sampler(vocab, s)
     free = _new_sampler(vocab, Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
     return [free, constrained]
+
+
+def hit_stop(pieces: Sequence[str], stop: Sequence[str]) -> bool:
+    """Whether the newest of the text `pieces` completes one of the `stop` strings (looks at the tail only)."""
+    if not stop or not pieces:
+        return False
+    # A stop string first complete in the newest piece starts at most `longest` characters before its end.
+    need = max(map(len, stop)) + len(pieces[-1])
+    tail, i = "", len(pieces)
+    while i > 0 and len(tail) < need:
+        i -= 1
+        tail = pieces[i] + tail
+    return any(s and s in tail for s in stop)
 
 
 def cut_at_stop(text: str, stop: Sequence[str]) -> str:
