@@ -24,6 +24,8 @@ Examples:
   gemma chat --schema person.json "Invent a person"      (answer constrained to the schema)
   gemma chat --continue                          (resume the last conversation)
   gemma chat --load examples/conversation.json --print-prompt
+  gemma chat --think --think-budget 256 "Plan a 3-day trip to Rome"
+  gemma chat --chat-template gemma4-chat-template.jinja --print-prompt "Hi"
 """
 
 
@@ -37,6 +39,9 @@ def chat(
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think before it answers (default off).")] = None,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the thinking.")] = False,
+    keep_thinking: Annotated[bool, typer.Option("--keep-thinking", help="Keep the thinking of tool-calling turns in the prompt (templates with preserve_thinking).")] = False,
+    think_budget: Annotated[Optional[int], typer.Option("--think-budget", min=0, metavar="N", help="Close the thought after N tokens and answer (as llama.cpp's --reasoning-budget).")] = None,
+    chat_template: Annotated[Optional[Path], typer.Option("--chat-template", metavar="FILE", help="Use this Jinja chat template instead of the model's own (as llama.cpp's --chat-template-file).")] = None,
     tools: Annotated[Optional[Path], typer.Option("--tools", help="Tools: a .py file (its functions run after you confirm) or a .json file of declarations (calls are only shown).")] = None,
     schema: Annotated[Optional[Path], typer.Option("--schema", help="JSON Schema file: the answer is constrained to it (thinking stays free).")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="'json': the answer is a JSON object.")] = None,
@@ -75,8 +80,13 @@ def chat(
     name = settings.pick("model", model or conv.model)
     path = _locate(name, yes)
     messages = _with_system(conv.messages, system)
+    override = None
+    if chat_template is not None:
+        from gemma_cli.session import read_chat_template
+
+        override = read_chat_template(chat_template)
     if print_prompt:
-        return _print_prompt(path, messages, declarations, think, _with_media(parts, text))
+        return _print_prompt(path, messages, declarations, think, _with_media(parts, text), override, keep_thinking)
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
@@ -92,8 +102,9 @@ def chat(
     engine.mmproj_path = projector  # /image and /audio load it on first use
     sampling = _sampling(settings, conv.settings, temperature, top_p, top_k, seed)
     sampling.grammar = _constraint(schema, fmt, grammar)
-    session = ChatSession(engine, format_of_engine(engine), sampling=sampling, think=think, tools=declarations,
-                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")))
+    session = ChatSession(engine, format_of_engine(engine, override), sampling=sampling, think=think, tools=declarations,
+                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")),
+                          keep_thinking=keep_thinking, think_budget=think_budget)
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
@@ -232,14 +243,17 @@ def _locate(model, yes):
     return locate_path(model, yes=yes)
 
 
-def _print_prompt(path, messages: list[dict], tools, think: bool, text: str | None) -> None:
+def _print_prompt(path, messages: list[dict], tools, think: bool, text: str | None, override=None,
+                  keep_thinking: bool = False) -> None:
     from gemma_cli.gguf_header import read_header
     from gemma_cli.session import format_of_header
 
-    fmt = format_of_header(read_header(path))
+    fmt = format_of_header(read_header(path), override)
+    if fmt.notice:
+        sys.stderr.write(fmt.notice + "\n")
     if text is not None:
         messages = messages + [{"role": "user", "content": text}]
-    sys.stdout.write(fmt.render(messages, tools, thinking=think))
+    sys.stdout.write(fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking))
     sys.stdout.flush()
 
 
@@ -281,9 +295,12 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
     if not results:
         return
     if as_json:
-        sys.stdout.write(json.dumps(_as_json(results, runs, session.engine.draft), ensure_ascii=False) + "\n")
-    elif results[-1].thought_only:
-        printer.note("the model used all its tokens thinking and gave no answer: raise --max-tokens or use --no-think")
+        out = _as_json(results, runs, session.engine.draft)
+        out["stats"]["template"] = session.format.template_name
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    if results[-1].thought_only:
+        printer.note("the model used all its tokens thinking and gave no answer: raise --max-tokens, "
+                     "set --think-budget N, or use --no-think")
 
 
 def _as_json(results: list, runs: list, drafter=None) -> dict:
@@ -304,6 +321,7 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
             "ttft_s": round(results[0].stats.ttft, 4),
             "tokens_per_s": round(s.tps, 2),
             "finish_reason": s.finish_reason,
+            "ended_in_thought": last.ended_in_thought,
             **draft_stats(drafter),
         },
     }
