@@ -217,8 +217,18 @@ class ChatSession:
     # ---- prompt
 
     def prompt_text(self, add_generation_prompt: bool = True) -> str:
-        return self.format.render(self.messages, self.tools, thinking=self.think,
-                                  add_generation_prompt=add_generation_prompt, preserve_thinking=self.keep_thinking)
+        return self._with_frames(self.format.render(self.messages, self.tools, thinking=self.think,
+                                                    add_generation_prompt=add_generation_prompt,
+                                                    preserve_thinking=self.keep_thinking))
+
+    def _with_frames(self, text: str) -> str:
+        """Each `<|video|>` written out as its frames, `MM:SS <|image|>` apart (gemma_cli.video)."""
+        if "<|video|>" not in text or not _has_media(self.messages):
+            return text
+        from gemma_cli.media import prompt_order
+        from gemma_cli.video import with_frames
+
+        return with_frames(text, self.media_parts().videos(prompt_order(self.messages)))
 
     def _prompt_tokens(self) -> tuple[list[int], int | None, bool]:
         """The prompt's tokens, where its generation prompt starts (a KV checkpoint spot), and
@@ -261,7 +271,7 @@ class ChatSession:
         if self.format.kind != GEMMA4:
             raise CapabilityError("images and audio need a Gemma 4 model", "pick a Gemma 4 GGUF with --model")
         for kind in dict.fromkeys(p.get("type") for p in content if isinstance(p, dict)):
-            if kind in ("image", "audio"):
+            if kind in ("image", "audio", "video"):
                 projector = self.engine.ensure_projector(kind)
                 if kind == "audio":
                     self.media_parts().rate = projector.sample_rate
@@ -274,7 +284,7 @@ class ChatSession:
 
         parts = prompt_order(self.messages)
         self._ready_for(parts)
-        return [self.media_parts().load(p) for p in parts]
+        return self.media_parts().for_engine(parts)
 
     def generate(self) -> Iterator[object]:
         tokens, checkpoint, in_thought = self._prompt_tokens()
@@ -337,7 +347,7 @@ class ChatSession:
 
 
 def _has_media(messages: list[dict]) -> bool:
-    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") in ("image", "audio")
+    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") in ("image", "audio", "video")
                                                           for p in m["content"]) for m in messages)
 
 

@@ -24,6 +24,7 @@ Examples:
   gemma chat --schema person.json "Invent a person"      (answer constrained to the schema)
   gemma chat --continue                          (resume the last conversation)
   gemma chat --load examples/conversation.json --print-prompt
+  gemma chat -v clip.mp4 "What happens in this clip?"
   gemma chat --think --think-budget 256 "Plan a 3-day trip to Rome"
   gemma chat --chat-template gemma4-chat-template.jinja --print-prompt "Hi"
 """
@@ -34,6 +35,7 @@ def chat(
     model: opt.Model = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="An image to send with the prompt (repeatable; - reads stdin).")] = None,
     audio: Annotated[Optional[list[str]], typer.Option("--audio", "-a", metavar="PATH", help="An audio clip to send with the prompt (repeatable; over 30 s is cut at pauses).")] = None,
+    video: Annotated[Optional[list[str]], typer.Option("--video", "-v", metavar="PATH", help="A video clip to send with the prompt (repeatable; 32 frames at 70 tokens each; - reads stdin).")] = None,
     mmproj: opt.Mmproj = None,
     image_tokens: opt.ImageTokens = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
@@ -74,7 +76,7 @@ def chat(
     from gemma_cli.media import MediaParts
 
     decoder = MediaParts()  # -i/-a are read and decoded now, before the model loads
-    parts = _media_parts(decoder, image, audio)  # before stdin is read as text: `-i -` reads it
+    parts = _media_parts(decoder, image, audio, video)  # before stdin is read as text: `-i -` reads it
     text = _read_input(prompt) if not any(p.get("url") for p in parts) else prompt
     conv = _start_conversation(load, resume)
     think = think if think is not None else bool(conv.settings.get("think", False))
@@ -89,7 +91,12 @@ def chat(
 
         override = read_chat_template(chat_template)
     if print_prompt:
-        return _print_prompt(path, messages, declarations, think, _with_media(parts, text), override, keep_thinking)
+        return _print_prompt(path, messages, declarations, think, _with_media(parts, text), decoder, override,
+                             keep_thinking)
+    if video:
+        from gemma_cli.video import check_context
+
+        check_context(decoder.videos(parts), settings.pick("ctx", ctx) or 8192)  # before the model loads
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
@@ -146,10 +153,12 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
 
 
-def _media_parts(decoder, images: list[str] | None, audios: list[str] | None) -> list[dict]:
-    """-i/-a as message parts (images first, as Gemma 4 wants), each decoded now: a bad file fails before the model loads."""
-    return [decoder.attach(kind, source) for kind, sources in (("image", images or []), ("audio", audios or []))
-            for source in sources]
+def _media_parts(decoder, images: list[str] | None, audios: list[str] | None, videos: list[str] | None = None) -> list[dict]:
+    """-i/-a/-v as message parts (media first, as Gemma 4 wants), each decoded now: a bad file fails before the model loads."""
+    if sum(1 for s in [*(images or []), *(audios or []), *(videos or [])] if s == "-") > 1:
+        raise UsageError("stdin ('-') can hold only one file", "save the others to files")
+    kinds = (("image", images or []), ("video", videos or []), ("audio", audios or []))
+    return [decoder.attach(kind, source) for kind, sources in kinds for source in sources]
 
 
 def _with_media(parts: list[dict], text: str | None):
@@ -235,7 +244,7 @@ def _locate(model, yes):
     return locate_path(model, yes=yes)
 
 
-def _print_prompt(path, messages: list[dict], tools, think: bool, text: str | None, override=None,
+def _print_prompt(path, messages: list[dict], tools, think: bool, text, decoder, override=None,
                   keep_thinking: bool = False) -> None:
     from gemma_cli.gguf_header import read_header
     from gemma_cli.session import format_of_header
@@ -245,7 +254,13 @@ def _print_prompt(path, messages: list[dict], tools, think: bool, text: str | No
         sys.stderr.write(fmt.notice + "\n")
     if text is not None:
         messages = messages + [{"role": "user", "content": text}]
-    sys.stdout.write(fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking))
+    out = fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking)
+    if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+        from gemma_cli.media import prompt_order
+        from gemma_cli.video import with_frames
+
+        out = with_frames(out, decoder.videos(prompt_order(messages)))
+    sys.stdout.write(out)
     sys.stdout.flush()
 
 
