@@ -25,6 +25,8 @@ Examples:
   gemma chat --continue                          (resume the last conversation)
   gemma chat --load examples/conversation.json --print-prompt
   gemma chat -v clip.mp4 "What happens in this clip?"
+  gemma chat --think --think-budget 256 "Plan a 3-day trip to Rome"
+  gemma chat --chat-template gemma4-chat-template.jinja --print-prompt "Hi"
 """
 
 
@@ -39,6 +41,9 @@ def chat(
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think before it answers (default off).")] = None,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the thinking.")] = False,
+    keep_thinking: Annotated[bool, typer.Option("--keep-thinking", help="Keep the thinking of tool-calling turns in the prompt (templates with preserve_thinking).")] = False,
+    think_budget: Annotated[Optional[int], typer.Option("--think-budget", min=0, metavar="N", help="Close the thought after N tokens and answer (as llama.cpp's --reasoning-budget).")] = None,
+    chat_template: Annotated[Optional[Path], typer.Option("--chat-template", metavar="FILE", help="Use this Jinja chat template instead of the model's own (as llama.cpp's --chat-template-file).")] = None,
     tools: Annotated[Optional[Path], typer.Option("--tools", help="Tools: a .py file (its functions run after you confirm) or a .json file of declarations (calls are only shown).")] = None,
     schema: Annotated[Optional[Path], typer.Option("--schema", help="JSON Schema file: the answer is constrained to it (thinking stays free).")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="'json': the answer is a JSON object.")] = None,
@@ -80,8 +85,14 @@ def chat(
     name = settings.pick("model", model or conv.model)
     path = _locate(name, yes)
     messages = _with_system(conv.messages, system)
+    override = None
+    if chat_template is not None:
+        from gemma_cli.session import read_chat_template
+
+        override = read_chat_template(chat_template)
     if print_prompt:
-        return _print_prompt(path, messages, declarations, think, _with_media(parts, text), decoder)
+        return _print_prompt(path, messages, declarations, think, _with_media(parts, text), decoder, override,
+                             keep_thinking)
     if video:
         from gemma_cli.video import check_context
 
@@ -101,9 +112,9 @@ def chat(
     engine.mmproj_path = projector  # /image and /audio load it on first use
     sampling = _sampling(settings, conv.settings, temperature, top_p, top_k, seed)
     sampling.grammar = _constraint(schema, fmt, grammar)
-    session = ChatSession(engine, format_of_engine(engine), sampling=sampling, think=think, tools=declarations,
+    session = ChatSession(engine, format_of_engine(engine, override), sampling=sampling, think=think, tools=declarations,
                           max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")),
-                          media=decoder)
+                          media=decoder, keep_thinking=keep_thinking, think_budget=think_budget)
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
@@ -233,14 +244,17 @@ def _locate(model, yes):
     return locate_path(model, yes=yes)
 
 
-def _print_prompt(path, messages: list[dict], tools, think: bool, text, decoder) -> None:
+def _print_prompt(path, messages: list[dict], tools, think: bool, text, decoder, override=None,
+                  keep_thinking: bool = False) -> None:
     from gemma_cli.gguf_header import read_header
     from gemma_cli.session import format_of_header
 
-    fmt = format_of_header(read_header(path))
+    fmt = format_of_header(read_header(path), override)
+    if fmt.notice:
+        sys.stderr.write(fmt.notice + "\n")
     if text is not None:
         messages = messages + [{"role": "user", "content": text}]
-    out = fmt.render(messages, tools, thinking=think)
+    out = fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking)
     if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
         from gemma_cli.media import prompt_order
         from gemma_cli.video import with_frames
@@ -288,9 +302,12 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
     if not results:
         return
     if as_json:
-        sys.stdout.write(json.dumps(_as_json(results, runs, session.engine.draft), ensure_ascii=False) + "\n")
-    elif results[-1].thought_only:
-        printer.note("the model used all its tokens thinking and gave no answer: raise --max-tokens or use --no-think")
+        out = _as_json(results, runs, session.engine.draft)
+        out["stats"]["template"] = session.format.template_name
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    if results[-1].thought_only:
+        printer.note("the model used all its tokens thinking and gave no answer: raise --max-tokens, "
+                     "set --think-budget N, or use --no-think")
 
 
 def _as_json(results: list, runs: list, drafter=None) -> dict:
@@ -311,6 +328,7 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
             "ttft_s": round(results[0].stats.ttft, 4),
             "tokens_per_s": round(s.tps, 2),
             "finish_reason": s.finish_reason,
+            "ended_in_thought": last.ended_in_thought,
             **draft_stats(drafter),
         },
     }
