@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gemma_cli import remote
+from gemma_cli import batch, remote
 from gemma_cli.batch import Defaults, parse_line
 from gemma_cli.engine import Sampling
 from gemma_cli.remote import Endpoint, RemoteError, chat_url
@@ -225,7 +225,7 @@ def test_retry_after_zero_retries_at_once(server):
 def test_an_answer_of_an_odd_shape_fails_the_line_not_the_run():
     odd = {"choices": [{"message": "not an object"}], "usage": {"prompt_tokens": "many"}}
     with pytest.raises(RemoteError) as e:
-        remote.answer_of(odd, "simple")
+        batch.answer_of(odd, "simple")
     assert e.value.code == "bad_response"
 
 
@@ -247,7 +247,7 @@ def test_a_simple_line_becomes_a_chat_body_with_data_urls(tmp_path):
     (tmp_path / "b.wav").write_bytes(b"RIFF fake")
     r = request_of({"prompt": "What?", "images": ["a.png"], "audio": ["b.wav"], "system": "Be brief.", "think": True,
                     "schema": {"type": "object"}, "max_tokens": 9, "top_k": 20}, tmp_path)
-    body = remote.body_for(r, defaults(model="gemma-4", overrides={"temperature": 0.0}))
+    body = batch.body_for(r, defaults(model="gemma-4", overrides={"temperature": 0.0}))
     assert body["model"] == "gemma-4" and body["max_tokens"] == 9 and body["top_k"] == 20 and body["temperature"] == 0.0
     assert "top_p" not in body  # only what the line or the command line set: the server keeps its defaults
     assert body["chat_template_kwargs"] == {"enable_thinking": True}
@@ -263,16 +263,16 @@ def test_a_simple_line_becomes_a_chat_body_with_data_urls(tmp_path):
 def test_an_openai_line_is_sent_as_it_is():
     body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.2, "user": "u"}
     r = request_of({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body})
-    assert remote.body_for(r, defaults(model="m")) == {**body, "model": "m"}
+    assert batch.body_for(r, defaults(model="m")) == {**body, "model": "m"}
 
 
 def test_answers_from_servers_with_and_without_gemma_parsers():
-    parsed = remote.answer_of(completion("Hi", reasoning_content="mm", tool_calls=[
+    parsed = batch.answer_of(completion("Hi", reasoning_content="mm", tool_calls=[
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]), "simple")
     assert (parsed.text, parsed.thinking, parsed.tool_calls) == ("Hi", "mm", [{"name": "f", "arguments": {"x": 1}}])
-    raw = remote.answer_of(completion("<|channel>thought\nhmm<channel|>Paris"), "simple")
+    raw = batch.answer_of(completion("<|channel>thought\nhmm<channel|>Paris"), "simple")
     assert (raw.text, raw.thinking) == ("Paris", "hmm")
-    kept = remote.answer_of(completion("x"), "openai")
+    kept = batch.answer_of(completion("x"), "openai")
     assert kept.completion["id"] == "chatcmpl-1" and kept.prompt_tokens == 5
 
 
