@@ -18,14 +18,27 @@ from gemma_cli.remote import RemoteError
 
 
 def run_remote(endpoint, concurrency: int, source: str | Path, output: Output, defaults: Defaults, **kw) -> Summary:
-    """Send the lines of `source` to an OpenAI-compatible endpoint, `concurrency` at a time."""
+    """Send the lines of `source` to an OpenAI-compatible endpoint, `concurrency` at a time.
+
+    A server that cannot be reached before it has ever answered stops the run with that error
+    (RemoteError, fatal): the lines in flight get no record, so the same command resumes."""
     run = Run(source, output, **kw)
     pool = remote.Pool(endpoint, concurrency)
     run.on_stop(pool.stop_sending)
+
+    def tick() -> None:
+        if endpoint.retried != run.summary.retried:
+            run.summary.retried = endpoint.retried
+            run.progress(run.summary)
+
     with Signals(run):
-        results = pool.run(_bodies(run, defaults))
+        results = pool.run(_bodies(run, defaults), tick)
         try:
             for line, result in results:
+                run.summary.retried = endpoint.retried
+                if isinstance(result, RemoteError) and result.fatal:
+                    pool.abandon()
+                    raise result
                 if isinstance(result, GemmaError):
                     run.fail(line, Failure.of(result))
                 else:
