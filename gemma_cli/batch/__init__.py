@@ -8,7 +8,8 @@ Input is read as a stream (`-` is stdin), one line at a time. Two forms, told ap
     openai   {"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {...}}
              (the OpenAI Batch API's request lines, as `vllm run-batch` reads them)
 
-A line without an id gets its line number. Output mirrors the input's form:
+A line without an id is known by its number: its records carry "id": null and "line": N (a
+made-up id could be another line's real one). Output mirrors the input's form:
 
     simple   {"id", "answer", "thinking", "tool_calls", "usage", "finish_reason", "error"}
     openai   {"id", "custom_id", "response": {"status_code", "request_id", "body": <chat.completion>}, "error"}
@@ -34,11 +35,11 @@ from __future__ import annotations
 from gemma_cli.batch.endpoint import answer_of, body_for, run_remote
 from gemma_cli.batch.lines import Failure, Line, Request, count_lines, key_of, parse_line, read_lines
 from gemma_cli.batch.local import run_local
-from gemma_cli.batch.output import Output
+from gemma_cli.batch.output import Output, check_destination
 from gemma_cli.batch.records import Answer, check_json, completion, record
 from gemma_cli.batch.run import Defaults, Run, Summary
 from gemma_cli.errors import GemmaError
 
 __all__ = ["Answer", "Defaults", "Failure", "GemmaError", "Line", "Output", "Request", "Run", "Summary", "answer_of",
-           "body_for", "check_json", "completion", "count_lines", "key_of", "parse_line", "read_lines", "record",
+           "body_for", "check_destination", "check_json", "completion", "count_lines", "key_of", "parse_line", "read_lines", "record",
            "run_local", "run_remote"]

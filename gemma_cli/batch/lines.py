@@ -46,14 +46,14 @@ class Request:
 @dataclass
 class Line:
     number: int  # 1-based, in the input
-    id: object  # the line's id (custom_id), or its number
+    id: object  # the line's id (custom_id); None when it has none (its records say "line" instead)
     form: str  # "simple" | "openai"
     request: Request | None = None
     error: "Failure | None" = None  # set when the line cannot run
 
     @property
     def key(self) -> str:
-        return key_of(self.id)
+        return key_of(self.id) if self.id is not None else line_key(self.number)
 
 
 @dataclass
@@ -81,6 +81,21 @@ class Failure:
 def key_of(value) -> str:
     """The resume key of an id: its JSON text, so 1 and "1" stay different ids (ASCII: any string encodes)."""
     return json.dumps(value, sort_keys=True)
+
+
+def line_key(number: int) -> str:
+    """The resume key of a line without an id: its number, in a form no id's JSON text takes (no
+    collision with a user's `"id": 3`)."""
+    return f"line {number}"
+
+
+def key_of_record(rec: dict) -> str | None:
+    """The resume key a results record answers: its id (custom_id), or for a line without one, its "line"."""
+    ident = rec["custom_id"] if "custom_id" in rec else rec.get("id")
+    if ident is not None:
+        return key_of(ident)
+    number = rec.get("line")
+    return line_key(number) if isinstance(number, int) and not isinstance(number, bool) else None
 
 
 def digest(key: str) -> bytes:
@@ -113,17 +128,15 @@ def parse_line(number: int, raw: bytes, base: Path | None = None) -> Line:
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return Line(number, number, "simple", error=Failure("invalid_json", f"line {number} is not valid JSON ({e})",
-                                                            "each line is one JSON object"))
+        return Line(number, None, "simple", error=Failure("invalid_json", f"line {number} is not valid JSON ({e})",
+                                                          "each line is one JSON object"))
     if not isinstance(data, dict):
-        return Line(number, number, "simple", error=Failure("invalid_line", f"line {number} is a JSON {type(data).__name__}, not an object"))
+        return Line(number, None, "simple", error=Failure("invalid_line", f"line {number} is a JSON {type(data).__name__}, not an object"))
     openai = "body" in data or "custom_id" in data
-    ident = data.get("custom_id" if openai else "id", number)
-    if ident is None:
-        ident = number
+    ident = data.get("custom_id" if openai else "id")  # None (absent or null): the line is known by its number
     line = Line(number, ident, "openai" if openai else "simple")
     try:
-        if not isinstance(ident, (str, int)) or isinstance(ident, bool):
+        if ident is not None and (not isinstance(ident, (str, int)) or isinstance(ident, bool)):
             raise _Invalid(f"{'custom_id' if openai else 'id'} must be a string or an integer, not {type(ident).__name__}")
         line.request = _openai_request(data) if openai else _simple_request(data, base)
     except _Invalid as e:

@@ -9,7 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gemma_cli.batch.lines import Line, digest, key_of
+from gemma_cli.batch.lines import Line, digest, key_of_record
 from gemma_cli.errors import GemmaError
 
 class Output:
@@ -24,8 +24,12 @@ class Output:
         if self.path is None:
             self._fd = sys.stdout.fileno()
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        check_destination(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as e:
+            raise unwritable(self.path, e) from None
         self._lock()
         if restart:
             os.ftruncate(self._fd, 0)
@@ -58,7 +62,9 @@ class Output:
                 if rec.get("error") is not None:
                     errors += 1
                     continue
-                self.done.add(digest(key_of(rec["custom_id"] if "custom_id" in rec else rec.get("id"))))
+                key = key_of_record(rec)
+                if key is not None:
+                    self.done.add(digest(key))
         self.kept = len(self.done)
         size = os.fstat(self._fd).st_size
         if size > good_end:
@@ -70,7 +76,11 @@ class Output:
 
     def _drop_errors(self) -> None:
         # A copy without the error records replaces the file in one rename: a crash leaves one or the other.
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
+        except OSError as e:  # a results file that can be written in a folder that cannot
+            raise unwritable(self.path, e, "its folder must be writable too: the failed lines' records are "
+                                           "dropped by writing a new copy") from None
         os.fchmod(fd, stat.S_IMODE(os.fstat(self._fd).st_mode))  # mkstemp's 0600 would stay after the rename
         try:
             with os.fdopen(fd, "wb") as out, open(self.path, "rb") as src:
@@ -108,6 +118,38 @@ class Output:
         if self.path is not None and self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def check_destination(path: str | Path | None) -> None:
+    """Fail at once, before any work, when `path` cannot take results: a folder, a path under a
+    file, or a folder that cannot be written. Creates nothing that was not there."""
+    if path in (None, "-"):
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise GemmaError(f"cannot write results to {path}: it is a folder", f"name a file, e.g. -o {path / 'results.jsonl'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise GemmaError(f"cannot write {path}: {folder} is a file, not a folder", "choose another path with -o")
+    if folder != path.parent:  # folders still to be made: they can be, if the nearest one is writable
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise unwritable(path, PermissionError(13, "Permission denied"))
+        return
+    existed = path.exists()
+    try:  # opened, not only asked (os.access): root ignores modes, not read-only mounts or immutable folders
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644))
+    except OSError as e:
+        raise unwritable(path, e) from None
+    if not existed:
+        path.unlink(missing_ok=True)
+
+
+def unwritable(path: Path, e: OSError, hint: str | None = None) -> GemmaError:
+    """The one-line error for a results file that cannot be opened or written (as `gemma transcribe -o`)."""
+    return GemmaError(f"cannot write {path}: {e.strerror or e}",
+                      hint or "check the folder exists and is writable, or choose another path with -o")
 
 
 def _fsync_dir(folder: Path) -> None:

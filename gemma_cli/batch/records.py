@@ -31,14 +31,20 @@ def record(line: Line, answer: Answer | None = None, failure: Failure | None = N
     if line.form == "openai":
         return _openai_record(line, answer, failure)
     if failure is not None:
-        return {"id": line.id, "answer": None, "thinking": None, "tool_calls": [], "usage": None,
+        return {"id": line.id, **_line_of(line), "answer": None, "thinking": None, "tool_calls": [], "usage": None,
                 "finish_reason": None, "error": _error(failure, line)}
     usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
              "total_tokens": answer.prompt_tokens + answer.completion_tokens}
     if answer.cached_tokens:
         usage["cached_tokens"] = answer.cached_tokens
-    return {"id": line.id, "answer": answer.text, "thinking": answer.thinking or None, "tool_calls": answer.tool_calls,
+    return {"id": line.id, **_line_of(line), "answer": answer.text, "thinking": answer.thinking or None, "tool_calls": answer.tool_calls,
             "usage": usage, "finish_reason": answer.finish_reason, "error": None}
+
+
+def _line_of(line: Line) -> dict:
+    """A line without an id is known by its number: {"id": null, "line": N} (never a made-up id that
+    could be a user's)."""
+    return {"line": line.number} if line.id is None else {}
 
 
 def _error(failure: Failure, line: Line) -> dict:
@@ -50,7 +56,7 @@ def _error(failure: Failure, line: Line) -> dict:
 
 def _openai_record(line: Line, answer: Answer | None, failure: Failure | None) -> dict:
     request_id = f"req_{uuid.uuid4().hex[:24]}"
-    out = {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line.id}
+    out = {"id": f"batch_req_{uuid.uuid4().hex[:24]}", "custom_id": line.id, **_line_of(line)}
     if failure is not None:
         response = None
         if failure.status is not None:

@@ -78,6 +78,7 @@ def batch(
         raise UsageError(f"input file not found: {source}", "pass a .jsonl file, or - for stdin")
     if output is not None and output != "-" and source != "-" and Path(output).resolve() == Path(source).resolve():
         raise UsageError("the results file is the input file", "write results to another file with -o")
+    jobs.check_destination(output)  # a bad -o fails now, not after the model has loaded
     if _drafting(draft) and endpoint:
         raise UsageError("--draft runs on the local engine; with --endpoint the server decides how it decodes",
                          "drop --draft (or --endpoint)")
