@@ -66,7 +66,10 @@ def chat(
     from gemma_cli.commands.describe import check_budget
 
     check_budget(image_tokens)
-    parts = _media_parts(image, audio)  # before stdin is read as text: `-i -` reads it
+    from gemma_cli.media import MediaParts
+
+    decoder = MediaParts()  # -i/-a are read and decoded now, before the model loads
+    parts = _media_parts(decoder, image, audio)  # before stdin is read as text: `-i -` reads it
     text = _read_input(prompt) if not any(p.get("url") for p in parts) else prompt
     conv = _start_conversation(load, resume)
     think = think if think is not None else bool(conv.settings.get("think", False))
@@ -93,7 +96,8 @@ def chat(
     sampling = _sampling(settings, conv.settings, temperature, top_p, top_k, seed)
     sampling.grammar = _constraint(schema, fmt, grammar)
     session = ChatSession(engine, format_of_engine(engine), sampling=sampling, think=think, tools=declarations,
-                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")))
+                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")),
+                          media=decoder)
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
@@ -132,21 +136,10 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
 
 
-def _media_parts(images: list[str] | None, audios: list[str] | None) -> list[dict]:
-    """-i/-a as message parts (images first, as Gemma 4 wants); files are checked now, before the model loads."""
-    from gemma_cli.media import check_file, read_bytes
-
-    parts = []
-    for kind, sources in (("image", images or []), ("audio", audios or [])):
-        for source in sources:
-            if source == "-":  # kept in the message itself, so --continue can read it again
-                import base64
-
-                parts.append({"type": kind, "url": "data:;base64," + base64.b64encode(read_bytes("-", kind)).decode()})
-                continue
-            check_file(source, kind)
-            parts.append({"type": kind, "path": str(Path(source).expanduser().resolve())})
-    return parts
+def _media_parts(decoder, images: list[str] | None, audios: list[str] | None) -> list[dict]:
+    """-i/-a as message parts (images first, as Gemma 4 wants), each decoded now: a bad file fails before the model loads."""
+    return [decoder.attach(kind, source) for kind, sources in (("image", images or []), ("audio", audios or []))
+            for source in sources]
 
 
 def _with_media(parts: list[dict], text: str | None):

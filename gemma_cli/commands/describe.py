@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from gemma_cli.commands import options as opt
-from gemma_cli.errors import CapabilityError, UsageError
+from gemma_cli.errors import CapabilityError, MediaError, UsageError
 
 EXAMPLES = """
 Examples:
@@ -22,7 +22,7 @@ Examples:
   curl -s https://example.com/cat.jpg | gemma describe-image -
 """
 
-BUDGETS = (70, 140, 280, 560, 1120)  # engine.media.BUDGETS, kept here so --help needs no llama_cpp
+BUDGETS = (70, 140, 280, 560, 1120)  # engine.projector.BUDGETS, kept here so --help needs no llama_cpp
 DEFAULT_PROMPT = "Describe this image in detail."
 DEFAULT_PROMPT_MANY = "Describe these images in detail."
 
@@ -51,12 +51,11 @@ def describe_image(
 ) -> None:
     """Describe images: a description per image, streamed as it is written."""
     from gemma_cli import config
-    from gemma_cli.media import load_image
 
     check_budget(image_tokens)
     if sum(1 for i in images if i == "-") > 1:
         raise UsageError("stdin ('-') can hold only one image", "save the others to files")
-    loaded = [load_image(i) for i in images]  # a bad file fails now, before the model loads
+    loaded, failed = _decode_all(images, together)  # bad files are reported now, before the model loads
     settings = config.load()
     engine, session_for = open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_layers, yes, verbose,
                                          sampling=_sampling(settings, temperature, top_p, top_k, seed),
@@ -77,7 +76,32 @@ def describe_image(
 
         out = {"model": engine.path.name, "image_tokens_budget": engine.media.budget, "results": results,
                **draft_stats(engine.draft)}
+        if failed:
+            out["errors"] = [{"image": name, "error": e.message} for name, e in failed]
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    if failed:
+        raise MediaError(f"{len(failed)} of {len(images)} images could not be read: "
+                         f"{', '.join(name for name, _ in failed)}", "the others were described")
+
+
+def _decode_all(images: list[str], together: bool) -> tuple[list, list]:
+    """Every image decoded; a bad one is one error line on stderr and the others still go on
+    (as `gemma batch` does). All bad, or any with --together: the error, before the model loads."""
+    from gemma_cli.media import load_image
+
+    loaded, failed = [], []
+    for source in images:
+        try:
+            loaded.append(load_image(source))
+        except MediaError as e:
+            if together or len(images) == 1:
+                raise
+            failed.append(("stdin" if source == "-" else source, e))
+    if not loaded:
+        raise MediaError(f"none of the {len(images)} images could be read", failed[0][1].message)
+    for _, e in failed:
+        sys.stderr.write(f"error: {e.message}\n")
+    return loaded, failed
 
 
 def check_budget(image_tokens: int | None) -> None:
