@@ -333,6 +333,21 @@ def test_the_api_key_can_come_from_the_environment(server, tmp_path):
     assert script.requests[0]["auth"] == "Bearer env-key"
 
 
+def test_the_openai_client_loads_only_on_the_endpoint_path():
+    # `gemma --help`, `gemma batch --help` and a local batch never import it (about a second of imports).
+    code = ("import sys; from gemma_cli.cli import main; sys.argv = ['gemma', *%r, '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "import gemma_cli.batch, gemma_cli.remote\n"
+            "sys.stderr.write(','.join(m for m in ('openai', 'httpx', 'httpx2') if m in sys.modules))")
+    for args in ([], ["batch"]):
+        proc = subprocess.run([sys.executable, "-c", code % (args,)], capture_output=True, text=True, timeout=60)
+        assert "Usage" in proc.stdout and proc.stderr == "", (args, proc.stderr)
+    on_path = subprocess.run([sys.executable, "-c", "import sys; from gemma_cli.remote import Endpoint; "
+                              "Endpoint('http://127.0.0.1:1/v1'); print('openai' in sys.modules)"],
+                             capture_output=True, text=True, timeout=60)
+    assert on_path.stdout.strip() == "True", on_path.stderr
+
+
 # ---------------------------------------------------------------- a dead endpoint (issue 12 item 16)
 
 
