@@ -105,12 +105,20 @@ LONGEST = max(len(m) for markers in MARKERS.values() for m in markers)
 class ReplyParser:
     """Feed chunks of a reply, get events; `close()` at the end flushes what was held back."""
 
-    def __init__(self):
-        self.state = ANSWER
+    def __init__(self, in_thought: bool = False):
+        # `in_thought`: the prompt ended inside an open thought (`<|channel>thought\n` prefilled,
+        # as the 2026-07-09 template does after a tool result with thinking on), so the reply
+        # starts as thinking, its header already given.
+        self.state = THOUGHT if in_thought else ANSWER
         self.pending = ""  # text not yet handed out: at most a partial marker between feeds
         self.header = False  # in a thought whose `thought\n` header may still be coming
         self.after_thought = False  # drop line breaks until the answer's first other character
         self.call = ""  # raw text of the tool call being read
+
+    @property
+    def in_thought(self) -> bool:
+        """Whether the reply so far ends inside a thought (not yet closed)."""
+        return self.state == THOUGHT
 
     def feed(self, chunk: str) -> list[Event]:
         if self.state == DONE:
@@ -218,9 +226,9 @@ class Reply:
     finish: str | None = None  # EndOfTurn.reason, None when the text just stopped
 
 
-def parse(text: str) -> Reply:
-    """Parse a complete reply (the streaming parser, fed once)."""
-    parser = ReplyParser()
+def parse(text: str, in_thought: bool = False) -> Reply:
+    """Parse a complete reply (the streaming parser, fed once); `in_thought` as in ReplyParser."""
+    parser = ReplyParser(in_thought)
     reply = Reply()
     for event in parser.feed(text) + parser.close():
         if isinstance(event, Thinking):
