@@ -147,11 +147,14 @@ def _check_part(part, where: str, settings: Settings) -> None:
         if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or not audio["data"]:
             raise bad(f"{where}.input_audio.data must be base64 audio", f"{where}.input_audio")
         _check_size(len(audio["data"]) * 3 // 4, where, settings)
-    elif kind in ("video_url", "video", "input_video"):
-        raise bad(f"{where}: video input is not supported by this server yet; send frames as image_url parts",
-                  where, "unsupported_media")
+    elif kind == "video_url":
+        url = part.get("video_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        if not isinstance(url, str) or not url:
+            raise bad(f"{where}.video_url.url must be a data: URL", f"{where}.video_url")
+        _check_url(url, where, "video", settings)
     else:
-        raise bad(f"{where}.type {kind!r} is not supported (text, image_url, input_audio)", f"{where}.type")
+        raise bad(f"{where}.type {kind!r} is not supported (text, image_url, input_audio, video_url)", f"{where}.type")
 
 
 def _check_url(url: str, where: str, what: str, settings: Settings) -> None:
@@ -304,9 +307,14 @@ class Builder:
             raise bad(f"{self.engine.path.name} was served without a projector (mmproj), so it cannot read images "
                       "or audio; restart gemma serve with --mmproj", "messages", "unsupported_media")
         if self._media is None:
-            self._media = MediaParts(self.engine, keep=16)
+            self._media = MediaParts(keep=16)
+        parts = prompt_order(messages)
         try:
-            return [self._media.load(p) for p in prompt_order(messages)]
+            for kind in dict.fromkeys(p["type"] for p in parts):  # the model must take each kind (read-only here)
+                projector = self.engine.ensure_projector(kind)
+                if kind == "audio":
+                    self._media.rate = projector.sample_rate
+            return self._media.for_engine(parts)
         except CapabilityError as e:
             raise bad(e.message, "messages", "unsupported_media") from None
         except MediaError as e:
