@@ -225,17 +225,25 @@ def test_image_and_audio_parts(server):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the client marks translations deprecated
 def test_audio_transcription_formats(server):
     client = server.client()
-    wav = wav_bytes(2.0)
-    out = client.audio.transcriptions.create(model="gemma4-e", file=("talk.wav", wav), response_format="json")
+    speech = (Path(__file__).parent / "data" / "speech-short.flac").read_bytes()  # espeak-ng, see test_speech.py
+    out = client.audio.transcriptions.create(model="gemma4-e", file=("talk.flac", speech), response_format="json")
     assert isinstance(out.text, str)
-    verbose = client.audio.transcriptions.create(model="gemma4-e", file=("talk.wav", wav),
+    verbose = client.audio.transcriptions.create(model="gemma4-e", file=("talk.flac", speech),
                                                  response_format="verbose_json")
-    assert verbose.duration == pytest.approx(2.0, abs=0.01)
-    assert [(s.start, s.end) for s in verbose.segments] == [(0.0, 2.0)]
-    srt = client.audio.transcriptions.create(model="gemma4-e", file=("talk.wav", wav), response_format="srt")
-    assert "00:00:00,000 --> 00:00:02,000" in srt or srt.strip() == ""
-    vtt = client.audio.translations.create(model="gemma4-e", file=("talk.wav", wav), response_format="vtt")
+    import soundfile as sf
+
+    duration = sf.info(io.BytesIO(speech)).duration
+    assert verbose.duration == pytest.approx(duration, abs=0.01)
+    spans = [(s.start, s.end) for s in verbose.segments]
+    assert spans and spans == sorted(spans) and all(0 <= a < b <= duration + 0.01 for a, b in spans)
+    srt = client.audio.transcriptions.create(model="gemma4-e", file=("talk.flac", speech), response_format="srt")
+    assert srt.count(" --> ") == sum(1 for s in verbose.segments if s.text)
+    vtt = client.audio.translations.create(model="gemma4-e", file=("talk.flac", speech), response_format="vtt")
     assert vtt.startswith("WEBVTT")
+    # A tone is not speech: voice activity detection sends nothing to the model.
+    tone = client.audio.transcriptions.create(model="gemma4-e", file=("tone.wav", wav_bytes(2.0)),
+                                              response_format="verbose_json")
+    assert tone.segments == [] and tone.text == ""
 
 
 # ---------------------------------------------------------------- bad requests
