@@ -373,11 +373,11 @@ def clips(audio: Audio, segments: list[Segment]) -> list["Media"]:
 # ---------------------------------------------------------------- chat message parts
 
 
-MEDIA_KINDS = ("image", "audio")
+MEDIA_KINDS = ("image", "audio", "video")
 
 
 def media_parts(content) -> list[dict]:
-    """The image/audio parts of a message's content (a string has none)."""
+    """The image/audio/video parts of a message's content (a string has none)."""
     if not isinstance(content, list):
         return []
     return [p for p in content if isinstance(p, dict) and p.get("type") in MEDIA_KINDS]
@@ -407,7 +407,8 @@ class MediaParts:
     """Decodes the media parts of chat messages, and keeps recent ones decoded.
 
     Parts name their source: `path` (a file, or `-`), `url` (file://, data:...;base64,...)
-    or `data` (base64, OpenAI's input_audio); audio parts may carry `start`/`end` seconds.
+    or `data` (base64, OpenAI's input_audio); audio parts may carry `start`/`end` seconds,
+    video parts `frames`, `fps` and `frame_tokens` (gemma_cli.video).
     `media` (an engine.projector.Media) is media the caller decoded itself; it is not saved.
 
     This is the whole of a medium's way before the engine: a flag or a conversation part is
@@ -423,7 +424,7 @@ class MediaParts:
         self.rate = rate  # the audio encoder's sample rate
         self._loaded: OrderedDict[tuple, object] = OrderedDict()
 
-    def attach(self, kind: str, source: str | Path) -> dict:
+    def attach(self, kind: str, source: str | Path, **options) -> dict:
         """The message part for a file given by the user (`-i`, `/image`, ...), decoded now:
         a bad file is one error naming it, before anything else runs. `-` (stdin) is kept in
         the part itself as a data URL, so a resumed conversation can read it again."""
@@ -436,6 +437,7 @@ class MediaParts:
         else:
             check_file(source, kind)
             part = {"type": kind, "path": str(Path(source).expanduser().resolve())}
+        part.update({k: v for k, v in options.items() if v is not None})
         if kind == "audio":
             self._audio(part)
         else:
@@ -463,18 +465,42 @@ class MediaParts:
         return out
 
     def load(self, part: dict):
-        """The decoded media of one part: a Media (an image or an audio clip)."""
+        """The decoded media of one part: a Media (an image or an audio clip), or a video.Video."""
         kind = part["type"]
         if part.get("media") is not None:  # decoded by the caller (an engine.projector.Media; not saved)
             return part["media"]
         if kind == "image":
             return self._cached(("image", _source_key(part)), lambda: load_image(*_source(part, "image")))
+        if kind == "video":
+            return self._cached(("video", _source_key(part), *_video_options(part)), lambda: _load_video(part))
         audio = self._audio(part)
         start, end = part.get("start"), part.get("end")
         first = int(round(float(start or 0.0) * audio.rate))
         last = len(audio.samples) if end is None else min(len(audio.samples), int(round(float(end) * audio.rate)))
         segment = Segment(first / audio.rate, last / audio.rate, first, last)
         return self._cached(("clip", _source_key(part), first, last), lambda: clips(audio, [segment])[0])
+
+    def for_engine(self, parts: list[dict]) -> list["Media"]:
+        """The Media the engine takes for `parts` (in prompt order): a video gives its frames."""
+        out = []
+        for part in parts:
+            loaded = self.load(part)
+            out += loaded.frames if part["type"] == "video" else [loaded]
+        return out
+
+    def for_prompt(self, text: str, messages: list[dict]) -> tuple[str, list["Media"]]:
+        """A rendered prompt of `messages` with its videos written out as frames, and the Media for it in order."""
+        parts = prompt_order(messages)
+        videos = self.videos(parts)
+        if videos:
+            from gemma_cli.video import with_frames
+
+            text = with_frames(text, videos)
+        return text, self.for_engine(parts)
+
+    def videos(self, parts: list[dict]) -> list:
+        """The decoded videos among `parts`, in order (their frame layouts go into the prompt text)."""
+        return [self.load(p) for p in parts if p.get("type") == "video"]
 
     def _audio(self, part: dict) -> Audio:
         rate = self.rate
@@ -490,6 +516,30 @@ class MediaParts:
         else:
             self._loaded.move_to_end(key)
         return value
+
+
+def _video_options(part: dict) -> tuple:
+    """A video part's sampling: (frames, fps, tokens a frame), checked (a conversation file may say anything)."""
+    from gemma_cli.video import FRAME_TOKENS
+
+    def number(key, kind):
+        value = part.get(key)
+        if value is None:
+            return None
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise MediaError(f"a video part's {key!r} is {value!r}, not a number", "check the conversation file") from None
+
+    return number("frames", int), number("fps", float), number("frame_tokens", int) or FRAME_TOKENS
+
+
+def _load_video(part: dict):
+    from gemma_cli.video import load_video
+
+    frames, fps, budget = _video_options(part)
+    name, data = _source(part, "video")
+    return load_video(name, data, frames=frames, fps=fps, budget=budget)
 
 
 def _source(part: dict, what: str, *rate) -> tuple:

@@ -23,7 +23,7 @@ ALLOWED = {
 PENDING = {
     "_QUANT_ALIASES": "config reads models' quant aliases (store: the store's split)",
     "_sampling": "commands.transcribe imports commands.describe's sampling helper",
-    "_common_prefix": "batch imports engine.core's former name (now engine.core.common_prefix)",
+    "_per_line": "commands.serve imports commands.batch's per-line context helper",
 }
 
 

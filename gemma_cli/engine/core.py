@@ -685,9 +685,14 @@ class Engine:
         """A token from row `row`'s logits of the last decoded batch (-1: its last row)."""
         return ll.llama_sampler_sample(sampler, self._ctx, row)
 
-    def clear_sequence(self, seq: int) -> None:
-        """Remove every cell of sequence `seq` (not 0: its bookkeeping is reset()'s)."""
-        ll.llama_memory_seq_rm(self._mem, seq, -1, -1)
+    def clear_sequence(self, seq: int, start: int = 0) -> None:
+        """Remove sequence `seq`'s cells at positions >= `start` (not sequence 0: its bookkeeping
+        is reset()'s and truncate()'s)."""
+        ll.llama_memory_seq_rm(self._mem, seq, start if start > 0 else -1, -1)
+
+    def sequence_pos_min(self, seq: int) -> int:
+        """The oldest position sequence `seq`'s (sliding-window) KV cache still holds; -1: empty."""
+        return ll.llama_memory_seq_pos_min(self._mem, seq)
 
     def copy_sequence(self, src: int, dst: int) -> bool:
         """Put sequence `src`'s KV cells into `dst`'s stream, now (False: llama.cpp could not).

@@ -19,6 +19,14 @@ and `--parallel 8` give the same greedy output. llama.cpp's GPU backends choose 
 batch size, so there a near-tie can still break differently.
 
 The engine must be opened with `n_seq = n + 1` (the slots plus the staging sequence).
+
+For a server (`gemma serve`) the job source may be live: it yields `IDLE` when no job is
+waiting (the running ones go on decoding; with none running it is asked again at once, so
+it may block then), `Job.on_text` streams each job's text as it decodes, `cancel(job)`
+ends a job at the next step (a client that went away), and `keep_slots=True` keeps a
+finished job's KV cells in its slot: the next job whose prompt starts the same way (a
+client continuing its conversation) is put in that slot and evaluates only what is new,
+like llama-server's slot cache.
 """
 
 from __future__ import annotations
@@ -26,14 +34,16 @@ from __future__ import annotations
 import codecs
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-from gemma_cli.engine.core import Sampling
+from gemma_cli.engine.core import Sampling, common_prefix
 from gemma_cli.errors import ContextOverflowError, GemmaError
+from gemma_cli.stop_strings import cut_at_stop, hit_stop
 
 if TYPE_CHECKING:
     from gemma_cli.engine.core import Engine
 
+IDLE = object()  # a live job source's "no job now": see Parallel.run
 STAGING = 0  # the engine's own sequence: prompts are evaluated here, then copied to a slot
 THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
 
@@ -54,6 +64,9 @@ class Job:
     free_thought: bool = False
     stop: Sequence[str] = ()  # strings that end the job where they appear (not included in its text)
     key: object = None  # the caller's, handed back in Finished
+    # Called (on the decoding thread) with each piece of text as it decodes; stop strings are
+    # not cut from these pieces (Finished.text is cut).
+    on_text: Callable[[str], None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -66,7 +79,7 @@ class Finished:
     prompt_tokens: int = 0  # evaluated for this job
     reused_tokens: int = 0  # served by what the staging sequence already held
     generated_tokens: int = 0
-    finish_reason: str | None = None  # "stop" (end of turn), "length"; None with an error
+    finish_reason: str | None = None  # "stop" (end of turn), "length", "cancelled"; None with an error
     ttft: float = 0.0  # seconds from the job's start to its first token
     seconds: float = 0.0  # from its start to its last token
     error: GemmaError | None = None
@@ -80,6 +93,8 @@ class _Slot:
         self.job: Job | None = None
         self.samplers: list = []
         self.copied = False  # its KV stream may hold cells (removed when the slot is freed)
+        self.cached: list[int] = []  # with keep_slots: the tokens its KV stream holds, position by position
+        self.used = 0.0  # when its last job ended (the least recently used slot is taken first)
 
     def begin(self, job: Job, samplers: list, greedy: bool, n_prompt: int, budget: int, counts: tuple[int, int],
               t0: float) -> None:
@@ -93,6 +108,7 @@ class _Slot:
         self.counts = counts
         self.t0 = t0
         self.t_first = 0.0
+        self.prompt: list = []  # the prompt's items (token ids; media keys), set once it is evaluated
         self.tokens: list[int] = []
         self.pieces: list[str] = []
         self.head = ""  # with a free thought: the text so far (its tail, once the thought is open)
@@ -123,8 +139,9 @@ class _Slot:
 class Parallel:
     """Continuous batching over `n` sequences of one engine (opened with n_seq = n + 1)."""
 
-    def __init__(self, engine: "Engine", n: int | None = None):
+    def __init__(self, engine: "Engine", n: int | None = None, *, keep_slots: bool = False):
         self.engine = engine
+        self.keep_slots = keep_slots
         n_seq = engine.n_seq
         self.n = n_seq - 1 if n is None else n
         if not 1 <= self.n <= n_seq - 1:
@@ -138,16 +155,23 @@ class Parallel:
         self.prompt_tokens = 0  # totals over the run, for progress displays
         self.reused_tokens = 0
         self.generated_tokens = 0
+        self._cancelled: set[int] = set()  # id() of jobs to end at the next step
 
     def stop(self) -> None:
         self.stopping = True
+
+    def cancel(self, job: Job) -> None:
+        """End `job` at the next step (from any thread): it comes back with finish_reason "cancelled"."""
+        self._cancelled.add(id(job))
 
     def run(self, jobs: Iterable[Job]) -> Iterator[Finished]:
         """Run `jobs` (read lazily, one as each slot frees) and yield each as it finishes.
 
         Jobs finish in any order. A job that cannot run (its prompt does not fit, a media
         file the projector cannot take, an invalid grammar) comes back with `error` set and
-        the run goes on. Closing the generator drops the jobs still running.
+        the run goes on. Closing the generator drops the jobs still running. A live source
+        yields `IDLE` when it has no job now; it is asked again after the next step, or at
+        once when no job runs (it may block then, and should wake to check `stopping`).
         """
         slots = [_Slot(seq) for seq in range(1, self.n + 1)]
         source = iter(jobs)
@@ -157,17 +181,31 @@ class Parallel:
                 # Fill every free slot before the step: a step with fewer rows than slots
                 # wastes most of what batching gains (matmul kernels work in row tiles).
                 while not exhausted and not self.stopping:
-                    group = []
-                    for slot in (s for s in slots if s.job is None):
+                    free = [s for s in slots if s.job is None]
+                    todo = []
+                    idle = False
+                    while len(todo) < len(free):
                         job = next(source, None)
                         if job is None:
                             exhausted = True
                             break
-                        group.append((slot, job))
-                    if not group:
+                        if job is IDLE:
+                            idle = True
+                            break
+                        todo.append(job)
+                    if not todo:
                         break
-                    yield from self._start_group(group)  # failed, or done at the first token: free again
+                    yield from self._start_group(self._place(free, todo))  # failed, or done at once: free again
+                    if idle:
+                        break
                 active = [s for s in slots if s.job is not None]
+                if self._cancelled:
+                    for slot in [s for s in active if id(s.job) in self._cancelled]:
+                        self._cancelled.discard(id(slot.job))
+                        slot.finish = "cancelled"
+                        active.remove(slot)
+                        yield slot.result()
+                        self._free(slot)
                 if not active:
                     if exhausted or self.stopping:
                         return
@@ -184,6 +222,38 @@ class Parallel:
                     self._free(slot)
 
     # ---- jobs' starts: prompts evaluated together, each in its own slot
+
+    def _place(self, free: list[_Slot], jobs: list[Job]) -> list[tuple[_Slot, Job]]:
+        """Pair jobs with free slots: with keep_slots, each job takes the slot holding the longest
+        start of its prompt (else the least recently used one)."""
+        if not self.keep_slots:
+            return list(zip(free, jobs))
+        free = list(free)
+        pairs = []
+        for job in jobs:
+            tokens = job.prompt if not isinstance(job.prompt, str) and not job.media else None
+            best = max(free, key=lambda s: (common_prefix(s.cached, tokens) if tokens else 0, -s.used))
+            if not tokens or common_prefix(best.cached, tokens) == 0:
+                best = min(free, key=lambda s: s.used)  # nothing to reuse: the least recently used slot
+            free.remove(best)
+            pairs.append((best, job))
+        return pairs
+
+    def _clear(self, slot: _Slot) -> None:
+        self.engine.clear_sequence(slot.seq)
+        slot.cached = []
+
+    def _resume(self, slot: _Slot, tokens: list[int]) -> int:
+        """With keep_slots: cut the slot's KV stream back to what it shares with `tokens`; how many tokens that is."""
+        n = min(common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last token is evaluated, for its logits
+        if n > 0 and self.engine.info.n_swa > 0:
+            # The next position attends to the n_swa before it in SWA layers: they must still be held.
+            pos_min = self.engine.sequence_pos_min(slot.seq)
+            if not (pos_min <= 0 or pos_min < max(0, n - self.engine.info.n_swa)):
+                n = 0
+        self.engine.clear_sequence(slot.seq, n)
+        slot.cached = slot.cached[:n]
+        return n
 
     def _start_group(self, group: list[tuple[_Slot, Job]]) -> Iterator[Finished]:
         """Start the jobs of `group`; yield those that failed or finished at their first token.
@@ -208,7 +278,9 @@ class Parallel:
             try:
                 samplers = _samplers(self.engine, job)
                 tokens, _ = self._prompt(job)
-                reused = self._seed(slot, tokens, job.shared)
+                reused = self._resume(slot, tokens) if slot.cached else 0
+                if reused < (job.shared or 0):
+                    reused = self._seed(slot, tokens, job.shared)
             except GemmaError as e:
                 for sampler in samplers:
                     self.engine.free_sampler(sampler)
@@ -238,6 +310,7 @@ class Parallel:
         budget = budget if job.max_tokens is None else min(job.max_tokens, budget)
         greedy = job.sampling.temperature <= 0 and not job.sampling.grammar
         slot.begin(job, samplers, greedy, len(tokens), budget, counts, t0)
+        slot.prompt = [] if job.media else list(tokens)
 
     def _prefill_rows(self, rows: list[tuple[_Slot, list[int], int]]) -> Iterator[Finished]:
         """Evaluate each slot's prompt tokens from `start` on, all slots in shared batches; sample each first token."""
@@ -289,6 +362,8 @@ class Parallel:
 
     def _copy(self, slot: _Slot) -> None:
         """Put the staging sequence's KV cells into the slot's stream, now."""
+        if slot.cached:
+            self._clear(slot)
         slot.copied = True  # from here on its stream may hold cells to remove
         if not self.engine.copy_sequence(STAGING, slot.seq):
             raise GemmaError(f"llama.cpp could not copy a prompt's KV cache into sequence {slot.seq}",
@@ -359,8 +434,11 @@ class Parallel:
             slot.finish = "stop"
             return
         slot.tokens.append(token)
-        slot.pieces.append(slot.utf8.decode(self.engine.token_bytes(token)))
+        piece = slot.utf8.decode(self.engine.token_bytes(token))
+        slot.pieces.append(piece)
         self.generated_tokens += 1
+        if slot.job.on_text is not None and piece:
+            slot.job.on_text(piece)
         if slot.stopped():
             slot.finish = "stop"
             return
@@ -370,9 +448,17 @@ class Parallel:
         slot.pending = token
 
     def _free(self, slot: _Slot) -> None:
-        if slot.copied:
-            self.engine.clear_sequence(slot.seq)
-            slot.copied = False
+        if slot.job is not None:
+            self._cancelled.discard(id(slot.job))
+        kept = slot.job is not None and slot.prompt and slot.error is None
+        if self.keep_slots and kept:
+            # Its stream holds the prompt and the generated tokens evaluated so far (positions < pos).
+            slot.cached = (slot.prompt + slot.tokens)[: slot.pos]
+            self.engine.clear_sequence(slot.seq, slot.pos)
+        elif slot.copied or (slot.cached and slot.job is not None):  # a job that failed, or had media
+            self._clear(slot)
+        slot.copied = False
+        slot.used = time.perf_counter()
         slot.release(self.engine)
 
 
@@ -384,22 +470,3 @@ def _samplers(engine: "Engine", job: Job) -> list:
     constrained = engine.new_sampler(s)
     free = engine.new_sampler(Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
     return [free, constrained]
-
-
-def hit_stop(pieces: Sequence[str], stop: Sequence[str]) -> bool:
-    """Whether the newest of the text `pieces` completes one of the `stop` strings (looks at the tail only)."""
-    if not stop or not pieces:
-        return False
-    # A stop string first complete in the newest piece starts at most `longest` characters before its end.
-    need = max(map(len, stop)) + len(pieces[-1])
-    tail, i = "", len(pieces)
-    while i > 0 and len(tail) < need:
-        i -= 1
-        tail = pieces[i] + tail
-    return any(s and s in tail for s in stop)
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """`text` up to the first of the `stop` strings in it (OpenAI's `stop`)."""
-    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return text[: min(ends)] if ends else text
