@@ -168,3 +168,22 @@ def gemma3_templated(request, tmp_path_factory, gemma3_base) -> str:
                         "--chat-template", CHATML_LIKE, "--force"], check=True, capture_output=True)
         tmp.replace(path)
     return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake engine (tests/fakeengine.py): CLI tests of rendering, flags and exit codes, in-process
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    """A FakeGemma plugged in at `commands.loading.open_engine`; `fake.gemma(...)` runs the CLI in-process."""
+    from gemma_cli.commands import loading
+    from tests.fakeengine import FakeGemma, environment
+
+    for key, value in environment(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("GEMMA_DEBUG", raising=False)
+    engine = FakeGemma(tmp_path)
+    monkeypatch.setattr(loading, "open_engine", engine.open)
+    return engine
