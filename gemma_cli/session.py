@@ -98,6 +98,7 @@ class Stats:
     finish_reason: str | None = None
     drafted: int = 0  # speculative decoding: tokens proposed by the drafter
     accepted: int = 0  # ... and kept by the model
+    limit: str | None = None  # with finish_reason "length": what ran out, "max_tokens" or "context"
 
     @classmethod
     def of(cls, step: "Step") -> "Stats":
@@ -142,6 +143,7 @@ class ChatSession:
         self.think = think
         self.tools = tools or None
         self.messages: list[dict] = []
+        self.last_result: Result | None = None  # of the latest generate(), finished or interrupted
         self._media = None  # gemma_cli.media.MediaParts, made at the first image or audio part
         if system:
             self.messages.append({"role": "system", "content": system})
@@ -192,7 +194,7 @@ class ChatSession:
         tokens, checkpoint = self._prompt_tokens()
         parse = self.format.kind == GEMMA4
         parser = reply.ReplyParser()
-        result = Result()
+        result = self.last_result = Result()  # the partial one stays readable after a Ctrl-C
         media = self._prompt_media()
         free = bool(self.sampling.grammar and self.think and self.format.kind == GEMMA4)
         stream = turn_steps(self.engine, tokens, media or None, self.max_tokens, self.sampling, checkpoint,
@@ -205,9 +207,13 @@ class ChatSession:
             yield from _collect(parser.close() if parse else [], result)
         except (KeyboardInterrupt, GeneratorExit):
             result.interrupted = True
+            result.stats.finish_reason = "interrupted"
             stream.close()
             self._record(result)
             raise
+        if result.stats.finish_reason == "length":
+            full = self.max_tokens is None or result.stats.generated_tokens < self.max_tokens
+            result.stats.limit = "context" if full else "max_tokens"
         self._record(result)
         yield Done(result)
 

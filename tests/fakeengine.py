@@ -27,6 +27,7 @@ import sys
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 from gemma_cli.engine.core import ModelInfo, Step
 from gemma_cli.errors import ContextOverflowError
@@ -111,7 +112,9 @@ class FakeEngine:
         return "".join(chr(t) for t in tokens)
 
     def ensure_projector(self, kind: str):
+        """No encoder to load: the projector's one fact the media loaders read is the audio rate."""
         self.projectors.append(kind)
+        return SimpleNamespace(kind=kind, sample_rate=16000)
 
     def attach_draft(self, drafter) -> None:
         self.draft = drafter
