@@ -210,3 +210,46 @@ def test_help_imports_none_of_the_heavy_libraries(tmp_path):
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert "Usage" in proc.stdout, proc.stderr
         assert proc.stderr == "", (args, proc.stderr)
+
+
+@pytest.mark.parametrize("asked,actual,why", [("64", "256", "multiples of 256"), ("10000000", "4096", "trained for at most 4096")])
+def test_a_context_other_than_asked_is_said(e_model, tmp_path, asked, actual, why):
+    proc = run_gemma("chat", "hi", "--model", e_model, "--ctx", asked, "--max-tokens", "1", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"note: the context is {actual} tokens, not the {asked} asked for" in proc.stderr and why in proc.stderr
+    if asked == "64":  # a size llama.cpp keeps as it is gets no note
+        assert "note:" not in run_gemma("chat", "hi", "--model", e_model, "--ctx", "512", "--max-tokens", "1",
+                                        home=tmp_path).stderr
+
+
+def test_an_answer_cut_by_a_real_context_says_so(e_model, tmp_path):
+    grammar = tmp_path / "endless.gbnf"
+    grammar.write_text('root ::= words\nwords ::= ("on and " | "so forth ") words\n')
+    proc = run_gemma("chat", "hi", "--model", e_model, "--ctx", "256", "--grammar", grammar, "--json", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout)["stats"]
+    assert (stats["finish_reason"], stats["limit"]) == ("length", "context")
+    assert stats["prompt_tokens"] + stats["generated_tokens"] >= 250
+    assert "the context of 256 tokens is full; raise --ctx" in proc.stderr
+
+
+def test_sigint_during_a_real_one_shot_exits_130_and_keeps_the_answer(e_model, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.clitools import gemma_env
+
+    grammar = tmp_path / "endless.gbnf"
+    grammar.write_text('root ::= words\nwords ::= ("on and " | "so forth ") words\n')
+    proc = subprocess.Popen([sys.executable, "-m", "gemma_cli", "chat", "Talk", "--model", e_model, "--grammar",
+                             str(grammar), "--max-tokens", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, env=gemma_env(tmp_path))
+    first = proc.stdout.read(6)  # the answer is streaming
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert (first + rest).decode().startswith(("on and", "so forth"))
+    assert b"interrupted" in err and b"Traceback" not in err
