@@ -6,19 +6,30 @@ import sys
 from pathlib import Path
 
 from gemma_cli import render
-from gemma_cli.errors import GemmaError
+from gemma_cli.errors import GemmaError, ModelError
 
 
 def locate_path(model: str | None, *, yes: bool = False) -> Path:
-    """The GGUF file for `--model`: a path as given, else a registry name resolved (and pulled)."""
-    if model and (model.endswith(".gguf") or Path(model).exists()):
+    """The GGUF file for `--model`: a path as given, else a registry or hf: name resolved (and pulled)."""
+    if model and not model.strip().startswith("hf:") and (model.endswith(".gguf") or Path(model).exists()):
         from gemma_cli.gguf_header import read_header
 
-        read_header(model)  # a one-line error now for a missing or foreign file
+        check_model_header(model, read_header(model))  # a one-line error now for a missing or foreign file
         return Path(model)
     from gemma_cli.commands.models import ensure_model
 
     return ensure_model(model, yes=yes).path
+
+
+def check_model_header(path, header) -> None:
+    """A drafter or a projector given as the model is named for what it is, before llama.cpp fails on it."""
+    name = Path(path).name
+    if header.architecture.endswith("-assistant"):
+        raise ModelError(f"{name} is an MTP drafter, not a model to run on its own",
+                         f"pass it with --draft {path} beside its Gemma 4 model (-m)")
+    if header.architecture == "clip":
+        raise ModelError(f"{name} is an image/audio projector (mmproj), not a model",
+                         f"pass it with --mmproj {path} beside its Gemma 4 model (-m)")
 
 
 def open_engine(path: Path, *, ctx: int | None, threads: int | None, gpu_layers: int | None, verbose: bool = False,

@@ -223,7 +223,8 @@ def _print_table(rows: list[dict], other: list[dict], rec, root) -> None:
         table.add_row(mark, r["name"], size, params, ctxk, "+".join(r["modalities"]), state)
     for o in other:
         table.add_row("", o["name"], models.human_size(o["size"]), "", "", "", "downloaded")
-    console = Console(no_color=not use_color(), highlight=False)
+    # Not a terminal (`gemma models | cat`, a script): full names and sizes, never cut to 80 columns.
+    console = Console(no_color=not use_color(), highlight=False, width=None if sys.stdout.isatty() else 100_000)
     console.print(table)
     console.print(f"★ recommended here: {rec.name} (`gemma doctor` says why). Models are kept in {root}")
     console.print("A bare name (e4b) means its :q4_k_m; sizes with ~ are estimates; PARAMS total/active.")
