@@ -162,6 +162,10 @@ class Outcome:
     stderr: str
 
     @property
+    def returncode(self) -> int:  # as subprocess.CompletedProcess names it (tests.clitools.assert_one_line_error)
+        return self.exit_code
+
+    @property
     def errors(self) -> list[str]:
         return [ln for ln in self.stderr.splitlines() if ln.startswith("error:")]
 
