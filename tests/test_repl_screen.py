@@ -53,7 +53,7 @@ HTML_ANSWER = "Use <div> tags, and vector<int> in C++. <br> end, and a < b > c."
 
 def test_html_like_text_in_an_answer_reaches_the_screen(e_model, tmp_path):
     grammar = grammar_file(tmp_path, f'root ::= "{HTML_ANSWER}\\n\\nSome **bold** text.\\n"\n')
-    term = Terminal(tmp_path, "--model", e_model, "--grammar", grammar, "--max-tokens", "80")
+    term = Terminal(tmp_path, "--model", e_model, "--grammar", grammar, "--max-tokens", "400")
     try:
         term.child.sendline("answer")
         term.child.expect(rb"\d+ tokens")
