@@ -247,12 +247,12 @@ def test_version(fake):
 
 def test_shell_completion_is_offered_and_completes_commands_and_options(fake):
     assert "--install-completion" in run_in_process("--help").stdout
-    env = {**os.environ, "_GEMMA_COMPLETE": "complete_bash", "COMP_CWORD": "1", "COMP_WORDS": "gemma desc"}
+    env = {**os.environ, "_GEMMA_COMPLETE": "complete_bash", "COMP_CWORD": "1", "COMP_WORDS": "gemma transc"}
     proc = subprocess.run([sys.executable, "-m", "gemma_cli"], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.stdout.split() == ["describe-image"], proc.stderr
-    env.update(COMP_CWORD="2", COMP_WORDS="gemma chat --thi")
+    assert proc.stdout.split() == ["transcribe"], proc.stderr
+    env.update(COMP_CWORD="2", COMP_WORDS="gemma chat --hide-th")
     proc = subprocess.run([sys.executable, "-m", "gemma_cli"], env=env, capture_output=True, text=True, timeout=60)
-    assert proc.stdout.split() == ["--think"], proc.stderr
+    assert proc.stdout.split() == ["--hide-thinking"], proc.stderr
 
 
 # ---- the interactive chat (item 18), on a stdin that says it is a terminal

@@ -25,6 +25,9 @@ Examples:
   gemma chat --continue                          (resume the last conversation)
   gemma chat --save "Remember: the code is 42"   (a one-shot kept for --continue)
   gemma chat --load examples/conversation.json --print-prompt
+  gemma chat -v clip.mp4 "What happens in this clip?"
+  gemma chat --think --think-budget 256 "Plan a 3-day trip to Rome"
+  gemma chat --chat-template gemma4-chat-template.jinja --print-prompt "Hi"
 """
 
 
@@ -33,11 +36,15 @@ def chat(
     model: opt.Model = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="An image to send with the prompt (repeatable; - reads stdin).")] = None,
     audio: Annotated[Optional[list[str]], typer.Option("--audio", "-a", metavar="PATH", help="An audio clip to send with the prompt (repeatable; over 30 s is cut at pauses).")] = None,
+    video: Annotated[Optional[list[str]], typer.Option("--video", "-v", metavar="PATH", help="A video clip to send with the prompt (repeatable; 32 frames at 70 tokens each; - reads stdin).")] = None,
     mmproj: opt.Mmproj = None,
     image_tokens: opt.ImageTokens = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think before it answers (default off).")] = None,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the thinking.")] = False,
+    keep_thinking: Annotated[bool, typer.Option("--keep-thinking", help="Keep the thinking of tool-calling turns in the prompt (templates with preserve_thinking).")] = False,
+    think_budget: Annotated[Optional[int], typer.Option("--think-budget", min=0, metavar="N", help="Close the thought after N tokens and answer (as llama.cpp's --reasoning-budget).")] = None,
+    chat_template: Annotated[Optional[Path], typer.Option("--chat-template", metavar="FILE", help="Use this Jinja chat template instead of the model's own (as llama.cpp's --chat-template-file).")] = None,
     tools: Annotated[Optional[Path], typer.Option("--tools", help="Tools: a .py file (its functions run after you confirm) or a .json file of declarations (calls are only shown).")] = None,
     schema: Annotated[Optional[Path], typer.Option("--schema", help="JSON Schema file: the answer is constrained to it (thinking stays free).")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", help="'json': the answer is a JSON object.")] = None,
@@ -68,7 +75,10 @@ def chat(
     from gemma_cli.commands.describe import check_budget
 
     check_budget(image_tokens)
-    parts = _media_parts(image, audio)  # before stdin is read as text: `-i -` reads it
+    from gemma_cli.media import MediaParts
+
+    decoder = MediaParts()  # -i/-a are read and decoded now, before the model loads
+    parts = _media_parts(decoder, image, audio, video)  # before stdin is read as text: `-i -` reads it
     prompt, system = _utf8(prompt, "the prompt"), _utf8(system, "--system")
     text = _read_input(prompt) if not any(p.get("url") for p in parts) else prompt
     conv = _start_conversation(load, resume)
@@ -78,8 +88,18 @@ def chat(
     name = settings.pick("model", model or conv.model)
     path = _locate(name, yes)
     messages = _with_system(conv.messages, system)
+    override = None
+    if chat_template is not None:
+        from gemma_cli.session import read_chat_template
+
+        override = read_chat_template(chat_template)
     if print_prompt:
-        return _print_prompt(path, messages, declarations, think, _with_media(parts, text))
+        return _print_prompt(path, messages, declarations, think, _with_media(parts, text), decoder, override,
+                             keep_thinking)
+    if video:
+        from gemma_cli.video import check_context
+
+        check_context(decoder.videos(parts), settings.pick("ctx", ctx) or 8192)  # before the model loads
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
@@ -98,8 +118,9 @@ def chat(
     note_context(engine, asked_ctx(settings, ctx))
     sampling = _sampling(settings, conv.settings, temperature, top_p, top_k, seed)
     sampling.grammar = _constraint(schema, fmt, grammar)
-    session = ChatSession(engine, format_of_engine(engine), sampling=sampling, think=think, tools=declarations,
-                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")))
+    session = ChatSession(engine, format_of_engine(engine, override), sampling=sampling, think=think, tools=declarations,
+                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")),
+                          media=decoder, keep_thinking=keep_thinking, think_budget=think_budget)
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
@@ -141,21 +162,12 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
 
 
-def _media_parts(images: list[str] | None, audios: list[str] | None) -> list[dict]:
-    """-i/-a as message parts (images first, as Gemma 4 wants); files are checked now, before the model loads."""
-    from gemma_cli.media import check_file, read_bytes
-
-    parts = []
-    for kind, sources in (("image", images or []), ("audio", audios or [])):
-        for source in sources:
-            if source == "-":  # kept in the message itself, so --continue can read it again
-                import base64
-
-                parts.append({"type": kind, "url": "data:;base64," + base64.b64encode(read_bytes("-", kind)).decode()})
-                continue
-            check_file(source, kind)
-            parts.append({"type": kind, "path": str(Path(source).expanduser().resolve())})
-    return parts
+def _media_parts(decoder, images: list[str] | None, audios: list[str] | None, videos: list[str] | None = None) -> list[dict]:
+    """-i/-a/-v as message parts (media first, as Gemma 4 wants), each decoded now: a bad file fails before the model loads."""
+    if sum(1 for s in [*(images or []), *(audios or []), *(videos or [])] if s == "-") > 1:
+        raise UsageError("stdin ('-') can hold only one file", "save the others to files")
+    kinds = (("image", images or []), ("video", videos or []), ("audio", audios or []))
+    return [decoder.attach(kind, source) for kind, sources in kinds for source in sources]
 
 
 def _with_media(parts: list[dict], text: str | None):
@@ -283,14 +295,23 @@ def _locate(model, yes):
     return locate_path(model, yes=yes)
 
 
-def _print_prompt(path, messages: list[dict], tools, think: bool, text: str | None) -> None:
+def _print_prompt(path, messages: list[dict], tools, think: bool, text, decoder, override=None,
+                  keep_thinking: bool = False) -> None:
     from gemma_cli.gguf_header import read_header
     from gemma_cli.session import format_of_header
 
-    fmt = format_of_header(read_header(path))
+    fmt = format_of_header(read_header(path), override)
+    if fmt.notice:
+        sys.stderr.write(fmt.notice + "\n")
     if text is not None:
         messages = messages + [{"role": "user", "content": text}]
-    sys.stdout.write(fmt.render(messages, tools, thinking=think))
+    out = fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking)
+    if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+        from gemma_cli.media import prompt_order
+        from gemma_cli.video import with_frames
+
+        out = with_frames(out, decoder.videos(prompt_order(messages)))
+    sys.stdout.write(out)
     sys.stdout.flush()
 
 
@@ -330,11 +351,10 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
         events.close()
         printer.finish()
         partial = session.last_result
-        if partial is not None and partial.interrupted and partial not in results:
+        if partial is not None and partial.interrupted and all(partial is not r for r in results):
             results.append(partial)
         if as_json and results:
-            sys.stdout.write(json.dumps(_as_json(results, runs, session.engine.draft), ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+            _write_json(session, results, runs)
         sys.stderr.write("interrupted: the answer so far is " + ("in the JSON" if as_json else "above") + "\n")
         raise SystemExit(130) from None
     finally:
@@ -344,12 +364,20 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
         return
     last = results[-1]
     if as_json:
-        sys.stdout.write(json.dumps(_as_json(results, runs, session.engine.draft), ensure_ascii=False) + "\n")
-    elif last.thought_only:
+        _write_json(session, results, runs)
+    if last.thought_only:
         fix = "raise --ctx" if last.stats.limit == "context" else "raise --max-tokens"
-        printer.note(f"the model used all its tokens thinking and gave no answer: {fix} or use --no-think")
-    if last.stats.limit == "context" and not last.thought_only:
+        printer.note(f"the model used all its tokens thinking and gave no answer: {fix}, "
+                     "set --think-budget N, or use --no-think")
+    elif last.stats.limit == "context":
         printer.note(f"the answer was cut off: the context of {session.engine.n_ctx} tokens is full; raise --ctx")
+
+
+def _write_json(session, results: list, runs: list) -> None:
+    out = _as_json(results, runs, session.engine.draft)
+    out["stats"]["template"] = session.format.template_name
+    sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _as_json(results: list, runs: list, drafter=None) -> dict:
@@ -371,6 +399,7 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
             "tokens_per_s": round(s.tps, 2),
             "finish_reason": s.finish_reason,
             "limit": s.limit,  # with "length": what ran out, "max_tokens" or "context"
+            "ended_in_thought": last.ended_in_thought,
             **draft_stats(drafter),
         },
     }

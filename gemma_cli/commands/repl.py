@@ -23,20 +23,22 @@ HELP = """Commands:
   /help                      this help
   /think on|off              thinking before answers
   /system TEXT               set the system prompt (/system alone clears it)
-  /set NAME VALUE            temperature, top_p, top_k, max_tokens, seed
-  /show                      model, parameters, system prompt, tools
+  /set NAME VALUE            temperature, top_p, top_k, max_tokens, seed, think_budget (off: none)
+  /show                      model, parameters, system prompt, tools, template
+  /show template             the chat template in use (release and size)
   /stats                     numbers of the last reply
   /clear                     forget the conversation (keeps the system prompt)
   /retry                     generate the last answer again
   /save FILE                 save the conversation (OpenAI chat JSON)
   /load FILE                 load a conversation
   /image PATH, /audio PATH   attach media to your next message
+  /video PATH                attach a video (32 frames, timestamped) to your next message
   /exit                      leave (or Ctrl-D)
 Multi-line input: a line with \"\"\" starts and ends it. Ctrl-C stops a reply."""
 
 COMMANDS = ["/help", "/think", "/system", "/set", "/show", "/stats", "/clear", "/retry", "/save", "/load",
-            "/image", "/audio", "/exit", "/bye", "/quit"]
-SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "seed": int}
+            "/image", "/audio", "/video", "/exit", "/bye", "/quit"]
+SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "seed": int, "think_budget": int}
 
 
 @dataclass
@@ -158,7 +160,7 @@ class Repl:
             "/think": lambda: self._think(arg),
             "/system": lambda: self._system(arg),
             "/set": lambda: self._set(arg),
-            "/show": self._show_info,
+            "/show": lambda: self._show_info(arg),
             "/stats": self._stats,
             "/clear": self._clear,
             "/retry": lambda: self.stream(self.session.retry),
@@ -166,6 +168,7 @@ class Repl:
             "/load": lambda: self._load(arg),
             "/image": lambda: self._attach("image", arg),
             "/audio": lambda: self._attach("audio", arg),
+            "/video": lambda: self._attach("video", arg),
         }.get(name)
         if name in ("/exit", "/bye", "/quit"):
             return "exit"
@@ -199,18 +202,29 @@ class Repl:
             hint = f" (did you mean {close[0]}?)" if close and key else ""
             self.err.print(f"usage: /set {'|'.join(SETTABLE)} VALUE{hint}", markup=False)
             return
+        if key == "think_budget" and value.strip() in ("off", "none"):
+            self.session.think_budget = None
+            self.err.print("think_budget = off", markup=False)
+            return
         try:
             parsed = SETTABLE[key](value.strip())
+            if key == "think_budget" and parsed < 0:
+                raise ValueError(parsed)
         except ValueError:
             self.err.print(f"{key} needs a {SETTABLE[key].__name__}, not {value.strip()!r}", markup=False)
             return
         if key == "max_tokens":
             self.session.max_tokens = parsed
+        elif key == "think_budget":
+            self.session.think_budget = parsed
         else:
             setattr(self.session.sampling, key, parsed)
         self.err.print(f"{key} = {parsed}", markup=False)
 
-    def _show_info(self) -> None:
+    def _show_info(self, arg: str = "") -> None:
+        if arg == "template":
+            self.err.print(f"template     {self.session.format.template_name}", markup=False, highlight=False)
+            return
         s, e = self.session.sampling, self.session.engine
         system = next((m["content"] for m in self.session.messages if m["role"] == "system"), None)
         tools = [t["function"]["name"] for t in (self.session.tools or [])]
@@ -220,7 +234,10 @@ class Repl:
             f"context      {e.n_ctx} tokens, {e.cached_tokens} in the cache",
             f"parameters   temperature={s.temperature} top_p={s.top_p} top_k={s.top_k} "
             f"seed={s.seed} max_tokens={self.session.max_tokens}",
-            f"thinking     {'on' if self.session.think else 'off'}",
+            f"thinking     {'on' if self.session.think else 'off'}"
+            + (f", budget {self.session.think_budget} tokens" if self.session.think_budget is not None else "")
+            + (", kept across tool calls" if self.session.keep_thinking else ""),
+            f"template     {self.session.format.template_name}",
             f"system       {system or '(none)'}",
             f"tools        {', '.join(tools) or '(none)'}",
             f"messages     {len(self.session.messages)}",
@@ -267,8 +284,7 @@ class Repl:
             raise GemmaError(f"{kind} file not found: {path}", "check the path")
         # Read and check it now (and the model's encoder for it), not when the message is sent:
         # a bad file is one error here, and the message typed next is not lost to it.
-        parts = self.session.media_parts().prepare([{"type": kind, "path": str(path)}])
-        self.pending_media.extend(parts)
+        self.pending_media.append(self.session.attach(kind, path))
         self.err.print(f"{kind} {path.name} will go with your next message", markup=False)
 
     def _conversation(self) -> conversation.Conversation:

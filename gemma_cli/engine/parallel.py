@@ -34,6 +34,7 @@ import numpy as np
 
 from gemma_cli.engine.core import Sampling, _new_sampler
 from gemma_cli.errors import ContextOverflowError, GemmaError
+from gemma_cli.stop_strings import cut_at_stop, hit_stop
 
 if TYPE_CHECKING:
     from gemma_cli.engine.core import Engine
@@ -49,7 +50,7 @@ class Job:
     prompt: str | Sequence[int]
     sampling: Sampling = field(default_factory=Sampling)
     max_tokens: int | None = None  # None: what the sequence's context leaves
-    media: Sequence | None = None  # engine.media.Media, one per <|image|>/<|audio|> placeholder, in order
+    media: Sequence | None = None  # engine.projector.Media, one per <|image|>/<|audio|> placeholder, in order
     # Prompt tokens likely shared by later jobs (a system turn): the engine keeps an SWA
     # checkpoint there, so a later prompt that diverges after it still reuses it.
     shared: int | None = None
@@ -418,22 +419,3 @@ def _samplers(vocab, job: Job) -> list:
     constrained = _new_sampler(vocab, s)
     free = _new_sampler(vocab, Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
     return [free, constrained]
-
-
-def hit_stop(pieces: Sequence[str], stop: Sequence[str]) -> bool:
-    """Whether the newest of the text `pieces` completes one of the `stop` strings (looks at the tail only)."""
-    if not stop or not pieces:
-        return False
-    # A stop string first complete in the newest piece starts at most `longest` characters before its end.
-    need = max(map(len, stop)) + len(pieces[-1])
-    tail, i = "", len(pieces)
-    while i > 0 and len(tail) < need:
-        i -= 1
-        tail = pieces[i] + tail
-    return any(s and s in tail for s in stop)
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """`text` up to the first of the `stop` strings in it (OpenAI's `stop`)."""
-    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return text[: min(ends)] if ends else text
