@@ -253,5 +253,8 @@ def test_sigint_during_a_real_one_shot_exits_130_and_keeps_the_answer(e_model, t
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert (first + rest).decode().startswith(("on and", "so forth"))
+    text = (first + rest).decode().rstrip("\n")
+    while text.startswith(("on and ", "so forth ")):  # what the grammar allows, cut anywhere by the Ctrl-C
+        text = text[len("on and "):] if text.startswith("on and ") else text[len("so forth "):]
+    assert "on and ".startswith(text) or "so forth ".startswith(text), text
     assert b"interrupted" in err and b"Traceback" not in err
