@@ -175,3 +175,30 @@ def gemma3_templated(request, tmp_path_factory, gemma3_base) -> str:
                         "--chat-template", CHATML_LIKE, "--force"], check=True, capture_output=True)
         tmp.replace(path)
     return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake engine (tests/fakeengine.py): CLI tests of rendering, flags and exit codes, in-process
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gemma_home(monkeypatch, tmp_path) -> Path:
+    """The environment an in-process `gemma` runs in (as tests.clitools.gemma_env gives a subprocess)."""
+    from tests.fakeengine import environment
+
+    for key, value in environment(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("GEMMA_DEBUG", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def fake(monkeypatch, gemma_home):
+    """A FakeGemma plugged in at `commands.loading.open_engine`; `fake.gemma(...)` runs the CLI in-process."""
+    from gemma_cli.commands import loading
+    from tests.fakeengine import FakeGemma
+
+    engine = FakeGemma(gemma_home)
+    monkeypatch.setattr(loading, "open_engine", engine.open)
+    return engine

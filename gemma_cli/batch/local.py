@@ -139,8 +139,10 @@ class Local:
             messages = [{"role": "system", "content": d.system}] + messages
         think = d.think if r.think is None else r.think
         text = self.format.render(messages, r.tools, thinking=think)
+        media = None
+        if _has_media(messages):  # a video's <|video|> is written out as its timestamped frames
+            text, media = self._load_media(messages, text)
         tokens = self.engine.tokenize(text)
-        media = self._load_media(messages) if _has_media(messages) else None
         return tokens, self._shared(messages, r.tools, think, tokens), media, self._sampling(r), think
 
     def _shared(self, messages: list[dict], tools, think: bool, tokens: list[int]) -> int | None:
@@ -174,7 +176,7 @@ class Local:
                 raise GemmaError(f"the schema cannot be turned into a grammar ({e})", "check the JSON Schema") from None
         return s
 
-    def _load_media(self, messages: list[dict]) -> list:
+    def _load_media(self, messages: list[dict], text: str) -> tuple[str, list]:
         from gemma_cli.media import MediaParts, prompt_order
 
         if self.format.kind != "gemma4":
@@ -185,7 +187,7 @@ class Local:
         for kind in dict.fromkeys(p["type"] for p in parts):
             projector = self.engine.ensure_projector(kind)  # loaded on first use, with the engine's image budget
             self._media.rate = projector.sample_rate or self._media.rate
-        return [self._media.load(p) for p in parts]
+        return self._media.for_prompt(text, messages)
 
     def answer(self, line: Line, done) -> Answer:
         from gemma_cli import reply

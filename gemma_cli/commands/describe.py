@@ -118,7 +118,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
     `need` ("image" or "audio") is checked in the projector's header first: a 31B asked for
     audio says so at once, not after loading 17 GB of weights.
     """
-    from gemma_cli.commands.loading import attach_draft, locate_path, open_engine
+    from gemma_cli.commands.loading import asked_ctx, attach_draft, locate_path, note_context, open_engine
     from gemma_cli.media import projector_path
 
     name = settings.pick("model", model)
@@ -131,6 +131,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
     engine = open_engine(path, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                          gpu_layers=settings.pick("gpu_layers", gpu_layers), verbose=verbose,
                          mmproj=projector, image_tokens=image_tokens)
+    note_context(engine, asked_ctx(settings, ctx))
     from gemma_cli.session import GEMMA4, ChatSession, format_of_engine
 
     info = engine.info

@@ -82,3 +82,24 @@ def draft_stats(drafter) -> dict:
         "accepted": total.accepted if total else 0,
         "acceptance_rate": round(total.rate, 4) if total else 0.0,
     }
+
+
+def asked_ctx(settings, flag: int | None) -> int | None:
+    """The context size the user asked for (--ctx, GEMMA_CTX or the file); None when it is the default."""
+    if flag is not None:
+        return flag
+    return settings.get("ctx") if settings.source("ctx") != "default" else None
+
+
+def note_context(engine, asked: int | None) -> None:
+    """Say so on stderr when the context is not the size asked for (llama.cpp's rounding, the model's limit)."""
+    actual = getattr(engine, "n_ctx", None)
+    if asked is None or actual is None or actual == asked:
+        return
+    if actual > asked:
+        why = "llama.cpp's contexts are whole multiples of 256 tokens"
+    elif actual >= engine.info.n_ctx_train > 0:
+        why = f"{engine.path.name} was trained for at most {engine.info.n_ctx_train}"
+    else:
+        why = "llama.cpp could not make it larger"
+    sys.stderr.write(f"note: the context is {actual} tokens, not the {asked} asked for: {why}\n")
