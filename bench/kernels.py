@@ -77,13 +77,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="smaller workloads, for a first look")
+    ap.add_argument("--only", action="append", choices=list(CONFIGS),
+                    help="measure only these configurations (repeatable; the fast one is always measured)")
     ap.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         return child(args)
-    results: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    names = [n for n in CONFIGS if not args.only or n in args.only or n == "fast (tiled + FA)"]
+    results: dict[str, list[dict]] = {name: [] for name in names}
     for r in range(args.rounds):
-        for name in CONFIGS:
+        for name in names if r % 2 == 0 else names[::-1]:
             cmd = [sys.executable, __file__, "--child", name, "--threads", str(args.threads)] + ["--quick"] * args.quick
             env = {k: v for k, v in os.environ.items() if k != "GGML_CPU_TILED_MM"}
             out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True).stdout
