@@ -35,6 +35,7 @@ app = typer.Typer(
   gemma describe-image photo.jpg
   gemma transcribe meeting.mp3 --format srt -o meeting.srt
   gemma batch prompts.jsonl -o results.jsonl --parallel 8
+  gemma serve -m e4b
   gemma models pull e4b
   gemma doctor
 
@@ -44,9 +45,9 @@ Run `gemma COMMAND --help` for a command's options. GEMMA_DEBUG=1 shows tracebac
 
 def _register() -> None:
     # One line per command module; each module exposes `register(app)`.
-    from gemma_cli.commands import batch, chat, config, describe, doctor, models, transcribe
+    from gemma_cli.commands import batch, chat, config, describe, doctor, models, serve, transcribe
 
-    for module in (chat, describe, transcribe, batch, models, doctor, config):
+    for module in (chat, describe, transcribe, batch, serve, models, doctor, config):
         module.register(app)
 
 

@@ -289,7 +289,7 @@ class ChatSession:
     def generate(self) -> Iterator[object]:
         tokens, checkpoint, in_thought = self._prompt_tokens()
         parse = self.format.kind == GEMMA4
-        parser = reply.ReplyParser(in_thought=in_thought)
+        parser = reply.ReplyParser(in_thought=in_thought, tools=self.tools)
         result = Result()
         media = self._prompt_media()
         free = bool(self.sampling.grammar and self.think and self.format.kind == GEMMA4)

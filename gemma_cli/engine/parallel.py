@@ -19,6 +19,14 @@ and `--parallel 8` give the same greedy output. llama.cpp's GPU backends choose 
 batch size, so there a near-tie can still break differently.
 
 The engine must be opened with `n_seq = n + 1` (the slots plus the staging sequence).
+
+For a server (`gemma serve`) the job source may be live: it yields `IDLE` when no job is
+waiting (the running ones go on decoding; with none running it is asked again at once, so
+it may block then), `Job.on_text` streams each job's text as it decodes, `cancel(job)`
+ends a job at the next step (a client that went away), and `keep_slots=True` keeps a
+finished job's KV cells in its slot: the next job whose prompt starts the same way (a
+client continuing its conversation) is put in that slot and evaluates only what is new,
+like llama-server's slot cache.
 """
 
 from __future__ import annotations
@@ -27,18 +35,19 @@ import codecs
 import ctypes
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import llama_cpp as ll
 import numpy as np
 
-from gemma_cli.engine.core import Sampling, _new_sampler
+from gemma_cli.engine.core import Sampling, _common_prefix, _new_sampler
 from gemma_cli.errors import ContextOverflowError, GemmaError
 from gemma_cli.stop_strings import cut_at_stop, hit_stop
 
 if TYPE_CHECKING:
     from gemma_cli.engine.core import Engine
 
+IDLE = object()  # a live job source's "no job now": see Parallel.run
 STAGING = 0  # the engine's own sequence: prompts are evaluated here, then copied to a slot
 THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
 
@@ -59,6 +68,9 @@ class Job:
     free_thought: bool = False
     stop: Sequence[str] = ()  # strings that end the job where they appear (not included in its text)
     key: object = None  # the caller's, handed back in Finished
+    # Called (on the decoding thread) with each piece of text as it decodes; stop strings are
+    # not cut from these pieces (Finished.text is cut).
+    on_text: Callable[[str], None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -71,7 +83,7 @@ class Finished:
     prompt_tokens: int = 0  # evaluated for this job
     reused_tokens: int = 0  # served by what the staging sequence already held
     generated_tokens: int = 0
-    finish_reason: str | None = None  # "stop" (end of turn), "length"; None with an error
+    finish_reason: str | None = None  # "stop" (end of turn), "length", "cancelled"; None with an error
     ttft: float = 0.0  # seconds from the job's start to its first token
     seconds: float = 0.0  # from its start to its last token
     error: GemmaError | None = None
@@ -85,6 +97,8 @@ class _Slot:
         self.job: Job | None = None
         self.samplers: list = []
         self.copied = False  # its KV stream may hold cells (removed when the slot is freed)
+        self.cached: list[int] = []  # with keep_slots: the tokens its KV stream holds, position by position
+        self.used = 0.0  # when its last job ended (the least recently used slot is taken first)
 
     def begin(self, job: Job, samplers: list, greedy: bool, n_prompt: int, budget: int, counts: tuple[int, int],
               t0: float) -> None:
@@ -98,6 +112,7 @@ class _Slot:
         self.counts = counts
         self.t0 = t0
         self.t_first = 0.0
+        self.prompt: list = []  # the prompt's items (token ids; media keys), set once it is evaluated
         self.tokens: list[int] = []
         self.pieces: list[str] = []
         self.head = ""  # with a free thought: the text so far (its tail, once the thought is open)
@@ -128,8 +143,9 @@ class _Slot:
 class Parallel:
     """Continuous batching over `n` sequences of one engine (opened with n_seq = n + 1)."""
 
-    def __init__(self, engine: "Engine", n: int | None = None):
+    def __init__(self, engine: "Engine", n: int | None = None, *, keep_slots: bool = False):
         self.engine = engine
+        self.keep_slots = keep_slots
         n_seq = engine.n_seq
         self.n = n_seq - 1 if n is None else n
         if not 1 <= self.n <= n_seq - 1:
@@ -146,16 +162,23 @@ class Parallel:
         self._mem = engine._mem
         self._n_vocab = ll.llama_vocab_n_tokens(engine._vocab)
         self._buffer = (ctypes.c_uint8 * 0)()  # state copies, grown as needed
+        self._cancelled: set[int] = set()  # id() of jobs to end at the next step
 
     def stop(self) -> None:
         self.stopping = True
+
+    def cancel(self, job: Job) -> None:
+        """End `job` at the next step (from any thread): it comes back with finish_reason "cancelled"."""
+        self._cancelled.add(id(job))
 
     def run(self, jobs: Iterable[Job]) -> Iterator[Finished]:
         """Run `jobs` (read lazily, one as each slot frees) and yield each as it finishes.
 
         Jobs finish in any order. A job that cannot run (its prompt does not fit, a media
         file the projector cannot take, an invalid grammar) comes back with `error` set and
-        the run goes on. Closing the generator drops the jobs still running.
+        the run goes on. Closing the generator drops the jobs still running. A live source
+        yields `IDLE` when it has no job now; it is asked again after the next step, or at
+        once when no job runs (it may block then, and should wake to check `stopping`).
         """
         slots = [_Slot(seq) for seq in range(1, self.n + 1)]
         source = iter(jobs)
@@ -165,17 +188,31 @@ class Parallel:
                 # Fill every free slot before the step: a step with fewer rows than slots
                 # wastes most of what batching gains (matmul kernels work in row tiles).
                 while not exhausted and not self.stopping:
-                    group = []
-                    for slot in (s for s in slots if s.job is None):
+                    free = [s for s in slots if s.job is None]
+                    todo = []
+                    idle = False
+                    while len(todo) < len(free):
                         job = next(source, None)
                         if job is None:
                             exhausted = True
                             break
-                        group.append((slot, job))
-                    if not group:
+                        if job is IDLE:
+                            idle = True
+                            break
+                        todo.append(job)
+                    if not todo:
                         break
-                    yield from self._start_group(group)  # failed, or done at the first token: free again
+                    yield from self._start_group(self._place(free, todo))  # failed, or done at once: free again
+                    if idle:
+                        break
                 active = [s for s in slots if s.job is not None]
+                if self._cancelled:
+                    for slot in [s for s in active if id(s.job) in self._cancelled]:
+                        self._cancelled.discard(id(slot.job))
+                        slot.finish = "cancelled"
+                        active.remove(slot)
+                        yield slot.result()
+                        self._free(slot)
                 if not active:
                     if exhausted or self.stopping:
                         return
@@ -192,6 +229,38 @@ class Parallel:
                     self._free(slot)
 
     # ---- jobs' starts: prompts evaluated together, each in its own slot
+
+    def _place(self, free: list[_Slot], jobs: list[Job]) -> list[tuple[_Slot, Job]]:
+        """Pair jobs with free slots: with keep_slots, each job takes the slot holding the longest
+        start of its prompt (else the least recently used one)."""
+        if not self.keep_slots:
+            return list(zip(free, jobs))
+        free = list(free)
+        pairs = []
+        for job in jobs:
+            tokens = job.prompt if not isinstance(job.prompt, str) and not job.media else None
+            best = max(free, key=lambda s: (_common_prefix(s.cached, tokens) if tokens else 0, -s.used))
+            if not tokens or _common_prefix(best.cached, tokens) == 0:
+                best = min(free, key=lambda s: s.used)  # nothing to reuse: the least recently used slot
+            free.remove(best)
+            pairs.append((best, job))
+        return pairs
+
+    def _clear(self, slot: _Slot) -> None:
+        ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        slot.cached = []
+
+    def _resume(self, slot: _Slot, tokens: list[int]) -> int:
+        """With keep_slots: cut the slot's KV stream back to what it shares with `tokens`; how many tokens that is."""
+        n = min(_common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last token is evaluated, for its logits
+        if n > 0 and self.engine.info.n_swa > 0:
+            # The next position attends to the n_swa before it in SWA layers: they must still be held.
+            pos_min = ll.llama_memory_seq_pos_min(self._mem, slot.seq)
+            if not (pos_min <= 0 or pos_min < max(0, n - self.engine.info.n_swa)):
+                n = 0
+        ll.llama_memory_seq_rm(self._mem, slot.seq, n, -1)
+        slot.cached = slot.cached[:n]
+        return n
 
     def _start_group(self, group: list[tuple[_Slot, Job]]) -> Iterator[Finished]:
         """Start the jobs of `group`; yield those that failed or finished at their first token.
@@ -216,7 +285,9 @@ class Parallel:
             try:
                 samplers = _samplers(self.engine._vocab, job)
                 tokens, _ = self._prompt(job)
-                reused = self._seed(slot, tokens, job.shared)
+                reused = self._resume(slot, tokens) if slot.cached else 0
+                if reused < (job.shared or 0):
+                    reused = self._seed(slot, tokens, job.shared)
             except GemmaError as e:
                 for sampler in samplers:
                     ll.llama_sampler_free(sampler)
@@ -246,6 +317,7 @@ class Parallel:
         budget = budget if job.max_tokens is None else min(job.max_tokens, budget)
         greedy = job.sampling.temperature <= 0 and not job.sampling.grammar
         slot.begin(job, samplers, greedy, len(tokens), budget, counts, t0)
+        slot.prompt = [] if job.media else list(tokens)
 
     def _prefill_rows(self, rows: list[tuple[_Slot, list[int], int]]) -> Iterator[Finished]:
         """Evaluate each slot's prompt tokens from `start` on, all slots in shared batches; sample each first token."""
@@ -306,6 +378,8 @@ class Parallel:
         whole stream, and only at the next decode, by which time staging may have changed.
         """
         ctx = self.engine._ctx
+        if slot.cached:
+            self._clear(slot)
         size = ll.llama_state_seq_get_size_ext(ctx, STAGING, 0)
         if len(self._buffer) < size:
             self._buffer = (ctypes.c_uint8 * size)()
@@ -394,8 +468,11 @@ class Parallel:
             slot.finish = "stop"
             return
         slot.tokens.append(token)
-        slot.pieces.append(slot.utf8.decode(self.engine.token_bytes(token)))
+        piece = slot.utf8.decode(self.engine.token_bytes(token))
+        slot.pieces.append(piece)
         self.generated_tokens += 1
+        if slot.job.on_text is not None and piece:
+            slot.job.on_text(piece)
         if slot.stopped():
             slot.finish = "stop"
             return
@@ -405,9 +482,17 @@ class Parallel:
         slot.pending = token
 
     def _free(self, slot: _Slot) -> None:
-        if slot.copied:
-            ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
-            slot.copied = False
+        if slot.job is not None:
+            self._cancelled.discard(id(slot.job))
+        kept = slot.job is not None and slot.prompt and slot.error is None
+        if self.keep_slots and kept:
+            # Its stream holds the prompt and the generated tokens evaluated so far (positions < pos).
+            slot.cached = (slot.prompt + slot.tokens)[: slot.pos]
+            ll.llama_memory_seq_rm(self._mem, slot.seq, slot.pos, -1)
+        elif slot.copied or (slot.cached and slot.job is not None):  # a job that failed, or had media
+            self._clear(slot)
+        slot.copied = False
+        slot.used = time.perf_counter()
         slot.release()
 
 
