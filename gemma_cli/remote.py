@@ -74,8 +74,11 @@ class Endpoint:
         self._openai = openai
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
-        # Keyless servers get no Authorization header at all (the client insists on a key otherwise).
-        self._headers = {} if api_key else {"Authorization": openai.omit}
+        # Keyless servers get no Authorization header at all (the client insists on a key otherwise), and no
+        # server gets the OpenAI organization or project the client would read from OPENAI_ORG_ID/OPENAI_PROJECT_ID.
+        self._headers = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}
+        if not api_key:
+            self._headers["Authorization"] = openai.omit
         http_client = getattr(openai, "DefaultHttpx2Client", None) or openai.DefaultHttpxClient
         self._client = openai.OpenAI(
             base_url=base, api_key=api_key or "unused", max_retries=retries,
