@@ -60,7 +60,11 @@ class Endpoint:
 
     def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 600.0,
                  retries: int = DEFAULT_RETRIES, model: str | None = None):
-        import openai  # here, not at the top: ~1 s of imports that only the endpoint path pays (gemma --help stays fast)
+        try:
+            import openai  # here, not at the top: ~1 s of imports that only the endpoint path pays (gemma --help stays fast)
+        except ImportError:
+            raise GemmaError("--endpoint needs the openai package, which is not installed",
+                             "pip install openai (a dependency of gemma-cli)") from None
 
         self.url = chat_url(url)
         parts = urlsplit(self.url)
