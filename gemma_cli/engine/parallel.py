@@ -180,7 +180,12 @@ class Parallel:
         yields `IDLE` when it has no job now; it is asked again after the next step, or at
         once when no job runs (it may block then, and should wake to check `stopping`).
         """
-        slots = [_Slot(seq) for seq in range(1, self.n + 1)]
+        if self.keep_slots:  # the slots and what their streams hold outlive a run
+            slots = self._slots = getattr(self, "_slots", None) or [_Slot(seq) for seq in range(1, self.n + 1)]
+        else:
+            slots = [_Slot(seq) for seq in range(1, self.n + 1)]
+            for slot in slots:  # another runner on this engine may have left cells in the streams
+                ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
         source = iter(jobs)
         exhausted = False
         try:
@@ -223,6 +228,12 @@ class Parallel:
                 for slot in finished:
                     yield slot.result()
                     self._free(slot)
+        except Exception:
+            for slot in slots:  # a failed decode: what the streams hold is not known any more
+                if slot.job is not None:
+                    slot.release()
+                self._clear(slot)
+            raise
         finally:
             for slot in slots:
                 if slot.job is not None:
@@ -292,6 +303,7 @@ class Parallel:
                 for sampler in samplers:
                     ll.llama_sampler_free(sampler)
                 self._free(slot)
+                self._cancelled.discard(id(job))
                 yield Finished(job, error=e)
                 continue
             self._begin(slot, job, samplers, tokens, (len(tokens) - reused, reused), t0)
@@ -356,6 +368,7 @@ class Parallel:
         except GemmaError as e:
             for sampler in samplers:
                 ll.llama_sampler_free(sampler)
+            self._cancelled.discard(id(job))
             return Finished(job, error=e)
         finally:
             engine._spans = {}
