@@ -92,3 +92,39 @@ def test_batch_runs_an_hf_model(tmp_path, e_model):
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
     assert record["id"] == "a" and record["error"] is None and record["usage"]["completion_tokens"] >= 1
+
+
+def test_one_chat_resolves_its_model_once(tmp_path, monkeypatch, e_model, capsys):
+    """`gemma chat -m e4b hi`: one store look-up, one config read, one hardware probe, and the model's
+    GGUF header read twice (the resolution step and the engine), where it was 3, 7, 1 and 3."""
+    import collections
+
+    from hubserver import isolate
+
+    from gemma_cli import config, gguf_header, hardware, models
+    from gemma_cli.cli import main
+
+    isolate(monkeypatch, tmp_path)
+    f = models.REGISTRY["e4b"].weights("q4_k_m").files[0]
+    dest = tmp_path / "data" / "models" / f.repo / f.name
+    dest.parent.mkdir(parents=True)
+    shutil.copy(e_model, dest)
+    counts: collections.Counter = collections.Counter()
+
+    def counted(module, name, key=None):
+        original = getattr(module, name)
+
+        def wrapper(*a, **kw):
+            counts[key(*a) if key else name] += 1
+            return original(*a, **kw)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(models, "locate")
+    counted(config, "_read")
+    counted(hardware, "detect")
+    counted(gguf_header, "_parse", key=lambda f, path: f"header {path.name}")
+    with pytest.raises(SystemExit) as done:
+        main(["chat", "-m", "e4b", "hi", "--max-tokens", "2", "--temperature", "0"])
+    assert done.value.code == 0, capsys.readouterr().err
+    assert counts == {"locate": 1, "_read": 1, "detect": 1, f"header {f.name}": 2}

@@ -22,7 +22,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import llama_cpp as ll
 
@@ -191,8 +191,8 @@ class Engine:
         self.n_gpu_layers = n_gpu_layers
         self._verbose = verbose
         self.media = None  # a media.Projector once an mmproj is loaded (images, audio)
-        # Where ensure_projector() loads one from on first use: a path, or a function finding one.
-        self.mmproj_path: Path | Callable[[], Path | None] | None = None
+        # Where ensure_projector() loads one from on first use (the caller's resolved projector).
+        self.mmproj_path: Path | None = None
         self.image_tokens = image_tokens  # the visual token budget, for a projector loaded now or later
         self._spans: dict = {}  # media spans of the current prompt, by (kind, digest)
         need = 0
@@ -267,12 +267,9 @@ class Engine:
         self.media = projector
 
     def ensure_projector(self, kind: str):
-        """The projector, loading the mmproj beside the model on first use; a clear error without one."""
+        """The projector, loading `mmproj_path` (the caller's resolved projector) on first use; a clear error without one."""
         if self.media is None:
-            from gemma_cli.engine.media import find_mmproj
-
-            found = self.mmproj_path() if callable(self.mmproj_path) else self.mmproj_path
-            found = found or find_mmproj(self.path)
+            found = self.mmproj_path
             if found is None:
                 name = self.info.meta.get("general.name") or self.path.name
                 raise CapabilityError(f"{name} has no projector loaded for {kind}, and no single mmproj file beside "

@@ -349,16 +349,3 @@ def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, 
         raise GemmaError(f"{len(queue)} media given without a placeholder in the prompt",
                          "each image needs <|image|> and each clip <|audio|> where it goes")
     return items, moved, spans
-
-
-def find_mmproj(model_path: str | Path) -> Path | None:
-    """The projector beside a model file (`*mmproj*.gguf`): the only one, or the one clearly its own."""
-    from gemma_cli.models import pick_mmproj
-
-    model_path = Path(model_path)
-    try:
-        siblings = [p.name for p in model_path.parent.glob("*.gguf") if p != model_path]
-    except OSError:
-        return None
-    name = pick_mmproj(model_path.name, siblings)
-    return model_path.parent / name if name else None
