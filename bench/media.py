@@ -37,7 +37,7 @@ def synthetic_models(folder: Path) -> tuple[Path, Path]:
 def photo(w: int = 1024, h: int = 768):
     import numpy as np
 
-    from gemma_cli.engine.media import Media
+    from gemma_cli.engine.projector import Media
 
     y, x = np.mgrid[0:h, 0:w]
     rgb = np.stack([(x * 255 // w), (y * 255 // h), ((x + y) * 127 // (w + h))], axis=-1).astype(np.uint8)

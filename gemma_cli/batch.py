@@ -854,10 +854,11 @@ class _Local:
         if self.format.kind != "gemma4":
             raise CapabilityError("images and audio need a Gemma 4 model", "run the batch with a Gemma 4 --model")
         parts = prompt_order(messages)
-        for kind in dict.fromkeys(p["type"] for p in parts):
-            self.engine.ensure_projector(kind)  # loaded on first use, with the engine's image budget
         if self._media is None:
-            self._media = MediaParts(self.engine, keep=8)
+            self._media = MediaParts(keep=8)
+        for kind in dict.fromkeys(p["type"] for p in parts):
+            projector = self.engine.ensure_projector(kind)  # loaded on first use, with the engine's image budget
+            self._media.rate = projector.sample_rate or self._media.rate
         return [self._media.load(p) for p in parts]
 
     def answer(self, line: Line, done) -> Answer:

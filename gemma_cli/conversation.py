@@ -1,7 +1,7 @@
 """Conversation files: OpenAI chat format plus our own settings.
 
 `{"messages": [...], "tools": [...], "settings": {...}, "model": "..."}`. Files written by
-other tools load too: string or list content (`text`, `image_url`, `input_audio` parts),
+other tools load too: string or list content (`text`, `image_url`, `video_url`, `input_audio` parts),
 assistant `tool_calls` (arguments as JSON strings or objects) and `reasoning_content`,
 `tool` messages with `tool_call_id`. Loading normalizes them to the shape the Gemma 4
 prompt builder (and the official template) reads, as vLLM and transformers do.
@@ -95,6 +95,10 @@ def _normalize_part(part) -> dict:
         url = part.get("image_url")
         url = url.get("url") if isinstance(url, dict) else url
         return {"type": "image", "url": url}
+    if kind == "video_url":  # as vLLM takes video
+        url = part.get("video_url")
+        url = url.get("url") if isinstance(url, dict) else url
+        return {"type": "video", "url": url}
     if kind == "input_audio":
         audio = part.get("input_audio") or {}
         return {"type": "audio", "data": audio.get("data"), "format": audio.get("format")}

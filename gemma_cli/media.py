@@ -23,7 +23,7 @@ from gemma_cli.errors import MediaError
 if TYPE_CHECKING:
     import numpy as np
 
-    from gemma_cli.engine.media import Media
+    from gemma_cli.engine.projector import Media
 
 IMAGE_FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
 AUDIO_FORMATS = "WAV, FLAC, OGG or MP3"
@@ -64,7 +64,7 @@ def load_image(source: str | Path, data: bytes | None = None) -> "Media":
 
     from PIL import Image, UnidentifiedImageError
 
-    from gemma_cli.engine.media import Media
+    from gemma_cli.engine.projector import Media
 
     name = _name(source)
     data = read_bytes(source, "image") if data is None else data
@@ -190,8 +190,9 @@ def load_audio(source: str | Path, rate: int = SAMPLE_RATE, data: bytes | None =
         native = Path(str(source)).suffix.lower() in (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff")
         fallback = _librosa_decode(source) if data is None and not native else None
         if fallback is None:
-            raise MediaError(f"{name} is not audio gemma can read, or it is damaged ({_short(first.cause)})",
-                             f"use {AUDIO_FORMATS}") from None
+            # libsndfile's own reason is misleading here ("File does not exist" for a text file named .mp3)
+            raise MediaError(f"{name} is not audio gemma can read",
+                             f"use {AUDIO_FORMATS} (a damaged file of one of them reads the same)") from None
         samples, sr = fallback
         if samples.ndim == 2:
             samples = samples.mean(axis=1)
@@ -217,6 +218,11 @@ def _stream(source, rate: int) -> "np.ndarray":
     import numpy as np
     import soundfile as sf
 
+    with _quiet_stderr():  # mpg123 prints "Note: Illegal Audio-MPEG-Header ..." to fd 2 for what is not MP3
+        return _decode(sf, np, source, rate)
+
+
+def _decode(sf, np, source, rate: int) -> "np.ndarray":
     try:
         f = sf.SoundFile(source)
     except Exception as e:  # noqa: BLE001 - libsndfile says "format not recognised" many ways
@@ -245,6 +251,31 @@ def _stream(source, rate: int) -> "np.ndarray":
         return np.zeros(0, np.float32)
     samples = np.concatenate(out)
     return samples if stream or sr == rate else resample(samples, sr, rate)
+
+
+class _quiet_stderr:
+    """File descriptor 2 sent to /dev/null while C decoders run (their notes are not for users)."""
+
+    def __enter__(self):
+        import os
+
+        self._saved = None
+        try:
+            sys.stderr.flush()
+            self._saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # no fd 2 (embedded, some test runners): nothing to hide
+            self._saved = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import os
+
+        if self._saved is not None:
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
 
 
 def _resampler(rate_in: int, rate_out: int):
@@ -333,7 +364,7 @@ def _pause(smooth: "np.ndarray", lo: int, hi: int, min_frames: int = 10) -> int:
 
 
 def clips(audio: Audio, segments: list[Segment]) -> list["Media"]:
-    from gemma_cli.engine.media import Media
+    from gemma_cli.engine.projector import Media
 
     return [Media.audio(audio.samples[s.first : s.last], audio.rate, name=f"{audio.name} [{s.start:.1f}-{s.end:.1f} s]")
             for s in segments]
@@ -342,11 +373,11 @@ def clips(audio: Audio, segments: list[Segment]) -> list["Media"]:
 # ---------------------------------------------------------------- chat message parts
 
 
-MEDIA_KINDS = ("image", "audio")
+MEDIA_KINDS = ("image", "audio", "video")
 
 
 def media_parts(content) -> list[dict]:
-    """The image/audio parts of a message's content (a string has none)."""
+    """The image/audio/video parts of a message's content (a string has none)."""
     if not isinstance(content, list):
         return []
     return [p for p in content if isinstance(p, dict) and p.get("type") in MEDIA_KINDS]
@@ -373,22 +404,48 @@ def prompt_order(messages: list[dict]) -> list[dict]:
 
 
 class MediaParts:
-    """Loads the media parts of chat messages for one engine, and keeps recent ones loaded.
+    """Decodes the media parts of chat messages, and keeps recent ones decoded.
 
     Parts name their source: `path` (a file, or `-`), `url` (file://, data:...;base64,...)
-    or `data` (base64, OpenAI's input_audio); audio parts may carry `start`/`end` seconds.
-    `media` (an engine.media.Media) is media the caller loaded itself; it is not saved.
+    or `data` (base64, OpenAI's input_audio); audio parts may carry `start`/`end` seconds,
+    video parts `frames`, `fps` and `frame_tokens` (gemma_cli.video).
+    `media` (an engine.projector.Media) is media the caller decoded itself; it is not saved.
+
+    This is the whole of a medium's way before the engine: a flag or a conversation part is
+    read, checked and decoded here (`attach` at once, so a bad file fails before the model
+    loads), and the decoded `Media` go to the engine in prompt order. Nothing here calls the
+    engine: the caller checks that the model takes the kind, and sets `rate` to its encoder's.
     """
 
-    def __init__(self, engine, keep: int = 16):
+    def __init__(self, keep: int = 16, rate: int = SAMPLE_RATE):
         from collections import OrderedDict
 
-        self.engine = engine
         self.keep = keep
+        self.rate = rate  # the audio encoder's sample rate
         self._loaded: OrderedDict[tuple, object] = OrderedDict()
 
+    def attach(self, kind: str, source: str | Path, **options) -> dict:
+        """The message part for a file given by the user (`-i`, `/image`, ...), decoded now:
+        a bad file is one error naming it, before anything else runs. `-` (stdin) is kept in
+        the part itself as a data URL, so a resumed conversation can read it again."""
+        if kind not in MEDIA_KINDS:
+            raise MediaError(f"unknown media kind {kind!r}", f"use one of {', '.join(MEDIA_KINDS)}")
+        if str(source) == "-":
+            import base64
+
+            part = {"type": kind, "url": "data:;base64," + base64.b64encode(read_bytes("-", kind)).decode()}
+        else:
+            check_file(source, kind)
+            part = {"type": kind, "path": str(Path(source).expanduser().resolve())}
+        part.update({k: v for k, v in options.items() if v is not None})
+        if kind == "audio":
+            self._audio(part)
+        else:
+            self.load(part)
+        return part
+
     def prepare(self, content):
-        """Load the media of a new message now (a bad file fails before it joins the history);
+        """Decode the media of a new message now (a bad file fails before it joins the history);
         audio longer than 30 s becomes several parts, cut at quiet points."""
         if not media_parts(content):
             return content
@@ -407,25 +464,46 @@ class MediaParts:
             out.append(part)
         return out
 
-    def load(self, part: dict) -> "Media":
+    def load(self, part: dict):
+        """The decoded media of one part: a Media (an image or an audio clip), or a video.Video."""
         kind = part["type"]
-        projector = self.engine.ensure_projector(kind)  # the capability error before reading any file
-        if part.get("media") is not None:  # loaded by the caller (an engine.media.Media; not saved)
+        if part.get("media") is not None:  # decoded by the caller (an engine.projector.Media; not saved)
             return part["media"]
         if kind == "image":
             return self._cached(("image", _source_key(part)), lambda: load_image(*_source(part, "image")))
-        audio = self._audio(part, projector.sample_rate)
+        if kind == "video":
+            return self._cached(("video", _source_key(part), *_video_options(part)), lambda: _load_video(part))
+        audio = self._audio(part)
         start, end = part.get("start"), part.get("end")
         first = int(round(float(start or 0.0) * audio.rate))
         last = len(audio.samples) if end is None else min(len(audio.samples), int(round(float(end) * audio.rate)))
         segment = Segment(first / audio.rate, last / audio.rate, first, last)
         return self._cached(("clip", _source_key(part), first, last), lambda: clips(audio, [segment])[0])
 
-    def in_prompt_order(self, messages: list[dict]) -> list["Media"]:
-        return [self.load(p) for p in prompt_order(messages)]
+    def for_engine(self, parts: list[dict]) -> list["Media"]:
+        """The Media the engine takes for `parts` (in prompt order): a video gives its frames."""
+        out = []
+        for part in parts:
+            loaded = self.load(part)
+            out += loaded.frames if part["type"] == "video" else [loaded]
+        return out
 
-    def _audio(self, part: dict, rate: int | None = None) -> Audio:
-        rate = rate or self.engine.ensure_projector("audio").sample_rate
+    def for_prompt(self, text: str, messages: list[dict]) -> tuple[str, list["Media"]]:
+        """A rendered prompt of `messages` with its videos written out as frames, and the Media for it in order."""
+        parts = prompt_order(messages)
+        videos = self.videos(parts)
+        if videos:
+            from gemma_cli.video import with_frames
+
+            text = with_frames(text, videos)
+        return text, self.for_engine(parts)
+
+    def videos(self, parts: list[dict]) -> list:
+        """The decoded videos among `parts`, in order (their frame layouts go into the prompt text)."""
+        return [self.load(p) for p in parts if p.get("type") == "video"]
+
+    def _audio(self, part: dict) -> Audio:
+        rate = self.rate
         return self._cached(("audio", _source_key(part), rate), lambda: load_audio(*_source(part, "audio", rate)))
 
     def _cached(self, key: tuple, make):
@@ -438,6 +516,30 @@ class MediaParts:
         else:
             self._loaded.move_to_end(key)
         return value
+
+
+def _video_options(part: dict) -> tuple:
+    """A video part's sampling: (frames, fps, tokens a frame), checked (a conversation file may say anything)."""
+    from gemma_cli.video import FRAME_TOKENS
+
+    def number(key, kind):
+        value = part.get(key)
+        if value is None:
+            return None
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            raise MediaError(f"a video part's {key!r} is {value!r}, not a number", "check the conversation file") from None
+
+    return number("frames", int), number("fps", float), number("frame_tokens", int) or FRAME_TOKENS
+
+
+def _load_video(part: dict):
+    from gemma_cli.video import load_video
+
+    frames, fps, budget = _video_options(part)
+    name, data = _source(part, "video")
+    return load_video(name, data, frames=frames, fps=fps, budget=budget)
 
 
 def _source(part: dict, what: str, *rate) -> tuple:

@@ -134,7 +134,7 @@ class Done:
 
 class ChatSession:
     def __init__(self, engine: "Engine", fmt: PromptFormat, *, sampling: "Sampling", max_tokens: int | None = None,
-                 think: bool = False, system: str | None = None, tools: list[dict] | None = None):
+                 think: bool = False, system: str | None = None, tools: list[dict] | None = None, media=None):
         self.engine = engine
         self.format = fmt
         self.sampling = sampling
@@ -142,19 +142,30 @@ class ChatSession:
         self.think = think
         self.tools = tools or None
         self.messages: list[dict] = []
-        self._media = None  # gemma_cli.media.MediaParts, made at the first image or audio part
+        # gemma_cli.media.MediaParts: the decoder of this conversation's media (given, or made at the first part)
+        self._media = media
         if system:
             self.messages.append({"role": "system", "content": system})
 
     # ---- prompt
 
     def prompt_text(self) -> str:
-        return self.format.render(self.messages, self.tools, thinking=self.think)
+        return self._with_frames(self.format.render(self.messages, self.tools, thinking=self.think))
+
+    def _with_frames(self, text: str) -> str:
+        """Each `<|video|>` written out as its frames, `MM:SS <|image|>` apart (gemma_cli.video)."""
+        if "<|video|>" not in text or not _has_media(self.messages):
+            return text
+        from gemma_cli.media import prompt_order
+        from gemma_cli.video import with_frames
+
+        return with_frames(text, self.media_parts().videos(prompt_order(self.messages)))
 
     def _prompt_tokens(self) -> tuple[list[int], int | None]:
         """The prompt's tokens and where its generation prompt starts (a KV checkpoint spot)."""
         full = self.prompt_text()
-        head = self.format.render(self.messages, self.tools, thinking=self.think, add_generation_prompt=False)
+        head = self._with_frames(self.format.render(self.messages, self.tools, thinking=self.think,
+                                                    add_generation_prompt=False))
         tokens = self.engine.tokenize(full)
         if not full.startswith(head) or len(full) == len(head):
             return tokens, None
@@ -169,24 +180,41 @@ class ChatSession:
         here, so a bad file fails before it joins the history; audio over 30 s becomes
         several parts cut at pauses.
         """
-        content = self.media_parts().prepare(content) if _has_media([{"content": content}]) else content
+        if _has_media([{"content": content}]):
+            self._ready_for(content)
+            content = self.media_parts().prepare(content)
         self.messages.append({"role": "user", "content": content})
         return self.generate()
 
     def media_parts(self):
-        """The loader of this conversation's images and audio (see gemma_cli.media.MediaParts)."""
+        """The decoder of this conversation's images and audio (see gemma_cli.media.MediaParts)."""
         if self._media is None:
-            from gemma_cli.errors import CapabilityError
             from gemma_cli.media import MediaParts
 
-            if self.format.kind != GEMMA4:
-                raise CapabilityError("images and audio need a Gemma 4 model", "pick a Gemma 4 GGUF with --model")
-            self._media = MediaParts(self.engine)
+            self._media = MediaParts()
         return self._media
 
+    def _ready_for(self, content: list) -> None:
+        """The model must take each kind before a file is read (a 31B asked for audio says so first)."""
+        from gemma_cli.errors import CapabilityError
+
+        if self.format.kind != GEMMA4:
+            raise CapabilityError("images and audio need a Gemma 4 model", "pick a Gemma 4 GGUF with --model")
+        for kind in dict.fromkeys(p.get("type") for p in content if isinstance(p, dict)):
+            if kind in ("image", "audio", "video"):
+                projector = self.engine.ensure_projector(kind)
+                if kind == "audio":
+                    self.media_parts().rate = projector.sample_rate
+
     def _prompt_media(self) -> list:
-        """The loaded media of the conversation, in the order of their placeholders in the prompt."""
-        return self.media_parts().in_prompt_order(self.messages) if _has_media(self.messages) else []
+        """The decoded media of the conversation, in the order of their placeholders in the prompt."""
+        if not _has_media(self.messages):
+            return []
+        from gemma_cli.media import prompt_order
+
+        parts = prompt_order(self.messages)
+        self._ready_for(parts)
+        return self.media_parts().for_engine(parts)
 
     def generate(self) -> Iterator[object]:
         tokens, checkpoint = self._prompt_tokens()
@@ -247,7 +275,7 @@ class ChatSession:
 
 
 def _has_media(messages: list[dict]) -> bool:
-    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") in ("image", "audio")
+    return any(isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") in ("image", "audio", "video")
                                                           for p in m["content"]) for m in messages)
 
 

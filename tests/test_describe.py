@@ -96,6 +96,28 @@ def test_bad_images_are_one_line_errors(e_model, vision_mmproj, tmp_path, conten
     assert_one_line_error(proc, str(bad), needle)
 
 
+def test_good_images_are_described_when_others_are_bad(e_model, vision_mmproj, tmp_path):
+    """Issue 12 item 17: one error line per bad file, the good ones described, a non-zero exit at the end."""
+    picture(1).save(tmp_path / "ok.png")
+    picture(2).save(tmp_path / "ok2.png")
+    (tmp_path / "corrupt.png").write_bytes((tmp_path / "ok.png").read_bytes()[:200])
+    (tmp_path / "text.png").write_text("not a picture\n" * 20)
+    proc = describe(tmp_path / "ok.png", tmp_path / "corrupt.png", tmp_path / "ok2.png", tmp_path / "text.png",
+                    "--json", home=tmp_path, model=e_model, mmproj=vision_mmproj)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    out = json.loads(proc.stdout)
+    assert [r["images"] for r in out["results"]] == [[str(tmp_path / "ok.png")], [str(tmp_path / "ok2.png")]]
+    assert [e["image"] for e in out["errors"]] == [str(tmp_path / "corrupt.png"), str(tmp_path / "text.png")]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 3 and "corrupt.png" in errors[0] and "text.png" in errors[1]
+    assert "2 of 4 images could not be read" in errors[2]
+    proc = describe(tmp_path / "ok.png", tmp_path / "corrupt.png", home=tmp_path, model=e_model, mmproj=vision_mmproj)
+    assert proc.returncode == 1 and proc.stdout.strip()  # text output: the good one is described too
+    proc = describe(tmp_path / "corrupt.png", tmp_path / "text.png", home=tmp_path, model=e_model, mmproj=vision_mmproj)
+    assert_one_line_error(proc, "none of the 2 images could be read")
+
+
 def test_usage_and_projector_errors(images, e_model, audio_mmproj, vision_mmproj, tmp_path):
     proc = describe(images[0], home=tmp_path, model=e_model, mmproj=vision_mmproj, extra=["--image-tokens", "300"])
     assert_one_line_error(proc, "not a Gemma 4 budget")

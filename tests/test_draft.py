@@ -107,7 +107,7 @@ def test_steps_count_drafted_and_accepted(drafted):
 
 
 def _image(seed: int):
-    from gemma_cli.engine.media import Media
+    from gemma_cli.engine.projector import Media
 
     rgb = np.random.default_rng(seed).integers(0, 255, (48, 64, 3), dtype=np.uint8).tobytes()
     return Media.image(rgb, 64, 48, f"noise-{seed}")

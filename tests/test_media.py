@@ -16,7 +16,7 @@ import soundfile as sf
 from PIL import Image
 
 from gemma_cli.engine import Engine, Sampling
-from gemma_cli.engine.media import Media
+from gemma_cli.engine.projector import Media
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError, ModelError
 from gemma_cli.media import clips, cut, load_audio, load_image
 from tests.needs import skip_or_fail

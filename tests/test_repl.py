@@ -244,6 +244,18 @@ def test_image_command_uses_the_image_token_budget(e_model, vision_mmproj, tmp_p
     leave(child)
 
 
+def test_video_command_sends_the_clip_as_timestamped_frames(e_model, vision_mmproj, tmp_path):
+    from tests.test_video import write_clip
+
+    write_clip(tmp_path / "clip.mp4", n=6)
+    child = spawn(tmp_path, "--model", e_model, "--mmproj", vision_mmproj, "--max-tokens", "2")
+    assert "will go with your next message" in command(child, f"/video {tmp_path / 'clip.mp4'}")
+    say(child, "What happens?")
+    evaluated = int(re.search(r"prompt tokens evaluated\s+(\d+)", command(child, "/stats")).group(1))
+    assert evaluated > 6 * 80  # every frame of the 6 (80 tokens each on this projector at budget 70)
+    leave(child)
+
+
 def test_a_tool_question_goes_to_the_terminal_not_to_redirected_stdout(e_model, tmp_path):
     tools, grammar = tool_files(tmp_path)
     out = tmp_path / "out.txt"

@@ -95,8 +95,9 @@ def test_batch_runs_an_hf_model(tmp_path, e_model):
 
 
 def test_one_chat_resolves_its_model_once(tmp_path, monkeypatch, e_model, capsys):
-    """`gemma chat -m e4b hi`: one store look-up, one config read, one hardware probe, and the model's
-    GGUF header read twice (the resolution step and the engine), where it was 3, 7, 1 and 3."""
+    """`gemma chat -m e4b hi`: one store look-up, one config read, one hardware probe, where it was 3, 7
+    and 1; the model's GGUF header read twice, where it was 3: by the resolution step (the engine loads
+    with that header) and by `--draft auto`'s check of the model, inside the engine."""
     import collections
 
     from hubserver import isolate
@@ -124,6 +125,7 @@ def test_one_chat_resolves_its_model_once(tmp_path, monkeypatch, e_model, capsys
     counted(config, "_read")
     counted(hardware, "detect")
     counted(gguf_header, "_parse", key=lambda f, path: f"header {path.name}")
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(""))  # nothing piped
     with pytest.raises(SystemExit) as done:
         main(["chat", "-m", "e4b", "hi", "--max-tokens", "2", "--temperature", "0"])
     assert done.value.code == 0, capsys.readouterr().err

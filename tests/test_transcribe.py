@@ -121,6 +121,17 @@ def test_bad_audio_is_a_one_line_error(e_model, audio_mmproj, tmp_path, content,
     assert_one_line_error(proc, str(bad), needle)
 
 
+def test_a_text_file_named_mp3_is_one_clean_line(e_model, audio_mmproj, tmp_path):
+    """Issue 12 item 13: no decoder noise on stderr, and the reason is the real one."""
+    bad = tmp_path / "notes.mp3"
+    bad.write_text("These are my meeting notes, not a recording.\n" * 20)
+    proc = transcribe(bad, home=tmp_path, model=e_model, mmproj=audio_mmproj)
+    assert_one_line_error(proc, str(bad), "is not audio gemma can read")
+    noise = [ln for ln in proc.stderr.splitlines() if not ln.startswith(("error:", "hint:"))]
+    assert noise == [], proc.stderr  # mpg123's "Note: Illegal Audio-MPEG-Header ..." lines used to leak here
+    assert "does not exist" not in proc.stderr and "Error opening" not in proc.stderr
+
+
 def test_audio_on_a_vision_only_projector(e_model, vision_mmproj, tmp_path):
     sf.write(tmp_path / "a.wav", np.zeros(16000), 16000)
     proc = transcribe(tmp_path / "a.wav", home=tmp_path, model=e_model, mmproj=vision_mmproj)

@@ -24,6 +24,7 @@ Examples:
   gemma chat --schema person.json "Invent a person"      (answer constrained to the schema)
   gemma chat --continue                          (resume the last conversation)
   gemma chat --load examples/conversation.json --print-prompt
+  gemma chat -v clip.mp4 "What happens in this clip?"
 """
 
 
@@ -32,6 +33,7 @@ def chat(
     model: opt.Model = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="An image to send with the prompt (repeatable; - reads stdin).")] = None,
     audio: Annotated[Optional[list[str]], typer.Option("--audio", "-a", metavar="PATH", help="An audio clip to send with the prompt (repeatable; over 30 s is cut at pauses).")] = None,
+    video: Annotated[Optional[list[str]], typer.Option("--video", "-v", metavar="PATH", help="A video clip to send with the prompt (repeatable; 32 frames at 70 tokens each; - reads stdin).")] = None,
     mmproj: opt.Mmproj = None,
     image_tokens: opt.ImageTokens = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
@@ -66,7 +68,10 @@ def chat(
     from gemma_cli.commands.describe import check_budget
 
     check_budget(image_tokens)
-    parts = _media_parts(image, audio)  # before stdin is read as text: `-i -` reads it
+    from gemma_cli.media import MediaParts
+
+    decoder = MediaParts()  # -i/-a are read and decoded now, before the model loads
+    parts = _media_parts(decoder, image, audio, video)  # before stdin is read as text: `-i -` reads it
     text = _read_input(prompt) if not any(p.get("url") for p in parts) else prompt
     conv = _start_conversation(load, resume)
     think = think if think is not None else bool(conv.settings.get("think", False))
@@ -79,7 +84,11 @@ def chat(
     path = resolved.path
     messages = _with_system(conv.messages, system)
     if print_prompt:
-        return _print_prompt(resolved.header, messages, declarations, think, _with_media(parts, text))
+        return _print_prompt(resolved.header, messages, declarations, think, _with_media(parts, text), decoder)
+    if video:
+        from gemma_cli.video import check_context
+
+        check_context(decoder.videos(parts), settings.pick("ctx", ctx) or 8192)  # before the model loads
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
@@ -91,7 +100,8 @@ def chat(
     sampling = _sampling(settings, conv.settings, temperature, top_p, top_k, seed)
     sampling.grammar = _constraint(schema, fmt, grammar)
     session = ChatSession(engine, format_of_engine(engine), sampling=sampling, think=think, tools=declarations,
-                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")))
+                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")),
+                          media=decoder)
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
@@ -130,21 +140,12 @@ def _with_system(messages: list[dict], system: str | None) -> list[dict]:
     return [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
 
 
-def _media_parts(images: list[str] | None, audios: list[str] | None) -> list[dict]:
-    """-i/-a as message parts (images first, as Gemma 4 wants); files are checked now, before the model loads."""
-    from gemma_cli.media import check_file, read_bytes
-
-    parts = []
-    for kind, sources in (("image", images or []), ("audio", audios or [])):
-        for source in sources:
-            if source == "-":  # kept in the message itself, so --continue can read it again
-                import base64
-
-                parts.append({"type": kind, "url": "data:;base64," + base64.b64encode(read_bytes("-", kind)).decode()})
-                continue
-            check_file(source, kind)
-            parts.append({"type": kind, "path": str(Path(source).expanduser().resolve())})
-    return parts
+def _media_parts(decoder, images: list[str] | None, audios: list[str] | None, videos: list[str] | None = None) -> list[dict]:
+    """-i/-a/-v as message parts (media first, as Gemma 4 wants), each decoded now: a bad file fails before the model loads."""
+    if sum(1 for s in [*(images or []), *(audios or []), *(videos or [])] if s == "-") > 1:
+        raise UsageError("stdin ('-') can hold only one file", "save the others to files")
+    kinds = (("image", images or []), ("video", videos or []), ("audio", audios or []))
+    return [decoder.attach(kind, source) for kind, sources in kinds for source in sources]
 
 
 def _with_media(parts: list[dict], text: str | None):
@@ -224,13 +225,19 @@ def _sampling(settings, saved: dict, temperature, top_p, top_k, seed):
                     top_k=pick("top_k", top_k), seed=pick("seed", seed))
 
 
-def _print_prompt(header, messages: list[dict], tools, think: bool, text: str | None) -> None:
+def _print_prompt(header, messages: list[dict], tools, think: bool, text, decoder) -> None:
     from gemma_cli.session import format_of_header
 
     fmt = format_of_header(header)
     if text is not None:
         messages = messages + [{"role": "user", "content": text}]
-    sys.stdout.write(fmt.render(messages, tools, thinking=think))
+    out = fmt.render(messages, tools, thinking=think)
+    if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+        from gemma_cli.media import prompt_order
+        from gemma_cli.video import with_frames
+
+        out = with_frames(out, decoder.videos(prompt_order(messages)))
+    sys.stdout.write(out)
     sys.stdout.flush()
 
 

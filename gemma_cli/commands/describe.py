@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from gemma_cli.commands import options as opt
-from gemma_cli.errors import CapabilityError, UsageError
+from gemma_cli.errors import CapabilityError, MediaError, UsageError
 
 EXAMPLES = """
 Examples:
@@ -22,7 +22,7 @@ Examples:
   curl -s https://example.com/cat.jpg | gemma describe-image -
 """
 
-BUDGETS = (70, 140, 280, 560, 1120)  # engine.media.BUDGETS, kept here so --help needs no llama_cpp
+BUDGETS = (70, 140, 280, 560, 1120)  # engine.projector.BUDGETS, kept here so --help needs no llama_cpp
 DEFAULT_PROMPT = "Describe this image in detail."
 DEFAULT_PROMPT_MANY = "Describe these images in detail."
 
@@ -51,12 +51,11 @@ def describe_image(
 ) -> None:
     """Describe images: a description per image, streamed as it is written."""
     from gemma_cli import config
-    from gemma_cli.media import load_image
 
     check_budget(image_tokens)
     if sum(1 for i in images if i == "-") > 1:
         raise UsageError("stdin ('-') can hold only one image", "save the others to files")
-    loaded = [load_image(i) for i in images]  # a bad file fails now, before the model loads
+    loaded, failed = _decode_all(images, together)  # bad files are reported now, before the model loads
     settings = config.load()
     engine, session_for = open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_layers, yes, verbose,
                                          sampling=_sampling(settings, temperature, top_p, top_k, seed),
@@ -77,7 +76,32 @@ def describe_image(
 
         out = {"model": engine.path.name, "image_tokens_budget": engine.media.budget, "results": results,
                **draft_stats(engine.draft)}
+        if failed:
+            out["errors"] = [{"image": name, "error": e.message} for name, e in failed]
         sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    if failed:
+        raise MediaError(f"{len(failed)} of {len(images)} images could not be read: "
+                         f"{', '.join(name for name, _ in failed)}", "the others were described")
+
+
+def _decode_all(images: list[str], together: bool) -> tuple[list, list]:
+    """Every image decoded; a bad one is one error line on stderr and the others still go on
+    (as `gemma batch` does). All bad, or any with --together: the error, before the model loads."""
+    from gemma_cli.media import load_image
+
+    loaded, failed = [], []
+    for source in images:
+        try:
+            loaded.append(load_image(source))
+        except MediaError as e:
+            if together or len(images) == 1:
+                raise
+            failed.append(("stdin" if source == "-" else source, e))
+    if not loaded:
+        raise MediaError(f"none of the {len(images)} images could be read", failed[0][1].message)
+    for _, e in failed:
+        sys.stderr.write(f"error: {e.message}\n")
+    return loaded, failed
 
 
 def check_budget(image_tokens: int | None) -> None:
@@ -112,8 +136,8 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
         raise CapabilityError(f"{path.name} is not a Gemma 4 model ({info.architecture})",
                               "images and audio need a Gemma 4 GGUF and its mmproj")
 
-    def session_for():
-        return ChatSession(engine, fmt, sampling=sampling, max_tokens=max_tokens, think=False)
+    def session_for(media=None):
+        return ChatSession(engine, fmt, sampling=sampling, max_tokens=max_tokens, think=False, media=media)
 
     engine.ensure_projector(need)  # the same check on what llama.cpp loaded
     loading.attach_draft(engine, resolved, draft, draft_max)  # after the projector, which may remake the context a drafter binds to
@@ -126,14 +150,15 @@ def _check_encoder(resolved, projector: Path, need: str) -> None:
     if not Path(projector).is_file():
         return  # the engine reports a missing file
     header = read_header(projector)
-    key = {"image": "clip.has_vision_encoder", "audio": "clip.has_audio_encoder"}[need]
+    key = {"image": "clip.has_vision_encoder", "video": "clip.has_vision_encoder", "audio": "clip.has_audio_encoder"}[need]
     if header.architecture != "clip" or header.get(key):
         return
     name = resolved.header.get("general.name") or resolved.path.name
     if need == "audio":
         raise CapabilityError(f"{name} has no audio encoder; audio needs E2B, E4B or 12B",
                               f"{Path(projector).name} only reads images; use gemma-4-E2B, E4B or 12B for audio")
-    raise CapabilityError(f"{Path(projector).name} has no vision encoder, so {name} cannot see images here",
+    raise CapabilityError(f"{Path(projector).name} has no vision encoder, so {name} cannot see "
+                          f"{'video' if need == 'video' else 'images'} here",
                           "pass the model's vision projector with --mmproj")
 
 
@@ -152,7 +177,8 @@ def _describe(session, group, question: str, *, stream: bool):
     from gemma_cli.session import Done
 
     printer = StreamPrinter(show_thinking=False)
-    content = [{"type": "image", "media": m} for m in group] + [{"type": "text", "text": question}]
+    media = [{"type": "image", "media": m} for m in group] if group and not isinstance(group[0], dict) else group
+    content = media + [{"type": "text", "text": question}]
     result = None
     events = session.send(content)
     try:
@@ -174,5 +200,82 @@ def _stats(s) -> dict:
             "drafted": s.drafted, "accepted": s.accepted}
 
 
+VIDEO_EXAMPLES = """
+Examples:
+
+\b
+  gemma describe-video clip.mp4
+  gemma describe-video clip.mp4 -p "What does the person do after opening the door?"
+  gemma describe-video talk.webm --fps 0.5 --json        (a frame every 2 s, at most 32)
+  gemma describe-video ui.mov --frames 8 --frame-tokens 280   (fewer, sharper frames)
+  cat clip.mp4 | gemma describe-video -
+"""
+DEFAULT_VIDEO_PROMPT = "Describe what happens in this video."
+
+
+def describe_video(
+    videos: Annotated[List[str], typer.Argument(metavar="VIDEO", help="Video files (MP4, WebM, MKV, MOV, AVI, GIF); - reads one from stdin.")],
+    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about each video.")] = None,
+    frames: Annotated[Optional[int], typer.Option("--frames", min=1, max=32, help="Frames to take, evenly over the clip (default 32, the most Gemma 4 was trained with).")] = None,
+    fps: Annotated[Optional[float], typer.Option("--fps", min=0.001, help="Frames a second of the clip instead (still at most 32).")] = None,
+    frame_tokens: Annotated[int, typer.Option("--frame-tokens", metavar="70|140|280", help="Visual tokens per frame (Gemma 4 was trained on 70).")] = 70,
+    model: opt.Model = None,
+    mmproj: opt.Mmproj = None,
+    max_tokens: opt.MaxTokens = None,
+    temperature: opt.Temperature = None,
+    top_p: opt.TopP = None,
+    top_k: opt.TopK = None,
+    seed: opt.Seed = None,
+    ctx: opt.Ctx = None,
+    threads: opt.Threads = None,
+    gpu_layers: opt.GpuLayers = None,
+    draft: opt.Draft = None,
+    draft_max: opt.DraftMax = None,
+    as_json: opt.Json = False,
+    yes: opt.Yes = False,
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
+) -> None:
+    """Describe videos: 32 frames sampled evenly (70 tokens each, timestamped), as Gemma 4 was trained."""
+    from gemma_cli import config
+    from gemma_cli.media import MediaParts
+    from gemma_cli.video import FRAME_BUDGETS, check_context
+
+    if frame_tokens not in FRAME_BUDGETS:
+        raise UsageError(f"--frame-tokens {frame_tokens} is not a Gemma 4 video budget",
+                         f"use one of {', '.join(map(str, FRAME_BUDGETS))}")
+    if frames is not None and fps is not None:
+        raise UsageError("--frames and --fps both choose the frames", "use one of them")
+    if sum(1 for v in videos if v == "-") > 1:
+        raise UsageError("stdin ('-') can hold only one video", "save the others to files")
+    settings = config.load()
+    decoder = MediaParts()
+    parts = [decoder.attach("video", v, frames=frames, fps=fps, frame_tokens=frame_tokens) for v in videos]
+    clips = decoder.videos(parts)  # decoded now: a bad file or a clip too long fails before the model loads
+    for clip in clips:
+        check_context([clip], settings.pick("ctx", ctx) or 8192)
+    engine, session_for = open_for_media(settings, model, mmproj, frame_tokens, ctx, threads, gpu_layers, yes, verbose,
+                                         sampling=_sampling(settings, temperature, top_p, top_k, seed),
+                                         max_tokens=settings.pick("max_tokens", max_tokens), need="video",
+                                         draft=draft, draft_max=draft_max)
+    question = prompt or DEFAULT_VIDEO_PROMPT
+    results = []
+    for n, (part, clip) in enumerate(zip(parts, clips)):
+        if not as_json and len(parts) > 1:
+            sys.stdout.write(("\n" if n else "") + f"{clip.name}:\n")
+            sys.stdout.flush()
+        result = _describe(session_for(decoder), [part], question, stream=not as_json)
+        results.append({"video": clip.name, "duration_s": round(clip.duration, 3), "frames_in_clip": clip.total_frames,
+                        "frames": len(clip.frames), "timestamps": clip.stamps,
+                        "frame_tokens": [engine.media_tokens(f) for f in clip.frames],
+                        "description": result.answer.strip(), "stats": _stats(result.stats)})
+    if as_json:
+        from gemma_cli.commands.loading import draft_stats
+
+        out = {"model": engine.path.name, "frame_tokens_budget": frame_tokens, "results": results,
+               **draft_stats(engine.draft)}
+        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+
+
 def register(app: typer.Typer) -> None:
     app.command("describe-image", epilog=EXAMPLES)(describe_image)
+    app.command("describe-video", epilog=VIDEO_EXAMPLES)(describe_video)

@@ -60,7 +60,7 @@ def open_engine(resolved: Resolved, *, ctx: int | None, threads: int | None, ver
 
         engine = Engine(resolved.path, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose,
                         mmproj=resolved.mmproj if load_mmproj else None, image_tokens=image_tokens, n_seq=n_seq,
-                        **extra)
+                        header=resolved.header, **extra)
     engine.mmproj_path = resolved.mmproj  # /image, /audio and batch lines load it on first use
     return engine
 

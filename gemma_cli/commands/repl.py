@@ -31,11 +31,12 @@ HELP = """Commands:
   /save FILE                 save the conversation (OpenAI chat JSON)
   /load FILE                 load a conversation
   /image PATH, /audio PATH   attach media to your next message
+  /video PATH                attach a video (32 frames, timestamped) to your next message
   /exit                      leave (or Ctrl-D)
 Multi-line input: a line with \"\"\" starts and ends it. Ctrl-C stops a reply."""
 
 COMMANDS = ["/help", "/think", "/system", "/set", "/show", "/stats", "/clear", "/retry", "/save", "/load",
-            "/image", "/audio", "/exit", "/bye", "/quit"]
+            "/image", "/audio", "/video", "/exit", "/bye", "/quit"]
 SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "seed": int}
 
 
@@ -160,6 +161,7 @@ class Repl:
             "/load": lambda: self._load(arg),
             "/image": lambda: self._attach("image", arg),
             "/audio": lambda: self._attach("audio", arg),
+            "/video": lambda: self._attach("video", arg),
         }.get(name)
         if name in ("/exit", "/bye", "/quit"):
             return "exit"

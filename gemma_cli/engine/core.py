@@ -27,7 +27,7 @@ from typing import Iterator, Sequence
 import llama_cpp as ll
 
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, ModelError
-from gemma_cli.gguf_header import read_header
+from gemma_cli.gguf_header import Header, read_header
 
 # ---------------------------------------------------------------- logging
 
@@ -174,10 +174,11 @@ class Engine:
         verbose: bool = False,
         mmproj: str | Path | None = None,
         image_tokens: int | None = None,
+        header: Header | None = None,
     ):
         set_verbose(verbose)
         self.path = Path(path)
-        header = read_header(self.path)
+        header = header or read_header(self.path)  # the caller's, when it has read the file's header already
         if batch_invariant:
             # CPU kernels picked by batch size (repacked and tiled matmuls, flash attention's
             # split paths) round a row differently when other sequences share its batch: keep
@@ -200,7 +201,7 @@ class Engine:
             self.media = self._open_projector(mmproj, image_tokens)
             need = self.media.batch_needed
         elif image_tokens:
-            from gemma_cli.engine.media import batch_for
+            from gemma_cli.engine.projector import batch_for
 
             need = batch_for(image_tokens)  # room now, so a projector loaded later need not remake the context
         if need:
@@ -214,7 +215,7 @@ class Engine:
         self._open_context(n_batch, n_ubatch or n_batch)
         self._swa = self.info.n_swa > 0 and not swa_full
         # What sits in the KV cache of sequence 0, position i = index i: token ids, and for
-        # image/audio positions hashable keys (kind, sha256, i, n) (see engine.media).
+        # image/audio positions hashable keys (kind, sha256, i, n) (see engine.projector).
         self._cached: list = []
         self._checkpoints: list[_Checkpoint] = []
         self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
@@ -234,7 +235,7 @@ class Engine:
         self._batch = ll.llama_batch_init(self.n_batch, 0, max(1, n_seq))
 
     def _open_projector(self, path, image_tokens: int | None):
-        from gemma_cli.engine.media import Projector
+        from gemma_cli.engine.projector import Projector
 
         name = str(self.info.meta.get("general.name") or self.path.stem)
         return Projector(path, self._model, model_name=name, n_threads=self.n_threads,
@@ -359,7 +360,7 @@ class Engine:
     ) -> Iterator[Step]:
         """Evaluate `prompt` (reusing the KV cache) and yield generated text as it decodes.
 
-        `media`: engine.media.Media items, one per `<|image|>` / `<|audio|>` placeholder in
+        `media`: engine.projector.Media items, one per `<|image|>` / `<|audio|>` placeholder in
         the prompt, in order; each placeholder becomes the media's tokens in the KV cache.
         `checkpoint_at`: a prompt length at which to keep a copy of the SWA cache, so a
         later prompt that diverges after that point can still reuse everything before it
@@ -415,7 +416,7 @@ class Engine:
     # ---- prompt evaluation and KV reuse
 
     def _expand(self, tokens: list[int], media: Sequence, checkpoint_at: int | None) -> tuple[list, int | None]:
-        from gemma_cli.engine.media import PLACEHOLDERS, expand
+        from gemma_cli.engine.projector import PLACEHOLDERS, expand
 
         for kind in {m.kind for m in media}:
             self.ensure_projector(kind)
@@ -446,7 +447,7 @@ class Engine:
         if n == len(tokens):
             n -= 1  # at least one token must be evaluated to get logits for the next one
         if self._spans:
-            from gemma_cli.engine.media import span_start
+            from gemma_cli.engine.projector import span_start
 
             n = span_start(tokens, n)  # an image or clip is evaluated whole
         if n < len(self._cached):
@@ -502,7 +503,7 @@ class Engine:
         reused = self.reuse_prefix(tokens)
         todo = list(tokens[reused:])
         if self._spans and checkpoint_at is not None:
-            from gemma_cli.engine.media import span_start
+            from gemma_cli.engine.projector import span_start
 
             checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at) == checkpoint_at else None
         if self._swa and checkpoint_at and reused < checkpoint_at < len(tokens):
@@ -518,7 +519,7 @@ class Engine:
         """Decode prompt items (token ids, media span keys) after what is cached."""
         if not self._spans:
             return self._eval(items, logits_last=logits_last)
-        from gemma_cli.engine.media import is_key
+        from gemma_cli.engine.projector import is_key
 
         i, n = 0, len(items)
         while i < n:

@@ -49,7 +49,7 @@ class Job:
     prompt: str | Sequence[int]
     sampling: Sampling = field(default_factory=Sampling)
     max_tokens: int | None = None  # None: what the sequence's context leaves
-    media: Sequence | None = None  # engine.media.Media, one per <|image|>/<|audio|> placeholder, in order
+    media: Sequence | None = None  # engine.projector.Media, one per <|image|>/<|audio|> placeholder, in order
     # Prompt tokens likely shared by later jobs (a system turn): the engine keeps an SWA
     # checkpoint there, so a later prompt that diverges after it still reuses it.
     shared: int | None = None

@@ -49,18 +49,22 @@ class Media:
     rate: int = 0  # audio samples per second
     name: str = ""  # where it came from, for messages
     digest: str = ""  # sha256 of the content: the same picture is the same KV cache entry
+    budget: int = 0  # an image's visual token budget; 0: the projector's (video frames take 70)
 
     def __post_init__(self):
         if not self.digest:
-            h = hashlib.sha256(f"{self.kind}:{self.width}x{self.height}:{self.rate}:".encode())
+            h = hashlib.sha256(f"{self.kind}:{self.width}x{self.height}:{self.rate}:{self.budget}:".encode())
             h.update(self.data)
             self.digest = h.hexdigest()
 
     @classmethod
-    def image(cls, rgb: bytes, width: int, height: int, name: str = "") -> "Media":
+    def image(cls, rgb: bytes, width: int, height: int, name: str = "", budget: int = 0) -> "Media":
         if width <= 0 or height <= 0 or len(rgb) != width * height * 3:
             raise MediaError(f"{name or 'image'}: {len(rgb)} bytes are not {width}x{height} RGB pixels")
-        return cls("image", bytes(rgb), width=width, height=height, name=name)
+        if budget and budget not in BUDGETS:
+            raise MediaError(f"{name or 'image'}: {budget} is not a Gemma 4 visual token budget",
+                             f"use one of {', '.join(map(str, BUDGETS))}")
+        return cls("image", bytes(rgb), width=width, height=height, name=name, budget=budget)
 
     @classmethod
     def audio(cls, samples, rate: int, name: str = "") -> "Media":
@@ -98,6 +102,7 @@ class Span:
     parts: list[Part]
     media: Media | None = None  # the current prompt's media (dropped once evaluated: pixels are big)
     chunks: object = None  # the mtmd chunks while not yet evaluated (they hold the preprocessed pixels)
+    budget: int = 0  # the visual token budget of the mtmd context that made it (0: audio)
 
     @property
     def n_pos(self) -> int:
@@ -147,6 +152,22 @@ class Projector:
         self.model_name = model_name
         self.budget = image_tokens or DEFAULT_BUDGET
         _check_header(self.path)
+        self._model = model
+        self._settings = (n_threads, use_gpu, verbose)
+        self._ctx = self._open(self.budget)
+        # Images at another budget (video frames take 70) get an mtmd context of their own, opened at the first.
+        self._ctxs = {self.budget: self._ctx}
+        self.vision = bool(mtmd.mtmd_support_vision(self._ctx))
+        self.audio = bool(mtmd.mtmd_support_audio(self._ctx))
+        self.sample_rate = mtmd.mtmd_get_audio_sample_rate(self._ctx) if self.audio else 0
+        # None: asks about the vision projector (the only one that is non-causal for Gemma 4).
+        self.non_causal_images = self.vision and bool(mtmd.mtmd_decode_use_non_causal(self._ctx, None))
+        self._spans: OrderedDict[tuple, Span] = OrderedDict()  # layouts by (kind, digest), recent last
+
+    def _open(self, budget: int):
+        from gemma_cli.engine import core
+
+        n_threads, use_gpu, verbose = self._settings
         # mtmd logs through its own hook: route it to the engine's log (quiet unless --verbose).
         mtmd.mtmd_helper_log_set(core._on_log, ctypes.c_void_p(0))
         params = mtmd.mtmd_context_params_default()
@@ -155,21 +176,24 @@ class Projector:
         params.print_timings = verbose
         params.warmup = False  # a full-size warm-up encode costs seconds on big projectors; pay on first use
         # min = max: every image is scaled (up or down, aspect kept) to fill the budget, as Gemma 4's processor does.
-        params.image_min_tokens = self.budget
-        params.image_max_tokens = self.budget
+        params.image_min_tokens = budget
+        params.image_max_tokens = budget
         core._log_lines.clear()
-        self._ctx = mtmd.mtmd_init_from_file(str(self.path).encode("utf-8"), model, params)
-        if not self._ctx:
+        ctx = mtmd.mtmd_init_from_file(str(self.path).encode("utf-8"), self._model, params)
+        if not ctx:
             detail = core._recent_log("mismatch") or core._recent_log("failed") or core._recent_log("error")
             reason = f" ({detail.split(':', 1)[-1].strip()})" if detail else ""
             raise ModelError(f"llama.cpp could not load the projector {self.path}{reason}",
-                             f"use the mmproj file made for {model_name}")
-        self.vision = bool(mtmd.mtmd_support_vision(self._ctx))
-        self.audio = bool(mtmd.mtmd_support_audio(self._ctx))
-        self.sample_rate = mtmd.mtmd_get_audio_sample_rate(self._ctx) if self.audio else 0
-        # None: asks about the vision projector (the only one that is non-causal for Gemma 4).
-        self.non_causal_images = self.vision and bool(mtmd.mtmd_decode_use_non_causal(self._ctx, None))
-        self._spans: OrderedDict[tuple, Span] = OrderedDict()  # layouts by (kind, digest), recent last
+                             f"use the mmproj file made for {self.model_name}")
+        return ctx
+
+    def _ctx_for(self, budget: int):
+        """The mtmd context that scales images to `budget` tokens (0: the projector's own)."""
+        budget = budget or self.budget
+        ctx = self._ctxs.get(budget)
+        if ctx is None:
+            ctx = self._ctxs[budget] = self._open(budget)
+        return ctx
 
     @property
     def batch_needed(self) -> int:
@@ -180,9 +204,10 @@ class Projector:
         for span in self._spans.values():
             _free_chunks(span)
         self._spans.clear()
-        if getattr(self, "_ctx", None):
-            mtmd.mtmd_free(self._ctx)
-            self._ctx = None
+        for ctx in getattr(self, "_ctxs", {}).values():
+            mtmd.mtmd_free(ctx)
+        self._ctxs = {}
+        self._ctx = None
 
     def __del__(self) -> None:
         try:
@@ -196,10 +221,11 @@ class Projector:
         if kind == "audio" and not self.audio:
             raise CapabilityError(f"{self.model_name} has no audio encoder; audio needs E2B, E4B or 12B",
                                   f"{self.path.name} only reads images; use gemma-4-E2B, E4B or 12B for audio")
-        if kind == "image" and not self.vision:
-            raise CapabilityError(f"{self.path.name} has no vision encoder, so {self.model_name} cannot see images here",
+        if kind in ("image", "video") and not self.vision:
+            what = "images" if kind == "image" else "video"
+            raise CapabilityError(f"{self.path.name} has no vision encoder, so {self.model_name} cannot see {what} here",
                                   "pass the model's vision projector with --mmproj")
-        if kind not in PLACEHOLDERS:
+        if kind not in PLACEHOLDERS and kind != "video":  # a video reaches the engine as its frames (images)
             raise CapabilityError(f"unknown media kind {kind!r}", "media are images or audio")
 
     # ---- spans
@@ -223,21 +249,23 @@ class Projector:
         if media.kind == "audio" and media.rate != self.sample_rate:
             raise MediaError(f"{media.name or 'audio'} is at {media.rate} Hz but the encoder takes {self.sample_rate} Hz",
                              "load audio with gemma_cli.media.load_audio(rate=...)")
+        budget = (media.budget or self.budget) if media.kind == "image" else 0
+        ctx = self._ctx_for(budget)
         bitmap = _bitmap(media)
         chunks = mtmd.mtmd_input_chunks_init()
         try:
             marker = mtmd.mtmd_default_marker()
             text = mtmd.mtmd_input_text(text=marker, text_len=len(marker), add_special=False, parse_special=True)
             array = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            rc = mtmd.mtmd_tokenize(self._ctx, chunks, ctypes.byref(text), array, 1)
+            rc = mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(text), array, 1)
         finally:
             mtmd.mtmd_bitmap_free(bitmap)
         if rc != 0:
             mtmd.mtmd_input_chunks_free(chunks)
             raise MediaError(f"llama.cpp could not preprocess {media.name or media.kind} (mtmd_tokenize returned {rc})",
                              "run with --verbose for llama.cpp's log")
-        parts = [_part(self._ctx, mtmd.mtmd_input_chunks_get(chunks, i)) for i in range(mtmd.mtmd_input_chunks_size(chunks))]
-        return Span(media.kind, media.digest, parts, media, chunks)
+        parts = [_part(ctx, mtmd.mtmd_input_chunks_get(chunks, i)) for i in range(mtmd.mtmd_input_chunks_size(chunks))]
+        return Span(media.kind, media.digest, parts, media, chunks, budget)
 
     def check_fits(self, span: Span, n_ubatch: int) -> None:
         """Refuse what llama.cpp would abort on: a non-causal chunk larger than one micro-batch."""
@@ -257,7 +285,8 @@ class Projector:
             span.chunks = self._tokenize(span.media).chunks
         chunk = mtmd.mtmd_input_chunks_get(span.chunks, index)
         new_n_past = ll.llama_pos(0)
-        rc = mtmd.mtmd_helper_eval_chunk_single(self._ctx, lctx, chunk, n_past, 0, n_batch, False, ctypes.byref(new_n_past))
+        rc = mtmd.mtmd_helper_eval_chunk_single(self._ctx_for(span.budget), lctx, chunk, n_past, 0, n_batch, False,
+                                                ctypes.byref(new_n_past))
         if rc != 0:
             raise GemmaError(f"llama.cpp could not evaluate {span.name} (error {rc})",
                              "the context may be full: raise --ctx, or use a smaller --image-tokens")
