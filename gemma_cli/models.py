@@ -55,7 +55,7 @@ def locate(name: str | None, *, need_mmproj: bool = False, need_draft: bool = Fa
     root = model_dir(settings)
     if name.startswith("hf:"):
         return locate_hf(name, need_mmproj, root=root)
-    if is_path_like(name):
+    if is_path_like(name) or Path(name).expanduser().is_file():  # `-m model` for a file named so in the folder
         return locate_file(Path(name).expanduser(), need_mmproj=need_mmproj, need_draft=need_draft)
     spec, quant = resolve(name, quant=settings.pick("quantization", None))
     return locate_registry(spec, quant, need_mmproj=need_mmproj, need_draft=need_draft, root=root)

@@ -130,3 +130,17 @@ def test_one_chat_resolves_its_model_once(tmp_path, monkeypatch, e_model, capsys
         main(["chat", "-m", "e4b", "hi", "--max-tokens", "2", "--temperature", "0"])
     assert done.value.code == 0, capsys.readouterr().err
     assert counts == {"locate": 1, "_read": 1, "detect": 1, f"header {f.name}": 2}
+
+
+def test_a_model_file_named_without_a_folder_or_suffix(tmp_path, e_model):
+    """`-m model` for a file of that name in the current folder is that file, as before the resolution step."""
+    import subprocess
+    import sys
+
+    from clitools import gemma_env
+
+    shutil.copy(e_model, tmp_path / "tiny")
+    proc = subprocess.run([sys.executable, "-m", "gemma_cli", "chat", "-m", "tiny", "hi", "--print-prompt"],
+                          capture_output=True, text=True, cwd=tmp_path, env=gemma_env(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "<|turn>user\nhi" in proc.stdout
