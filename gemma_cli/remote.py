@@ -1,49 +1,45 @@
-"""An OpenAI-compatible Chat Completions client for `gemma batch --endpoint`.
+"""An OpenAI-compatible Chat Completions client for `gemma batch --endpoint`, on the official
+`openai` Python client: its retries with exponential backoff and jitter (429, 408, 409, 5xx,
+timeouts, refused or dropped connections: a server restarting), its Retry-After handling (up
+to 120 s), its timeouts and its pooled keep-alive connections. Other answers (400, 401, 404,
+422, ...) fail the one line at once, with the server's own error. It works with vLLM
+(`--reasoning-parser gemma4 --tool-call-parser gemma4`), llama-server, Ollama, llama-cpp-python's
+server and Amazon Bedrock's OpenAI-compatible endpoint.
 
-Standard library only (http.client), one keep-alive connection per worker thread. It works
-with vLLM (`--reasoning-parser gemma4 --tool-call-parser gemma4`), llama-server, Ollama,
-llama-cpp-python's server and Amazon Bedrock's OpenAI-compatible endpoint.
+A server that has never answered is not waited for: while no request has had an answer, a
+refused or unreachable connection is tried a few times over about three seconds, then the run
+fails with "cannot connect to …" (resumable). Once the server has answered, the full --retries
+apply, so a server restarting mid-run is waited for.
 
-Failures that may pass (429, 5xx, 408, timeouts, refused or dropped connections: a server
-restarting) are retried with exponential backoff and jitter, honouring Retry-After; other
-answers (400, 401, 404, 422, ...) fail the one line at once, with the server's own error.
+Nothing here knows about batch lines: bodies in, chat.completion objects (or RemoteError) out.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
 import json
-import mimetypes
 import queue
-import random
-import socket
-import ssl
 import threading
-import time
-from email.utils import parsedate_to_datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Iterator
-from urllib.parse import urlsplit
+from typing import Callable, Iterable, Iterator
+from urllib.parse import parse_qsl, urlsplit
 
-from gemma_cli.errors import GemmaError, MediaError, UsageError
+from gemma_cli.errors import GemmaError, UsageError
 
-if TYPE_CHECKING:
-    from gemma_cli.batch import Answer, Defaults, Request
-
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-MAX_RETRY_AFTER = 600.0  # seconds; a longer Retry-After is cut to this
+DEFAULT_RETRIES = 24  # the client's backoff: 0.5 s doubling to 8 s, so about 3 minutes of a server away
+FIRST_CONTACT_RETRIES = 3  # before the server has ever answered: 0.5 + 1 + 2 s, then "cannot connect"
+CONNECT_TIMEOUT = 10.0  # seconds to open a connection (the answer itself gets --timeout)
 
 
 class RemoteError(GemmaError):
-    """A request that failed for good: `status` and `body` are the server's, when it answered."""
+    """A request that failed for good: `status` and `body` are the server's, when it answered.
+    `fatal`: the server could not be reached at all, so the run (not only the line) stops."""
 
     def __init__(self, message: str, hint: str | None = None, *, status: int | None = None, body=None,
-                 code: str | None = None):
+                 code: str | None = None, fatal: bool = False):
         super().__init__(message, hint)
         self.status = status
         self.body = body
         self.code = code or (f"http_{status}" if status else "unreachable")
+        self.fatal = fatal
 
 
 def chat_url(url: str) -> str:
@@ -60,53 +56,66 @@ def chat_url(url: str) -> str:
 
 
 class Endpoint:
-    """POSTs chat completion requests, retrying what may pass."""
+    """POSTs chat completion requests through the `openai` client, which retries what may pass."""
 
-    def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 600.0, retries: int = 8,
-                 backoff: float = 1.0, max_backoff: float = 60.0, model: str | None = None):
+    def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 600.0,
+                 retries: int = DEFAULT_RETRIES, model: str | None = None):
+        import openai  # here, not at the top: ~1 s of imports that only the endpoint path pays (gemma --help stays fast)
+
         self.url = chat_url(url)
         parts = urlsplit(self.url)
-        self._scheme, self._host, self._path = parts.scheme, parts.netloc, parts.path + (f"?{parts.query}" if parts.query else "")
+        base = f"{parts.scheme}://{parts.netloc}{parts.path[: -len('/chat/completions')]}"
         self.api_key = api_key
         self.timeout = timeout
         self.retries = retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.model = model
         self.retried = 0  # retries made so far, over all requests
-        self._local = threading.local()
+        self.answered = False  # whether the server has ever answered (any status)
+        self._openai = openai
+        self._lock = threading.Lock()
         self._model_lock = threading.Lock()
+        # Keyless servers get no Authorization header at all (the client insists on a key otherwise).
+        self._headers = {} if api_key else {"Authorization": openai.omit}
+        http_client = getattr(openai, "DefaultHttpx2Client", None) or openai.DefaultHttpxClient
+        self._client = openai.OpenAI(
+            base_url=base, api_key=api_key or "unused", max_retries=retries,
+            timeout=openai.Timeout(timeout, connect=min(timeout, CONNECT_TIMEOUT)),
+            default_query=dict(parse_qsl(parts.query)) or None,
+            http_client=http_client(event_hooks={"request": [self._sent], "response": [self._heard]}))
+        self._first_contact = self._client.with_options(max_retries=min(retries, FIRST_CONTACT_RETRIES))
 
     # ---- requests
 
     def post(self, body: dict, cancel: threading.Event | None = None) -> dict:
         """The server's chat.completion for `body`; RemoteError once it fails for good."""
-        cancel = cancel or threading.Event()
-        data = json.dumps(body).encode("ascii")  # escaped: any string encodes, a lone surrogate too
-        last: RemoteError | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.retried += 1
+        openai = self._openai
+        if cancel is not None and cancel.is_set():
+            raise RemoteError("the request was dropped", code="dropped")
+        fields = {k: v for k, v in body.items() if k not in ("messages", "model")}
+        while True:
+            first = not self.answered
+            client = self._first_contact if first else self._client
             try:
-                status, headers, payload = self._send("POST", self._path, data)
-            except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, TLS
-                self._drop_connection()
-                last = RemoteError(f"{self.url} did not answer ({_reason(e)})",
-                                   "is the server up? it is retried with backoff (--retries)")
-                delay = self._delay(attempt)
-            else:
-                if status == 200:
-                    return _completion(payload, self.url)
-                last = _http_error(status, payload, self.url)
-                if status not in RETRY_STATUS:
-                    raise last
-                delay = _retry_after(headers)
-                delay = self._delay(attempt) if delay is None else delay  # "Retry-After: 0" means now
-            if attempt == self.retries:
-                break
-            if cancel.wait(delay):
+                raw = client.chat.completions.with_raw_response.create(
+                    messages=body.get("messages", openai.omit), model=body.get("model", openai.omit),
+                    extra_body=fields, extra_headers=self._headers)
+            except openai.APIStatusError as e:
+                raise _http_error(e.status_code, e.response.content, self.url) from None
+            except openai.APIConnectionError as e:  # refused, reset, timed out, TLS (APITimeoutError too)
+                reason = _reason(e)
+                if _took_connection(e):
+                    self.answered = True  # it accepted the connection: a server that is up, only slow
+                if first and self.answered:
+                    continue  # another request got through meanwhile: this one gets the full retries
+                if first:
+                    raise RemoteError(f"cannot connect to {self.url} ({reason})",
+                                      "is the server running, and is --endpoint right? "
+                                      "run the same command again to resume", fatal=True) from None
+                raise RemoteError(f"{self.url} did not answer ({reason}) after {self.retries} retries",
+                                  "is the server up? raise --retries to wait longer") from None
+            if cancel is not None and cancel.is_set():
                 raise RemoteError("the request was dropped", code="dropped")
-        raise last
+            return _completion(raw.http_response.content, self.url)
 
     def model_name(self) -> str | None:
         """`--model`, else the first model the server lists (asked once); None if it lists none."""
@@ -117,76 +126,51 @@ class Endpoint:
 
     def _first_model(self) -> str | None:
         """The first listed model's id; "" when the server lists none; None when it did not answer."""
-        path = self._path.rsplit("/chat/completions", 1)[0] + "/models"
+        openai = self._openai
         try:
-            status, _, payload = self._send("GET", path, None)
-            data = json.loads(payload) if status == 200 else None
-        except (OSError, http.client.HTTPException, ValueError):
-            self._drop_connection()
+            raw = self._client.with_options(max_retries=0).models.with_raw_response.list(extra_headers=self._headers)
+            data = json.loads(raw.http_response.content)
+        except openai.APIStatusError as e:
+            return None if e.status_code >= 500 or e.status_code == 429 else ""
+        except (openai.APIConnectionError, ValueError):
             return None
-        if data is None:
-            return None if status >= 500 or status == 429 else ""
         items = data.get("data") if isinstance(data, dict) else None
         if isinstance(items, list) and items and isinstance(items[0], dict):
             return str(items[0].get("id") or "")
         return ""
 
-    def _send(self, method: str, path: str, data: bytes | None) -> tuple[int, dict, bytes]:
-        conn = self._connection()
-        headers = {"Accept": "application/json", "User-Agent": "gemma-cli"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        conn.request(method, path, body=data, headers=headers)
-        response = conn.getresponse()
-        payload = response.read()
-        if response.getheader("Connection", "").lower() == "close":
-            self._drop_connection()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+    # ---- the HTTP client's event hooks
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._scheme == "https":
-                conn = http.client.HTTPSConnection(self._host, timeout=self.timeout, context=ssl.create_default_context())
-            else:
-                conn = http.client.HTTPConnection(self._host, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
+    def _sent(self, request) -> None:
+        if request.headers.get("x-stainless-retry-count", "0") != "0":  # the client's own retry counter
+            with self._lock:
+                self.retried += 1
 
-    def _drop_connection(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+    def _heard(self, response) -> None:
+        self.answered = True
 
-    def _delay(self, attempt: int) -> float:
-        # Exponential with full jitter on the upper half: workers that failed together spread out.
-        ceiling = min(self.max_backoff, self.backoff * 2 ** attempt)
-        return ceiling * (0.5 + random.random() / 2)
+    def close(self) -> None:
+        self._client.close()
+
+
+def _took_connection(e: BaseException) -> bool:
+    """Whether a failed request had got a connection (a read timeout) rather than none (refused, connect timeout)."""
+    cause = e.__cause__
+    return cause is not None and type(cause).__name__ in ("ReadTimeout", "WriteTimeout")
 
 
 def _reason(e: BaseException) -> str:
-    if isinstance(e, (socket.timeout, TimeoutError)):
+    """A short cause of a failed connection: "connection refused", "timed out", ..."""
+    openai_timeout = type(e).__name__ == "APITimeoutError"
+    cause = e
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ConnectionRefusedError) or "refused" in str(cause).lower():
+            return "connection refused"
+    if openai_timeout or isinstance(cause, TimeoutError):
         return "timed out"
-    if isinstance(e, ConnectionRefusedError):
-        return "connection refused"
-    return str(e) or type(e).__name__
-
-
-def _retry_after(headers: dict) -> float | None:
-    value = headers.get("retry-after")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError, IndexError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    text = str(cause) or type(cause).__name__
+    return text if len(text) < 200 else text[:200] + "…"
 
 
 def _http_error(status: int, payload: bytes, url: str) -> RemoteError:
@@ -235,8 +219,10 @@ class Pool:
         self._sending = False
         self._cancel.set()
 
-    def run(self, items: Iterable[tuple[object, dict]]) -> Iterator[tuple[object, object]]:
-        """(key, chat.completion or RemoteError) for each (key, body), at most `n` in flight."""
+    def run(self, items: Iterable[tuple[object, dict]],
+            tick: Callable[[], None] | None = None) -> Iterator[tuple[object, object]]:
+        """(key, chat.completion or RemoteError) for each (key, body), at most `n` in flight;
+        `tick` is called about five times a second while waiting (the progress line's retries)."""
         tasks: queue.Queue = queue.Queue()
         results: queue.Queue = queue.Queue()
         workers = [threading.Thread(target=self._work, args=(tasks, results), daemon=True, name=f"gemma-remote-{i}")
@@ -261,7 +247,8 @@ class Pool:
                         key, result = results.get(timeout=0.2)
                         break
                     except queue.Empty:
-                        continue
+                        if tick is not None:
+                            tick()
                 in_flight -= 1
                 yield key, result
         finally:
@@ -284,126 +271,3 @@ class Pool:
             except Exception as e:  # noqa: BLE001 - a worker must always answer
                 result = RemoteError(f"{type(e).__name__}: {e}", code="internal")
             results.put((key, result))
-
-
-# ---------------------------------------------------------------- lines to bodies, answers to records
-
-
-def body_for(request: "Request", defaults: "Defaults") -> dict:
-    """The Chat Completions body for a line: an openai line's own body, or one built from a simple line."""
-    if request.body is not None:
-        body = dict(request.body)
-        if "model" not in body and defaults.model:
-            body["model"] = defaults.model
-        return body
-    from gemma_cli.conversation import to_openai
-
-    messages = request.messages
-    if defaults.system is not None and not any(m["role"] in ("system", "developer") for m in messages):
-        messages = [{"role": "system", "content": defaults.system}] + messages
-    body: dict = {"messages": [_openai_message(m) for m in to_openai(messages)]}
-    if defaults.model:
-        body["model"] = defaults.model
-    if request.tools:
-        body["tools"] = request.tools
-    if request.schema is not None:
-        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "answer", "schema": request.schema}}
-    elif request.json_mode:
-        body["response_format"] = {"type": "json_object"}
-    think = defaults.think if request.think is None else request.think
-    if think:
-        body["chat_template_kwargs"] = {"enable_thinking": True}  # vLLM, llama-server, SGLang
-    if request.stop:
-        body["stop"] = list(request.stop)
-    fields = {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
-              "top_k": request.top_k, "seed": request.seed}
-    for key, value in fields.items():
-        value = defaults.overrides.get(key) if value is None else value
-        if value is not None:
-            body[key] = value
-    return body
-
-
-def _openai_message(message: dict) -> dict:
-    content = message.get("content")
-    if not isinstance(content, list):
-        return message
-    return {**message, "content": [_openai_part(p) for p in content]}
-
-
-def _openai_part(part: dict) -> dict:
-    kind = part.get("type")
-    if kind == "image":
-        url = part.get("url") or _data_url(part.get("path"), "image")
-        return {"type": "image_url", "image_url": {"url": url}}
-    if kind == "audio":
-        data, fmt = part.get("data"), part.get("format")
-        if not data:
-            source = part.get("path") or (part.get("url") or "")
-            if source.startswith("data:"):
-                head, _, data = source.partition(",")
-                fmt = fmt or head.split("/")[-1].split(";")[0]
-            else:
-                path = source[len("file://"):] if source.startswith("file://") else source
-                data, fmt = base64.b64encode(_read(path, "audio")).decode("ascii"), Path(path).suffix.lstrip(".") or "wav"
-        return {"type": "input_audio", "input_audio": {"data": data, "format": fmt or "wav"}}
-    return part
-
-
-def _data_url(path: str | None, what: str) -> str:
-    if not path:
-        raise MediaError(f"an {what} part names no file", 'give it a "path" or a "url"')
-    mime = mimetypes.guess_type(path)[0] or "application/octet-stream"
-    return f"data:{mime};base64," + base64.b64encode(_read(path, what)).decode("ascii")
-
-
-def _read(path: str, what: str) -> bytes:
-    from gemma_cli.media import read_bytes
-
-    return read_bytes(path, what)
-
-
-def answer_of(completion: dict, form: str, model: str = "") -> "Answer":
-    """An endpoint's chat.completion as a batch Answer (kept whole for openai lines); a shape
-    it cannot read fails that line (bad_response), not the run."""
-    try:
-        return _answer_of(completion, form, model)
-    except (AttributeError, TypeError, ValueError, KeyError, IndexError) as e:
-        raise RemoteError(f"the server's chat.completion cannot be read ({type(e).__name__}: {e})",
-                          "is it an OpenAI-compatible Chat Completions endpoint?", status=200, body=completion,
-                          code="bad_response") from None
-
-
-def _answer_of(completion: dict, form: str, model: str) -> "Answer":
-    from gemma_cli import reply
-    from gemma_cli.batch import Answer
-
-    choice = completion["choices"][0] if isinstance(completion["choices"][0], dict) else {}
-    message = choice.get("message") or {}
-    usage = completion.get("usage") or {}
-    details = usage.get("prompt_tokens_details") or {}
-    a = Answer(prompt_tokens=int(usage.get("prompt_tokens") or 0), completion_tokens=int(usage.get("completion_tokens") or 0),
-               cached_tokens=int(details.get("cached_tokens") or 0), finish_reason=choice.get("finish_reason"),
-               model=completion.get("model") or model)
-    if form == "openai":
-        a.completion = completion
-        return a
-    content = message.get("content") or ""
-    if isinstance(content, list):  # some servers answer in parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    a.thinking = message.get("reasoning_content") or message.get("reasoning") or ""
-    a.text = content
-    if any(marker in content for marker in (reply.CHANNEL_OPEN, reply.CALL_OPEN)):
-        parsed = reply.parse(content)  # a server without a Gemma 4 reasoning/tool parser
-        a.text, a.thinking = parsed.answer, a.thinking or parsed.thinking
-        a.tool_calls = [{"name": c.name, "arguments": c.arguments} for c in parsed.tool_calls]
-    for call in message.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        args = fn.get("arguments")
-        if isinstance(args, str):
-            try:
-                args = json.loads(args) if args.strip() else {}
-            except ValueError:
-                pass
-        a.tool_calls.append({"name": fn.get("name"), "arguments": args})
-    return a

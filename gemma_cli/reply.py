@@ -57,6 +57,7 @@ class Answer:
 class ToolCall:
     name: str
     arguments: Any  # a dict, or a list for `call:NAME[...]`
+    repairs: list[str] = field(default_factory=list, compare=False)  # what was mended to read it (empty: read as written)
 
 
 @dataclass
@@ -105,12 +106,21 @@ LONGEST = max(len(m) for markers in MARKERS.values() for m in markers)
 class ReplyParser:
     """Feed chunks of a reply, get events; `close()` at the end flushes what was held back."""
 
-    def __init__(self):
-        self.state = ANSWER
+    def __init__(self, in_thought: bool = False, tools: list[dict] | None = None):
+        # `in_thought`: the prompt ended inside an open thought (`<|channel>thought\n` prefilled,
+        # as the 2026-07-09 template does after a tool result with thinking on), so the reply
+        # starts as thinking, its header already given.
+        self.state = THOUGHT if in_thought else ANSWER
         self.pending = ""  # text not yet handed out: at most a partial marker between feeds
         self.header = False  # in a thought whose `thought\n` header may still be coming
         self.after_thought = False  # drop line breaks until the answer's first other character
         self.call = ""  # raw text of the tool call being read
+        self.schemas = schemas_of(tools)  # {tool name: its declared properties}, for the sure repairs
+
+    @property
+    def in_thought(self) -> bool:
+        """Whether the reply so far ends inside a thought (not yet closed)."""
+        return self.state == THOUGHT
 
     def feed(self, chunk: str) -> list[Event]:
         if self.state == DONE:
@@ -140,11 +150,20 @@ class ReplyParser:
             self.header = False  # an incomplete header is thinking text
             self._text(self.pending, events)
             if self.state == CALL:
-                events.append(ToolCallError(self.call, f"unterminated tool call (no {CALL_CLOSE})"))
+                events.append(self._unclosed("the end of the reply"))
         self.state, self.pending, self.call = DONE, "", ""
         return events
 
     # ---- internals
+
+    def _unclosed(self, where: str) -> "ToolCall | ToolCallError":
+        """A call cut off by the end of the turn (or text) before `<tool_call|>`: a call if its
+        arguments are complete (as Ollama and llama.cpp read it), else an error keeping the raw text."""
+        event = parse_call(self.call, self.schemas)
+        if isinstance(event, ToolCall):
+            event.repairs.append(f"ended at {where} without {CALL_CLOSE}")
+            return event
+        return ToolCallError(self.call, f"unterminated tool call (no {CALL_CLOSE} before {where}): {event.message}")
 
     def _read_header(self) -> bool:
         """Drop a thought's `thought\\n` header; False while it may still be arriving."""
@@ -172,7 +191,7 @@ class ReplyParser:
         state = self.state
         if marker in ENDS:
             if state == CALL:
-                events.append(ToolCallError(self.call, f"unterminated tool call (no {CALL_CLOSE} before {marker})"))
+                events.append(self._unclosed(marker))
             events.append(EndOfTurn(ENDS[marker]))
             self.state = DONE
         elif marker == CALL_OPEN:
@@ -180,7 +199,7 @@ class ReplyParser:
                 events.append(ToolCallError(self.call, f"unterminated tool call (no {CALL_CLOSE} before {CALL_OPEN})"))
             self.state, self.call, self.after_thought = CALL, "", False
         elif state == CALL:  # CALL_CLOSE
-            events.append(parse_call(self.call))
+            events.append(parse_call(self.call, self.schemas))
             self.state, self.call = ANSWER, ""
         elif state == ANSWER and marker == CHANNEL_OPEN:
             self.state, self.header = THOUGHT, True
@@ -218,9 +237,9 @@ class Reply:
     finish: str | None = None  # EndOfTurn.reason, None when the text just stopped
 
 
-def parse(text: str) -> Reply:
-    """Parse a complete reply (the streaming parser, fed once)."""
-    parser = ReplyParser()
+def parse(text: str, in_thought: bool = False, tools: list[dict] | None = None) -> Reply:
+    """Parse a complete reply (the streaming parser, fed once); `in_thought`, `tools` as in ReplyParser."""
+    parser = ReplyParser(in_thought, tools)
     reply = Reply()
     for event in parser.feed(text) + parser.close():
         if isinstance(event, Thinking):
@@ -252,8 +271,26 @@ _WORD = re.compile(r"[A-Za-z_]\w*")
 _ENDS_VALUE = ",}]"
 
 
-def parse_call(raw: str) -> ToolCall | ToolCallError:
-    """`call:NAME{...}` (the text between the tool call markers) as a ToolCall, or why not."""
+def schemas_of(tools: list[dict] | None) -> dict[str, dict]:
+    """{name: declared properties} of OpenAI-style tool declarations (what the repairs may rely on)."""
+    out = {}
+    for tool in tools or []:
+        function = tool.get("function", tool) if isinstance(tool, dict) else {}
+        params = function.get("parameters") if isinstance(function, dict) else None
+        properties = params.get("properties") if isinstance(params, dict) else None
+        if isinstance(function.get("name"), str) and isinstance(properties, dict):
+            out[function["name"]] = properties
+    return out
+
+
+def parse_call(raw: str, schemas: dict[str, dict] | None = None) -> ToolCall | ToolCallError:
+    """`call:NAME{...}` (the text between the tool call markers) as a ToolCall, or why not.
+
+    Arguments that do not parse are mended only where the tool's declared schema (`schemas`, see
+    `schemas_of`) makes the meaning certain, as Ollama does: a string parameter written with
+    single quotes, as a bare word, or with its closing quote missing at the end of the arguments.
+    Each mend is listed in `ToolCall.repairs`.
+    """
     text = raw.strip()
     if not text.startswith("call:"):
         return ToolCallError(raw, "a tool call starts with call:NAME")
@@ -266,7 +303,78 @@ def parse_call(raw: str) -> ToolCall | ToolCallError:
     try:
         return ToolCall(name, parse_arguments(text[brace:]))
     except ValueError as e:
+        properties = (schemas or {}).get(name)
+        if properties and text[brace] == "{":
+            try:
+                arguments, repairs = _repaired_object(text[brace:], properties)
+                return ToolCall(name, arguments, repairs)
+            except (ValueError, RecursionError):
+                pass
         return ToolCallError(raw, str(e))
+
+
+def _is_string_parameter(schema: Any) -> bool:
+    kind = schema.get("type") if isinstance(schema, dict) else None
+    kinds = [kind] if isinstance(kind, str) else kind if isinstance(kind, list) else []
+    kinds = [str(k).lower() for k in kinds]
+    return "string" in kinds and all(k in ("string", "null") for k in kinds)
+
+
+_BARE_WORD = re.compile(r"[^,{}\[\]<>\"':]+")
+
+
+def _repaired_object(text: str, properties: dict) -> tuple[dict, list[str]]:
+    # The top-level arguments read leniently for string parameters only; anything else strictly.
+    result: dict = {}
+    repairs: list[str] = []
+    at = _skip(text, 1)
+    while not text.startswith("}", at):
+        key, at = _key(text, at)
+        at = _skip(text, at)
+        if not text.startswith(":", at):
+            raise ValueError(f"expected ':' after key {key!r} at {at}")
+        at = _skip(text, at + 1)
+        if _is_string_parameter(properties.get(key)):
+            value, at, repair = _lenient_string(text, at, key)
+            if repair:
+                repairs.append(repair)
+        else:
+            value, at = _value(text, at)
+        result[key] = value
+        at = _skip(text, at)
+        if text.startswith(",", at):
+            at = _skip(text, at + 1)
+        elif not text.startswith("}", at):
+            raise ValueError(_expected("'}' or ','", text, at))
+    if _skip(text, at + 1) != len(text):
+        raise ValueError("text after the arguments")
+    return result, repairs
+
+
+def _lenient_string(text: str, at: int, key: str) -> tuple[Any, int, str | None]:
+    if text.startswith(QUOTE, at):
+        end = text.find(QUOTE, at + len(QUOTE))
+        if end != -1:
+            return text[at + len(QUOTE) : end], end + len(QUOTE), None
+        tail = text[at + len(QUOTE) :].rstrip()
+        if not tail.endswith("}"):
+            raise ValueError("unterminated string")
+        # The last value's closing quote is missing: the string runs to the closing brace.
+        return tail[:-1], len(text.rstrip()) - 1, f"closed the unterminated string of {key}"
+    if text.startswith("'", at):
+        end = text.find("'", at + 1)
+        if end == -1:
+            raise ValueError("unterminated single-quoted string")
+        return text[at + 1 : end], end + 1, f"read the single-quoted value of {key} as a string"
+    word = _BARE_WORD.match(text, at)
+    if word and word.group().strip() and not text.startswith(('"', "{", "["), at):
+        bare = word.group().strip()
+        try:
+            return parse_arguments(bare), at + len(word.group().rstrip()), None  # a number, true, null: as written
+        except ValueError:
+            return bare, at + len(word.group().rstrip()), f"read the bare word {bare!r} of {key} as a string"
+    value, end = _value(text, at)
+    return value, end, None
 
 
 def parse_arguments(text: str) -> Any:

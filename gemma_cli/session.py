@@ -18,56 +18,102 @@ if TYPE_CHECKING:
     from gemma_cli.engine import Engine, Sampling, Step
 
 GEMMA4 = "gemma4"
-THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
+THOUGHT_OPEN, THOUGHT_CLOSE = reply.CHANNEL_OPEN, reply.CHANNEL_CLOSE
 
 
 @dataclass
 class PromptFormat:
-    """How a model wants its conversation written: "gemma4", "template" or "plain"."""
+    """How a model wants its conversation written: "gemma4", "template" or "plain".
+
+    Gemma 4 goes through the pure builder (`prompt.render`) with the `variant` of the template the
+    model carries (or the newest canonical one for its size); a Gemma 4 template given with
+    `--chat-template` that is not a known one renders, sandboxed, in jinja2 (`template`).
+    """
 
     kind: str
     bos: str = ""
     eos: str = ""
     template: str | None = None
     add_bos: bool = False  # a template that leaves out the BOS its model wants gets it (as llama.cpp does)
+    variant: "gemma_prompt.Variant | None" = None
+    source: str = ""  # where the template comes from, for people: "embedded in the model", "--chat-template FILE"
+    fallback: str | None = None  # why the template in use is not the model's own (the notice)
 
     def render(self, messages: list[dict], tools: list[dict] | None = None, *, thinking: bool = False,
-               add_generation_prompt: bool = True) -> str:
-        if self.kind == GEMMA4:
-            return gemma_prompt.render(messages, tools, thinking=thinking,
-                                       add_generation_prompt=add_generation_prompt, bos=self.bos or "<bos>")
-        if self.kind == "template":
+               add_generation_prompt: bool = True, preserve_thinking: bool = False) -> str:
+        if self.kind == GEMMA4 and self.variant is not None:
+            return gemma_prompt.render(messages, tools, thinking=thinking, add_generation_prompt=add_generation_prompt,
+                                       bos=self.bos or "<bos>", variant=self.variant, preserve_thinking=preserve_thinking)
+        if self.kind in (GEMMA4, "template"):
             from gemma_cli.template import render_template
 
             text = render_template(self.template or "", messages, bos=self.bos, eos=self.eos,
                                    add_generation_prompt=add_generation_prompt, tools=tools,
-                                   enable_thinking=thinking)
+                                   enable_thinking=thinking, preserve_thinking=preserve_thinking)
             return self.bos + text if self.add_bos and self.bos and not text.startswith(self.bos) else text
         return self.bos + "".join(_text_of(m) for m in messages if m.get("role") != "system")
+
+    @property
+    def template_name(self) -> str:
+        """The template in use, release and size, and where it comes from (/show template, --json)."""
+        if self.kind == GEMMA4 and self.variant is not None:
+            return f"Gemma 4 {self.variant.label}, {self.source}"
+        if self.kind in (GEMMA4, "template"):
+            return f"the chat template {self.source} (rendered by jinja2, sandboxed)"
+        return "none: plain text completion"
 
     @property
     def notice(self) -> str | None:
         if self.kind == "plain":
             return "this model has no chat template (a base model): running as plain text completion"
-        return None
+        return self.fallback
 
 
-def format_for(architecture: str, chat_template: str | None, bos: str, eos: str, add_bos: bool = True) -> PromptFormat:
+def small_model(meta: dict) -> bool:
+    """Whether a Gemma 4 GGUF is a small one (E2B/E4B: per-layer embeddings), from its header."""
+    import re
+
+    arch = str(meta.get("general.architecture", ""))
+    try:
+        if int(meta.get(f"{arch}.embedding_length_per_layer_input") or 0) > 0:
+            return True
+    except (TypeError, ValueError):
+        pass
+    names = " ".join(str(meta.get(k, "")) for k in ("general.size_label", "general.name", "general.basename"))
+    return re.search(r"(?<![A-Za-z0-9])E[24]B(?![A-Za-z0-9])", names, re.IGNORECASE) is not None
+
+
+def format_for(architecture: str, chat_template: str | None, bos: str, eos: str, add_bos: bool = True, *,
+               small: bool = False, override: tuple[str, str] | None = None) -> PromptFormat:
+    """The prompt format of a model; `override` is (`--chat-template` path, its text)."""
+    source = f"from {override[0]}" if override else "embedded in the model"
+    template = override[1] if override else chat_template
     if architecture == GEMMA4:
-        return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos)
-    if chat_template:
-        return PromptFormat("template", bos=bos, eos=eos, template=chat_template, add_bos=add_bos)
+        variant = gemma_prompt.variant_of(template)
+        if variant is not None:
+            return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos, variant=variant, source=source)
+        if override:
+            return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos, template=template, add_bos=add_bos, source=source)
+        variant = gemma_prompt.default_variant(small)
+        why = "has no chat template" if not chat_template else "embeds a chat template gemma does not know"
+        note = (f"this model {why}: using Gemma 4's {variant.label} template "
+                "(--chat-template FILE to choose another)")
+        return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos, variant=variant, source="the default for its size",
+                            fallback=note)
+    if template:
+        return PromptFormat("template", bos=bos, eos=eos, template=template, add_bos=add_bos, source=source)
     return PromptFormat("plain", bos=bos if add_bos else "", eos=eos)
 
 
-def format_of_engine(engine) -> PromptFormat:
+def format_of_engine(engine, override: tuple[str, str] | None = None) -> PromptFormat:
     """The prompt format of a loaded model."""
     info = engine.info
     return format_for(info.architecture, info.chat_template, info.bos, info.eos,
-                      bool(info.meta.get("tokenizer.ggml.add_bos_token", True)))
+                      bool(info.meta.get("tokenizer.ggml.add_bos_token", True)), small=small_model(info.meta),
+                      override=override)
 
 
-def format_of_header(header) -> PromptFormat:
+def format_of_header(header, override: tuple[str, str] | None = None) -> PromptFormat:
     """The prompt format of a GGUF, from its header alone (no weights loaded)."""
     return format_for(
         header.architecture,
@@ -75,7 +121,23 @@ def format_of_header(header) -> PromptFormat:
         header.token_text(header.get("tokenizer.ggml.bos_token_id")),
         header.token_text(header.get("tokenizer.ggml.eos_token_id")),
         bool(header.get("tokenizer.ggml.add_bos_token", True)),
+        small=small_model(header.meta),
+        override=override,
     )
+
+
+def read_chat_template(path) -> tuple[str, str]:
+    """`--chat-template FILE`: (the path as given, its text), or a one-line error."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise GemmaError(f"cannot read chat template {path}: {getattr(e, 'strerror', None) or e}",
+                         "pass a Jinja chat template file (e.g. one of a model's .jinja files)") from None
+    if not text.strip():
+        raise GemmaError(f"chat template {path} is empty", "pass a Jinja chat template file")
+    return str(path), text
 
 
 def _text_of(message: dict) -> str:
@@ -98,6 +160,7 @@ class Stats:
     finish_reason: str | None = None
     drafted: int = 0  # speculative decoding: tokens proposed by the drafter
     accepted: int = 0  # ... and kept by the model
+    limit: str | None = None  # with finish_reason "length": what ran out, "max_tokens" or "context"
 
     @classmethod
     def of(cls, step: "Step") -> "Stats":
@@ -115,11 +178,13 @@ class Result:
     errors: list[str] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     interrupted: bool = False
+    ended_in_thought: bool = False  # the reply stopped inside its thought (max tokens, or the text just ended)
 
     @property
     def thought_only(self) -> bool:
         """Thinking used the whole budget and no answer came (say so instead of printing nothing)."""
-        return bool(self.thinking) and not self.answer.strip() and not self.tool_calls and self.stats.finish_reason == "length"
+        return ((bool(self.thinking) or self.ended_in_thought) and not self.answer.strip() and not self.tool_calls
+                and self.stats.finish_reason == "length")
 
 
 @dataclass
@@ -134,14 +199,18 @@ class Done:
 
 class ChatSession:
     def __init__(self, engine: "Engine", fmt: PromptFormat, *, sampling: "Sampling", max_tokens: int | None = None,
-                 think: bool = False, system: str | None = None, tools: list[dict] | None = None, media=None):
+                 think: bool = False, system: str | None = None, tools: list[dict] | None = None, media=None,
+                 keep_thinking: bool = False, think_budget: int | None = None):
         self.engine = engine
         self.format = fmt
         self.sampling = sampling
         self.max_tokens = max_tokens
         self.think = think
+        self.keep_thinking = keep_thinking  # the template's preserve_thinking: thoughts of tool-call turns go back
+        self.think_budget = think_budget  # most thought tokens before the thought is closed (None: no limit)
         self.tools = tools or None
         self.messages: list[dict] = []
+        self.last_result: Result | None = None  # of the latest generate(), finished or interrupted
         # gemma_cli.media.MediaParts: the decoder of this conversation's media (given, or made at the first part)
         self._media = media
         if system:
@@ -149,8 +218,10 @@ class ChatSession:
 
     # ---- prompt
 
-    def prompt_text(self) -> str:
-        return self._with_frames(self.format.render(self.messages, self.tools, thinking=self.think))
+    def prompt_text(self, add_generation_prompt: bool = True) -> str:
+        return self._with_frames(self.format.render(self.messages, self.tools, thinking=self.think,
+                                                    add_generation_prompt=add_generation_prompt,
+                                                    preserve_thinking=self.keep_thinking))
 
     def _with_frames(self, text: str) -> str:
         """Each `<|video|>` written out as its frames, `MM:SS <|image|>` apart (gemma_cli.video)."""
@@ -161,15 +232,16 @@ class ChatSession:
 
         return with_frames(text, self.media_parts().videos(prompt_order(self.messages)))
 
-    def _prompt_tokens(self) -> tuple[list[int], int | None]:
-        """The prompt's tokens and where its generation prompt starts (a KV checkpoint spot)."""
+    def _prompt_tokens(self) -> tuple[list[int], int | None, bool]:
+        """The prompt's tokens, where its generation prompt starts (a KV checkpoint spot), and
+        whether it ends inside an open thought (the reply then starts as thinking)."""
         full = self.prompt_text()
-        head = self._with_frames(self.format.render(self.messages, self.tools, thinking=self.think,
-                                                    add_generation_prompt=False))
+        head = self.prompt_text(add_generation_prompt=False)
         tokens = self.engine.tokenize(full)
+        in_thought = self.format.kind == GEMMA4 and gemma_prompt.ends_in_thought(full)
         if not full.startswith(head) or len(full) == len(head):
-            return tokens, None
-        return tokens, len(tokens) - len(self.engine.tokenize(full[len(head):]))
+            return tokens, None, in_thought
+        return tokens, len(tokens) - len(self.engine.tokenize(full[len(head):])), in_thought
 
     # ---- turns
 
@@ -185,6 +257,12 @@ class ChatSession:
             content = self.media_parts().prepare(content)
         self.messages.append({"role": "user", "content": content})
         return self.generate()
+
+    def attach(self, kind: str, source) -> dict:
+        """A media part for the next message, read and decoded now, once the model is known to take the
+        kind: a bad file or a model without that encoder fails here, not when the message is sent."""
+        self._ready_for([{"type": kind}])
+        return self.media_parts().attach(kind, source)
 
     def media_parts(self):
         """The decoder of this conversation's images and audio (see gemma_cli.media.MediaParts)."""
@@ -217,25 +295,31 @@ class ChatSession:
         return self.media_parts().for_engine(parts)
 
     def generate(self) -> Iterator[object]:
-        tokens, checkpoint = self._prompt_tokens()
+        tokens, checkpoint, in_thought = self._prompt_tokens()
         parse = self.format.kind == GEMMA4
-        parser = reply.ReplyParser()
-        result = Result()
+        parser = reply.ReplyParser(in_thought=in_thought, tools=self.tools)
+        result = self.last_result = Result()  # the partial one stays readable after a Ctrl-C
         media = self._prompt_media()
         free = bool(self.sampling.grammar and self.think and self.format.kind == GEMMA4)
+        budget = self.think_budget if self.think and parse else None
         stream = turn_steps(self.engine, tokens, media or None, self.max_tokens, self.sampling, checkpoint,
-                            free_thought=free)
+                            free_thought=free, in_thought=in_thought, think_budget=budget)
         try:
             for step in stream:
                 result.stats = Stats.of(step)
                 events = parser.feed(step.text) if parse else _as_answer(step.text)
                 yield from _collect(events, result)
+            result.ended_in_thought = parse and parser.in_thought
             yield from _collect(parser.close() if parse else [], result)
         except (KeyboardInterrupt, GeneratorExit):
             result.interrupted = True
+            result.stats.finish_reason = "interrupted"
             stream.close()
             self._record(result)
             raise
+        if result.stats.finish_reason == "length":
+            full = self.max_tokens is None or result.stats.generated_tokens < self.max_tokens
+            result.stats.limit = "context" if full else "max_tokens"
         self._record(result)
         yield Done(result)
 
@@ -346,35 +430,63 @@ def _run_call(session: ChatSession, toolbox, call: dict, confirm) -> ToolRun:
 
 
 def turn_steps(engine, tokens: list, media, max_tokens: int | None, s, checkpoint: int | None = None, *,
-               free_thought: bool = False) -> Iterator["Step"]:
+               free_thought: bool = False, in_thought: bool = False, think_budget: int | None = None) -> Iterator["Step"]:
     """Engine steps for one model turn; with `free_thought` (a grammar and thinking), the thought runs free.
 
     The grammar constrains the answer only: the thought is generated without it, up to
     `<channel|>`, then generation goes on with the grammar from there (the KV cache
-    holds the thought, so only its last token is evaluated again).
+    holds the thought, so only its last token is evaluated again). `in_thought`: the prompt
+    already opened the thought. `think_budget`: after that many tokens inside the thought, it
+    is closed (`<channel|>` appended, as llama.cpp's --reasoning-budget) and the model answers;
+    the closing text comes as a step of its own (token None).
     """
     run = engine.stream_generate
-    if not (s.grammar and free_thought):
+    grammar_later = bool(s.grammar and free_thought)
+    if not (grammar_later or think_budget is not None):
         yield from run(tokens, media=media, max_tokens=max_tokens, sampling=s, checkpoint_at=checkpoint)
         return
-    thought, text, first = [], "", None
-    stream = run(tokens, media=media, max_tokens=max_tokens, sampling=replace(s, grammar=None), checkpoint_at=checkpoint)
+    thought, text, first, last = [], "", None, None
+    opened, inside, over_budget = in_thought, 0, False
+    stream = run(tokens, media=media, max_tokens=max_tokens, sampling=replace(s, grammar=None) if grammar_later else s,
+                 checkpoint_at=checkpoint)
     for step in stream:
-        first = first or step
+        first, last = first or step, step
         text += step.text
         if step.token is not None:
             thought.append(step.token)
-        if not text.startswith(THOUGHT_OPEN[: len(text)]):
-            thought = []  # no thought: answer from the prompt, constrained from its first token
-            break
+            inside += opened
+        if not opened:
+            if not text.startswith(THOUGHT_OPEN[: len(text)]):
+                if grammar_later:
+                    thought = []  # no thought: answer from the prompt, constrained from its first token
+                    break
+                yield step  # no thought and no grammar: nothing to do but pass the reply on
+                yield from stream
+                return
+            opened = text.startswith(THOUGHT_OPEN)
         if step.finish_reason or THOUGHT_CLOSE in text:
             yield step
             if step.finish_reason:
                 return
+            if not grammar_later:
+                yield from stream  # closed in time: the same generation goes on
+                return
             break
         yield step
+        if think_budget is not None and opened and inside >= think_budget:
+            over_budget = True
+            break
     stream.close()
+    if first is None:
+        return
+    if over_budget:
+        close = THOUGHT_CLOSE if text.endswith("\n") else "\n" + THOUGHT_CLOSE
+        closing = engine.tokenize(close)
+        yield replace(last, text=close, token=None)
+        thought += closing
     budget = None if max_tokens is None else max_tokens - len(thought)
+    if budget is not None and budget <= 0:
+        return
     for step in run(list(tokens) + thought, media=media, max_tokens=budget, sampling=s):
         yield replace(step, prompt_tokens=first.prompt_tokens, reused_tokens=first.reused_tokens,
                       generated_tokens=step.generated_tokens + len(thought), ttft=first.ttft)

@@ -112,15 +112,20 @@ def to_vtt(cues: list[Cue]) -> str:
 
 
 def to_json(cues: list[Cue], *, model: str, source: str, language: str | None, translate_to: str | None,
-            duration: float) -> str:
-    segments = []
+            duration: float, segments: list[dict] | None = None, vad: dict | None = None) -> str:
+    """`segments`: what was sent to the model (one per request); `cues`: the timed text. Without
+    `segments` given, each cue was its own segment."""
+    listed = []
     for c in cues:
         seg = {"start": round(c.start, 3), "end": round(c.end, 3), "text": c.text}
         if translate_to:
             seg["translation"] = c.translation or ""
-        segments.append(seg)
+        listed.append(seg)
     out = {"model": model, "source": source, "language": language, "duration": round(duration, 3),
-           "text": " ".join(c.text for c in cues if c.text), "segments": segments}
+           "text": " ".join(c.text for c in cues if c.text), "segments": listed if segments is None else segments,
+           "cues": listed}
+    if vad is not None:
+        out["vad"] = vad
     if translate_to:
         out["translate_to"] = translate_to
         out["translation"] = " ".join(c.translation for c in cues if c.translation)

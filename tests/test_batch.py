@@ -30,9 +30,17 @@ def test_simple_prompt_line():
     assert (r.max_tokens, r.temperature, r.seed) == (5, 0.0, 3)
 
 
-def test_a_line_without_an_id_gets_its_line_number():
-    assert line({"prompt": "Hi"}, number=42).id == 42
-    assert line({"custom_id": None, "body": {"messages": [{"role": "user", "content": "x"}]}}, number=7).id == 7
+def test_a_line_without_an_id_is_known_by_its_number_never_by_a_made_up_id():
+    # Issue 12 item 4: the line number as an id collided with a real "id": 42 on another line.
+    bare = line({"prompt": "Hi"}, number=42)
+    assert bare.id is None and bare.key != line({"id": 42, "prompt": "Hi"}).key != line({"id": "42", "prompt": "x"}).key
+    openai = line({"custom_id": None, "body": {"messages": [{"role": "user", "content": "x"}]}}, number=7)
+    assert openai.id is None and openai.key == bare.key.replace("42", "7")
+    assert record(bare, Answer("ok"))["line"] == 42 and record(bare, Answer("ok"))["id"] is None
+    broken = line(b"{not json", number=5)
+    rec = record(broken, failure=broken.error)
+    assert rec["id"] is None and rec["line"] == 5 and rec["error"]["line"] == 5
+    assert "line" not in record(line({"id": 3, "prompt": "x"}, number=9), Answer("ok"))  # a real id is enough
 
 
 def test_ids_keep_their_type_for_resume():
@@ -213,7 +221,7 @@ def test_bad_lines_get_error_records_and_exit_3(e_model, tmp_path):
     by_line = {r["error"]["line"] if r["error"] else r["id"]: r for r in results}
     assert len(results) == 5
     assert by_line[1]["error"] is None and by_line[4]["error"] is None
-    assert by_line[2]["error"]["code"] == "invalid_json" and by_line[2]["id"] == 2
+    assert by_line[2]["error"]["code"] == "invalid_json" and by_line[2]["id"] is None and by_line[2]["line"] == 2
     assert by_line[3]["error"]["code"] == "invalid_line"
     assert by_line[5]["error"]["code"] == "duplicate_id"
     assert "5 lines: 2 ok, 3 failed, 0 skipped" in proc.stderr
@@ -341,16 +349,97 @@ def test_dropping_error_records_keeps_the_files_mode(tmp_path):
 
 
 def test_duplicates_stay_errors_on_every_run(e_model, tmp_path):
-    # Line 4 has no id: it gets its line number, 4, which line 3 already took.
+    # Line 4 has no id: it is known by its number, which never collides with line 3's real "id": 4 (issue 12 item 4).
     lines = [{"id": "a", "prompt": "x", "max_tokens": 2}, {"id": "a", "prompt": "y", "max_tokens": 2},
              {"id": 4, "prompt": "z", "max_tokens": 2}, {"prompt": "w", "max_tokens": 2}]
     for run in range(2):
         proc, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "2", "--ctx", "128")
         assert proc.returncode == 3, (run, proc.stderr)
         assert len(results) == 4, (run, results)
-        assert sorted(r["error"]["line"] for r in results if r["error"]) == [2, 4]
+        assert sorted(r["error"]["line"] for r in results if r["error"]) == [2]
         assert all(r["error"]["code"] == "duplicate_id" for r in results if r["error"])
-    assert "2 skipped" in proc.stderr  # the second run: a and 4 were answered, the duplicates failed again
+    assert "3 skipped" in proc.stderr  # the second run: a, 4 and line 4 were answered, the duplicate failed again
+    answered = {(r["id"], r.get("line")) for r in results if not r["error"]}
+    assert answered == {("a", None), (4, None), (None, 4)}
+
+
+def test_lines_without_ids_resume_by_their_number_beside_real_numeric_ids(e_model, tmp_path):
+    lines = [{"id": 2, "prompt": "x", "max_tokens": 2}, {"prompt": "y", "max_tokens": 2}, "{not json",
+             {"id": 3, "prompt": "z", "max_tokens": 2}]
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "2", "--ctx", "128")
+    assert proc.returncode == 3, proc.stderr  # only the unparseable line
+    assert sorted((r["id"], r.get("line"), bool(r["error"])) for r in results if r["id"] is not None) == \
+        [(2, None, False), (3, None, False)]
+    bare = sorted((r.get("line"), r["error"]["code"] if r["error"] else None) for r in results if r["id"] is None)
+    assert bare == [(2, None), (3, "invalid_json")]  # each says which line it was
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "2", "--ctx", "128")
+    assert "3 skipped" in proc.stderr and len(results) == 4, proc.stderr  # the bad line's record is redone
+
+
+# ---------------------------------------------------------------- -o that cannot be written (issue 12 item 9)
+
+
+def run_to(tmp_path, out, model):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": 1, "prompt": "x"}) + "\n")
+    return run_gemma("batch", src, "-o", tmp_path / out, "-m", model, home=tmp_path / "home")
+
+
+def test_results_onto_a_folder_fail_at_once_in_one_line(e_model, tmp_path):
+    from tests.clitools import assert_one_line_error
+
+    (tmp_path / "results").mkdir()
+    proc = run_to(tmp_path, "results", e_model)
+    assert_one_line_error(proc, "cannot write results to", "results", "it is a folder")
+    assert proc.returncode == 1 and list((tmp_path / "results").iterdir()) == []
+
+
+def test_results_under_a_file_fail_at_once_in_one_line(e_model, tmp_path):
+    from tests.clitools import assert_one_line_error
+
+    (tmp_path / "notes.txt").write_text("a file")
+    for out in ("notes.txt/out.jsonl", "notes.txt/deeper/out.jsonl"):
+        proc = run_to(tmp_path, out, e_model)
+        assert_one_line_error(proc, f"cannot write {tmp_path / out}", "notes.txt is a file, not a folder")
+        assert proc.returncode == 1
+    assert (tmp_path / "notes.txt").read_text() == "a file"
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A folder nobody can write into, root included (chmod alone does not stop root: chattr +i does)."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o555)
+    immutable = os.geteuid() == 0
+    if immutable:
+        if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+            pytest.fail("running as root, a read-only folder needs chattr +i (e2fsprogs) on this file system")
+    try:
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)])
+        folder.chmod(0o755)
+
+
+def test_results_into_a_read_only_folder_fail_at_once_in_one_line(e_model, tmp_path, read_only_folder):
+    from tests.clitools import assert_one_line_error
+
+    for out in ("locked/out.jsonl", "locked/sub/out.jsonl"):
+        proc = run_to(tmp_path, out, e_model)
+        assert_one_line_error(proc, f"cannot write {tmp_path / out}")
+        assert proc.returncode == 1 and "Loading" not in proc.stderr  # before the model, not after it
+    assert list(read_only_folder.iterdir()) == []
+
+
+def test_the_destination_check_creates_nothing(tmp_path):
+    batch.check_destination(tmp_path / "new" / "deeper" / "out.jsonl")
+    batch.check_destination(tmp_path / "out.jsonl")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_an_id_with_a_lone_surrogate_is_written_and_resumed(e_model, tmp_path):

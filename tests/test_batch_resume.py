@@ -20,7 +20,7 @@ def write_input(path, n, bad=()):
     for i in range(n):
         lines.append("{broken" if i in bad else json.dumps({"id": f"q{i}", "prompt": f"Count to {i}", "max_tokens": 12}))
     path.write_text("\n".join(lines) + "\n")
-    return [i + 1 if i in bad else f"q{i}" for i in range(n)]  # a bad line's id is its line number
+    return [("line", i + 1) if i in bad else f"q{i}" for i in range(n)]  # a bad line is known by its number
 
 
 def start(src, out, model, home, *args):
@@ -30,7 +30,8 @@ def start(src, out, model, home, *args):
 
 
 def ids_in(out):
-    return [(r.get("custom_id") if "custom_id" in r else r["id"]) for r in map(json.loads, out.read_text().splitlines())]
+    ids = [(r.get("custom_id") if "custom_id" in r else r["id"], r.get("line")) for r in map(json.loads, out.read_text().splitlines())]
+    return [ident if ident is not None else ("line", number) for ident, number in ids]
 
 
 @pytest.mark.slow
@@ -63,7 +64,7 @@ def test_sigkill_at_twenty_random_moments_then_resume(e_model, tmp_path):
     assert len(got) == len(set(got)) == len(expected)
     assert set(got) == set(expected)
     errors = [r for r in map(json.loads, out.read_text().splitlines()) if r["error"]]
-    assert sorted(r["id"] for r in errors) == [18, 1501]
+    assert sorted(r["line"] for r in errors) == [18, 1501] and all(r["id"] is None for r in errors)
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

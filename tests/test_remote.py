@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gemma_cli import remote
+from gemma_cli import batch, remote
 from gemma_cli.batch import Defaults, parse_line
 from gemma_cli.engine import Sampling
 from gemma_cli.remote import Endpoint, RemoteError, chat_url
@@ -59,9 +60,17 @@ def server():
                 pass
 
             def do_GET(self):
+                if self._gone():
+                    return
                 self._answer(200, {}, {"object": "list", "data": [{"id": "served-model"}]})
 
+            def _gone(self):  # stopped: a kept-alive connection is dropped unanswered, as a server that went away
+                self.close_connection = self.server.stopped
+                return self.server.stopped
+
             def do_POST(self):
+                if self._gone():
+                    return
                 size = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(size))
                 request = {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
@@ -83,10 +92,19 @@ def server():
 
         httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         httpd.daemon_threads = True
+        httpd.stopped = False
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
         servers.append(httpd)
         return f"http://127.0.0.1:{httpd.server_address[1]}/v1"
 
+    def stop(port: int) -> None:
+        for s in [s for s in servers if s.server_address[1] == port]:
+            s.stopped = True
+            s.shutdown()
+            s.server_close()
+            servers.remove(s)
+
+    make.stop = stop
     yield make
     for s in servers:
         s.shutdown()
@@ -94,7 +112,7 @@ def server():
 
 
 def fast(url, **kw):
-    return Endpoint(url, backoff=0.05, max_backoff=0.2, **kw)
+    return Endpoint(url, **kw)  # the openai client's own backoff: 0.5 s, doubling
 
 
 # ---------------------------------------------------------------- the client
@@ -161,7 +179,7 @@ def test_a_server_that_comes_up_late_is_waited_for():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    ep = Endpoint(f"http://127.0.0.1:{port}", backoff=0.2, max_backoff=0.5, retries=10)
+    ep = Endpoint(f"http://127.0.0.1:{port}", retries=10)
     script = Script()
     later = {}
 
@@ -216,7 +234,7 @@ def test_a_server_away_when_the_model_is_asked_is_asked_again_later(server):
 
 def test_retry_after_zero_retries_at_once(server):
     script = Script((503, {"Retry-After": "0"}, {"error": "busy"}))
-    ep = Endpoint(server(script), backoff=5.0, max_backoff=5.0)
+    ep = Endpoint(server(script))
     t0 = time.perf_counter()
     assert ep.post({"messages": []})["choices"]
     assert time.perf_counter() - t0 < 2.0  # not the 5 s backoff
@@ -225,7 +243,7 @@ def test_retry_after_zero_retries_at_once(server):
 def test_an_answer_of_an_odd_shape_fails_the_line_not_the_run():
     odd = {"choices": [{"message": "not an object"}], "usage": {"prompt_tokens": "many"}}
     with pytest.raises(RemoteError) as e:
-        remote.answer_of(odd, "simple")
+        batch.answer_of(odd, "simple")
     assert e.value.code == "bad_response"
 
 
@@ -247,7 +265,7 @@ def test_a_simple_line_becomes_a_chat_body_with_data_urls(tmp_path):
     (tmp_path / "b.wav").write_bytes(b"RIFF fake")
     r = request_of({"prompt": "What?", "images": ["a.png"], "audio": ["b.wav"], "system": "Be brief.", "think": True,
                     "schema": {"type": "object"}, "max_tokens": 9, "top_k": 20}, tmp_path)
-    body = remote.body_for(r, defaults(model="gemma-4", overrides={"temperature": 0.0}))
+    body = batch.body_for(r, defaults(model="gemma-4", overrides={"temperature": 0.0}))
     assert body["model"] == "gemma-4" and body["max_tokens"] == 9 and body["top_k"] == 20 and body["temperature"] == 0.0
     assert "top_p" not in body  # only what the line or the command line set: the server keeps its defaults
     assert body["chat_template_kwargs"] == {"enable_thinking": True}
@@ -263,16 +281,16 @@ def test_a_simple_line_becomes_a_chat_body_with_data_urls(tmp_path):
 def test_an_openai_line_is_sent_as_it_is():
     body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.2, "user": "u"}
     r = request_of({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body})
-    assert remote.body_for(r, defaults(model="m")) == {**body, "model": "m"}
+    assert batch.body_for(r, defaults(model="m")) == {**body, "model": "m"}
 
 
 def test_answers_from_servers_with_and_without_gemma_parsers():
-    parsed = remote.answer_of(completion("Hi", reasoning_content="mm", tool_calls=[
+    parsed = batch.answer_of(completion("Hi", reasoning_content="mm", tool_calls=[
         {"id": "c", "type": "function", "function": {"name": "f", "arguments": '{"x": 1}'}}]), "simple")
     assert (parsed.text, parsed.thinking, parsed.tool_calls) == ("Hi", "mm", [{"name": "f", "arguments": {"x": 1}}])
-    raw = remote.answer_of(completion("<|channel>thought\nhmm<channel|>Paris"), "simple")
+    raw = batch.answer_of(completion("<|channel>thought\nhmm<channel|>Paris"), "simple")
     assert (raw.text, raw.thinking) == ("Paris", "hmm")
-    kept = remote.answer_of(completion("x"), "openai")
+    kept = batch.answer_of(completion("x"), "openai")
     assert kept.completion["id"] == "chatcmpl-1" and kept.prompt_tokens == 5
 
 
@@ -313,6 +331,87 @@ def test_the_api_key_can_come_from_the_environment(server, tmp_path):
     proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "--endpoint", url, home=tmp_path, GEMMA_API_KEY="env-key")
     assert proc.returncode == 0, proc.stderr
     assert script.requests[0]["auth"] == "Bearer env-key"
+
+
+def test_the_openai_client_loads_only_on_the_endpoint_path():
+    # `gemma --help`, `gemma batch --help` and a local batch never import it (about a second of imports).
+    code = ("import sys; from gemma_cli.cli import main; sys.argv = ['gemma', *%r, '--help']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "import gemma_cli.batch, gemma_cli.remote\n"
+            "sys.stderr.write(','.join(m for m in ('openai', 'httpx', 'httpx2') if m in sys.modules))")
+    for args in ([], ["batch"]):
+        proc = subprocess.run([sys.executable, "-c", code % (args,)], capture_output=True, text=True, timeout=60)
+        assert "Usage" in proc.stdout and proc.stderr == "", (args, proc.stderr)
+    on_path = subprocess.run([sys.executable, "-c", "import sys; from gemma_cli.remote import Endpoint; "
+                              "Endpoint('http://127.0.0.1:1/v1'); print('openai' in sys.modules)"],
+                             capture_output=True, text=True, timeout=60)
+    assert on_path.stdout.strip() == "True", on_path.stderr
+
+
+# ---------------------------------------------------------------- a dead endpoint (issue 12 item 16)
+
+
+def test_a_server_that_never_answered_fails_in_seconds():
+    ep = Endpoint(f"http://127.0.0.1:{free_port()}/v1")
+    t0 = time.perf_counter()
+    with pytest.raises(RemoteError) as info:
+        ep.post({"messages": []})
+    assert time.perf_counter() - t0 < 15  # a few quick tries, not the full --retries with backoff
+    e = info.value
+    assert e.fatal and e.code == "unreachable" and e.message.startswith("cannot connect to http://127.0.0.1:")
+    assert "connection refused" in e.message and ep.retried >= 1
+
+
+def test_a_server_that_answered_once_is_waited_for_when_it_goes_away(server):
+    port = free_port()
+    first = Script()
+    ep = fast(server(first, port=port), retries=10)
+    assert ep.post({"messages": []})["choices"]
+    server.stop(port)
+    script = Script()
+
+    def back():
+        time.sleep(4.0)  # longer than the ~3.5 s a server that never answered gets
+        server(script, port=port)
+
+    threading.Thread(target=back, daemon=True).start()
+    assert ep.post({"messages": []})["choices"] and len(script.requests) == 1
+    assert ep.retried >= 3  # 0.5 + 1 + 2 s and more: past what a server that never answered gets
+
+
+def test_batch_against_a_dead_endpoint_fails_in_one_line_then_resumes(server, tmp_path):
+    port = free_port()
+    lines = [{"id": i, "prompt": f"q{i}"} for i in range(5)]
+    t0 = time.perf_counter()
+    proc, results = run_batch(tmp_path, lines, "--endpoint", f"http://127.0.0.1:{port}/v1", timeout=120)
+    took = time.perf_counter() - t0
+    from tests.clitools import assert_one_line_error
+
+    assert_one_line_error(proc, f"cannot connect to http://127.0.0.1:{port}/v1", "connection refused")
+    assert proc.returncode == 1 and took < 60, took  # was 158 s of silence on 5 lines
+    assert results == []  # nothing written: every line runs when the server is up
+    server(Script(default=(200, {}, completion("up"))), port=port)
+    proc, results = run_batch(tmp_path, lines, "--endpoint", f"http://127.0.0.1:{port}/v1")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["id"] for r in results) == list(range(5)) and all(r["answer"] == "up" for r in results)
+
+
+def test_retries_show_in_the_progress_line(server, tmp_path):
+    import pexpect
+
+    script = Script((503, {}, {"error": "loading"}), (503, {}, {"error": "loading"}), (503, {}, {"error": "loading"}))
+    url = server(script)
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": "x"}) + "\n" for i in range(3)))
+    child = pexpect.spawn(sys.executable, ["-m", "gemma_cli", "batch", str(src), "-o", str(tmp_path / "o.jsonl"),
+                                           "--endpoint", url, "--concurrency", "1"],
+                          env=gemma_env(tmp_path), encoding="utf-8", timeout=120, dimensions=(24, 160))
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", child.before)
+    assert re.search(r"batch ━+.* [1-3] retried", shown), shown[-800:]  # in the bar, while it waits
+    assert "3 requests retried" in shown  # and in the summary
 
 
 # ---------------------------------------------------------------- llama-cpp-python's real server

@@ -11,6 +11,7 @@ import typer
 
 from gemma_cli.commands import options as opt
 from gemma_cli.errors import UsageError
+from gemma_cli.remote import DEFAULT_RETRIES
 
 EXAMPLES = """
 Each input line is {"id": …, "prompt": "…"} (or "messages"; optional "system", "images",
@@ -48,7 +49,7 @@ def batch(
     endpoint: Annotated[Optional[str], typer.Option("--endpoint", metavar="URL", help="Send lines to an OpenAI-compatible server instead (vLLM, llama-server, Ollama, Bedrock).")] = None,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GEMMA_API_KEY", show_envvar=True, help="Bearer token for --endpoint.")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=1024, help="Requests in flight with --endpoint.")] = DEFAULT_CONCURRENCY,
-    retries: Annotated[int, typer.Option("--retries", min=0, max=100, help="Retries per request on 429, 5xx and timeouts (with backoff, honouring Retry-After).")] = 8,
+    retries: Annotated[int, typer.Option("--retries", min=0, max=1000, help="Retries per request on 429, 5xx, timeouts and a server away (backoff 0.5 s doubling to 8 s, honouring Retry-After up to 120 s): the default waits about 3 minutes. A server that has never answered fails the run in about 3 s.")] = DEFAULT_RETRIES,
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait for one answer from --endpoint.")] = 600.0,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model: a name (e4b), a .gguf path or hf:OWNER/REPO/FILE.gguf; with --endpoint, the served model's name.")] = None,
     mmproj: opt.Mmproj = None,
@@ -77,6 +78,7 @@ def batch(
         raise UsageError(f"input file not found: {source}", "pass a .jsonl file, or - for stdin")
     if output is not None and output != "-" and source != "-" and Path(output).resolve() == Path(source).resolve():
         raise UsageError("the results file is the input file", "write results to another file with -o")
+    jobs.check_destination(output)  # a bad -o fails now, not after the model has loaded
     if _drafting(draft) and endpoint:
         raise UsageError("--draft runs on the local engine; with --endpoint the server decides how it decodes",
                          "drop --draft (or --endpoint)")
@@ -195,11 +197,12 @@ class _View:
             from gemma_cli.render import err_console
 
             self._progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),
-                                      TextColumn("{task.fields[failed]}"), TextColumn("{task.fields[tps]}"),
+                                      TextColumn("{task.fields[failed]}"), TextColumn("{task.fields[retried]}"),
+                                      TextColumn("{task.fields[tps]}"),
                                       TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                                       console=err_console(), transient=True)
             self._progress.start()
-            self._task = self._progress.add_task("batch", total=None, failed="", tps="")
+            self._task = self._progress.add_task("batch", total=None, failed="", retried="", tps="")
         return self
 
     def __exit__(self, *exc) -> None:
@@ -217,7 +220,8 @@ class _View:
         out = max(s.tokens_out, s.live_out)
         tps = f"{out / s.seconds:.1f} tok/s" if s.seconds > 0 and out else ""
         self._progress.update(self._task, total=s.total, completed=s.done,
-                              failed=f"[red]{s.failed} failed[/]" if s.failed else "", tps=tps)
+                              failed=f"[red]{s.failed} failed[/]" if s.failed else "",
+                              retried=f"[yellow]{s.retried} retried[/]" if s.retried else "", tps=tps)
 
     def note(self, message: str) -> None:
         if self.quiet:

@@ -20,6 +20,7 @@ Examples:
   gemma config set model 31b:q8_0
   gemma config set temperature 0.7
   gemma config set model_dir /data/models
+  gemma config set gpu_layers -1                 (-1: all layers on the GPU)
   gemma config unset temperature
 
 Precedence: flags > GEMMA_<KEY> environment (GEMMA_TEMPERATURE=0.7) > this file > defaults.
@@ -60,6 +61,7 @@ def set_cmd(key: Key, value: Annotated[str, typer.Argument(help="The value ('nul
 
     file, parsed = config.set_value(key, value)
     sys.stderr.write(f"{key} = {'null' if parsed is None else parsed}  ({file})\n")
+    _still_wrong(file)
     env = config.env_name(key)
     if os.environ.get(env) is not None:
         sys.stderr.write(f"note: {env} is set in the environment and takes precedence\n")
@@ -71,6 +73,15 @@ def unset(key: Key) -> None:
 
     file = config.unset(key)
     sys.stderr.write(f"{key} removed ({file})\n")
+    _still_wrong(file)
+
+
+def _still_wrong(file) -> None:
+    from gemma_cli import config
+
+    left = config.problem(file)
+    if left:
+        sys.stderr.write(f"warning: the file still has a problem: {left}\n")
 
 
 def register(app: typer.Typer) -> None:
@@ -78,6 +89,7 @@ def register(app: typer.Typer) -> None:
                       rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
     sub.command("path", epilog=EXAMPLES)(path_cmd)
     sub.command("show", epilog=EXAMPLES)(show)
-    sub.command("set", epilog=EXAMPLES)(set_cmd)
+    # ignore_unknown_options: `gemma config set gpu_layers -1` is a value, not an option
+    sub.command("set", epilog=EXAMPLES, context_settings={"ignore_unknown_options": True})(set_cmd)
     sub.command("unset", epilog=EXAMPLES)(unset)
     app.add_typer(sub, name="config")

@@ -128,6 +128,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
     _check_encoder(resolved, projector, need)
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                                  verbose=verbose, load_mmproj=True, image_tokens=image_tokens)
+    loading.note_context(engine, loading.asked_ctx(settings, ctx))
     from gemma_cli.session import GEMMA4, ChatSession, format_of_engine
 
     info = engine.info

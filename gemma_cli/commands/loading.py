@@ -43,7 +43,8 @@ def _is_file_name(name: str) -> bool:
 
 def open_engine(resolved: Resolved, *, ctx: int | None, threads: int | None, verbose: bool = False,
                 load_mmproj: bool = False, image_tokens: int | None = None, n_seq: int = 1,
-                batch_invariant: bool | None = None, what: str | None = None, gpu_layers: int | None = None):
+                batch_invariant: bool | None = None, what: str | None = None, gpu_layers: int | None = None,
+                swa_full: bool = False):
     """Load the resolved model with a spinner on stderr (terminal only).
 
     `ctx` is the whole context (all `n_seq` sequences); the projector loads now with `load_mmproj`,
@@ -60,7 +61,7 @@ def open_engine(resolved: Resolved, *, ctx: int | None, threads: int | None, ver
 
         engine = Engine(resolved.path, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose,
                         mmproj=resolved.mmproj if load_mmproj else None, image_tokens=image_tokens, n_seq=n_seq,
-                        header=resolved.header, **extra)
+                        swa_full=swa_full, header=resolved.header, **extra)
     engine.mmproj_path = resolved.mmproj  # /image, /audio and batch lines load it on first use
     return engine
 
@@ -97,3 +98,24 @@ def draft_stats(drafter) -> dict:
         "accepted": total.accepted if total else 0,
         "acceptance_rate": round(total.rate, 4) if total else 0.0,
     }
+
+
+def asked_ctx(settings, flag: int | None) -> int | None:
+    """The context size the user asked for (--ctx, GEMMA_CTX or the file); None when it is the default."""
+    if flag is not None:
+        return flag
+    return settings.get("ctx") if settings.source("ctx") != "default" else None
+
+
+def note_context(engine, asked: int | None) -> None:
+    """Say so on stderr when the context is not the size asked for (llama.cpp's rounding, the model's limit)."""
+    actual = getattr(engine, "n_ctx", None)
+    if asked is None or actual is None or actual == asked:
+        return
+    if actual > asked:
+        why = "llama.cpp's contexts are whole multiples of 256 tokens"
+    elif actual >= engine.info.n_ctx_train > 0:
+        why = f"{engine.path.name} was trained for at most {engine.info.n_ctx_train}"
+    else:
+        why = "llama.cpp could not make it larger"
+    sys.stderr.write(f"note: the context is {actual} tokens, not the {asked} asked for: {why}\n")

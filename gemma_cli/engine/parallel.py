@@ -19,25 +19,31 @@ and `--parallel 8` give the same greedy output. llama.cpp's GPU backends choose 
 batch size, so there a near-tie can still break differently.
 
 The engine must be opened with `n_seq = n + 1` (the slots plus the staging sequence).
+
+For a server (`gemma serve`) the job source may be live: it yields `IDLE` when no job is
+waiting (the running ones go on decoding; with none running it is asked again at once, so
+it may block then), `Job.on_text` streams each job's text as it decodes, `cancel(job)`
+ends a job at the next step (a client that went away), and `keep_slots=True` keeps a
+finished job's KV cells in its slot: the next job whose prompt starts the same way (a
+client continuing its conversation) is put in that slot and evaluates only what is new,
+like llama-server's slot cache.
 """
 
 from __future__ import annotations
 
 import codecs
-import ctypes
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-import llama_cpp as ll
-import numpy as np
-
-from gemma_cli.engine.core import Sampling, _new_sampler
+from gemma_cli.engine.core import Sampling, common_prefix
 from gemma_cli.errors import ContextOverflowError, GemmaError
+from gemma_cli.stop_strings import cut_at_stop, hit_stop
 
 if TYPE_CHECKING:
     from gemma_cli.engine.core import Engine
 
+IDLE = object()  # a live job source's "no job now": see Parallel.run
 STAGING = 0  # the engine's own sequence: prompts are evaluated here, then copied to a slot
 THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
 
@@ -58,6 +64,9 @@ class Job:
     free_thought: bool = False
     stop: Sequence[str] = ()  # strings that end the job where they appear (not included in its text)
     key: object = None  # the caller's, handed back in Finished
+    # Called (on the decoding thread) with each piece of text as it decodes; stop strings are
+    # not cut from these pieces (Finished.text is cut).
+    on_text: Callable[[str], None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -70,7 +79,7 @@ class Finished:
     prompt_tokens: int = 0  # evaluated for this job
     reused_tokens: int = 0  # served by what the staging sequence already held
     generated_tokens: int = 0
-    finish_reason: str | None = None  # "stop" (end of turn), "length"; None with an error
+    finish_reason: str | None = None  # "stop" (end of turn), "length", "cancelled"; None with an error
     ttft: float = 0.0  # seconds from the job's start to its first token
     seconds: float = 0.0  # from its start to its last token
     error: GemmaError | None = None
@@ -84,6 +93,8 @@ class _Slot:
         self.job: Job | None = None
         self.samplers: list = []
         self.copied = False  # its KV stream may hold cells (removed when the slot is freed)
+        self.cached: list[int] = []  # with keep_slots: the tokens its KV stream holds, position by position
+        self.used = 0.0  # when its last job ended (the least recently used slot is taken first)
 
     def begin(self, job: Job, samplers: list, greedy: bool, n_prompt: int, budget: int, counts: tuple[int, int],
               t0: float) -> None:
@@ -97,6 +108,7 @@ class _Slot:
         self.counts = counts
         self.t0 = t0
         self.t_first = 0.0
+        self.prompt: list = []  # the prompt's items (token ids; media keys), set once it is evaluated
         self.tokens: list[int] = []
         self.pieces: list[str] = []
         self.head = ""  # with a free thought: the text so far (its tail, once the thought is open)
@@ -106,9 +118,9 @@ class _Slot:
         self.error: GemmaError | None = None
         self.copied = False
 
-    def release(self) -> None:
+    def release(self, engine: "Engine") -> None:
         for sampler in self.samplers:
-            ll.llama_sampler_free(sampler)
+            engine.free_sampler(sampler)
         self.samplers = []
         self.job = None
         self.pending = None
@@ -127,8 +139,9 @@ class _Slot:
 class Parallel:
     """Continuous batching over `n` sequences of one engine (opened with n_seq = n + 1)."""
 
-    def __init__(self, engine: "Engine", n: int | None = None):
+    def __init__(self, engine: "Engine", n: int | None = None, *, keep_slots: bool = False):
         self.engine = engine
+        self.keep_slots = keep_slots
         n_seq = engine.n_seq
         self.n = n_seq - 1 if n is None else n
         if not 1 <= self.n <= n_seq - 1:
@@ -136,25 +149,29 @@ class Parallel:
                              f"open it with Engine(..., n_seq={self.n + 1})")
         if engine.draft is not None:
             raise GemmaError("speculative decoding and parallel sequences do not mix", "detach the drafter first")
-        self.n_ctx_seq = ll.llama_n_ctx_seq(engine._ctx)  # each sequence's own KV stream
+        self.n_ctx_seq = engine.n_ctx_seq  # each sequence's own KV stream
         self.stopping = False  # set it (a signal handler may) to take no new jobs; running ones finish
         self.tick = None  # called after each decoding step (progress displays)
         self.prompt_tokens = 0  # totals over the run, for progress displays
         self.reused_tokens = 0
         self.generated_tokens = 0
-        self._mem = engine._mem
-        self._n_vocab = ll.llama_vocab_n_tokens(engine._vocab)
-        self._buffer = (ctypes.c_uint8 * 0)()  # state copies, grown as needed
+        self._cancelled: set[int] = set()  # id() of jobs to end at the next step
 
     def stop(self) -> None:
         self.stopping = True
+
+    def cancel(self, job: Job) -> None:
+        """End `job` at the next step (from any thread): it comes back with finish_reason "cancelled"."""
+        self._cancelled.add(id(job))
 
     def run(self, jobs: Iterable[Job]) -> Iterator[Finished]:
         """Run `jobs` (read lazily, one as each slot frees) and yield each as it finishes.
 
         Jobs finish in any order. A job that cannot run (its prompt does not fit, a media
         file the projector cannot take, an invalid grammar) comes back with `error` set and
-        the run goes on. Closing the generator drops the jobs still running.
+        the run goes on. Closing the generator drops the jobs still running. A live source
+        yields `IDLE` when it has no job now; it is asked again after the next step, or at
+        once when no job runs (it may block then, and should wake to check `stopping`).
         """
         slots = [_Slot(seq) for seq in range(1, self.n + 1)]
         source = iter(jobs)
@@ -164,17 +181,31 @@ class Parallel:
                 # Fill every free slot before the step: a step with fewer rows than slots
                 # wastes most of what batching gains (matmul kernels work in row tiles).
                 while not exhausted and not self.stopping:
-                    group = []
-                    for slot in (s for s in slots if s.job is None):
+                    free = [s for s in slots if s.job is None]
+                    todo = []
+                    idle = False
+                    while len(todo) < len(free):
                         job = next(source, None)
                         if job is None:
                             exhausted = True
                             break
-                        group.append((slot, job))
-                    if not group:
+                        if job is IDLE:
+                            idle = True
+                            break
+                        todo.append(job)
+                    if not todo:
                         break
-                    yield from self._start_group(group)  # failed, or done at the first token: free again
+                    yield from self._start_group(self._place(free, todo))  # failed, or done at once: free again
+                    if idle:
+                        break
                 active = [s for s in slots if s.job is not None]
+                if self._cancelled:
+                    for slot in [s for s in active if id(s.job) in self._cancelled]:
+                        self._cancelled.discard(id(slot.job))
+                        slot.finish = "cancelled"
+                        active.remove(slot)
+                        yield slot.result()
+                        self._free(slot)
                 if not active:
                     if exhausted or self.stopping:
                         return
@@ -191,6 +222,38 @@ class Parallel:
                     self._free(slot)
 
     # ---- jobs' starts: prompts evaluated together, each in its own slot
+
+    def _place(self, free: list[_Slot], jobs: list[Job]) -> list[tuple[_Slot, Job]]:
+        """Pair jobs with free slots: with keep_slots, each job takes the slot holding the longest
+        start of its prompt (else the least recently used one)."""
+        if not self.keep_slots:
+            return list(zip(free, jobs))
+        free = list(free)
+        pairs = []
+        for job in jobs:
+            tokens = job.prompt if not isinstance(job.prompt, str) and not job.media else None
+            best = max(free, key=lambda s: (common_prefix(s.cached, tokens) if tokens else 0, -s.used))
+            if not tokens or common_prefix(best.cached, tokens) == 0:
+                best = min(free, key=lambda s: s.used)  # nothing to reuse: the least recently used slot
+            free.remove(best)
+            pairs.append((best, job))
+        return pairs
+
+    def _clear(self, slot: _Slot) -> None:
+        self.engine.clear_sequence(slot.seq)
+        slot.cached = []
+
+    def _resume(self, slot: _Slot, tokens: list[int]) -> int:
+        """With keep_slots: cut the slot's KV stream back to what it shares with `tokens`; how many tokens that is."""
+        n = min(common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last token is evaluated, for its logits
+        if n > 0 and self.engine.info.n_swa > 0:
+            # The next position attends to the n_swa before it in SWA layers: they must still be held.
+            pos_min = self.engine.sequence_pos_min(slot.seq)
+            if not (pos_min <= 0 or pos_min < max(0, n - self.engine.info.n_swa)):
+                n = 0
+        self.engine.clear_sequence(slot.seq, n)
+        slot.cached = slot.cached[:n]
+        return n
 
     def _start_group(self, group: list[tuple[_Slot, Job]]) -> Iterator[Finished]:
         """Start the jobs of `group`; yield those that failed or finished at their first token.
@@ -213,12 +276,14 @@ class Parallel:
             t0 = time.perf_counter()
             samplers: list = []
             try:
-                samplers = _samplers(self.engine._vocab, job)
+                samplers = _samplers(self.engine, job)
                 tokens, _ = self._prompt(job)
-                reused = self._seed(slot, tokens, job.shared)
+                reused = self._resume(slot, tokens) if slot.cached else 0
+                if reused < (job.shared or 0):
+                    reused = self._seed(slot, tokens, job.shared)
             except GemmaError as e:
                 for sampler in samplers:
-                    ll.llama_sampler_free(sampler)
+                    self.engine.free_sampler(sampler)
                 self._free(slot)
                 yield Finished(job, error=e)
                 continue
@@ -234,7 +299,7 @@ class Parallel:
         engine, head = self.engine, tokens[:shared]
         if engine.cache_contents() != head:  # staging keeps only heads: the next line's system turn is likely this one
             n = engine.reuse_prefix(head)
-            engine._eval_items(head[n:], logits_last=False)
+            engine.evaluate(head[n:])
         self._copy(slot)
         return shared
 
@@ -245,19 +310,16 @@ class Parallel:
         budget = budget if job.max_tokens is None else min(job.max_tokens, budget)
         greedy = job.sampling.temperature <= 0 and not job.sampling.grammar
         slot.begin(job, samplers, greedy, len(tokens), budget, counts, t0)
+        slot.prompt = [] if job.media else list(tokens)
 
     def _prefill_rows(self, rows: list[tuple[_Slot, list[int], int]]) -> Iterator[Finished]:
         """Evaluate each slot's prompt tokens from `start` on, all slots in shared batches; sample each first token."""
         flat = [(slot, tok, pos, pos == len(tokens) - 1)
                 for slot, tokens, start in rows for pos, tok in enumerate(tokens) if pos >= start]
-        b, n_batch = self.engine._batch, self.engine.n_batch
+        n_batch = self.engine.n_batch
         for at in range(0, len(flat), n_batch):
             chunk = flat[at : at + n_batch]
-            for i, (slot, tok, pos, last) in enumerate(chunk):
-                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, last
-                b.seq_id[i][0] = slot.seq
-            b.n_tokens = len(chunk)
-            rc = ll.llama_decode(self.engine._ctx, b)
+            rc = self.engine.decode_rows([(tok, pos, slot.seq, last) for slot, tok, pos, last in chunk])
             if rc != 0:
                 raise GemmaError(f"llama.cpp could not evaluate {len(rows)} prompts together (llama_decode returned {rc})",
                                  "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
@@ -277,15 +339,15 @@ class Parallel:
         t0 = time.perf_counter()
         samplers: list = []
         try:
-            samplers = _samplers(engine._vocab, job)
+            samplers = _samplers(engine, job)
             tokens, checkpoint = self._prompt(job)
-            evaluated, reused = engine._prefill(tokens, checkpoint)
+            evaluated, reused = engine.prefill(tokens, checkpoint)
         except GemmaError as e:
             for sampler in samplers:
-                ll.llama_sampler_free(sampler)
+                engine.free_sampler(sampler)
             return Finished(job, error=e)
         finally:
-            engine._spans = {}
+            engine.forget_media()
         self._begin(slot, job, samplers, tokens, (evaluated, reused), t0)
         self._take(slot, self._sample(slot, -1))  # the prompt's last logits
         if slot.finish is None:
@@ -299,29 +361,17 @@ class Parallel:
         return result
 
     def _copy(self, slot: _Slot) -> None:
-        """Put the staging sequence's KV cells into the slot's stream, now.
-
-        Through the state API rather than llama_memory_seq_cp: across streams that copies a
-        whole stream, and only at the next decode, by which time staging may have changed.
-        """
-        ctx = self.engine._ctx
-        size = ll.llama_state_seq_get_size_ext(ctx, STAGING, 0)
-        if len(self._buffer) < size:
-            self._buffer = (ctypes.c_uint8 * size)()
-        written = ll.llama_state_seq_get_data_ext(ctx, self._buffer, size, STAGING, 0)
+        """Put the staging sequence's KV cells into the slot's stream, now."""
+        if slot.cached:
+            self._clear(slot)
         slot.copied = True  # from here on its stream may hold cells to remove
-        if ll.llama_state_seq_set_data_ext(ctx, self._buffer, written, slot.seq, 0) == 0:
+        if not self.engine.copy_sequence(STAGING, slot.seq):
             raise GemmaError(f"llama.cpp could not copy a prompt's KV cache into sequence {slot.seq}",
                              "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
 
     def _prompt(self, job: Job) -> tuple[list, int | None]:
         """The job's prompt items (media expanded) and its checkpoint spot; checks it fits a sequence."""
-        engine = self.engine
-        tokens = engine.tokenize(job.prompt) if isinstance(job.prompt, str) else list(job.prompt)
-        checkpoint = job.shared
-        engine._spans = {}
-        if job.media:
-            tokens, checkpoint = engine._expand(tokens, job.media, checkpoint)
+        tokens, checkpoint = self.engine.prompt_items(job.prompt, job.media, job.shared)
         if not tokens:
             raise GemmaError("the prompt is empty", "give each line a prompt or messages")
         if len(tokens) >= self.n_ctx_seq:
@@ -335,15 +385,7 @@ class Parallel:
 
     def _step(self, active: list[_Slot]) -> list[_Slot]:
         """Evaluate every active slot's pending token in one batch; returns the slots now finished."""
-        b = self.engine._batch
-        for i, slot in enumerate(active):
-            b.token[i] = slot.pending
-            b.pos[i] = slot.pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = slot.seq
-            b.logits[i] = 1
-        b.n_tokens = len(active)
-        rc = ll.llama_decode(self.engine._ctx, b)
+        rc = self.engine.decode_rows([(slot.pending, slot.pos, slot.seq, True) for slot in active])
         if rc != 0:
             raise GemmaError(f"llama.cpp could not decode the batch of {len(active)} sequences (llama_decode returned {rc})",
                              "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
@@ -356,14 +398,13 @@ class Parallel:
         return done
 
     def _sample(self, slot: _Slot, row: int) -> int:
-        ctx = self.engine._ctx
+        engine = self.engine
         if slot.greedy:
             # The greedy sampler's argmax (first maximum), without building 262K candidates.
-            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, row), shape=(self._n_vocab,))
-            return int(logits.argmax())
-        token = ll.llama_sampler_sample(slot.samplers[0], ctx, row)
+            return int(engine.logits(row).argmax())
+        token = engine.sample(slot.samplers[0], row)
         if slot.phase == "free" and not self._thought_goes_on(slot, token):
-            token = ll.llama_sampler_sample(slot.samplers[0], ctx, row)  # now the constrained one
+            token = engine.sample(slot.samplers[0], row)  # now the constrained one
         return token
 
     def _thought_goes_on(self, slot: _Slot, token: int) -> bool:
@@ -382,7 +423,7 @@ class Parallel:
         return False
 
     def _constrain(self, slot: _Slot) -> None:
-        ll.llama_sampler_free(slot.samplers.pop(0))
+        self.engine.free_sampler(slot.samplers.pop(0))
         slot.phase = "plain"
 
     def _take(self, slot: _Slot, token: int) -> None:
@@ -393,8 +434,11 @@ class Parallel:
             slot.finish = "stop"
             return
         slot.tokens.append(token)
-        slot.pieces.append(slot.utf8.decode(self.engine.token_bytes(token)))
+        piece = slot.utf8.decode(self.engine.token_bytes(token))
+        slot.pieces.append(piece)
         self.generated_tokens += 1
+        if slot.job.on_text is not None and piece:
+            slot.job.on_text(piece)
         if slot.stopped():
             slot.finish = "stop"
             return
@@ -404,36 +448,25 @@ class Parallel:
         slot.pending = token
 
     def _free(self, slot: _Slot) -> None:
-        if slot.copied:
-            ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
-            slot.copied = False
-        slot.release()
+        if slot.job is not None:
+            self._cancelled.discard(id(slot.job))
+        kept = slot.job is not None and slot.prompt and slot.error is None
+        if self.keep_slots and kept:
+            # Its stream holds the prompt and the generated tokens evaluated so far (positions < pos).
+            slot.cached = (slot.prompt + slot.tokens)[: slot.pos]
+            self.engine.clear_sequence(slot.seq, slot.pos)
+        elif slot.copied or (slot.cached and slot.job is not None):  # a job that failed, or had media
+            self._clear(slot)
+        slot.copied = False
+        slot.used = time.perf_counter()
+        slot.release(self.engine)
 
 
-def _samplers(vocab, job: Job) -> list:
+def _samplers(engine: "Engine", job: Job) -> list:
     """The job's sampler chain; with a grammar and a free thought, [free, constrained]."""
     s = job.sampling
     if not (s.grammar and job.free_thought):
-        return [_new_sampler(vocab, s)]
-    constrained = _new_sampler(vocab, s)
-    free = _new_sampler(vocab, Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
+        return [engine.new_sampler(s)]
+    constrained = engine.new_sampler(s)
+    free = engine.new_sampler(Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
     return [free, constrained]
-
-
-def hit_stop(pieces: Sequence[str], stop: Sequence[str]) -> bool:
-    """Whether the newest of the text `pieces` completes one of the `stop` strings (looks at the tail only)."""
-    if not stop or not pieces:
-        return False
-    # A stop string first complete in the newest piece starts at most `longest` characters before its end.
-    need = max(map(len, stop)) + len(pieces[-1])
-    tail, i = "", len(pieces)
-    while i > 0 and len(tail) < need:
-        i -= 1
-        tail = pieces[i] + tail
-    return any(s and s in tail for s in stop)
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """`text` up to the first of the `stop` strings in it (OpenAI's `stop`)."""
-    ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
-    return text[: min(ends)] if ends else text

@@ -1,0 +1,331 @@
+"""The Starlette application: OpenAI-shaped routes over one Scheduler.
+
+    POST /v1/chat/completions        streamed (SSE) or not
+    POST /v1/audio/transcriptions    multipart upload; json, text, srt, vtt, verbose_json
+    POST /v1/audio/translations      the same, into English
+    GET  /v1/models                  the one model served
+    GET  /health                     {"status": "ok", ...}; never needs the key
+
+Every failure is an OpenAI error object with a 4xx/5xx status, never a traceback or a dropped
+connection. A request body over `max_body` bytes is refused (413) before it is read whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gemma_cli.errors import GemmaError
+from gemma_cli.serve import audio
+from gemma_cli.serve.chat import ApiError, Builder, Chunks, Settings, bad, completion, read_request
+from gemma_cli.serve.scheduler import Busy, Scheduler, Ticket
+
+
+@dataclass
+class Served:
+    """What the app serves and how."""
+
+    scheduler: Scheduler
+    builder: Builder
+    model: str  # the id in /v1/models
+    aliases: set = field(default_factory=set)  # other names a request may give (file name, stem)
+    api_key: str | None = None
+    max_body: int = 64 * 1024 * 1024
+    started: int = field(default_factory=lambda: int(time.time()))
+
+
+def error(e: ApiError) -> JSONResponse:
+    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+
+def create_app(served: Served) -> Starlette:
+    async def health(request: Request) -> Response:
+        s = served.scheduler
+        return JSONResponse({"status": "ok", "model": served.model, "slots": s.n, "running": s.running,
+                             "waiting": s.waiting, "completed": s.completed, "cancelled": s.cancelled})
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": served.model, "object": "model", "created": served.started, "owned_by": "gemma-cli"}]})
+
+    async def chat_completions(request: Request) -> Response:
+        body = await _json_body(request, served.max_body)
+        _check_model(served, body.get("model") if isinstance(body, dict) else None)
+        req = read_request(body, served.builder.settings)
+        job = await asyncio.to_thread(_job, served.builder, req)
+        ticket = Ticket(job, asyncio.get_running_loop())
+        _submit(served.scheduler, ticket)
+        gemma4 = served.builder.gemma4
+        if req.stream:
+            return EventStream(_events(served, ticket, Chunks(served.model, gemma4, req.stop, req.include_usage)))
+        done = await _until_done(request, served.scheduler, ticket)
+        if done is None:
+            return Response(status_code=499)  # the client is gone; nobody reads this
+        _raise_failure(done)
+        return JSONResponse(completion(done, served.model, gemma4))
+
+    async def transcriptions(request: Request) -> Response:
+        return await _audio(request, translate=False)
+
+    async def translations(request: Request) -> Response:
+        return await _audio(request, translate=True)
+
+    async def _audio(request: Request, translate: bool) -> Response:
+        await _check_length(request, served.max_body)
+        try:
+            form = await request.form(max_files=1, max_fields=16, max_part_size=served.max_body)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        except Exception as e:  # noqa: BLE001 - multipart's parse errors
+            raise bad(f"the request is not a valid multipart/form-data upload ({e})", "file") from None
+        fields = audio.read_form(form, served.builder.settings.max_media_bytes)
+        _check_model(served, fields["model"])
+        data = await fields["upload"].read()
+        if len(data) > served.builder.settings.max_media_bytes:
+            raise ApiError(413, "the audio file is over the server's media limit", param="file", code="media_too_large")
+        builder = served.builder
+        if not builder.gemma4:
+            raise bad("transcription needs a Gemma 4 model with an audio encoder", "model", "unsupported_media")
+        if builder.engine.media is None:
+            raise bad("the server was started without a projector (mmproj), so it cannot hear audio", "file",
+                      "unsupported_media")
+        try:
+            projector = builder.engine.ensure_projector("audio")
+        except GemmaError as e:
+            raise bad(e.message, "file", "unsupported_media") from None
+        name = fields["upload"].filename or "upload"
+        recording = await asyncio.to_thread(audio.load, name, data, projector.sample_rate)
+        loop = asyncio.get_running_loop()
+        gone = threading.Event()
+        current: list[Ticket] = []
+
+        def submit(job):  # on the worker thread: one request of the transcription, waited for
+            ticket = Ticket(job, loop)
+            current[:] = [ticket]
+            try:
+                _submit(served.scheduler, ticket)
+            except ApiError:
+                raise
+            return asyncio.run_coroutine_threadsafe(ticket.result(), loop).result()
+
+        waiter = asyncio.ensure_future(asyncio.to_thread(
+            audio.transcribe, builder, submit, recording, fields["language"], translate, fields["temperature"], gone))
+        try:
+            result = await _race(request, waiter)
+        except GemmaError as e:
+            _raise_failure(SimpleNamespace(error=e))
+            raise
+        finally:
+            gone.set()
+            for ticket in current:
+                served.scheduler.cancel(ticket)  # a no-op once finished: frees the slot of a client gone
+        if result is None:
+            return Response(status_code=499)
+        out, media_type = audio.render(result, recording, fields["format"], fields["language"], translate, served.model)
+        if isinstance(out, dict):
+            return JSONResponse(out)
+        return PlainTextResponse(out, media_type=media_type)
+
+    def guarded(handler):
+        async def run(request: Request) -> Response:
+            try:
+                if served.api_key is not None:
+                    _check_key(request, served.api_key)
+                return await handler(request)
+            except ApiError as e:
+                return error(e)
+            except ClientDisconnect:
+                return Response(status_code=499)
+            except Exception as e:  # noqa: BLE001 - the boundary: an error object, never a traceback
+                return error(ApiError(500, f"internal error ({type(e).__name__}: {e})", kind="server_error"))
+        return run
+
+    async def not_found(request: Request, exc) -> Response:
+        status = getattr(exc, "status_code", 404)
+        message = "no such endpoint" if status == 404 else "method not allowed"
+        return error(ApiError(status, f"{message}: {request.method} {request.url.path}", code="not_found"))
+
+    async def server_error(request: Request, exc) -> Response:
+        return error(ApiError(500, f"internal error ({type(exc).__name__})", kind="server_error"))
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/v1/models", guarded(models), methods=["GET"]),
+        Route("/v1/chat/completions", guarded(chat_completions), methods=["POST"]),
+        Route("/v1/audio/transcriptions", guarded(transcriptions), methods=["POST"]),
+        Route("/v1/audio/translations", guarded(translations), methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found, 500: server_error})
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def _check_key(request: Request, key: str) -> None:
+    given = request.headers.get("authorization", "")
+    token = given[7:].strip() if given[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    if not hmac.compare_digest(token.encode(), key.encode()):
+        raise ApiError(401, "invalid or missing API key (send Authorization: Bearer KEY)", kind="invalid_request_error",
+                       code="invalid_api_key")
+
+
+DRAIN_LIMIT = 1024 * 1024 * 1024  # past this an oversized body is not read to its end: the connection is dropped
+
+
+async def _too_large(request: Request, limit: int, size: int | None = None) -> ApiError:
+    """The 413, after reading (and dropping) the rest of the body, so the client gets to read the answer
+    instead of a reset connection."""
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > DRAIN_LIMIT:
+            break
+    what = f"{size} bytes" if size is not None else "too large"
+    return ApiError(413, f"the request body is {what}, over the server's limit of {limit} bytes",
+                    code="request_too_large")
+
+
+async def _check_length(request: Request, limit: int) -> None:
+    length = request.headers.get("content-length")
+    if length is not None:
+        try:
+            size = int(length)
+        except ValueError:
+            raise bad("Content-Length is not a number") from None
+        if size > limit:
+            raise await _too_large(request, limit, size)
+
+
+async def _json_body(request: Request, limit: int):
+    await _check_length(request, limit)
+    data = bytearray()
+    async for chunk in request.stream():  # a body sent without Content-Length is counted as it comes
+        data += chunk
+        if len(data) > limit:
+            raise await _too_large(request, limit)
+    try:
+        return json.loads(bytes(data))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad(f"the request body is not valid JSON ({e})", code="invalid_json") from None
+
+
+def _check_model(served: Served, name) -> None:
+    if name is None or name == "":
+        return
+    if not isinstance(name, str):
+        raise bad("'model' must be a string", "model")
+    if name != served.model and name not in served.aliases:
+        raise ApiError(404, f"the model {name!r} is not served here; this server serves {served.model!r}",
+                       param="model", code="model_not_found")
+
+
+def _job(builder: Builder, req):
+    return builder.job(req)
+
+
+def _submit(scheduler: Scheduler, ticket: Ticket) -> None:
+    try:
+        scheduler.submit(ticket)
+    except Busy as e:
+        raise ApiError(503, f"{e}; try again shortly", kind="server_error", code="server_busy",
+                       headers={"Retry-After": "1"}) from None
+
+
+def _raise_failure(done) -> None:
+    if done.error is None:
+        return
+    from gemma_cli.errors import CapabilityError, ContextOverflowError, MediaError
+
+    e = done.error
+    if isinstance(e, ContextOverflowError):
+        raise bad(e.message, "messages", "context_length_exceeded")
+    if isinstance(e, (MediaError, CapabilityError)):
+        raise bad(e.message, "messages", "invalid_media")
+    raise ApiError(500, e.message, kind="server_error")
+
+
+async def _race(request: Request, waiter: asyncio.Future):
+    """The waiter's result, or None when the client disconnects first (the waiter is cancelled)."""
+    async def gone():
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watcher = asyncio.ensure_future(gone())
+    try:
+        await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if waiter.done():
+        return waiter.result()
+    waiter.cancel()
+    return None
+
+
+async def _until_done(request: Request, scheduler: Scheduler, ticket: Ticket):
+    try:
+        return await _race(request, asyncio.ensure_future(ticket.result()))
+    finally:
+        scheduler.cancel(ticket)  # a no-op once finished: frees the slot of a client that left
+
+
+async def _events(served: Served, ticket: Ticket, chunks: Chunks):
+    """SSE lines of a streamed completion; the slot is freed whenever the stream stops."""
+    from gemma_cli.engine.parallel import Finished
+
+    def line(obj) -> bytes:
+        return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+    try:
+        yield line(chunks.first())
+        while True:
+            event = await ticket.events.get()
+            if isinstance(event, Finished):
+                break
+            for chunk in chunks.text(event):
+                yield line(chunk)
+        if event.error is not None:
+            try:
+                _raise_failure(event)
+            except ApiError as e:
+                yield line(e.body())
+        else:
+            for chunk in chunks.done(event):
+                yield line(chunk)
+        yield b"data: [DONE]\n\n"
+    finally:
+        served.scheduler.cancel(ticket)
+
+
+class EventStream(StreamingResponse):
+    """text/event-stream that also watches for the client leaving while nothing is sent (a long prompt)."""
+
+    def __init__(self, content):
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def __call__(self, scope, receive, send) -> None:
+        import anyio
+
+        async with anyio.create_task_group() as group:
+            async def stream() -> None:
+                try:
+                    await self.stream_response(send)
+                except OSError:
+                    pass  # the client went away mid-write
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()

@@ -1,0 +1,78 @@
+"""Running the app on uvicorn until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import sys
+
+GRACE_SECONDS = 5  # on SIGINT/SIGTERM, running requests get this long to finish; then they are cancelled
+
+
+def serve_engine(engine, n: int, settings, *, host: str, port: int, model: str, api_key: str | None, queue: int,
+                 max_body: int, verbose: bool = False) -> None:
+    import socket
+
+    import uvicorn
+
+    from gemma_cli.serve.app import Served, create_app
+    from gemma_cli.serve.chat import Builder
+    from gemma_cli.serve.scheduler import Scheduler
+
+    scheduler = Scheduler(engine, n, max_waiting=queue)
+    aliases = {engine.path.name, engine.path.stem, str(engine.path), str(engine.info.meta.get("general.name") or "")}
+    served = Served(scheduler, Builder(engine, settings), model, aliases - {""}, api_key=api_key, max_body=max_body)
+    app = create_app(served)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        from gemma_cli.errors import GemmaError
+
+        raise GemmaError(f"cannot listen on {host}:{port}: {e.strerror or e}",
+                         "pick another --port (0 takes any free one), or stop what uses it") from None
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
+                            timeout_graceful_shutdown=GRACE_SECONDS, lifespan="off", server_header=False)
+    server = _quiet_exit_server(config)
+    scheduler.start()
+    shown = f"[{host}]" if ":" in host else host
+    media = engine.media
+    media = " and ".join(k for k, on in (("images", media and media.vision), ("audio", media and media.audio)) if on)
+    sys.stderr.write(f"gemma serve: {model} on http://{shown}:{bound}/v1 ({n} parallel"
+                     + (f", {media}" if media else "") + ("" if api_key else ", no API key") + "); Ctrl-C stops\n")
+    sys.stderr.flush()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        scheduler.close()
+        sock.close()
+        sys.stderr.write("gemma serve: stopped\n")
+
+
+def _quiet_exit_server(config):
+    """uvicorn's server, except that a SIGINT/SIGTERM ends `run()` instead of being raised again after it
+    (which would kill the process before the scheduler is closed): the command then exits 0. A second
+    Ctrl-C still forces the exit."""
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            signals = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
