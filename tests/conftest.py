@@ -7,11 +7,18 @@ where they fail so that nothing is silently skipped in CI.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# Before llama.cpp (and its OpenMP) loads, here and in every `gemma` the tests start: threads
+# that wait at a barrier sleep instead of spinning. On a CPU shared with other work (CI, several
+# suites at once) spinning threads take the cores the working ones need: a 16-token decode on
+# 2 threads went from 1.7 s to 47 s with 15 busy processes on 2 cores. Speed is the benches' job.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tests.needs import skip_or_fail
+import pytest  # noqa: E402
+
+from tests.needs import skip_or_fail  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference"

@@ -157,9 +157,9 @@ class Local:
             text = self.format.render(head, tools, thinking=think, add_generation_prompt=False)
         except Exception:  # noqa: BLE001 - a template that cannot render a lone system turn: no checkpoint
             return None
-        from gemma_cli.engine.core import _common_prefix
+        from gemma_cli.engine.core import common_prefix
 
-        n = _common_prefix(self.engine.tokenize(text), tokens)
+        n = common_prefix(self.engine.tokenize(text), tokens)
         return n if 0 < n < len(tokens) else None
 
     def _sampling(self, r: Request):
