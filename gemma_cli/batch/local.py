@@ -139,8 +139,10 @@ class Local:
             messages = [{"role": "system", "content": d.system}] + messages
         think = d.think if r.think is None else r.think
         text = self.format.render(messages, r.tools, thinking=think)
+        media = None
+        if _has_media(messages):  # a video's <|video|> is written out as its timestamped frames
+            text, media = self._load_media(messages, text)
         tokens = self.engine.tokenize(text)
-        media = self._load_media(messages) if _has_media(messages) else None
         return tokens, self._shared(messages, r.tools, think, tokens), media, self._sampling(r), think
 
     def _shared(self, messages: list[dict], tools, think: bool, tokens: list[int]) -> int | None:
@@ -155,9 +157,9 @@ class Local:
             text = self.format.render(head, tools, thinking=think, add_generation_prompt=False)
         except Exception:  # noqa: BLE001 - a template that cannot render a lone system turn: no checkpoint
             return None
-        from gemma_cli.engine.core import _common_prefix  # the engine (llama_cpp): loaded by local runs only
+        from gemma_cli.engine.core import common_prefix  # the engine (llama_cpp): loaded by local runs only
 
-        n = _common_prefix(self.engine.tokenize(text), tokens)
+        n = common_prefix(self.engine.tokenize(text), tokens)
         return n if 0 < n < len(tokens) else None
 
     def _sampling(self, r: Request):
@@ -174,7 +176,7 @@ class Local:
                 raise GemmaError(f"the schema cannot be turned into a grammar ({e})", "check the JSON Schema") from None
         return s
 
-    def _load_media(self, messages: list[dict]) -> list:
+    def _load_media(self, messages: list[dict], text: str) -> tuple[str, list]:
         if self.format.kind != "gemma4":
             raise CapabilityError("images and audio need a Gemma 4 model", "run the batch with a Gemma 4 --model")
         parts = prompt_order(messages)
@@ -183,7 +185,7 @@ class Local:
         for kind in dict.fromkeys(p["type"] for p in parts):
             projector = self.engine.ensure_projector(kind)  # loaded on first use, with the engine's image budget
             self._media.rate = projector.sample_rate or self._media.rate
-        return [self._media.load(p) for p in parts]
+        return self._media.for_prompt(text, messages)
 
     def answer(self, line: Line, done) -> Answer:
         a = Answer(prompt_tokens=done.prompt_tokens + done.reused_tokens, cached_tokens=done.reused_tokens,
