@@ -156,6 +156,7 @@ class Parallel:
         self.reused_tokens = 0
         self.generated_tokens = 0
         self._cancelled: set[int] = set()  # id() of jobs to end at the next step
+        self._slots: list[_Slot] | None = None  # with keep_slots: the slots, kept across runs
 
     def stop(self) -> None:
         self.stopping = True
@@ -173,7 +174,12 @@ class Parallel:
         yields `IDLE` when it has no job now; it is asked again after the next step, or at
         once when no job runs (it may block then, and should wake to check `stopping`).
         """
-        slots = [_Slot(seq) for seq in range(1, self.n + 1)]
+        if self.keep_slots:  # the slots and what their streams hold outlive a run
+            slots = self._slots = self._slots or [_Slot(seq) for seq in range(1, self.n + 1)]
+        else:
+            slots = [_Slot(seq) for seq in range(1, self.n + 1)]
+            for slot in slots:  # another runner on this engine may have left cells in the streams
+                self.engine.clear_sequence(slot.seq)
         source = iter(jobs)
         exhausted = False
         try:
@@ -216,6 +222,12 @@ class Parallel:
                 for slot in finished:
                     yield slot.result()
                     self._free(slot)
+        except Exception:
+            for slot in slots:  # a failed decode: what the streams hold is not known any more
+                if slot.job is not None:
+                    slot.release(self.engine)
+                self._clear(slot)
+            raise
         finally:
             for slot in slots:
                 if slot.job is not None:
@@ -285,6 +297,7 @@ class Parallel:
                 for sampler in samplers:
                     self.engine.free_sampler(sampler)
                 self._free(slot)
+                self._cancelled.discard(id(job))
                 yield Finished(job, error=e)
                 continue
             self._begin(slot, job, samplers, tokens, (len(tokens) - reused, reused), t0)
@@ -345,6 +358,7 @@ class Parallel:
         except GemmaError as e:
             for sampler in samplers:
                 engine.free_sampler(sampler)
+            self._cancelled.discard(id(job))
             return Finished(job, error=e)
         finally:
             engine.forget_media()
