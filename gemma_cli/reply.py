@@ -255,6 +255,13 @@ def parse(text: str, in_thought: bool = False, tools: list[dict] | None = None) 
     return reply
 
 
+def closes_unopened_thought(text: str) -> bool:
+    """Whether a whole reply closes a thought it never opened (`<channel|>` before any `<|channel>`):
+    the prompt (a server's, whose template we cannot see) left the model inside a thought."""
+    close = text.find(CHANNEL_CLOSE)
+    return close != -1 and CHANNEL_OPEN not in text[:close]
+
+
 def strip_thinking(text: str) -> str:
     """The template's strip_thinking macro: drop `<|channel>...<channel|>` blocks, then trim."""
     return "".join(part.split(CHANNEL_OPEN)[0] for part in text.split(CHANNEL_CLOSE)).strip()
