@@ -225,17 +225,25 @@ def test_image_and_audio_parts(server):
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the client marks translations deprecated
 def test_audio_transcription_formats(server):
     client = server.client()
-    wav = wav_bytes(2.0)
-    out = client.audio.transcriptions.create(model="gemma4-e", file=("talk.wav", wav), response_format="json")
+    speech = (Path(__file__).parent / "data" / "speech-short.flac").read_bytes()  # espeak-ng, see test_speech.py
+    out = client.audio.transcriptions.create(model="gemma4-e", file=("talk.flac", speech), response_format="json")
     assert isinstance(out.text, str)
-    verbose = client.audio.transcriptions.create(model="gemma4-e", file=("talk.wav", wav),
+    verbose = client.audio.transcriptions.create(model="gemma4-e", file=("talk.flac", speech),
                                                  response_format="verbose_json")
-    assert verbose.duration == pytest.approx(2.0, abs=0.01)
-    assert [(s.start, s.end) for s in verbose.segments] == [(0.0, 2.0)]
-    srt = client.audio.transcriptions.create(model="gemma4-e", file=("talk.wav", wav), response_format="srt")
-    assert "00:00:00,000 --> 00:00:02,000" in srt or srt.strip() == ""
-    vtt = client.audio.translations.create(model="gemma4-e", file=("talk.wav", wav), response_format="vtt")
+    import soundfile as sf
+
+    duration = sf.info(io.BytesIO(speech)).duration
+    assert verbose.duration == pytest.approx(duration, abs=0.01)
+    spans = [(s.start, s.end) for s in verbose.segments]
+    assert spans and spans == sorted(spans) and all(0 <= a < b <= duration + 0.01 for a, b in spans)
+    srt = client.audio.transcriptions.create(model="gemma4-e", file=("talk.flac", speech), response_format="srt")
+    assert srt.count(" --> ") == sum(1 for s in verbose.segments if s.text)
+    vtt = client.audio.translations.create(model="gemma4-e", file=("talk.flac", speech), response_format="vtt")
     assert vtt.startswith("WEBVTT")
+    # A tone is not speech: voice activity detection sends nothing to the model.
+    tone = client.audio.transcriptions.create(model="gemma4-e", file=("tone.wav", wav_bytes(2.0)),
+                                              response_format="verbose_json")
+    assert tone.segments == [] and tone.text == ""
 
 
 # ---------------------------------------------------------------- bad requests
@@ -299,3 +307,133 @@ def test_serve_help_loads_no_server_or_engine_libraries():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "Usage" in proc.stdout and "Examples:" in proc.stdout, proc.stderr
     assert proc.stderr == ""
+
+
+# ---------------------------------------------------------------- concurrency, limits, keys, stopping
+
+ENDLESS = 'root ::= more\nmore ::= ("a " | "b ") more'  # never ends by itself: only max_tokens or a cancel stops it
+
+
+def wait_for(predicate, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_32_streaming_clients_some_leaving_mid_stream(server):
+    import threading
+
+    results, errors = {}, []
+
+    def client_run(i: int) -> None:
+        client = server.client()
+        leaving = i % 4 == 0
+        try:
+            stream = ask(client, f"Client {i} says hello", stream=True, max_tokens=400 if leaving else 10,
+                         **({"extra_body": {"grammar": ENDLESS}} if leaving else {}))
+            text, finish = "", None
+            for n, chunk in enumerate(stream):
+                if leaving and n == 3:
+                    stream.close()  # the client goes away mid-stream
+                    results[i] = "left"
+                    return
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+                    finish = chunk.choices[0].finish_reason or finish
+            results[i] = (text, finish)
+        except Exception as e:  # noqa: BLE001 - collected, asserted below
+            errors.append((i, repr(e)))
+
+    threads = [threading.Thread(target=client_run, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert errors == []
+    assert sorted(results) == list(range(32))
+    for i, r in results.items():
+        if i % 4 == 0:
+            assert r == "left"
+        else:
+            text, finish = r
+            assert finish in ("stop", "length") and isinstance(text, str)
+    # The 8 that left would each have run 400 tokens: their slots were freed when they went.
+    assert wait_for(lambda: server.get("/health")["running"] == 0, 10), server.get("/health")
+    greedy = [results[i][0] for i in range(32) if i % 4 and results[i][1] == "length"]
+    assert greedy  # the rest answered in full
+
+
+@pytest.fixture(scope="module")
+def small_server(e_model, tmp_path_factory):
+    """One slot, one waiting place, a key: for the busy, key and shutdown cases."""
+    s = Server(tmp_path_factory.mktemp("serve1"), "-m", e_model, "--parallel", "1", "--queue", "1",
+               "--api-key", "sekrit", *FAST)
+    yield s
+    s.stop()
+
+
+def test_a_full_queue_is_503_with_retry_after_and_a_key_is_required(small_server):
+    with pytest.raises(openai.AuthenticationError):
+        ask(small_server.client(), max_tokens=2)
+    assert small_server.get("/health")["status"] == "ok"  # health needs no key
+    client = small_server.client(api_key="sekrit")
+    assert ask(client, max_tokens=2).choices[0].message.content is not None
+    running = ask(client, "long", stream=True, max_tokens=500, extra_body={"grammar": ENDLESS})
+    next(iter(running))
+    assert wait_for(lambda: small_server.get("/health")["running"] == 1)
+    import threading
+
+    waiting = threading.Thread(target=lambda: ask(client, max_tokens=2))
+    waiting.start()
+    assert wait_for(lambda: small_server.get("/health")["waiting"] == 1)
+    with pytest.raises(openai.InternalServerError) as info:
+        ask(client, max_tokens=2)
+    assert info.value.status_code == 503 and int(info.value.response.headers["retry-after"]) >= 1
+    assert info.value.body["code"] == "server_busy"
+    running.close()  # the long one leaves: the waiting one gets the slot
+    waiting.join(60)
+    assert not waiting.is_alive()
+    assert wait_for(lambda: small_server.get("/health")["running"] == 0)
+
+
+def test_other_hosts_need_a_key(e_model, tmp_path):
+    from tests.clitools import assert_one_line_error, run_gemma
+
+    proc = run_gemma("serve", "-m", e_model, "--host", "0.0.0.0", home=tmp_path)
+    assert_one_line_error(proc, "--api-key")
+    assert proc.returncode == 2
+
+
+def test_gemma_batch_endpoint_against_gemma_serve(server, tmp_path):
+    from tests.clitools import run_gemma
+
+    lines = [{"id": i, "prompt": f"Line {i}", "max_tokens": 6, "temperature": 0} for i in range(6)]
+    lines.append({"custom_id": "openai-form", "method": "POST", "url": "/v1/chat/completions",
+                  "body": {"model": "gemma4-e", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}})
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    proc = run_gemma("batch", source, "-o", tmp_path / "out.jsonl", "--endpoint", server.url + "/v1",
+                     "--concurrency", "4", home=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    ids = sorted(str(r.get("custom_id", r.get("id"))) for r in records)
+    assert ids == sorted([str(i) for i in range(6)] + ["openai-form"])  # every line exactly once
+    assert all(r["error"] is None for r in records)
+    simple = [r for r in records if "answer" in r]
+    assert all(isinstance(r["answer"], str) and r["usage"]["completion_tokens"] <= 6 for r in simple)
+
+
+def test_sigterm_stops_cleanly_with_a_request_in_flight(e_model, tmp_path):
+    import signal
+
+    s = Server(tmp_path, "-m", e_model, "--parallel", "2", *FAST)
+    stream = ask(s.client(), "long", stream=True, max_tokens=600, extra_body={"grammar": ENDLESS})
+    next(iter(stream))
+    started = time.monotonic()
+    code = s.stop(signal.SIGTERM)
+    assert code == 0 and time.monotonic() - started < 20
+    rest = s.proc.stderr.read()
+    assert "Traceback" not in rest and "stopped" in rest

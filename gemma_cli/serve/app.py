@@ -15,8 +15,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import threading
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -102,24 +104,34 @@ def create_app(served: Served) -> Starlette:
         except GemmaError as e:
             raise bad(e.message, "file", "unsupported_media") from None
         name = fields["upload"].filename or "upload"
-        recording, segments, clips = await asyncio.to_thread(audio.load, name, data, projector.sample_rate)
-        jobs = audio.jobs(builder, clips, fields["language"], translate, fields["temperature"])
+        recording = await asyncio.to_thread(audio.load, name, data, projector.sample_rate)
         loop = asyncio.get_running_loop()
-        tickets = [Ticket(job, loop) for job in jobs]
-        try:
-            for ticket in tickets:
+        gone = threading.Event()
+        current: list[Ticket] = []
+
+        def submit(job):  # on the worker thread: one request of the transcription, waited for
+            ticket = Ticket(job, loop)
+            current[:] = [ticket]
+            try:
                 _submit(served.scheduler, ticket)
-            waiter = asyncio.ensure_future(audio.gather(tickets))
-            results = await _race(request, waiter)
+            except ApiError:
+                raise
+            return asyncio.run_coroutine_threadsafe(ticket.result(), loop).result()
+
+        waiter = asyncio.ensure_future(asyncio.to_thread(
+            audio.transcribe, builder, submit, recording, fields["language"], translate, fields["temperature"], gone))
+        try:
+            result = await _race(request, waiter)
+        except GemmaError as e:
+            _raise_failure(SimpleNamespace(error=e))
+            raise
         finally:
-            for ticket in tickets:
-                served.scheduler.cancel(ticket)  # no-op for finished ones; frees the slots of a client gone
-        if results is None:
+            gone.set()
+            for ticket in current:
+                served.scheduler.cancel(ticket)  # a no-op once finished: frees the slot of a client gone
+        if result is None:
             return Response(status_code=499)
-        for done in results:
-            _raise_failure(done)
-        out, media_type = audio.render(results, segments, recording, fields["format"], fields["language"], translate,
-                                       served.model)
+        out, media_type = audio.render(result, recording, fields["format"], fields["language"], translate, served.model)
         if isinstance(out, dict):
             return JSONResponse(out)
         return PlainTextResponse(out, media_type=media_type)
@@ -232,12 +244,12 @@ def _submit(scheduler: Scheduler, ticket: Ticket) -> None:
 def _raise_failure(done) -> None:
     if done.error is None:
         return
-    from gemma_cli.errors import ContextOverflowError, MediaError
+    from gemma_cli.errors import CapabilityError, ContextOverflowError, MediaError
 
     e = done.error
     if isinstance(e, ContextOverflowError):
         raise bad(e.message, "messages", "context_length_exceeded")
-    if isinstance(e, MediaError):
+    if isinstance(e, (MediaError, CapabilityError)):
         raise bad(e.message, "messages", "invalid_media")
     raise ApiError(500, e.message, kind="server_error")
 

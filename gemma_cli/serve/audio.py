@@ -1,14 +1,14 @@
 """/v1/audio/transcriptions and /v1/audio/translations, on `gemma transcribe`'s code.
 
-The upload is read and cut at pauses into <= 30 s clips (`media.load_audio`, `media.cut`),
-each clip asked with the model card's prompt (`transcript.prompt`, thinking off, greedy by
-default), the clips decoding as parallel sequences beside other requests; the answers become
-`transcript.Cue`s written as json, text, srt, vtt or verbose_json.
+The upload is read (`media.load_audio`) and run through the transcription job
+(`transcription.plan`/`run`: speech found by VAD, packed into <= 30 s requests, the model
+card's prompt, thinking off, greedy by default), each request an engine job decoding beside
+the server's other requests; the timed cues are written as json, text, srt, vtt or
+verbose_json.
 """
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
 from gemma_cli.serve.chat import ApiError, Builder, bad
@@ -40,48 +40,58 @@ def read_form(form, max_bytes: int) -> dict:
 
 
 def load(name: str, data: bytes, rate: int):
-    """(recording, segments, clips) of an upload; a bad file is a 400 naming it."""
+    """The upload as a recording; a bad file is a 400 naming it."""
     from gemma_cli.errors import MediaError
-    from gemma_cli.media import clips, cut, load_audio
+    from gemma_cli.media import load_audio
 
     if not data:
         raise bad(f"{name} is empty (0 bytes)", "file", "invalid_media")
     try:
-        recording = load_audio(name, rate, data=data)
+        return load_audio(name, rate, data=data)
     except MediaError as e:
         raise bad(e.message, "file", "invalid_media") from None
-    segments = cut(recording.samples, recording.rate)
-    return recording, segments, clips(recording, segments)
 
 
-def jobs(builder: Builder, clips: list, language: str | None, translate: bool, temperature: float | None) -> list:
-    """One engine job per clip: the audio first, then the model card's instructions."""
-    from gemma_cli import transcript
+class Gone(Exception):
+    """The client went away: the transcription stops at its next request."""
+
+
+def transcribe(builder: Builder, submit, recording, language: str | None, translate: bool,
+               temperature: float | None, gone):
+    """`gemma transcribe`'s job (gemma_cli.transcription) with each request sent as an engine job.
+
+    Runs on a worker thread; `submit(job) -> Finished` waits for one job, `gone` (an Event)
+    says the client left.
+    """
+    from gemma_cli import transcript, transcription
     from gemma_cli.engine.parallel import Job
 
-    question = transcript.prompt(language, "en" if translate else None)
-    text = builder.format.render(transcript.messages(question), None, thinking=False)
-    tokens = builder.engine.tokenize(text)
+    options = transcription.Options(language, "en" if translate else None)
+    work = transcription.plan(recording, options)
     sampling = replace(builder.settings.sampling, temperature=0.0 if temperature is None else temperature, grammar=None)
-    return [Job(tokens, sampling, MAX_TOKENS, [clip]) for clip in clips]
+    prompts: dict[str, list[int]] = {}
+
+    def ask(clip, question: str) -> str:
+        from gemma_cli import reply
+
+        if gone.is_set():
+            raise Gone
+        if question not in prompts:
+            text = builder.format.render(transcript.messages(question), None, thinking=False)
+            prompts[question] = builder.engine.tokenize(text)
+        done = submit(Job(prompts[question], sampling, MAX_TOKENS, [clip]))
+        if done.error is not None:
+            raise done.error
+        return reply.parse(done.text).answer
+
+    return transcription.run(recording, work, ask, options)
 
 
-async def gather(tickets: list) -> list:
-    return await asyncio.gather(*(t.result() for t in tickets))
+def render(result, recording, fmt: str, language: str | None, translate: bool, model: str):
+    """(body, media type) of a finished transcription in OpenAI's response formats."""
+    from gemma_cli import transcript
 
-
-def render(results: list, segments: list, recording, fmt: str, language: str | None, translate: bool, model: str):
-    """(body, media type) of the finished clips."""
-    from gemma_cli import reply, transcript
-
-    cues = []
-    for segment, done in zip(segments, results):
-        answer = reply.parse(done.text).answer
-        if translate:
-            _, english = transcript.split_translation(answer, "en")
-            cues.append(transcript.Cue(segment.start, segment.end, english or transcript.clean(answer)))
-        else:
-            cues.append(transcript.Cue(segment.start, segment.end, transcript.clean(answer)))
+    cues = [transcript.Cue(c.start, c.end, (c.translation or c.text) if translate else c.text) for c in result.cues]
     text = " ".join(c.text for c in cues if c.text)
     if fmt == "json":
         return {"text": text}, "application/json"
@@ -91,9 +101,8 @@ def render(results: list, segments: list, recording, fmt: str, language: str | N
         return transcript.to_srt(cues), "text/plain; charset=utf-8"
     if fmt == "vtt":
         return transcript.to_vtt(cues), "text/vtt; charset=utf-8"
-    segments_out = [{"id": i, "seek": 0, "start": round(c.start, 3), "end": round(c.end, 3), "text": c.text,
-                     "tokens": [], "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0,
-                     "no_speech_prob": 0.0} for i, c in enumerate(cues)]
+    segments = [{"id": i, "seek": 0, "start": round(c.start, 3), "end": round(c.end, 3), "text": c.text, "tokens": [],
+                 "temperature": 0.0, "avg_logprob": 0.0, "compression_ratio": 0.0, "no_speech_prob": 0.0}
+                for i, c in enumerate(cues)]
     return {"task": "translate" if translate else "transcribe", "language": language or "",
-            "duration": round(recording.seconds, 3), "text": text, "segments": segments_out,
-            "model": model}, "application/json"
+            "duration": round(recording.seconds, 3), "text": text, "segments": segments}, "application/json"

@@ -35,7 +35,7 @@ def serve_engine(engine, n: int, settings, *, host: str, port: int, model: str, 
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
                             timeout_graceful_shutdown=GRACE_SECONDS, lifespan="off", server_header=False)
-    server = uvicorn.Server(config)
+    server = _quiet_exit_server(config)
     scheduler.start()
     shown = f"[{host}]" if ":" in host else host
     media = engine.media
@@ -49,3 +49,30 @@ def serve_engine(engine, n: int, settings, *, host: str, port: int, model: str, 
         scheduler.close()
         sock.close()
         sys.stderr.write("gemma serve: stopped\n")
+
+
+def _quiet_exit_server(config):
+    """uvicorn's server, except that a SIGINT/SIGTERM ends `run()` instead of being raised again after it
+    (which would kill the process before the scheduler is closed): the command then exits 0. A second
+    Ctrl-C still forces the exit."""
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            signals = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
