@@ -5,12 +5,15 @@
 2. Transcription: `gemma transcribe`'s own code on a 5-minute 44.1 kHz stereo FLAC, with every
    llama.cpp entry point timed; the rest (reading, downmixing, resampling, cutting, prompts,
    sessions) is "outside llama.cpp". Target: under 5 % of the transcription time.
+3. Voice activity (issue 14): 5 minutes of espeak-ng speech with 30 % silence, transcribed with
+   Silero VAD and with the energy cutter: the share of the audio sent to the model (target: at
+   most the speech share + 10 %) and the wall time of each.
 
 Without --model/--mmproj it runs on the tiny synthetic Gemma 4 models of tests/synthetic.py:
 their encoders do almost no work, so the outside share there is an upper bound; with real
 E2B/E4B weights llama.cpp's share grows by orders of magnitude and the outside time stays.
 
-    python bench/media.py [--model GGUF --mmproj GGUF] [--seconds 300] [--threads 2]
+    python bench/media.py [--model GGUF --mmproj GGUF] [--seconds 300] [--threads 2] [--only-vad]
 """
 
 from __future__ import annotations
@@ -132,7 +135,8 @@ def bench_transcription(model: Path, mmproj: Path, seconds: int, threads: int, m
     t0 = time.perf_counter()
     transcribe(audio=str(audio), language="en", translate_to=None, fmt="json", output=out, model=str(model),
                mmproj=mmproj, max_tokens=max_tokens, temperature=None, top_p=None, top_k=None, seed=None, ctx=4096,
-               threads=threads, gpu_layers=None, draft="off", draft_max=None, yes=True, verbose=False)  # no drafter
+               threads=threads, gpu_layers=None, draft="off", draft_max=None, yes=True, verbose=False,  # no drafter
+               vad=False)  # tones, not speech: the energy cutter's whole-recording path
     wall = time.perf_counter() - t0
 
     import json
@@ -155,6 +159,67 @@ def bench_transcription(model: Path, mmproj: Path, seconds: int, threads: int, m
           f"(target < 5 %)")
 
 
+def speech_recording(seconds: int, silence_share: float, seed: int = 0):
+    """`seconds` of 16 kHz audio: espeak-ng sentences (tests/data) with pauses of 0.5-6 s making up
+    `silence_share` of it. Returns (samples, seconds of inserted silence)."""
+    import numpy as np
+
+    from gemma_cli.media import load_audio
+
+    rng = np.random.default_rng(seed)
+    voices = [load_audio(ROOT / "tests" / "data" / n).samples for n in ("speech-short.flac", "speech-long.flac")]
+    rate, pieces, spoken, quiet = 16000, [], 0.0, 0.0
+    while spoken + quiet < seconds:
+        v = voices[int(rng.integers(len(voices)))]
+        pieces.append(v)
+        spoken += len(v) / rate
+        # keep the silence at its share: what the speech so far calls for, in pauses of 0.5-6 s
+        want = spoken * silence_share / (1 - silence_share) - quiet
+        gap = float(np.clip(want, 0.5, 6.0)) if want > 0.25 else 0.3
+        pieces.append(np.zeros(int(gap * rate), np.float32))
+        quiet += gap
+    samples = np.concatenate(pieces)[: seconds * rate].astype(np.float32)
+    return samples, quiet - max(0.0, spoken + quiet - seconds)
+
+
+def bench_vad(model: Path, mmproj: Path, seconds: int, threads: int, max_tokens: int, folder: Path,
+              rounds: int = 2) -> None:
+    """Issue 14: the share of a recording sent to the model and the wall time, VAD against the energy cutter."""
+    import json
+
+    import soundfile as sf
+
+    from gemma_cli.commands.transcribe import transcribe
+
+    samples, silent = speech_recording(seconds, 0.30)
+    audio = folder / "speech.flac"
+    sf.write(audio, samples, 16000)
+    duration = len(samples) / 16000
+    rows, walls = {}, {}
+    runs = [("energy cutter (--no-vad)", False), ("Silero VAD (--vad)", True)] * rounds  # interleaved: noisy machines
+    for label, vad in runs:
+        out = folder / f"vad-{vad}.json"
+        t0 = time.perf_counter()
+        transcribe(audio=str(audio), language="en", translate_to=None, fmt="json", output=out, model=str(model),
+                   mmproj=mmproj, max_tokens=max_tokens, temperature=None, top_p=None, top_k=None, seed=None,
+                   ctx=4096, threads=threads, gpu_layers=None, draft="off", draft_max=None, yes=True, verbose=False,
+                   vad=vad, vad_threshold=0.5, max_cue=7.0)
+        wall = walls[label] = min(walls.get(label, float("inf")), time.perf_counter() - t0)
+        data = json.loads(out.read_text())
+        sent = data["vad"]["sent_seconds"] if vad else duration
+        longest = max(c["end"] - c["start"] for c in data["cues"])
+        rows[label] = (sent / duration, wall, len(data["segments"]), len(data["cues"]), longest)
+    speech_share = 1 - silent / duration
+    print(f"\n{duration:.0f} s of espeak-ng speech with {100 * silent / duration:.0f} % inserted silence "
+          f"(speech share {speech_share:.2f}; the sentences' own pauses are speech here)")
+    print(f"                            audio sent   wall time (best of {rounds})   requests   cues   longest cue")
+    for label, (share, wall, requests, cues, longest) in rows.items():
+        print(f"  {label:<26} {share:9.2f}   {wall:18.2f} s   {requests:8d}   {cues:4d}   {longest:8.1f} s")
+    (vs, vw, *_), (cs, cw, *_) = rows["Silero VAD (--vad)"], rows["energy cutter (--no-vad)"]
+    print(f"  audio sent with VAD: {vs:.2f} of the recording (target <= speech share + 0.10 = "
+          f"{speech_share + 0.10:.2f}); wall time VAD / cutter = {vw / cw:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path)
@@ -162,13 +227,16 @@ def main() -> None:
     ap.add_argument("--seconds", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=96, help="per segment (30 s of speech is ~80-100 tokens)")
+    ap.add_argument("--only-vad", action="store_true", help="only the voice activity part (3.)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         model, mmproj = (args.model, args.mmproj) if args.model else synthetic_models(folder)
         print(f"model {model.name}, projector {mmproj.name}, {args.threads} threads\n")
-        bench_images(model, mmproj, args.threads)
-        bench_transcription(model, mmproj, args.seconds, args.threads, args.max_tokens, folder)
+        if not args.only_vad:
+            bench_images(model, mmproj, args.threads)
+            bench_transcription(model, mmproj, args.seconds, args.threads, args.max_tokens, folder)
+        bench_vad(model, mmproj, args.seconds, args.threads, args.max_tokens, folder)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ app = typer.Typer(
     name="gemma",
     help="Run Google's Gemma 4 models locally: chat, images, audio and batch jobs.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion for bash, zsh, fish, PowerShell
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain click help: Rich help formatting costs ~60 ms at every start
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -38,9 +38,33 @@ app = typer.Typer(
   gemma serve -m e4b
   gemma models pull e4b
   gemma doctor
+  gemma --install-completion                   (tab completion in your shell)
 
 Run `gemma COMMAND --help` for a command's options. GEMMA_DEBUG=1 shows tracebacks.""",
 )
+
+
+def _version(value: bool) -> None:
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    from gemma_cli import __version__
+
+    try:
+        backend = f"llama-cpp-python {version('llama_cpp_python')}"
+    except PackageNotFoundError:
+        backend = "llama-cpp-python not installed"
+    print(f"gemma {__version__} ({backend})")
+    raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print gemma's version (and llama-cpp-python's) and exit."),
+) -> None:
+    """Run Google's Gemma 4 models locally: chat, images, audio and batch jobs."""
 
 
 def _register() -> None:
@@ -64,7 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: the one error boundary. Known errors become one line and a hint."""
     debug = os.environ.get("GEMMA_DEBUG", "") not in ("", "0")
     try:
-        app(args=argv, standalone_mode=False, prog_name="gemma")
+        # Not standalone: click returns typer.Exit's code (and 130 for a Ctrl-C it caught) instead of exiting.
+        code = app(args=argv, standalone_mode=False, prog_name="gemma")
     except GemmaError as e:
         if debug:
             raise
@@ -90,6 +115,10 @@ def main(argv: list[str] | None = None) -> None:
             raise
         _print_error(f"{type(e).__name__}: {e}", "this is a bug; run again with GEMMA_DEBUG=1 and report the traceback")
         sys.exit(1)
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        if code == 130:  # click turned a KeyboardInterrupt into Exit(130)
+            sys.stderr.write("\ninterrupted\n")
+        sys.exit(code)
     sys.exit(0)
 
 

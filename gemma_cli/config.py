@@ -14,7 +14,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from gemma_cli import model_names as names
+from gemma_cli import paths
 from gemma_cli.errors import ConfigError
+from gemma_cli.registry import QUANTS
 
 
 @dataclass(frozen=True)
@@ -54,14 +59,14 @@ def path() -> Path:
     override = os.environ.get("GEMMA_CONFIG")
     if override:
         return Path(override).expanduser()
-    from gemma_cli import paths
-
     return paths.config_dir() / "config.yaml"
 
 
-def _unknown_key(key: str, where: str) -> ConfigError:
+def _unknown_key(key: str, where: str, file: Path | None = None) -> ConfigError:
     close = difflib.get_close_matches(key, KEYS, n=1)
     hint = (f"did you mean '{close[0]}'? " if close else "") + f"known keys: {', '.join(KEYS)}"
+    if file is not None:
+        hint += f"; fix {file}, or remove the line with `gemma config unset {key}`"
     return ConfigError(f"unknown key '{key}' {where}", hint)
 
 
@@ -89,19 +94,15 @@ def check(key: str, value: object, where: str) -> object:
         bounds = f"at least {spec.lo:g}" if spec.hi is None else f"between {spec.lo:g} and {spec.hi:g}"
         raise ConfigError(f"{key} {where} must be {bounds}, not {value!r}", spec.help)
     if kind == "quant":
-        from gemma_cli import models
-
-        q = models._QUANT_ALIASES.get(value.lower().replace("-", "_"))
+        q = names.quant_of(value)
         if q is None:
-            raise ConfigError(f"quantization {where} must be one of {', '.join(models.QUANTS)}, not {value!r}", spec.help)
+            raise ConfigError(f"quantization {where} must be one of {', '.join(QUANTS)}, not {value!r}", spec.help)
         value = q
     elif kind == "model":
-        from gemma_cli import models
-
-        if not (value.startswith("hf:") or models.is_path_like(value)):
+        if not (value.startswith("hf:") or names.is_path_like(value)):
             try:
-                models.split(value)
-            except models.UnknownModel as e:
+                names.split(value)
+            except names.UnknownModel as e:
                 raise ConfigError(f"model {where}: {e.message}", e.hint) from None
     elif kind == "url" and not re.match(r"https?://[^/\s]+", value):
         raise ConfigError(f"endpoint {where} must be an http(s) URL, not {value!r}", "for example https://huggingface.co")
@@ -180,12 +181,16 @@ def _read(file: Path) -> dict:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except IsADirectoryError:
+        raise ConfigError(f"{file} is a folder, not a config file", "remove it, or set GEMMA_CONFIG to a file") from None
     except OSError as e:
         raise ConfigError(f"cannot read {file}: {e.strerror}", "check its permissions, or set GEMMA_CONFIG") from None
+    except UnicodeDecodeError as e:
+        line = text_line(file.read_bytes(), e.start)
+        raise ConfigError(f"{file} is not UTF-8 text (line {line}, byte {e.start})",
+                          f"save {file} as UTF-8, or fix that line with `gemma config set KEY VALUE`") from None
     if not text.strip():
         return {}
-    import yaml
-
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -194,7 +199,8 @@ def _read(file: Path) -> dict:
         line = f", line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"invalid YAML in {file}{line}: {problem}",
-                          "fix the file, or see `gemma config show`; it holds lines like 'temperature: 0.7'") from None
+                          f"fix {file} (it holds lines like 'temperature: 0.7'); `gemma config set` and "
+                          "`gemma config unset` still edit it") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
@@ -205,33 +211,57 @@ def _read(file: Path) -> dict:
     for key, value in data.items():
         where = f"in {file}, line {lines.get(str(key), '?')}"
         if key not in KEYS:
-            raise _unknown_key(str(key), where)
+            raise _unknown_key(str(key), where, file)
         out[key] = check(key, value, where)
     return out
 
 
+def text_line(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
+
+
+def problem(file: Path | None = None) -> str | None:
+    """What is wrong with the config file (None when it loads), as one line."""
+    try:
+        _read(file or path())
+    except ConfigError as e:
+        return e.message
+    return None
+
+
 def set_value(key: str, raw: str) -> tuple[Path, object]:
-    """Validate and write one key, keeping the file's other lines and comments."""
+    """Validate and write one key, keeping the file's other lines and comments.
+
+    A file with a problem elsewhere (bad YAML, an unknown key, not UTF-8) is still edited line
+    by line, so the command that fixes it is never locked out; `problem()` says what is left.
+    """
     file = path()
     value = parse(key, raw, "(gemma config set)")
-    _read(file)  # refuse to edit a file that does not parse
     _write_line(file, key, value)
     return file, value
 
 
 def unset(key: str) -> Path:
-    if key not in KEYS:
-        raise _unknown_key(key, "(gemma config unset)")
+    """Remove one key's line; an unknown key too, when the file has it (that is how a typo is fixed)."""
     file = path()
-    _read(file)
+    if key not in KEYS and not _has_line(file, key):
+        raise _unknown_key(key, "(gemma config unset)")
     _write_line(file, key, None, remove=True)
     return file
 
 
-def _write_line(file: Path, key: str, value: object, *, remove: bool = False) -> None:
-    import yaml
+def _lines(file: Path) -> list[str]:
+    # surrogateescape: bytes that are not UTF-8 survive an edit of another line unchanged
+    return file.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if file.is_file() else []
 
-    lines = file.read_text(encoding="utf-8").splitlines() if file.exists() else []
+
+def _has_line(file: Path, key: str) -> bool:
+    pattern = re.compile(rf"^{re.escape(key)}\s*:")
+    return any(pattern.match(ln) for ln in _lines(file))
+
+
+def _write_line(file: Path, key: str, value: object, *, remove: bool = False) -> None:
+    lines = _lines(file)
     rendered = yaml.safe_dump({key: value}, default_flow_style=False, allow_unicode=True).strip()
     pattern = re.compile(rf"^{re.escape(key)}\s*:")
     hit = [i for i, ln in enumerate(lines) if pattern.match(ln)]
@@ -244,5 +274,5 @@ def _write_line(file: Path, key: str, value: object, *, remove: bool = False) ->
         lines.append(rendered)
     file.parent.mkdir(parents=True, exist_ok=True)
     tmp = file.with_name(file.name + ".tmp")
-    tmp.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+    tmp.write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8", errors="surrogateescape")
     os.replace(tmp, file)

@@ -108,9 +108,7 @@ class MarkdownPrinter(StreamPrinter):
             console = Console(highlight=False)
             self._live = Live(console=console, refresh_per_second=10, vertical_overflow="visible", transient=False)
             self._live.start()
-        from rich.markdown import Markdown
-
-        self._live.update(Markdown(self._text.lstrip("\n")))
+        self._live.update(literal_html_markdown(self._text.lstrip("\n")))
 
     def finish(self) -> None:
         self._end_thought()
@@ -118,6 +116,32 @@ class MarkdownPrinter(StreamPrinter):
             self._live.stop()
             self._live = None
         self._text = ""
+
+
+_MARKDOWN = None
+
+
+def literal_html_markdown(text: str):
+    """Rich Markdown in which HTML-like text (`<div>`, `vector<int>`, `a < b > c`) stays literal text.
+
+    Rich's parser has HTML on and then drops every inline HTML tag it does not style; an answer
+    must reach the screen whole, so the text is parsed with markdown-it's HTML off.
+    """
+    global _MARKDOWN
+    if _MARKDOWN is None:
+        from markdown_it import MarkdownIt
+        from rich.markdown import Markdown
+
+        parser = MarkdownIt("commonmark", {"html": False}).enable("strikethrough").enable("table")
+
+        class LiteralHtmlMarkdown(Markdown):
+            def __init__(self, markup: str, **kwargs):
+                super().__init__("", **kwargs)
+                self.markup = markup
+                self.parsed = parser.parse(markup)
+
+        _MARKDOWN = LiteralHtmlMarkdown
+    return _MARKDOWN(text)
 
 
 def printer_for_repl(*, show_thinking: bool) -> StreamPrinter:
@@ -132,5 +156,7 @@ def status_line(stats) -> str:
     parts = [f"{stats.generated_tokens} tokens", f"{stats.ttft:.2f} s to first token", f"{stats.tps:.1f} tok/s",
              f"prompt {stats.prompt_tokens + stats.reused_tokens} ({stats.reused_tokens} cached)"]
     if stats.finish_reason == "length":
-        parts.append("stopped at the token limit")
+        limit = getattr(stats, "limit", None)
+        parts.append("stopped: the context is full (raise --ctx, or /clear)" if limit == "context"
+                     else "stopped at the token limit")
     return " · ".join(parts)

@@ -160,6 +160,7 @@ class Stats:
     finish_reason: str | None = None
     drafted: int = 0  # speculative decoding: tokens proposed by the drafter
     accepted: int = 0  # ... and kept by the model
+    limit: str | None = None  # with finish_reason "length": what ran out, "max_tokens" or "context"
 
     @classmethod
     def of(cls, step: "Step") -> "Stats":
@@ -209,6 +210,7 @@ class ChatSession:
         self.think_budget = think_budget  # most thought tokens before the thought is closed (None: no limit)
         self.tools = tools or None
         self.messages: list[dict] = []
+        self.last_result: Result | None = None  # of the latest generate(), finished or interrupted
         # gemma_cli.media.MediaParts: the decoder of this conversation's media (given, or made at the first part)
         self._media = media
         if system:
@@ -256,6 +258,12 @@ class ChatSession:
         self.messages.append({"role": "user", "content": content})
         return self.generate()
 
+    def attach(self, kind: str, source) -> dict:
+        """A media part for the next message, read and decoded now, once the model is known to take the
+        kind: a bad file or a model without that encoder fails here, not when the message is sent."""
+        self._ready_for([{"type": kind}])
+        return self.media_parts().attach(kind, source)
+
     def media_parts(self):
         """The decoder of this conversation's images and audio (see gemma_cli.media.MediaParts)."""
         if self._media is None:
@@ -290,7 +298,7 @@ class ChatSession:
         tokens, checkpoint, in_thought = self._prompt_tokens()
         parse = self.format.kind == GEMMA4
         parser = reply.ReplyParser(in_thought=in_thought, tools=self.tools)
-        result = Result()
+        result = self.last_result = Result()  # the partial one stays readable after a Ctrl-C
         media = self._prompt_media()
         free = bool(self.sampling.grammar and self.think and self.format.kind == GEMMA4)
         budget = self.think_budget if self.think and parse else None
@@ -305,9 +313,13 @@ class ChatSession:
             yield from _collect(parser.close() if parse else [], result)
         except (KeyboardInterrupt, GeneratorExit):
             result.interrupted = True
+            result.stats.finish_reason = "interrupted"
             stream.close()
             self._record(result)
             raise
+        if result.stats.finish_reason == "length":
+            full = self.max_tokens is None or result.stats.generated_tokens < self.max_tokens
+            result.stats.limit = "context" if full else "max_tokens"
         self._record(result)
         yield Done(result)
 

@@ -74,6 +74,9 @@ def _load_python(path: Path) -> Toolbox:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
+    except SystemExit as e:  # sys.exit() at import must not end gemma with the file's status and no word
+        raise GemmaError(f"{path} failed to load: SystemExit({e.code!r})",
+                         "a tools file should only define functions; run it with python to see why it exits") from None
     except Exception as e:  # noqa: BLE001 - the user's file failed to import
         raise GemmaError(f"{path} failed to load: {type(e).__name__}: {e}", "run it with python to see the error") from None
     functions = {

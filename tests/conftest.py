@@ -7,11 +7,18 @@ where they fail so that nothing is silently skipped in CI.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# Before llama.cpp (and its OpenMP) loads, here and in every `gemma` the tests start: threads
+# that wait at a barrier sleep instead of spinning. On a CPU shared with other work (CI, several
+# suites at once) spinning threads take the cores the working ones need: a 16-token decode on
+# 2 threads went from 1.7 s to 47 s with 15 busy processes on 2 cores. Speed is the benches' job.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tests.needs import skip_or_fail
+import pytest  # noqa: E402
+
+from tests.needs import skip_or_fail  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference"
@@ -172,3 +179,30 @@ def gemma3_templated(request, tmp_path_factory, gemma3_base) -> str:
                         "--chat-template", CHATML_LIKE, "--force"], check=True, capture_output=True)
         tmp.replace(path)
     return str(path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The fake engine (tests/fakeengine.py): CLI tests of rendering, flags and exit codes, in-process
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gemma_home(monkeypatch, tmp_path) -> Path:
+    """The environment an in-process `gemma` runs in (as tests.clitools.gemma_env gives a subprocess)."""
+    from tests.fakeengine import environment
+
+    for key, value in environment(tmp_path).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("GEMMA_DEBUG", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def fake(monkeypatch, gemma_home):
+    """A FakeGemma plugged in at `commands.loading.open_engine`; `fake.gemma(...)` runs the CLI in-process."""
+    from gemma_cli.commands import loading
+    from tests.fakeengine import FakeGemma
+
+    engine = FakeGemma(gemma_home)
+    monkeypatch.setattr(loading, "open_engine", engine.open)
+    return engine

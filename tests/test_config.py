@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from clitools import assert_one_line_error, run_gemma
+from clitools import assert_one_line_error
+from fakeengine import run_in_process
 from hubserver import isolate
 
 from gemma_cli import config
@@ -135,22 +136,24 @@ def test_set_quantization_alias_and_null(cfg):
     assert config.load().pick("quantization") == "q8_0"
 
 
-def test_cli_set_show_path(home, cfg):
-    proc = run_gemma("config", "set", "temperature", "0.7", home=home)
+def test_cli_set_show_path(home, cfg, monkeypatch):
+    # in-process through the real entry point (cli.main): no model, nothing that needs a subprocess
+    proc = run_in_process("config", "set", "temperature", "0.7")
     assert proc.returncode == 0, proc.stderr
     assert f"temperature = 0.7  ({cfg})" in proc.stderr
-    proc = run_gemma("config", "show", "--json", home=home)
+    proc = run_in_process("config", "show", "--json")
     data = json.loads(proc.stdout)
     assert data["file"] == str(cfg)
     assert data["settings"]["temperature"] == {"value": 0.7, "source": "file"}
     assert data["settings"]["top_k"] == {"value": 64, "source": "default"}
-    proc = run_gemma("config", "show", home=home, GEMMA_TOP_K="20")
+    monkeypatch.setenv("GEMMA_TOP_K", "20")
+    proc = run_in_process("config", "show")
     assert "top_k:" in proc.stdout and "env GEMMA_TOP_K" in proc.stdout
-    assert run_gemma("config", "path", home=home).stdout.strip() == str(cfg)
+    assert run_in_process("config", "path").stdout.strip() == str(cfg)
 
 
 def test_cli_errors_are_one_line(home, cfg):
-    assert_one_line_error(run_gemma("config", "set", "bogus", "1", home=home), "unknown key 'bogus'")
-    assert_one_line_error(run_gemma("config", "set", "model", "e4", home=home), "unknown model 'e4'")
+    assert_one_line_error(run_in_process("config", "set", "bogus", "1"), "unknown key 'bogus'")
+    assert_one_line_error(run_in_process("config", "set", "model", "e4"), "unknown model 'e4'")
     cfg.write_text("temperature: [\n")
-    assert_one_line_error(run_gemma("config", "show", home=home), "invalid YAML in", "line ")
+    assert_one_line_error(run_in_process("config", "show"), "invalid YAML in", "line ")

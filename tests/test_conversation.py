@@ -90,13 +90,13 @@ def test_bad_conversation_files_are_one_line_errors(tmp_path, content, needle):
     assert needle in e.value.message and "bad.json" in e.value.message
 
 
-def test_load_missing_conversation_via_cli(e_model, tmp_path):
-    proc = run_gemma("chat", "hi", "--model", e_model, "--load", tmp_path / "none.json", home=tmp_path)
+def test_load_missing_conversation_via_cli(fake, tmp_path):
+    proc = fake.gemma("chat", "hi", "--model", fake.model, "--load", tmp_path / "none.json")
     assert_one_line_error(proc, "conversation file not found")
 
 
-def test_continue_without_history_is_a_clear_error(e_model, tmp_path):
-    proc = run_gemma("chat", "hi", "--model", e_model, "--continue", home=tmp_path)
+def test_continue_without_history_is_a_clear_error(fake):
+    proc = fake.gemma("chat", "hi", "--model", fake.model, "--continue")
     assert_one_line_error(proc, "no earlier conversation")
 
 
@@ -141,26 +141,24 @@ def test_json_tools_are_declarations_only(tmp_path):
     assert not box.runnable and box.declarations[0]["function"]["name"] == "lookup"
 
 
-def test_json_tools_in_one_shot_show_the_call_and_json_returns_it(e_model, tmp_path):
+def test_json_tools_in_one_shot_show_the_call_and_json_returns_it(fake, tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps([{"type": "function", "function": {"name": "add", "description": "Add.",
                                                                    "parameters": {"type": "object"}}}]))
-    grammar = tmp_path / "g.gbnf"
-    grammar.write_text('root ::= "<|tool_call>call:add{a:1,b:<|\\"|>two<|\\"|>}<tool_call|>"\n')
-    proc = run_gemma("chat", "add", "--model", e_model, "--tools", path, "--grammar", grammar, "--json",
-                     home=tmp_path)
+    fake.enqueue("<|tool_call>", "call:add{a:1,b:", '<|"|>two<|"|>', "}<tool_call|>")  # a grammar forces it for real
+    proc = fake.gemma("chat", "add", "--model", fake.model, "--tools", path, "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["tool_calls"] == [{"name": "add", "arguments": {"a": 1, "b": "two"}}]
     assert data["tool_results"] == []
 
 
-def test_python_tools_without_yes_and_without_terminal_are_not_run(e_model, tmp_path):
+def test_python_tools_without_yes_and_without_terminal_are_not_run(fake, tmp_path, monkeypatch):
     (tmp_path / "t.py").write_text("def boom() -> str:\n    '''Boom.'''\n    open('ran', 'w').write('x')\n    return 'x'\n")
-    grammar = tmp_path / "g.gbnf"
-    grammar.write_text('root ::= "<|tool_call>call:boom{}<tool_call|>"\n')
-    proc = run_gemma("chat", "go", "--model", e_model, "--tools", tmp_path / "t.py", "--grammar", grammar,
-                     "--max-tool-rounds", "1", "--json", home=tmp_path)
+    fake.enqueue("<|tool_call>call:boom{}<tool_call|>").enqueue("I could not run it.")
+    monkeypatch.chdir(tmp_path)  # where the tool would write
+    proc = fake.gemma("chat", "go", "--model", fake.model, "--tools", tmp_path / "t.py", "--max-tool-rounds", "1",
+                      "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["tool_results"][0] == {"name": "boom", "ran": False, "result": {"error": "the user declined to run this tool"}}
@@ -243,10 +241,10 @@ def test_think_and_format_json_end_to_end(e_model, tmp_path):
         assert data["answer"].lstrip().startswith("{") or data["thinking"]
 
 
-def test_schema_format_and_grammar_are_exclusive(e_model, tmp_path):
+def test_schema_format_and_grammar_are_exclusive(fake, tmp_path):
     grammar = tmp_path / "g.gbnf"
     grammar.write_text('root ::= "x"\n')
-    proc = run_gemma("chat", "x", "--model", e_model, "--format", "json", "--grammar", grammar, home=tmp_path)
+    proc = fake.gemma("chat", "x", "--model", fake.model, "--format", "json", "--grammar", grammar)
     assert_one_line_error(proc, "constrain the answer")
 
 

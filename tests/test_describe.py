@@ -152,7 +152,8 @@ def test_chat_with_an_image_and_audio(images, e_model, av_mmproj, tmp_path):
 
     sf.write(tmp_path / "beep.wav", 0.3 * np.sin(np.arange(16000) * 2 * np.pi * 440 / 16000), 16000)
     proc = run_gemma("chat", "What is this?", "-i", images[0], "-a", tmp_path / "beep.wav", "--model", e_model,
-                     "--mmproj", av_mmproj, "--json", "-n", "3", "--temperature", "0", "--draft", "off", *ONE, home=tmp_path)
+                     "--mmproj", av_mmproj, "--json", "-n", "3", "--temperature", "0", "--draft", "off", "--save", *ONE,
+                     home=tmp_path)  # --save: a one-shot is kept for --continue only when asked (issue 12, item 5)
     assert proc.returncode == 0, proc.stderr
     stats = json.loads(proc.stdout)["stats"]
     assert stats["prompt_tokens"] > 300 + 25  # the default budget (280 -> 300 tokens here) and 1 s of audio

@@ -114,6 +114,19 @@ def test_frames_and_fps_options(clip):
     assert len(vid.load_video(short).frames) == 5  # fewer than 32: every frame
 
 
+@pytest.mark.parametrize("suffix, codec", [("mp4", "mpeg4"), ("mkv", "mpeg4"), ("webm", "libvpx")])
+def test_seeking_a_long_clip_gives_the_frames_of_one_pass(tmp_path, monkeypatch, suffix, codec):
+    path = tmp_path / f"long.{suffix}"
+    write_clip(path, n=200, fps=25, codec=codec)
+    monkeypatch.setattr(vid, "SEEK_OVER", 10**9)
+    one_pass = vid.load_video(path)
+    monkeypatch.setattr(vid, "SEEK_OVER", 2)
+    monkeypatch.setattr(vid, "_decode", lambda *a, **k: pytest.fail("fell back to one pass"))
+    seeking = vid.load_video(path)
+    assert seeking.times == one_pass.times == pytest.approx([i / 25 for i in vid.frame_indices(200)], abs=0.011)
+    assert [f.data for f in seeking.frames] == [f.data for f in one_pass.frames]
+
+
 @pytest.mark.parametrize("case, needle", [("empty", "is empty (0 bytes)"), ("text", "is not a video gemma can read"),
                                           ("truncated", "truncated or damaged"), ("audio", "has no video track")])
 def test_bad_videos_are_one_line_errors_naming_the_file(tmp_path, clip, case, needle):
@@ -288,3 +301,36 @@ def test_a_conversation_file_with_a_video_url_part(e_model, vision_mmproj, clip,
     proc = run_gemma("chat", "--load", tmp_path / "conv.json", "--model", e_model, "--print-prompt", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("<|image|>") == 32 and "00:03 <|image|>What happens?" in proc.stdout
+
+
+# ---------------------------------------------------------------- batch lines
+
+
+def test_videos_in_batch_lines_simple_messages_and_openai(e_model, vision_mmproj, tmp_path):
+    import base64
+
+    from tests.test_batch import run_batch
+
+    write_clip(tmp_path / "clip.mp4", n=6)
+    (tmp_path / "notes.mp4").write_text("not a video\n" * 30)
+    data_url = "data:video/mp4;base64," + base64.b64encode((tmp_path / "clip.mp4").read_bytes()).decode()
+    lines = [
+        {"id": "simple", "prompt": "What happens?", "videos": ["clip.mp4"], "max_tokens": 2},
+        {"id": "parts", "messages": [{"role": "user", "content": [{"type": "video", "path": str(tmp_path / "clip.mp4")},
+                                                                  {"type": "text", "text": "And?"}]}], "max_tokens": 2},
+        {"id": "bad", "prompt": "What happens?", "videos": ["notes.mp4"], "max_tokens": 2},
+    ]
+    proc, results = run_batch(tmp_path, lines, "-m", e_model, "--mmproj", vision_mmproj, "-p", "2", "-t", "0")
+    got = {r["id"]: r for r in results}
+    assert got["simple"]["error"] is None and got["simple"]["usage"]["prompt_tokens"] > 6 * 80
+    assert got["parts"]["error"] is None and got["parts"]["usage"]["prompt_tokens"] > 6 * 80, got["parts"]
+    assert got["bad"]["error"]["code"] == "media" and "notes.mp4" in got["bad"]["error"]["message"]
+    assert proc.returncode == 3
+    openai = [{"custom_id": "o1", "method": "POST", "url": "/v1/chat/completions",
+               "body": {"max_tokens": 2, "messages": [{"role": "user", "content": [
+                   {"type": "video_url", "video_url": {"url": data_url}}, {"type": "text", "text": "What happens?"}]}]}}]
+    proc, results = run_batch(tmp_path, openai, "-m", e_model, "--mmproj", vision_mmproj, name="o.jsonl",
+                              out="o-out.jsonl")
+    assert proc.returncode == 0, proc.stderr
+    body = results[0]["response"]["body"]
+    assert body["usage"]["prompt_tokens"] > 6 * 80

@@ -117,6 +117,9 @@ def _openai_part(part: dict) -> dict:
     if kind == "image":
         url = part.get("url") or _data_url(part.get("path"), "image")
         return {"type": "image_url", "image_url": {"url": url}}
+    if kind == "video":  # as vLLM takes it
+        url = part.get("url") or _data_url(part.get("path"), "video")
+        return {"type": "video_url", "video_url": {"url": url}}
     if kind == "audio":
         data, fmt = part.get("data"), part.get("format")
         if not data:

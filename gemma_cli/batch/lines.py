@@ -15,7 +15,8 @@ from typing import Iterator
 
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, MediaError
 
-SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "audio", "think", "keep_thinking", "tools", "schema", "max_tokens",
+SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "videos", "audio", "think", "keep_thinking", "tools",
+                 "schema", "max_tokens",
                  "temperature", "top_p", "top_k", "seed", "stop"}
 OPENAI_FIELDS = {"custom_id", "method", "url", "body"}
 # Body fields the local engine honours; others that change the answer are refused, not ignored.
@@ -162,11 +163,12 @@ def _simple_request(data: dict, base: Path | None) -> Request:
     if "prompt" in data:
         text = _typed(data, "prompt", str)
         media = [_media_part("image", s, base) for s in _strings(data, "images")]
+        media += [_media_part("video", s, base) for s in _strings(data, "videos")]
         media += [_media_part("audio", s, base) for s in _strings(data, "audio")]
         messages = [{"role": "user", "content": media + [{"type": "text", "text": text}] if media else text}]
     else:
-        if data.get("images") or data.get("audio"):
-            raise _Invalid('"images" and "audio" go with "prompt"; with "messages", put them in the message content')
+        if data.get("images") or data.get("videos") or data.get("audio"):
+            raise _Invalid('"images", "videos" and "audio" go with "prompt"; with "messages", put them in the message content')
         messages = _messages(data.get("messages"))
     if system is not None:
         messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] not in ("system", "developer")]

@@ -143,9 +143,11 @@ class Local:
             messages = [{"role": "system", "content": d.system}] + messages
         think = d.think if r.think is None else r.think
         text = self.format.render(messages, r.tools, thinking=think, preserve_thinking=r.keep_thinking)
-        tokens = self.engine.tokenize(text)
-        media = self._load_media(messages) if _has_media(messages) else None
         in_thought = self.format.kind == "gemma4" and ends_in_thought(text)  # the reply starts as thinking
+        media = None
+        if _has_media(messages):  # a video's <|video|> is written out as its timestamped frames
+            text, media = self._load_media(messages, text)
+        tokens = self.engine.tokenize(text)
         return tokens, self._shared(messages, r.tools, think, tokens), media, self._sampling(r), think, in_thought
 
     def _shared(self, messages: list[dict], tools, think: bool, tokens: list[int]) -> int | None:
@@ -160,9 +162,9 @@ class Local:
             text = self.format.render(head, tools, thinking=think, add_generation_prompt=False)
         except Exception:  # noqa: BLE001 - a template that cannot render a lone system turn: no checkpoint
             return None
-        from gemma_cli.engine.core import _common_prefix
+        from gemma_cli.engine.core import common_prefix
 
-        n = _common_prefix(self.engine.tokenize(text), tokens)
+        n = common_prefix(self.engine.tokenize(text), tokens)
         return n if 0 < n < len(tokens) else None
 
     def _sampling(self, r: Request):
@@ -179,7 +181,7 @@ class Local:
                 raise GemmaError(f"the schema cannot be turned into a grammar ({e})", "check the JSON Schema") from None
         return s
 
-    def _load_media(self, messages: list[dict]) -> list:
+    def _load_media(self, messages: list[dict], text: str) -> tuple[str, list]:
         from gemma_cli.media import MediaParts, prompt_order
 
         if self.format.kind != "gemma4":
@@ -190,7 +192,7 @@ class Local:
         for kind in dict.fromkeys(p["type"] for p in parts):
             projector = self.engine.ensure_projector(kind)  # loaded on first use, with the engine's image budget
             self._media.rate = projector.sample_rate or self._media.rate
-        return [self._media.load(p) for p in parts]
+        return self._media.for_prompt(text, messages)
 
     def answer(self, line: Line, done) -> Answer:
         from gemma_cli import reply

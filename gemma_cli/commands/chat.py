@@ -23,6 +23,7 @@ Examples:
   gemma chat --tools examples/tools.py "What time is it in Tokyo?"
   gemma chat --schema person.json "Invent a person"      (answer constrained to the schema)
   gemma chat --continue                          (resume the last conversation)
+  gemma chat --save "Remember: the code is 42"   (a one-shot kept for --continue)
   gemma chat --load examples/conversation.json --print-prompt
   gemma chat -v clip.mp4 "What happens in this clip?"
   gemma chat --think --think-budget 256 "Plan a 3-day trip to Rome"
@@ -63,6 +64,7 @@ def chat(
     draft_max: opt.DraftMax = None,
     print_prompt: Annotated[bool, typer.Option("--print-prompt", help="Print the exact prompt text and exit (loads no weights).")] = False,
     as_json: opt.Json = False,
+    save: Annotated[bool, typer.Option("--save", help="Keep this one-shot exchange for `gemma chat --continue` (the interactive chat, and a one-shot --continue, always are).")] = False,
     yes: opt.Yes = False,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
@@ -77,13 +79,17 @@ def chat(
 
     decoder = MediaParts()  # -i/-a are read and decoded now, before the model loads
     parts = _media_parts(decoder, image, audio, video)  # before stdin is read as text: `-i -` reads it
+    prompt, system = _utf8(prompt, "the prompt"), _utf8(system, "--system")
     text = _read_input(prompt) if not any(p.get("url") for p in parts) else prompt
     conv = _start_conversation(load, resume)
     think = think if think is not None else bool(conv.settings.get("think", False))
     toolbox = _load_tools(tools)
     declarations = toolbox.declarations if toolbox else (conv.tools or None)
-    name = settings.pick("model", model or conv.model)
-    path = _locate(name, yes)
+    from gemma_cli.commands import loading
+
+    resolved = loading.resolve(settings, model or conv.model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers,
+                               loads=not print_prompt)
+    path = resolved.path
     messages = _with_system(conv.messages, system)
     override = None
     if chat_template is not None:
@@ -91,7 +97,7 @@ def chat(
 
         override = read_chat_template(chat_template)
     if print_prompt:
-        return _print_prompt(path, messages, declarations, think, _with_media(parts, text), decoder, override,
+        return _print_prompt(resolved.header, messages, declarations, think, _with_media(parts, text), decoder, override,
                              keep_thinking)
     if video:
         from gemma_cli.video import check_context
@@ -101,15 +107,11 @@ def chat(
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
 
-    from gemma_cli.commands.loading import attach_draft, open_engine
-    from gemma_cli.media import projector_path
     from gemma_cli.session import ChatSession, format_of_engine
 
-    projector = projector_path(name, path, mmproj)
-    engine = open_engine(path, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
-                         gpu_layers=settings.pick("gpu_layers", gpu_layers), verbose=verbose,
-                         mmproj=projector if parts else None, image_tokens=image_tokens)
-    engine.mmproj_path = projector  # /image and /audio load it on first use
+    engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
+                                 verbose=verbose, load_mmproj=bool(parts), image_tokens=image_tokens)
+    loading.note_context(engine, loading.asked_ctx(settings, ctx))
     sampling = _sampling(settings, conv.settings, temperature, top_p, top_k, seed)
     sampling.grammar = _constraint(schema, fmt, grammar)
     session = ChatSession(engine, format_of_engine(engine, override), sampling=sampling, think=think, tools=declarations,
@@ -118,14 +120,17 @@ def chat(
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
-    attach_draft(engine, name, draft, draft_max)
+    loading.attach_draft(engine, resolved, draft, draft_max)
     confirm = None if yes else _confirm
     if interactive:
         return _interactive(session, path, toolbox, confirm, parts, show_thinking=not hide_thinking,
                             max_tool_rounds=max_tool_rounds)
-    _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds, show_thinking=not hide_thinking,
-              as_json=as_json)
-    _autosave(session, path)
+    try:
+        _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds,
+                  show_thinking=not hide_thinking, as_json=as_json)
+    finally:  # a Ctrl-C keeps the partial answer too
+        if save or resume:
+            _autosave(session, path)
 
 
 def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
@@ -165,9 +170,31 @@ def _with_media(parts: list[dict], text: str | None):
     return parts + [{"type": "text", "text": text}] if parts and text is not None else text
 
 
+def _utf8(text: str | None, what: str) -> str | None:
+    """An argument with bytes that are not UTF-8 (Python keeps them as surrogates): replaced, and said so."""
+    if text is None or not any("\udc80" <= c <= "\udcff" for c in text):
+        return text
+    sys.stderr.write(f"warning: {what} is not valid UTF-8; the undecodable bytes are replaced by \ufffd\n")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _read_stdin() -> str:
+    """Piped stdin as UTF-8 text; bytes that are not UTF-8 are replaced, with a warning."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        return sys.stdin.read()
+    data = stream.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        sys.stderr.write(f"warning: stdin is not valid UTF-8 (byte {e.start}: {data[e.start:e.start + 1]!r}); "
+                         "the undecodable bytes are replaced by \ufffd\n")
+        return data.decode("utf-8", "replace")
+
+
 def _read_input(prompt: str | None) -> str | None:
     """The user's message: the argument, stdin, or both (stdin as context before the prompt)."""
-    piped = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.read()
+    piped = None if sys.stdin is None or sys.stdin.isatty() else _read_stdin()
     if piped is not None and not piped.strip():
         piped = None
     if piped and prompt:
@@ -209,9 +236,22 @@ def _constraint(schema: Path | None, fmt: str | None, grammar: Path | None) -> s
         return None
     if grammar:
         return _read_text(grammar, "grammar")
+    return _schema_grammar(schema)
+
+
+def _schema_grammar(path: Path | None) -> str:
+    """The GBNF of a JSON Schema file (None: any JSON object); a schema llama.cpp cannot convert is one line."""
     from gemma_cli.engine.core import schema_to_grammar
 
-    return schema_to_grammar(_read_schema(schema) if schema else None)
+    if path is None:
+        return schema_to_grammar(None)
+    schema = _read_schema(path)
+    try:
+        return schema_to_grammar(schema)
+    except (AssertionError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise GemmaError(f"{path} is not a JSON Schema gemma can use: {detail[:200]}",
+                         'check its "type" values (object, array, string, number, integer, boolean, null)') from None
 
 
 def _read_text(path: Path, what: str) -> str:
@@ -219,13 +259,20 @@ def _read_text(path: Path, what: str) -> str:
         return path.read_text(encoding="utf-8")
     except OSError as e:
         raise GemmaError(f"cannot read {what} file {path}: {e.strerror or e}", "check the path") from None
+    except UnicodeDecodeError as e:
+        raise GemmaError(f"{what} file {path} is not UTF-8 text (byte {e.start})", "save it as UTF-8") from None
 
 
 def _read_schema(path: Path) -> dict:
     try:
-        return json.loads(_read_text(path, "schema"))
+        schema = json.loads(_read_text(path, "schema"))
     except json.JSONDecodeError as e:
         raise GemmaError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})", "a schema is a JSON Schema object") from None
+    if not isinstance(schema, dict):
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(schema), "null")
+        raise GemmaError(f"{path} holds a JSON {kind}, not a JSON Schema object",
+                         'a schema is an object, for example {"type": "object", "properties": {...}}')
+    return schema
 
 
 def _sampling(settings, saved: dict, temperature, top_p, top_k, seed):
@@ -238,18 +285,11 @@ def _sampling(settings, saved: dict, temperature, top_p, top_k, seed):
                     top_k=pick("top_k", top_k), seed=pick("seed", seed))
 
 
-def _locate(model, yes):
-    from gemma_cli.commands.loading import locate_path
-
-    return locate_path(model, yes=yes)
-
-
-def _print_prompt(path, messages: list[dict], tools, think: bool, text, decoder, override=None,
+def _print_prompt(header, messages: list[dict], tools, think: bool, text, decoder, override=None,
                   keep_thinking: bool = False) -> None:
-    from gemma_cli.gguf_header import read_header
     from gemma_cli.session import format_of_header
 
-    fmt = format_of_header(read_header(path), override)
+    fmt = format_of_header(header, override)
     if fmt.notice:
         sys.stderr.write(fmt.notice + "\n")
     if text is not None:
@@ -296,18 +336,37 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
                 printer.answer(event.text)
             elif isinstance(event, reply.ToolCall):
                 printer.note(f"→ {event.name}({json.dumps(event.arguments, ensure_ascii=False)})")
+    except KeyboardInterrupt:
+        events.close()
+        printer.finish()
+        partial = session.last_result
+        if partial is not None and partial.interrupted and all(partial is not r for r in results):
+            results.append(partial)
+        if as_json and results:
+            _write_json(session, results, runs)
+        sys.stderr.write("interrupted: the answer so far is " + ("in the JSON" if as_json else "above") + "\n")
+        raise SystemExit(130) from None
     finally:
         events.close()
     printer.finish()
     if not results:
         return
+    last = results[-1]
     if as_json:
-        out = _as_json(results, runs, session.engine.draft)
-        out["stats"]["template"] = session.format.template_name
-        sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
-    if results[-1].thought_only:
-        printer.note("the model used all its tokens thinking and gave no answer: raise --max-tokens, "
+        _write_json(session, results, runs)
+    if last.thought_only:
+        fix = "raise --ctx" if last.stats.limit == "context" else "raise --max-tokens"
+        printer.note(f"the model used all its tokens thinking and gave no answer: {fix}, "
                      "set --think-budget N, or use --no-think")
+    elif last.stats.limit == "context":
+        printer.note(f"the answer was cut off: the context of {session.engine.n_ctx} tokens is full; raise --ctx")
+
+
+def _write_json(session, results: list, runs: list) -> None:
+    out = _as_json(results, runs, session.engine.draft)
+    out["stats"]["template"] = session.format.template_name
+    sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
 
 
 def _as_json(results: list, runs: list, drafter=None) -> dict:
@@ -328,6 +387,7 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
             "ttft_s": round(results[0].stats.ttft, 4),
             "tokens_per_s": round(s.tps, 2),
             "finish_reason": s.finish_reason,
+            "limit": s.limit,  # with "length": what ran out, "max_tokens" or "context"
             "ended_in_thought": last.ended_in_thought,
             **draft_stats(drafter),
         },

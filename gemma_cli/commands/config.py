@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated
 
@@ -19,6 +20,7 @@ Examples:
   gemma config set model 31b:q8_0
   gemma config set temperature 0.7
   gemma config set model_dir /data/models
+  gemma config set gpu_layers -1                 (-1: all layers on the GPU)
   gemma config unset temperature
 
 Precedence: flags > GEMMA_<KEY> environment (GEMMA_TEMPERATURE=0.7) > this file > defaults.
@@ -29,14 +31,14 @@ Key = Annotated[str, typer.Argument(help="A setting: model, quantization, ctx, t
 
 def path_cmd() -> None:
     """Print the config file's path (it need not exist yet)."""
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     print(config.path())
 
 
 def show(as_json: opt.Json = False) -> None:
     """Show every setting, its value and where it comes from."""
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     settings = config.load()
     if as_json:
@@ -55,23 +57,31 @@ def show(as_json: opt.Json = False) -> None:
 
 def set_cmd(key: Key, value: Annotated[str, typer.Argument(help="The value ('null' clears it back to the default).")]) -> None:
     """Set one setting in the config file (validated first)."""
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     file, parsed = config.set_value(key, value)
     sys.stderr.write(f"{key} = {'null' if parsed is None else parsed}  ({file})\n")
+    _still_wrong(file)
     env = config.env_name(key)
-    import os
-
     if os.environ.get(env) is not None:
         sys.stderr.write(f"note: {env} is set in the environment and takes precedence\n")
 
 
 def unset(key: Key) -> None:
     """Remove one setting from the config file (back to its default)."""
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     file = config.unset(key)
     sys.stderr.write(f"{key} removed ({file})\n")
+    _still_wrong(file)
+
+
+def _still_wrong(file) -> None:
+    from gemma_cli import config
+
+    left = config.problem(file)
+    if left:
+        sys.stderr.write(f"warning: the file still has a problem: {left}\n")
 
 
 def register(app: typer.Typer) -> None:
@@ -79,6 +89,7 @@ def register(app: typer.Typer) -> None:
                       rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]})
     sub.command("path", epilog=EXAMPLES)(path_cmd)
     sub.command("show", epilog=EXAMPLES)(show)
-    sub.command("set", epilog=EXAMPLES)(set_cmd)
+    # ignore_unknown_options: `gemma config set gpu_layers -1` is a value, not an option
+    sub.command("set", epilog=EXAMPLES, context_settings={"ignore_unknown_options": True})(set_cmd)
     sub.command("unset", epilog=EXAMPLES)(unset)
     app.add_typer(sub, name="config")

@@ -100,14 +100,18 @@ class Repl:
 
     def turn(self, text: str) -> None:
         content: str | list[dict] = text
-        if self.pending_media:
-            content = self.pending_media + [{"type": "text", "text": text}]
-            self.pending_media = []
-        self.stream(lambda: self.session.send(content))
+        media, self.pending_media = self.pending_media, []
+        if media:
+            content = media + [{"type": "text", "text": text}]
+        if not self.stream(lambda: self.session.send(content)) and media:
+            self.pending_media = media  # not sent: the attachments wait for the next message
+            self.err.print("[dim](the message was not sent; Up-arrow brings it back)[/dim]")
 
-    def stream(self, start: Callable) -> None:
+    def stream(self, start: Callable) -> bool:
+        """Run a model turn and show it; False when it never started (the message was not sent)."""
         printer = printer_for_repl(show_thinking=self.show_thinking)
         events = None
+        quiet = _no_ctrl_echo()
         try:
             events = converse(self.session, start(), self.toolbox, self.confirm, self.max_tool_rounds)
             for event in events:
@@ -122,7 +126,9 @@ class Repl:
             self.err.print(f"[red]error:[/red] {e.message}" + (f"\n[dim]hint: {e.hint}[/dim]" if e.hint else ""))
         finally:
             printer.finish()
+            quiet.restore()
             self.save_auto()
+        return events is not None
 
     def _show(self, event, printer) -> None:
         if isinstance(event, reply.Thinking):
@@ -276,7 +282,9 @@ class Repl:
         path = Path(shlex.split(arg)[0]).expanduser().resolve()  # --continue may run elsewhere
         if not path.is_file():
             raise GemmaError(f"{kind} file not found: {path}", "check the path")
-        self.pending_media.append({"type": kind, "path": str(path)})
+        # Read and check it now (and the model's encoder for it), not when the message is sent:
+        # a bad file is one error here, and the message typed next is not lost to it.
+        self.pending_media.append(self.session.attach(kind, path))
         self.err.print(f"{kind} {path.name} will go with your next message", markup=False)
 
     def _conversation(self) -> conversation.Conversation:
@@ -291,6 +299,42 @@ class Repl:
                 conversation.save(self._conversation(), self.autosave)
             except OSError as e:
                 self.err.print(f"could not autosave to {self.autosave}: {e}", markup=False)
+
+
+class _no_ctrl_echo:
+    """While a reply streams, Ctrl-C neither flushes the terminal's output nor echoes.
+
+    By default the terminal drops the output still queued when Ctrl-C arrives (no NOFLSH),
+    which can cut a live Markdown refresh in half (its "cursor up" arithmetic is then off and
+    the reply's last partial line shows twice), and echoes `^C` after the last line (which
+    wraps a full-width line). Typed keys are not echoed either while the reply streams; they
+    wait for the next prompt. Restored after the reply; without a terminal nothing changes.
+    """
+
+    def __init__(self):
+        self._saved = None
+        try:
+            import termios
+
+            fd = sys.stdin.fileno()
+            if not sys.stdin.isatty():
+                return
+            attrs = termios.tcgetattr(fd)
+            self._saved = (termios, fd, list(attrs))
+            attrs[3] = (attrs[3] & ~(termios.ECHO | termios.ECHOCTL)) | termios.NOFLSH
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except (ImportError, AttributeError, ValueError, OSError):
+            self._saved = None
+
+    def restore(self) -> None:
+        if self._saved is None:
+            return
+        termios, fd, attrs = self._saved
+        try:
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except OSError:
+            pass
+        self._saved = None
 
 
 def _short(value, limit: int = 200) -> str:
