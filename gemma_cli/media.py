@@ -618,22 +618,3 @@ def check_file(source: str | Path, what: str) -> None:
         raise MediaError(f"{source} is a folder, not {what} file", f"pass an {what} file")
     if path.stat().st_size == 0:
         raise MediaError(f"{source} is empty (0 bytes)", f"pass a non-empty {what} file")
-
-
-def projector_path(model: str | None, model_path: Path, explicit: Path | None) -> Path | None:
-    """The mmproj for a model: --mmproj, else the registry's (installed with the model), else one beside it."""
-    if explicit is not None:
-        return Path(explicit).expanduser()
-    from gemma_cli.errors import GemmaError
-
-    try:
-        from gemma_cli.models import locate
-
-        found = locate(model).mmproj
-        if found is not None:
-            return Path(found)
-    except (GemmaError, ImportError, AttributeError, OSError):
-        pass
-    from gemma_cli.engine.projector import find_mmproj
-
-    return find_mmproj(model_path)

@@ -28,6 +28,7 @@ FRAME_TOKENS = 70  # the visual token budget of one frame
 FRAME_BUDGETS = (70, 140, 280)
 PLACEHOLDER = "<|video|>"
 IMAGE = "<|image|>"
+SEEK_OVER = 64  # a clip with more than 64 frames per frame taken is read by seeking
 MAX_SIDE = 1280  # frames are shrunk to this first: the budget's size is far below, 32 4K frames would take 800 MB
 
 
@@ -134,7 +135,11 @@ def load_video(source: str | Path, data: bytes | None = None, *, frames: int | N
     total, rate, duration = _probe(av, opener, name)
     n = frame_count(total, rate, frames, fps)
     wanted = frame_indices(total, n)
-    picked = _decode(av, opener, name, wanted, rate)
+    picked = None
+    if total > SEEK_OVER * len(wanted) and data is None:  # a long clip: jump to each frame instead of decoding all
+        picked = _decode_seeking(av, opener, name, wanted, rate)
+    if not picked:
+        picked = _decode(av, opener, name, wanted, rate)
     if not picked:
         raise MediaError(f"{name} is truncated or damaged (no frame could be decoded)", "export or download it again")
     from gemma_cli.engine.projector import Media
@@ -206,6 +211,39 @@ def _decode(av, opener, name: str, wanted: list[int], rate: float) -> list[tuple
         except (av.FFmpegError, OSError, ValueError, EOFError) as e:
             if not out:
                 raise MediaError(f"{name} is truncated or damaged ({_short(e)})", "export or download it again") from None
+    return out
+
+
+def _decode_seeking(av, opener, name: str, wanted: list[int], rate: float) -> list[tuple[float, object]] | None:
+    """The `wanted` frames of a long clip by seeking to each (to the keyframe before it, then decoding
+    up to it): the same frames as one pass, in a fraction of the time. None where the container will
+    not seek (the caller then decodes in one pass)."""
+    out = []
+    try:
+        container = av.open(opener(), mode="r")
+    except (av.FFmpegError, OSError, ValueError, EOFError):
+        return None
+    with container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        base = stream.time_base
+        if base is None or container.format.name.startswith("gif"):
+            return None
+        first = stream.start_time or 0
+        start = float(first * base)
+        try:
+            for index in wanted:
+                target = start + index / rate
+                container.seek(int(first + (index / rate) / base), stream=stream, backward=True, any_frame=False)
+                frame = None
+                for frame in container.decode(stream):
+                    if frame.time is not None and frame.time >= target - 0.5 / rate:
+                        break
+                if frame is None or frame.time is None:
+                    return None
+                out.append((max(0.0, frame.time - start), _rgb(frame)))
+        except (av.FFmpegError, OSError, ValueError, EOFError):
+            return None
     return out
 
 

@@ -327,6 +327,7 @@ def test_32_streaming_clients_some_leaving_mid_stream(server):
     import threading
 
     results, errors = {}, []
+    cancelled = server.get("/health")["cancelled"]
 
     def client_run(i: int) -> None:
         client = server.client()
@@ -362,6 +363,7 @@ def test_32_streaming_clients_some_leaving_mid_stream(server):
             assert finish in ("stop", "length") and isinstance(text, str)
     # The 8 that left would each have run 400 tokens: their slots were freed when they went.
     assert wait_for(lambda: server.get("/health")["running"] == 0, 10), server.get("/health")
+    assert server.get("/health")["cancelled"] - cancelled == 8
     greedy = [results[i][0] for i in range(32) if i % 4 and results[i][1] == "length"]
     assert greedy  # the rest answered in full
 
@@ -370,7 +372,7 @@ def test_32_streaming_clients_some_leaving_mid_stream(server):
 def small_server(e_model, tmp_path_factory):
     """One slot, one waiting place, a key: for the busy, key and shutdown cases."""
     s = Server(tmp_path_factory.mktemp("serve1"), "-m", e_model, "--parallel", "1", "--queue", "1",
-               "--api-key", "sekrit", *FAST)
+               "--api-key", "sekrit", "--max-media-mb", "0.01", *FAST)
     yield s
     s.stop()
 
@@ -397,6 +399,25 @@ def test_a_full_queue_is_503_with_retry_after_and_a_key_is_required(small_server
     waiting.join(60)
     assert not waiting.is_alive()
     assert wait_for(lambda: small_server.get("/health")["running"] == 0)
+
+
+def test_oversized_media_is_413_and_a_client_leaving_a_plain_request_frees_its_slot(small_server):
+    client = small_server.client(api_key="sekrit")
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(client, [{"type": "image_url", "image_url": {"url": png_data_url((400, 400)).replace("=", "") + "A" * 20000}},
+                     {"type": "text", "text": "What is it?"}])
+    assert info.value.status_code == 413 and info.value.body["code"] == "media_too_large"
+    cancelled = small_server.get("/health")["cancelled"]
+    body = json.dumps({"messages": [{"role": "user", "content": "long"}], "max_tokens": 500,
+                       "grammar": ENDLESS}).encode()
+    with socket.create_connection(("127.0.0.1", small_server.port)) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sekrit\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        assert wait_for(lambda: small_server.get("/health")["running"] == 1)
+    # The socket is closed: the request's slot is freed long before its 500 tokens.
+    assert wait_for(lambda: small_server.get("/health")["running"] == 0, 10)
+    assert small_server.get("/health")["cancelled"] == cancelled + 1
+    assert ask(client, max_tokens=2).usage.completion_tokens <= 2
 
 
 def test_other_hosts_need_a_key(e_model, tmp_path):

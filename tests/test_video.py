@@ -114,6 +114,19 @@ def test_frames_and_fps_options(clip):
     assert len(vid.load_video(short).frames) == 5  # fewer than 32: every frame
 
 
+@pytest.mark.parametrize("suffix, codec", [("mp4", "mpeg4"), ("mkv", "mpeg4"), ("webm", "libvpx")])
+def test_seeking_a_long_clip_gives_the_frames_of_one_pass(tmp_path, monkeypatch, suffix, codec):
+    path = tmp_path / f"long.{suffix}"
+    write_clip(path, n=200, fps=25, codec=codec)
+    monkeypatch.setattr(vid, "SEEK_OVER", 10**9)
+    one_pass = vid.load_video(path)
+    monkeypatch.setattr(vid, "SEEK_OVER", 2)
+    monkeypatch.setattr(vid, "_decode", lambda *a, **k: pytest.fail("fell back to one pass"))
+    seeking = vid.load_video(path)
+    assert seeking.times == one_pass.times == pytest.approx([i / 25 for i in vid.frame_indices(200)], abs=0.011)
+    assert [f.data for f in seeking.frames] == [f.data for f in one_pass.frames]
+
+
 @pytest.mark.parametrize("case, needle", [("empty", "is empty (0 bytes)"), ("text", "is not a video gemma can read"),
                                           ("truncated", "truncated or damaged"), ("audio", "has no video track")])
 def test_bad_videos_are_one_line_errors_naming_the_file(tmp_path, clip, case, needle):

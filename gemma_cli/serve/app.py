@@ -52,7 +52,7 @@ def create_app(served: Served) -> Starlette:
     async def health(request: Request) -> Response:
         s = served.scheduler
         return JSONResponse({"status": "ok", "model": served.model, "slots": s.n, "running": s.running,
-                             "waiting": s.waiting})
+                             "waiting": s.waiting, "completed": s.completed, "cancelled": s.cancelled})
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [

@@ -69,7 +69,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._work, name="gemma-serve-decode", daemon=True)
-        self.completed = 0
+        self.completed = 0  # jobs finished (any way)
+        self.cancelled = 0  # ... of which cancelled: their clients went away
 
     def start(self) -> None:
         self._thread.start()
@@ -147,6 +148,7 @@ class Scheduler:
                     with self._cond:
                         self._active.discard(ticket)
                     self.completed += 1
+                    self.cancelled += done.finish_reason == "cancelled"
                     ticket.finish(done)
             except Exception as e:  # noqa: BLE001 - a failed decode fails the requests in it, not the server
                 error = e if isinstance(e, GemmaError) else GemmaError(f"decoding failed ({type(e).__name__}: {e})")
