@@ -172,8 +172,9 @@ def _answer_of(completion: dict, form: str, model: str) -> Answer:
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     a.thinking = message.get("reasoning_content") or message.get("reasoning") or ""
     a.text = content
-    if any(marker in content for marker in (reply.CHANNEL_OPEN, reply.CALL_OPEN)):
-        parsed = reply.parse(content)  # a server without a Gemma 4 reasoning/tool parser
+    if any(marker in content for marker in (reply.CHANNEL_OPEN, reply.CHANNEL_CLOSE, reply.CALL_OPEN)):
+        # A server without a Gemma 4 reasoning/tool parser; its template may have prefilled the thought.
+        parsed = reply.parse(content, in_thought=reply.closes_unopened_thought(content))
         a.text, a.thinking = parsed.answer, a.thinking or parsed.thinking
         a.tool_calls = [{"name": c.name, "arguments": c.arguments} for c in parsed.tool_calls]
     for call in message.get("tool_calls") or []:

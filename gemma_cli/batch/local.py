@@ -14,6 +14,7 @@ from gemma_cli.batch.records import Answer, check_json
 from gemma_cli.batch.run import Defaults, Run, Signals, Summary
 from gemma_cli.errors import CapabilityError, GemmaError
 from gemma_cli.media import MediaParts, media_parts, prompt_order
+from gemma_cli.prompt import ends_in_thought
 from gemma_cli.session import format_of_engine, turn_steps
 from gemma_cli.stop_strings import cut_at_stop, hit_stop
 
@@ -113,6 +114,7 @@ class Local:
         self.defaults = defaults
         self.format = format_of_engine(engine)
         self._media = None
+        self._in_thought: set[int] = set()  # lines whose prompt ends inside an open thought
         self.model = str(engine.info.meta.get("general.name") or engine.path.stem)
 
     def jobs(self, run: Run):
@@ -120,7 +122,7 @@ class Local:
 
         for line in run.lines():
             try:
-                prompt, shared, media, sampling, think = self._prompt(line.request)
+                prompt, shared, media, sampling, think, in_thought = self._prompt(line.request)
             except GemmaError as e:
                 run.fail(line, Failure.of(e))
                 continue
@@ -128,6 +130,8 @@ class Local:
                 run.fail(line, Failure("invalid_line", f"line {line.number}: the messages cannot be rendered ({e})"))
                 continue
             r = line.request
+            if in_thought:
+                self._in_thought.add(line.number)
             yield Job(prompt, sampling, r.max_tokens or self.defaults.max_tokens, media, shared,
                       free_thought=bool(think and sampling.grammar and self.format.kind == "gemma4"), stop=r.stop,
                       key=line)
@@ -138,12 +142,13 @@ class Local:
         if d.system is not None and not any(m["role"] in ("system", "developer") for m in messages):
             messages = [{"role": "system", "content": d.system}] + messages
         think = d.think if r.think is None else r.think
-        text = self.format.render(messages, r.tools, thinking=think)
+        text = self.format.render(messages, r.tools, thinking=think, preserve_thinking=r.keep_thinking)
+        in_thought = self.format.kind == "gemma4" and ends_in_thought(text)  # the reply starts as thinking
         media = None
         if _has_media(messages):  # a video's <|video|> is written out as its timestamped frames
             text, media = self._load_media(messages, text)
         tokens = self.engine.tokenize(text)
-        return tokens, self._shared(messages, r.tools, think, tokens), media, self._sampling(r), think
+        return tokens, self._shared(messages, r.tools, think, tokens), media, self._sampling(r), think, in_thought
 
     def _shared(self, messages: list[dict], tools, think: bool, tokens: list[int]) -> int | None:
         """Where the system turn ends: kept as a checkpoint so later lines reuse it even past the SWA window."""
@@ -191,7 +196,7 @@ class Local:
         a = Answer(prompt_tokens=done.prompt_tokens + done.reused_tokens, cached_tokens=done.reused_tokens,
                    completion_tokens=done.generated_tokens, finish_reason=done.finish_reason, model=self.model)
         if self.format.kind == "gemma4":
-            parsed = reply.parse(done.text)
+            parsed = reply.parse(done.text, in_thought=line.number in self._in_thought)
             a.text, a.thinking = parsed.answer, parsed.thinking
             a.tool_calls = [{"name": c.name, "arguments": c.arguments} for c in parsed.tool_calls]
         else:

@@ -38,6 +38,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from gemma_cli.engine.core import Sampling, common_prefix
 from gemma_cli.errors import ContextOverflowError, GemmaError
+from gemma_cli.reply import CHANNEL_CLOSE as THOUGHT_CLOSE  # the thought markers live in reply (pure)
+from gemma_cli.reply import CHANNEL_OPEN as THOUGHT_OPEN
+from gemma_cli.reply import thought_phase
 from gemma_cli.stop_strings import cut_at_stop, hit_stop
 
 if TYPE_CHECKING:
@@ -45,7 +48,6 @@ if TYPE_CHECKING:
 
 IDLE = object()  # a live job source's "no job now": see Parallel.run
 STAGING = 0  # the engine's own sequence: prompts are evaluated here, then copied to a slot
-THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
 
 
 @dataclass
@@ -423,15 +425,15 @@ class Parallel:
 
     def _thought_goes_on(self, slot: _Slot, token: int) -> bool:
         """With a free thought: False when `token` shows there is no thought (switch to the grammar now)."""
-        opened = slot.head.startswith(THOUGHT_OPEN)
         slot.head += self.engine.token_bytes(token).decode("utf-8", errors="replace")
-        if THOUGHT_CLOSE in slot.head:  # the answer starts after this token: constrained from the next
+        phase = thought_phase(slot.head)
+        if phase == "closed":  # the answer starts after this token: constrained from the next
             self._constrain(slot)
             return True
-        if opened or slot.head.startswith(THOUGHT_OPEN):
+        if phase == "open":
             slot.head = THOUGHT_OPEN + slot.head[-len(THOUGHT_CLOSE):]  # enough to find the close
             return True
-        if THOUGHT_OPEN.startswith(slot.head):
+        if phase == "maybe":
             return True
         self._constrain(slot)  # no thought: this very token is the answer's first
         return False
