@@ -125,12 +125,16 @@ def chat(
     if interactive:
         return _interactive(session, path, toolbox, confirm, parts, show_thinking=not hide_thinking,
                             max_tool_rounds=max_tool_rounds)
+    keep = save or resume  # a one-shot --continue is a turn of the saved conversation
     try:
         _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds,
                   show_thinking=not hide_thinking, as_json=as_json)
-    finally:  # a Ctrl-C keeps the partial answer too
-        if save or resume:
+    except SystemExit:  # Ctrl-C: the partial answer is kept too (an error saves nothing)
+        if keep:
             _autosave(session, path)
+        raise
+    if keep:
+        _autosave(session, path)
 
 
 def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
