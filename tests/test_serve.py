@@ -278,10 +278,13 @@ def test_bad_requests_are_4xx_with_error_objects_and_the_server_stays_up(server)
          "files_not_allowed"),
         (json.dumps({"messages": [{"role": "user", "content": "x" * 40000}]}).encode(), 400,
          "context_length_exceeded"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5}).encode(), 400, None),
         (json.dumps({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required",
                      "tools": TOOLS}).encode(), 400, None),
     ]
     for data, status, code in cases:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"server died before {data[:60]!r}: {server.proc.stderr.read()[-3000:]}")
         got, body = server.post("/v1/chat/completions", data)
         assert got == status, (data[:80], got, body)
         assert set(body["error"]) >= {"message", "type", "param", "code"} and body["error"]["message"]
