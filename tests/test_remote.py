@@ -360,6 +360,19 @@ def test_the_openai_client_loads_only_on_the_endpoint_path():
     assert on_path.stdout.strip() == "True", on_path.stderr
 
 
+def test_an_endpoint_run_loads_no_engine(server, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": 1, "prompt": "x"}) + "\n")
+    argv = ["gemma", "batch", str(src), "-o", str(tmp_path / "o.jsonl"), "--endpoint", server(Script()), "-q",
+            "--temperature", "0"]
+    code = ("import sys; from gemma_cli.cli import main; sys.argv = %r\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print(','.join(m for m in ('llama_cpp', 'numpy') if m in sys.modules) or 'none')" % (argv,))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=gemma_env(tmp_path))
+    assert proc.stdout.split() == ["exit", "0", "none"], proc.stdout + proc.stderr
+
+
 # ---------------------------------------------------------------- a dead endpoint (issue 12 item 16)
 
 
