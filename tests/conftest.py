@@ -74,12 +74,16 @@ def _synthetic_dir(request, tmp_path_factory, template: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_models(request, tmp_path_factory, official_template) -> dict[str, str]:
-    """{fixture name: path} of every synthetic file; written once (atomically), then reused."""
-    directory = _synthetic_dir(request, tmp_path_factory, official_template)
+def synthetic_models(request, tmp_path_factory) -> dict[str, str]:
+    """{fixture name: path} of every synthetic file; written once (atomically), then reused.
+
+    They embed the official template from tests/data (not ../shared), so tests that load them
+    run in a user's own clone too; only tests about templates need ../shared/reference."""
+    template = synthetic.REFERENCE_TEMPLATE.read_text(encoding="utf-8")
+    directory = _synthetic_dir(request, tmp_path_factory, template)
     paths = {name: directory / file for name, file in synthetic.FILES.items()}
     if not all(p.is_file() for p in paths.values()):
-        synthetic.write_all(directory, chat_template=official_template)
+        synthetic.write_all(directory, chat_template=template)
     return {name: str(p) for name, p in paths.items()}
 
 

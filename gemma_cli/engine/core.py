@@ -17,33 +17,18 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
-import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import llama_cpp as ll
 
+from gemma_cli.engine.log import clear_log, on_log, recent_log, set_verbose
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, ModelError
-from gemma_cli.gguf_header import read_header
+from gemma_cli.gguf_header import Header, read_header
 
-# ---------------------------------------------------------------- logging
-
-_log_lines: deque[str] = deque(maxlen=200)
-_verbose = False
-
-
-@ll.llama_log_callback
-def on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    """llama.cpp's log hook: lines kept for error messages, shown with --verbose (mtmd logs here too)."""
-    # Decode leniently: llama.cpp may cut a multi-byte character in a metadata preview.
-    line = text.decode("utf-8", errors="replace")
-    _log_lines.append(line)
-    if _verbose:
-        sys.stderr.write(line)
-
+# ---------------------------------------------------------------- logging (engine.log)
 
 ll.llama_log_set(on_log, ctypes.c_void_p(0))
 ll.llama_backend_init()
@@ -81,25 +66,6 @@ def avoid_amx() -> None:
 
 
 _NO_AMX_DEFAULTS: list = []  # the wrappers avoid_amx() installed
-
-
-def set_verbose(on: bool) -> None:
-    global _verbose
-    _verbose = on
-
-
-def clear_log() -> None:
-    """Forget llama.cpp's log so far (before a call whose failure recent_log() explains)."""
-    _log_lines.clear()
-
-
-def recent_log(pattern: str) -> str | None:
-    """The newest llama.cpp log line containing `pattern`, if any."""
-    for entry in reversed(_log_lines):
-        for line in reversed(entry.splitlines()):  # one log call can hold several lines
-            if pattern in line:
-                return line.strip()
-    return None
 
 
 # ---------------------------------------------------------------- data
@@ -185,10 +151,11 @@ class Engine:
         verbose: bool = False,
         mmproj: str | Path | None = None,
         image_tokens: int | None = None,
+        header: Header | None = None,
     ):
         set_verbose(verbose)
         self.path = Path(path)
-        header = read_header(self.path)
+        header = header or read_header(self.path)  # the caller's, when it has read the file's header already
         # batch_invariant: CPU matmul kernels picked by a batch's row count round a row
         # differently when other sequences share its batch; keep every row on one path so its
         # output does not depend on them (engine.parallel). Measured with bench/kernels.py on
@@ -208,8 +175,8 @@ class Engine:
         self.n_gpu_layers = n_gpu_layers
         self._verbose = verbose
         self.media = None  # a media.Projector once an mmproj is loaded (images, audio)
-        # Where ensure_projector() loads one from on first use: a path, or a function finding one.
-        self.mmproj_path: Path | Callable[[], Path | None] | None = None
+        # Where ensure_projector() loads one from on first use (the caller's resolved projector).
+        self.mmproj_path: Path | None = None
         self.image_tokens = image_tokens  # the visual token budget, for a projector loaded now or later
         self._spans: dict = {}  # media spans of the current prompt, by (kind, digest)
         need = 0
@@ -286,12 +253,9 @@ class Engine:
         self.media = projector
 
     def ensure_projector(self, kind: str):
-        """The projector, loading the mmproj beside the model on first use; a clear error without one."""
+        """The projector, loading `mmproj_path` (the caller's resolved projector) on first use; a clear error without one."""
         if self.media is None:
-            from gemma_cli.engine.projector import find_mmproj
-
-            found = self.mmproj_path() if callable(self.mmproj_path) else self.mmproj_path
-            found = found or find_mmproj(self.path)
+            found = self.mmproj_path
             if found is None:
                 name = self.info.meta.get("general.name") or self.path.name
                 raise CapabilityError(f"{name} has no projector loaded for {kind}, and no single mmproj file beside "
@@ -741,7 +705,7 @@ def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool, repack
     params.n_gpu_layers = n_gpu_layers
     params.use_mmap = use_mmap
     params.use_extra_bufts = repack and not AMX_BUILD
-    _log_lines.clear()
+    clear_log()
     model = ll.llama_model_load_from_file(str(path).encode("utf-8"), params)
     if not model:
         raise _load_error(path, arch)

@@ -39,6 +39,9 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from gemma_cli.engine.core import Sampling, common_prefix
 from gemma_cli.errors import ContextOverflowError, GemmaError
+from gemma_cli.reply import CHANNEL_CLOSE as THOUGHT_CLOSE  # the thought markers live in reply (pure)
+from gemma_cli.reply import CHANNEL_OPEN as THOUGHT_OPEN
+from gemma_cli.reply import thought_phase
 from gemma_cli.stop_strings import cut_at_stop, hit_stop
 
 if TYPE_CHECKING:
@@ -46,7 +49,6 @@ if TYPE_CHECKING:
 
 IDLE = object()  # a live job source's "no job now": see Parallel.run
 STAGING = 0  # the engine's own sequence: prompts are evaluated here, then copied to a slot
-THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Parallel:
         self.reused_tokens = 0
         self.generated_tokens = 0
         self._cancelled: set[int] = set()  # id() of jobs to end at the next step
+        self._slots: list[_Slot] | None = None  # with keep_slots: the slots, kept across runs
 
     def stop(self) -> None:
         self.stopping = True
@@ -183,7 +186,12 @@ class Parallel:
         yields `IDLE` when it has no job now; it is asked again after the next step, or at
         once when no job runs (it may block then, and should wake to check `stopping`).
         """
-        slots = [_Slot(seq) for seq in range(1, self.n + 1)]
+        if self.keep_slots:  # the slots and what their streams hold outlive a run
+            slots = self._slots = self._slots or [_Slot(seq) for seq in range(1, self.n + 1)]
+        else:
+            slots = [_Slot(seq) for seq in range(1, self.n + 1)]
+            for slot in slots:  # another runner on this engine may have left cells in the streams
+                self.engine.clear_sequence(slot.seq)
         source = iter(jobs)
         exhausted = False
         try:
@@ -226,6 +234,12 @@ class Parallel:
                 for slot in finished:
                     yield slot.result()
                     self._free(slot)
+        except Exception:
+            for slot in slots:  # a failed decode: what the streams hold is not known any more
+                if slot.job is not None:
+                    slot.release(self.engine)
+                self._clear(slot)
+            raise
         finally:
             for slot in slots:
                 if slot.job is not None:
@@ -291,6 +305,7 @@ class Parallel:
                 for sampler in samplers:
                     self.engine.free_sampler(sampler)
                 self._free(slot)
+                self._cancelled.discard(id(job))
                 yield Finished(job, error=e)
                 continue
             self._begin(slot, job, samplers, tokens, (len(tokens) - reused, reused), t0)
@@ -331,6 +346,7 @@ class Parallel:
         except GemmaError as e:
             for sampler in samplers:
                 engine.free_sampler(sampler)
+            self._cancelled.discard(id(job))
             return Finished(job, error=e)
         finally:
             engine.forget_media()
@@ -425,15 +441,15 @@ class Parallel:
 
     def _thought_goes_on(self, slot: _Slot, token: int) -> bool:
         """With a free thought: False when `token` shows there is no thought (switch to the grammar now)."""
-        opened = slot.head.startswith(THOUGHT_OPEN)
         slot.head += self.engine.token_bytes(token).decode("utf-8", errors="replace")
-        if THOUGHT_CLOSE in slot.head:  # the answer starts after this token: constrained from the next
+        phase = thought_phase(slot.head)
+        if phase == "closed":  # the answer starts after this token: constrained from the next
             self._constrain(slot)
             return True
-        if opened or slot.head.startswith(THOUGHT_OPEN):
+        if phase == "open":
             slot.head = THOUGHT_OPEN + slot.head[-len(THOUGHT_CLOSE):]  # enough to find the close
             return True
-        if THOUGHT_OPEN.startswith(slot.head):
+        if phase == "maybe":
             return True
         self._constrain(slot)  # no thought: this very token is the answer's first
         return False

@@ -32,6 +32,7 @@ def serve_engine(engine, n: int, settings, *, host: str, port: int, model: str, 
 
         raise GemmaError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                          "pick another --port (0 takes any free one), or stop what uses it") from None
+    sock.listen(2048)  # now: a client that reads the startup line may connect before uvicorn accepts
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
                             timeout_graceful_shutdown=GRACE_SECONDS, lifespan="off", server_header=False)
