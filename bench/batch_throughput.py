@@ -55,30 +55,19 @@ def raw_speedup(path: Path, n: int, threads: int, deterministic: bool, tg: int =
     """llama-batched-bench's decode loop through the C API: tok/s of n sequences over 1."""
     import random
 
-    import llama_cpp as ll
-
     from gemma_cli.engine import Engine
 
     engine = Engine(path, n_ctx=512 * (n + 1), n_threads=threads, n_seq=n + 1, batch_invariant=deterministic)
-    ctx, b, mem = engine._ctx, engine._batch, engine._mem
     rng = random.Random(0)
-    vocab = ll.llama_vocab_n_tokens(engine._vocab)
-
-    def fill(rows):
-        for i, (tok, pos, seq, out) in enumerate(rows):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, out
-            b.seq_id[i][0] = seq
-        b.n_tokens = len(rows)
+    vocab = engine.n_vocab
 
     def tps(k: int) -> float:
-        ll.llama_memory_clear(mem, True)
+        engine.reset()
         for seq in range(k):
-            fill([(rng.randrange(vocab), p, seq, p == pp - 1) for p in range(pp)])
-            ll.llama_decode(ctx, b)
+            engine.decode_rows([(rng.randrange(vocab), p, seq, p == pp - 1) for p in range(pp)])
         t0 = time.perf_counter()
         for step in range(tg):
-            fill([(rng.randrange(vocab), pp + step, seq, True) for seq in range(k)])
-            ll.llama_decode(ctx, b)
+            engine.decode_rows([(rng.randrange(vocab), pp + step, seq, True) for seq in range(k)])
         return k * tg / (time.perf_counter() - t0)
 
     try:

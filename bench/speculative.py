@@ -132,20 +132,18 @@ def round_cost(results: dict, k: int) -> float:
 
 def batch_costs(engine, sizes, repeats: int = 7) -> dict[int, float]:
     """Median seconds of one main-model batch of n tokens after a prompt, with logits for all rows."""
-    from gemma_cli.engine.draft import _drop_after, _verify
-
     engine.reset()
     prompt = engine.tokenize(FREE_PROMPT)
-    engine._eval(prompt, logits_last=True)
+    engine.evaluate(prompt, logits_last=True)
     text = engine.tokenize(" " + COPY_TEXT, special=False)
     out = {}
     for n in sizes:
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            _verify(engine, text[:n])
+            engine.decode_all(text[:n])
             times.append(time.perf_counter() - t)
-            _drop_after(engine, len(prompt))
+            engine.truncate(len(prompt))
         out[n] = statistics.median(times)
     return out
 

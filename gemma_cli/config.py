@@ -14,7 +14,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from gemma_cli import model_names as names
+from gemma_cli import paths
 from gemma_cli.errors import ConfigError
+from gemma_cli.registry import QUANTS
 
 
 @dataclass(frozen=True)
@@ -54,8 +59,6 @@ def path() -> Path:
     override = os.environ.get("GEMMA_CONFIG")
     if override:
         return Path(override).expanduser()
-    from gemma_cli import paths
-
     return paths.config_dir() / "config.yaml"
 
 
@@ -91,19 +94,15 @@ def check(key: str, value: object, where: str) -> object:
         bounds = f"at least {spec.lo:g}" if spec.hi is None else f"between {spec.lo:g} and {spec.hi:g}"
         raise ConfigError(f"{key} {where} must be {bounds}, not {value!r}", spec.help)
     if kind == "quant":
-        from gemma_cli import models
-
-        q = models._QUANT_ALIASES.get(value.lower().replace("-", "_"))
+        q = names.quant_of(value)
         if q is None:
-            raise ConfigError(f"quantization {where} must be one of {', '.join(models.QUANTS)}, not {value!r}", spec.help)
+            raise ConfigError(f"quantization {where} must be one of {', '.join(QUANTS)}, not {value!r}", spec.help)
         value = q
     elif kind == "model":
-        from gemma_cli import models
-
-        if not (value.startswith("hf:") or models.is_path_like(value)):
+        if not (value.startswith("hf:") or names.is_path_like(value)):
             try:
-                models.split(value)
-            except models.UnknownModel as e:
+                names.split(value)
+            except names.UnknownModel as e:
                 raise ConfigError(f"model {where}: {e.message}", e.hint) from None
     elif kind == "url" and not re.match(r"https?://[^/\s]+", value):
         raise ConfigError(f"endpoint {where} must be an http(s) URL, not {value!r}", "for example https://huggingface.co")
@@ -192,8 +191,6 @@ def _read(file: Path) -> dict:
                           f"save {file} as UTF-8, or fix that line with `gemma config set KEY VALUE`") from None
     if not text.strip():
         return {}
-    import yaml
-
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -264,8 +261,6 @@ def _has_line(file: Path, key: str) -> bool:
 
 
 def _write_line(file: Path, key: str, value: object, *, remove: bool = False) -> None:
-    import yaml
-
     lines = _lines(file)
     rendered = yaml.safe_dump({key: value}, default_flow_style=False, allow_unicode=True).strip()
     pattern = re.compile(rf"^{re.escape(key)}\s*:")

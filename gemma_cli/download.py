@@ -28,9 +28,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
+from importlib.metadata import version
 from urllib.parse import urlparse
 
+from gemma_cli import config
 from gemma_cli.errors import DownloadError
+from gemma_cli.registry import human_size
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20
@@ -69,8 +72,6 @@ class Remote:
 
 def endpoint() -> str:
     """GEMMA_ENDPOINT > HF_ENDPOINT > config `endpoint` > https://huggingface.co."""
-    from gemma_cli import config
-
     settings = config.load()
     if settings.source("endpoint").startswith("env") and settings.get("endpoint"):
         return str(settings.get("endpoint")).rstrip("/")
@@ -94,8 +95,6 @@ def _host(url: str) -> str:
 
 def _version() -> str:
     try:
-        from importlib.metadata import version
-
         return version("gemma-cli")
     except Exception:  # noqa: BLE001 - a source checkout has no metadata; the user agent can do without
         return "dev"
@@ -109,6 +108,7 @@ def _offline_error(what: str, dest: Path | None = None) -> DownloadError:
 
 def _mapped(e: BaseException, repo: str, filename: str | None) -> DownloadError:
     """A huggingface_hub or HTTP exception as one line the user can act on."""
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
     import httpx2
     from huggingface_hub import errors as hf
 
@@ -143,6 +143,7 @@ def metadata(repo: str, filename: str, *, revision: str = "main") -> Remote:
     """What the Hub says about one file (size, sha256, where to GET it), without its bytes."""
     if offline():
         raise _offline_error(f"{repo}/{filename}")
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
     import httpx2
     from huggingface_hub import errors as hf
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
@@ -168,6 +169,7 @@ def list_files(repo: str, *, revision: str = "main") -> list[str]:
     """Every file path in a repo (to find a renamed file by its quantization tag)."""
     if offline():
         raise _offline_error(repo)
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
     import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hf
@@ -190,8 +192,6 @@ def free_space(folder: Path) -> int:
 def check_space(folder: Path, need: int, what: str) -> None:
     free = free_space(folder)
     if need + SPACE_MARGIN > free:
-        from gemma_cli.models import human_size
-
         raise DownloadError(
             f"not enough disk space for {what}: it needs {human_size(need)}, {folder} has {human_size(free)} free",
             "free some space, or download elsewhere: gemma config set model_dir /bigger/disk (or GEMMA_MODEL_DIR)")
@@ -293,6 +293,7 @@ class _ShortRead(Exception):
 
 
 def _download(remote: Remote, part: Path, hasher: _Digest, progress: ProgressFn | None) -> None:
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
     import httpx2
 
     failures = 0
@@ -321,6 +322,7 @@ def _download(remote: Remote, part: Path, hasher: _Digest, progress: ProgressFn 
 
 def _stream(remote: Remote, part: Path, done: int, hasher: _Digest, progress: ProgressFn | None) -> int:
     """One GET from `done` on; returns the bytes now in `part`."""
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
     import httpx2
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
@@ -362,7 +364,7 @@ def _lock(dest: Path) -> Iterator[None]:
     """One download of a file at a time (two would append to the same .part)."""
     lock = dest.with_name(dest.name + ".lock")
     try:
-        import fcntl
+        import fcntl  # POSIX only
     except ImportError:  # Windows: no advisory locks here; concurrent pulls are rare there
         yield
         return

@@ -17,6 +17,11 @@ import platform
 import re
 import subprocess
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from gemma_cli.gguf_header import Header, read_header
+from gemma_cli.registry import REGISTRY, identify
+from gemma_cli.store import file_size
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -179,17 +184,8 @@ def _run(cmd: list[str], notes: list[str]) -> str | None:
     return out.stdout
 
 
-def gpu_offload() -> bool | None:
-    """Whether the installed llama-cpp-python was built with a GPU backend (None: not importable)."""
-    try:
-        from gemma_cli.engine.core import supports_gpu_offload
-    except Exception:  # noqa: BLE001 - an ImportError or a broken shared library: both mean "unknown"
-        return None
-    return supports_gpu_offload()
-
-
 def _windows_memory() -> tuple[int, int]:
-    import ctypes
+    import ctypes  # Windows only
 
     class MemoryStatus(ctypes.Structure):  # MEMORYSTATUSEX
         _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
@@ -205,7 +201,9 @@ def _windows_memory() -> tuple[int, int]:
     return status.ullTotalPhys, status.ullAvailPhys
 
 
-def detect(*, check_backend: bool = True) -> Hardware:
+def detect() -> Hardware:
+    """What this machine has. Whether llama.cpp's build can use the GPUs is the engine's to say: the
+    caller sets `offload` from it (commands.machine.detect_hardware), the store never asks the engine."""
     hw = Hardware(system=platform.system())
     hw.cpu_logical = os.cpu_count() or 1
     if hw.system == "Linux":
@@ -240,8 +238,6 @@ def detect(*, check_backend: bool = True) -> Hardware:
         out = _run(["rocm-smi", "--showmeminfo", "vram", "--showproductname", "--json"], hw.notes)
         if out:
             hw.gpus += parse_rocm_smi(out)
-    if hw.gpus and check_backend:  # only worth importing llama.cpp when there is a GPU to use
-        hw.offload = gpu_offload()
     return hw
 
 
@@ -330,17 +326,13 @@ def _fit_layers(weights: int, kv: int, overhead: int, budget: int, layers: int) 
     return max(0, min(layers, int((budget - overhead) // per_layer))) if per_layer else 0
 
 
-def auto_gpu_layers(loc, *, ctx: int | None = None, hw: Hardware | None = None) -> int:
+def auto_gpu_layers(loc, *, ctx: int | None = None, hw: Hardware | None = None, header: Header | None = None) -> int:
     """GPU layers for a located model when the user set none: -1 (all) if it fits in free VRAM,
     else as many as fit, 0 without a usable GPU. Works for any GGUF: the registry's KV layout
     when the model is known, the file's own layer count otherwise."""
     hw = hw or detect()
     if not hw.gpu_usable:
         return 0
-    from pathlib import Path
-
-    from gemma_cli.models import file_size, identify
-
     first = Path(loc.path)
     size = file_size(first)
     spec = loc.spec or identify(first.name)  # a Gemma 4 file given by path is still a registry variant
@@ -348,9 +340,7 @@ def auto_gpu_layers(loc, *, ctx: int | None = None, hw: Hardware | None = None) 
         weights = int(size * (1 - spec.ple_params / spec.params_total))
         kv, layers = spec.kv.bytes(min(ctx or DEFAULT_CTX, spec.context)), spec.layers
     else:
-        from gemma_cli.gguf_header import read_header
-
-        header = read_header(first)
+        header = header or read_header(first)
         layers = int(header.get(f"{header.architecture}.block_count", 0) or 0)
         weights, kv = size, _kv_estimate(header, ctx or DEFAULT_CTX, layers, size)
         if not layers:
@@ -403,8 +393,6 @@ def _ladder(variant: str, quant: str, table) -> list[tuple[str, str]]:
 
 
 def recommend(hw: Hardware, ctx: int | None = DEFAULT_CTX) -> Recommendation:
-    from gemma_cli.models import REGISTRY
-
     reasons: list[str] = []
     ctx_used = ctx or DEFAULT_CTX
     if _on_gpu(hw):

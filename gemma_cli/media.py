@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gemma_cli.errors import MediaError
+from gemma_cli.media_file import check_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -605,35 +606,3 @@ def _part_bytes(part: dict, what: str) -> bytes:
     if not data:
         raise MediaError(f"the inline {what} data is empty", f"pass a non-empty {what}")
     return data
-
-
-def check_file(source: str | Path, what: str) -> None:
-    """Fail now, before a model loads, for a file that is missing, a folder or empty."""
-    if str(source) == "-":
-        return
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise MediaError(f"{what} file not found: {source}", "check the path")
-    if path.is_dir():
-        raise MediaError(f"{source} is a folder, not {what} file", f"pass an {what} file")
-    if path.stat().st_size == 0:
-        raise MediaError(f"{source} is empty (0 bytes)", f"pass a non-empty {what} file")
-
-
-def projector_path(model: str | None, model_path: Path, explicit: Path | None) -> Path | None:
-    """The mmproj for a model: --mmproj, else the registry's (installed with the model), else one beside it."""
-    if explicit is not None:
-        return Path(explicit).expanduser()
-    from gemma_cli.errors import GemmaError
-
-    try:
-        from gemma_cli.models import locate
-
-        found = locate(model).mmproj
-        if found is not None:
-            return Path(found)
-    except (GemmaError, ImportError, AttributeError, OSError):
-        pass
-    from gemma_cli.engine.projector import find_mmproj
-
-    return find_mmproj(model_path)

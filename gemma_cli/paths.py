@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import platformdirs
+
 APP = "gemma-cli"
 
 
@@ -17,8 +19,6 @@ def config_dir() -> Path:
     home = _home()
     if home:
         return home / "config"
-    import platformdirs
-
     return Path(platformdirs.user_config_dir(APP))
 
 
@@ -26,8 +26,6 @@ def data_dir() -> Path:
     home = _home()
     if home:
         return home / "data"
-    import platformdirs
-
     return Path(platformdirs.user_data_dir(APP))
 
 

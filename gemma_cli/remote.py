@@ -60,7 +60,11 @@ class Endpoint:
 
     def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 600.0,
                  retries: int = DEFAULT_RETRIES, model: str | None = None):
-        import openai  # here, not at the top: ~1 s of imports that only the endpoint path pays (gemma --help stays fast)
+        try:
+            import openai  # here, not at the top: ~1 s of imports that only the endpoint path pays (gemma --help stays fast)
+        except ImportError:
+            raise GemmaError("--endpoint needs the openai package, which is not installed",
+                             "pip install openai (a dependency of gemma-cli)") from None
 
         self.url = chat_url(url)
         parts = urlsplit(self.url)
@@ -74,8 +78,11 @@ class Endpoint:
         self._openai = openai
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
-        # Keyless servers get no Authorization header at all (the client insists on a key otherwise).
-        self._headers = {} if api_key else {"Authorization": openai.omit}
+        # Keyless servers get no Authorization header at all (the client insists on a key otherwise), and no
+        # server gets the OpenAI organization or project the client would read from OPENAI_ORG_ID/OPENAI_PROJECT_ID.
+        self._headers = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}
+        if not api_key:
+            self._headers["Authorization"] = openai.omit
         http_client = getattr(openai, "DefaultHttpx2Client", None) or openai.DefaultHttpxClient
         self._client = openai.OpenAI(
             base_url=base, api_key=api_key or "unused", max_retries=retries,

@@ -255,6 +255,25 @@ def parse(text: str, in_thought: bool = False, tools: list[dict] | None = None) 
     return reply
 
 
+def thought_phase(text: str, in_thought: bool = False) -> str:
+    """The free-thought rule's view of a reply's start (a grammar applies to the answer only):
+    "maybe" while the text could still open a thought, "open" inside one, "closed" once it closed
+    (the answer starts after), "none" when there is no thought (the text is the answer).
+    `in_thought`: the prompt opened the thought. ChatSession and the parallel engine both ask this."""
+    if in_thought:
+        text = CHANNEL_OPEN + text
+    if text.startswith(CHANNEL_OPEN):
+        return "closed" if CHANNEL_CLOSE in text else "open"
+    return "maybe" if CHANNEL_OPEN.startswith(text) else "none"
+
+
+def closes_unopened_thought(text: str) -> bool:
+    """Whether a whole reply closes a thought it never opened (`<channel|>` before any `<|channel>`):
+    the prompt (a server's, whose template we cannot see) left the model inside a thought."""
+    close = text.find(CHANNEL_CLOSE)
+    return close != -1 and CHANNEL_OPEN not in text[:close]
+
+
 def strip_thinking(text: str) -> str:
     """The template's strip_thinking macro: drop `<|channel>...<channel|>` blocks, then trim."""
     return "".join(part.split(CHANNEL_OPEN)[0] for part in text.split(CHANNEL_CLOSE)).strip()

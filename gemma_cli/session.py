@@ -455,16 +455,16 @@ def turn_steps(engine, tokens: list, media, max_tokens: int | None, s, checkpoin
         if step.token is not None:
             thought.append(step.token)
             inside += opened
-        if not opened:
-            if not text.startswith(THOUGHT_OPEN[: len(text)]):
-                if grammar_later:
-                    thought = []  # no thought: answer from the prompt, constrained from its first token
-                    break
-                yield step  # no thought and no grammar: nothing to do but pass the reply on
-                yield from stream
-                return
-            opened = text.startswith(THOUGHT_OPEN)
-        if step.finish_reason or THOUGHT_CLOSE in text:
+        phase = reply.thought_phase(text, in_thought)
+        if phase == "none":
+            if grammar_later:
+                thought = []  # no thought: answer from the prompt, constrained from its first token
+                break
+            yield step  # no thought and no grammar: nothing to do but pass the reply on
+            yield from stream
+            return
+        opened = phase != "maybe"
+        if step.finish_reason or phase == "closed":
             yield step
             if step.finish_reason:
                 return

@@ -7,11 +7,18 @@ where they fail so that nothing is silently skipped in CI.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
+# Before llama.cpp (and its OpenMP) loads, here and in every `gemma` the tests start: threads
+# that wait at a barrier sleep instead of spinning. On a CPU shared with other work (CI, several
+# suites at once) spinning threads take the cores the working ones need: a 16-token decode on
+# 2 threads went from 1.7 s to 47 s with 15 busy processes on 2 cores. Speed is the benches' job.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from tests.needs import skip_or_fail
+import pytest  # noqa: E402
+
+from tests.needs import skip_or_fail  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = REPO.parent / "shared" / "reference"
@@ -67,12 +74,16 @@ def _synthetic_dir(request, tmp_path_factory, template: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_models(request, tmp_path_factory, official_template) -> dict[str, str]:
-    """{fixture name: path} of every synthetic file; written once (atomically), then reused."""
-    directory = _synthetic_dir(request, tmp_path_factory, official_template)
+def synthetic_models(request, tmp_path_factory) -> dict[str, str]:
+    """{fixture name: path} of every synthetic file; written once (atomically), then reused.
+
+    They embed the official template from tests/data (not ../shared), so tests that load them
+    run in a user's own clone too; only tests about templates need ../shared/reference."""
+    template = synthetic.REFERENCE_TEMPLATE.read_text(encoding="utf-8")
+    directory = _synthetic_dir(request, tmp_path_factory, template)
     paths = {name: directory / file for name, file in synthetic.FILES.items()}
     if not all(p.is_file() for p in paths.values()):
-        synthetic.write_all(directory, chat_template=official_template)
+        synthetic.write_all(directory, chat_template=template)
     return {name: str(p) for name, p in paths.items()}
 
 

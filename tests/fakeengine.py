@@ -215,8 +215,10 @@ class FakeGemma(FakeEngine):
         super().__init__(model, **kw)
         self.model = str(model)
 
-    def open(self, path, **kwargs) -> "FakeEngine":
-        self.opened.append({"path": Path(path), **kwargs})
+    def open(self, resolved, **kwargs) -> "FakeEngine":
+        """In place of `commands.loading.open_engine(resolved, …)`: the model was resolved for real."""
+        self.opened.append({"path": resolved.path, "resolved": resolved, **kwargs})
+        self.mmproj_path = resolved.mmproj
         return self
 
     def gemma(self, *args, input: str | bytes | None = None, stdin_tty: bool = False) -> Outcome:

@@ -37,8 +37,12 @@ from typing import Any
 import gguf
 import numpy as np
 
-REFERENCE_TEMPLATE = (Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
-                      / "gemma4-chat-template.jinja")
+# A copy of ../shared/reference/gemma4-chat-template.jinja (Google's April 2026 release, as
+# llama-cpp-python 0.3.36 ships it; Apache-2.0), kept here so that the synthetic models, and every
+# test that loads one, need nothing beside the project. gemma recognises it by its hash, so the
+# models get the builder's April variant; tests/test_prompt_variants.py checks the copy is the
+# reference's text.
+REFERENCE_TEMPLATE = Path(__file__).resolve().parent / "data" / "gemma4-chat-template.jinja"
 
 
 class _Official:
@@ -46,7 +50,7 @@ class _Official:
         return "OFFICIAL_TEMPLATE"
 
 
-#: Default for ``chat_template``: embed the official template read from ../shared/reference.
+#: Default for ``chat_template``: embed the official template (the copy in tests/data).
 OFFICIAL_TEMPLATE: Any = _Official()
 
 # token types as written by the converter (gguf.TokenType)

@@ -146,11 +146,13 @@ def test_the_engine_must_have_room_for_the_slots(gemma3_base):
 
 
 def test_the_prompts_of_free_slots_are_evaluated_in_one_batch(base_engine, monkeypatch):
+    import llama_cpp
+
     from gemma_cli.engine import parallel
 
     calls = []
-    decode = parallel.ll.llama_decode
-    monkeypatch.setattr(parallel.ll, "llama_decode", lambda ctx, b: calls.append(b.n_tokens) or decode(ctx, b))
+    decode = llama_cpp.llama_decode
+    monkeypatch.setattr(llama_cpp, "llama_decode", lambda ctx, b: calls.append(b.n_tokens) or decode(ctx, b))
     runner = parallel.Parallel(base_engine, 4)
     done = list(runner.run(jobs_of([1, 1, 1, 1])))  # each ends at its first token, sampled from the prompt
     assert sorted(d.job.key for d in done) == [0, 1, 2, 3] and all(d.generated_tokens == 1 for d in done)

@@ -355,6 +355,9 @@ def test_ngram_proposes_what_followed_the_latest_match():
     class FakeEngine:
         _cached = [1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 6, 1, 2]
 
+        def cache_contents(self, start=0, stop=None):  # the engine's view of its KV cache
+            return self._cached[start:stop]
+
     e = FakeEngine()
     d = draft.NgramDrafter(draft_max=4)  # 4- and 3-grams
     # ... 1, 2, [3]: "1 2 3" last occurred before "7 8 6 1"

@@ -162,7 +162,7 @@ def test_a_gpu_with_a_cpu_only_build():
 
 def test_detect_runs_without_tools(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
-    hw = hardware.detect(check_backend=False)
+    hw = hardware.detect()  # never asks the engine (commands.machine does)
     assert hw.gpus == [] and hw.cpu_logical >= 1
 
 
@@ -182,7 +182,9 @@ def test_doctor_json_reports_a_cpu_only_build_on_a_gpu_machine(monkeypatch):
     from gemma_cli.cli import app
 
     monkeypatch.setattr(hardware, "detect", lambda **kw: on_gpu(SMI[16], offload=None))
-    monkeypatch.setattr(hardware, "gpu_offload", lambda: False)
+    from gemma_cli.commands import machine
+
+    monkeypatch.setattr(machine, "gpu_offload", lambda: False)  # the engine's answer, asked at the face
     r = CliRunner().invoke(app, ["doctor", "--json"])
     assert r.exit_code == 0, r.output
     report = json.loads(r.stdout)
@@ -230,7 +232,9 @@ def test_auto_gpu_layers_counts_the_context_for_a_model_given_by_path(tmp_path, 
 def test_gpu_offload_is_what_this_llama_cpp_build_says():
     import llama_cpp
 
-    assert hardware.gpu_offload() is bool(llama_cpp.llama_supports_gpu_offload())
+    from gemma_cli.commands import machine
+
+    assert machine.gpu_offload() is bool(llama_cpp.llama_supports_gpu_offload())
 
 
 def fake_tool(folder, name: str, output: str, status: int = 0) -> None:
@@ -242,10 +246,10 @@ def fake_tool(folder, name: str, output: str, status: int = 0) -> None:
 def test_detect_reads_a_real_nvidia_smi_run_and_its_failure(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     fake_tool(tmp_path, "nvidia-smi", SMI[24] + SMI[24])
-    hw = hardware.detect(check_backend=False)
+    hw = hardware.detect()
     assert [g.name for g in hw.gpus] == ["NVIDIA GeForce RTX 4090"] * 2 and hw.vram_free == 2 * 24082 * MIB
     fake_tool(tmp_path, "nvidia-smi", "No devices were found\n", status=6)  # a driver without a card
-    hw = hardware.detect(check_backend=False)
+    hw = hardware.detect()
     assert hw.gpus == [] and hardware.recommend(Hardware(ram_total=16 * GIB, ram_available=12 * GIB)).gpu_layers == 0
 
 

@@ -84,6 +84,12 @@ def test_each_reference_is_recognised(name):
     assert variant_of(source.replace("\n", "\r\n") + "\n\n") is VARIANTS[name]  # line ends, trailing blank
 
 
+def test_the_synthetic_models_copy_is_the_reference():
+    import synthetic
+
+    assert synthetic.REFERENCE_TEMPLATE.read_text(encoding="utf-8") == templates("2026-04")[2]
+
+
 def test_unknown_template_is_not_recognised():
     assert variant_of(None) is None
     assert variant_of("") is None

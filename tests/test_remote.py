@@ -73,7 +73,8 @@ def server():
                     return
                 size = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(size))
-                request = {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+                request = {"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
+                           "headers": {k.lower(): v for k, v in self.headers.items()}}
                 status, headers, payload = script.next(request)
                 if status == "sleep":
                     time.sleep(headers)
@@ -216,6 +217,17 @@ def _plain_handler(script):
             self.wfile.write(data)
 
     return Handler
+
+
+def test_no_key_means_no_authorization_and_no_openai_settings_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-this-server")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-private")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-private")
+    script = Script()
+    fast(server(script)).post({"messages": []})
+    headers = script.requests[0]["headers"]
+    assert "authorization" not in headers and "openai-organization" not in headers and "openai-project" not in headers
+    assert not any("private" in v or "not-for-this" in v for v in headers.values()), headers
 
 
 def test_the_model_name_comes_from_the_server_when_not_given(server):

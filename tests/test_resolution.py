@@ -92,3 +92,84 @@ def test_batch_runs_an_hf_model(tmp_path, e_model):
     assert proc.returncode == 0, proc.stderr
     record = json.loads((tmp_path / "out.jsonl").read_text().splitlines()[0])
     assert record["id"] == "a" and record["error"] is None and record["usage"]["completion_tokens"] >= 1
+
+
+def test_one_chat_resolves_its_model_once(tmp_path, monkeypatch, e_model, capsys):
+    """`gemma chat -m e4b hi`: one store look-up, one config read, one hardware probe, where it was 3, 7
+    and 1; the model's GGUF header read twice, where it was 3: by the resolution step (the engine loads
+    with that header) and by `--draft auto`'s check of the model, inside the engine."""
+    import collections
+
+    from hubserver import isolate
+
+    from gemma_cli import config, gguf_header, hardware, models
+    from gemma_cli.cli import main
+
+    isolate(monkeypatch, tmp_path)
+    f = models.REGISTRY["e4b"].weights("q4_k_m").files[0]
+    dest = tmp_path / "data" / "models" / f.repo / f.name
+    dest.parent.mkdir(parents=True)
+    shutil.copy(e_model, dest)
+    counts: collections.Counter = collections.Counter()
+
+    def counted(module, name, key=None):
+        original = getattr(module, name)
+
+        def wrapper(*a, **kw):
+            counts[key(*a) if key else name] += 1
+            return original(*a, **kw)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(models, "locate")
+    counted(config, "_read")
+    counted(hardware, "detect")
+    counted(gguf_header, "_parse", key=lambda f, path: f"header {path.name}")
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(""))  # nothing piped
+    with pytest.raises(SystemExit) as done:
+        main(["chat", "-m", "e4b", "hi", "--max-tokens", "2", "--temperature", "0"])
+    assert done.value.code == 0, capsys.readouterr().err
+    assert counts == {"locate": 1, "_read": 1, "detect": 1, f"header {f.name}": 2}
+
+
+def test_a_model_file_named_without_a_folder_or_suffix(tmp_path, e_model):
+    """`-m model` for a file of that name in the current folder is that file, as before the resolution step."""
+    import subprocess
+    import sys
+
+    from clitools import gemma_env
+
+    shutil.copy(e_model, tmp_path / "tiny")
+    proc = subprocess.run([sys.executable, "-m", "gemma_cli", "chat", "-m", "tiny", "hi", "--print-prompt"],
+                          capture_output=True, text=True, cwd=tmp_path, env=gemma_env(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "<|turn>user\nhi" in proc.stdout
+
+
+def test_the_resolved_model_says_why_and_picks_gpu_layers(tmp_path, e_model):
+    """Resolved: the GPU layers from the setting, else from the hardware detected once; the context
+    capped at the model's trained one; each choice in `why`."""
+    from pathlib import Path
+
+    from gemma_cli import hardware, models
+    from gemma_cli.gguf_header import read_header
+    from gemma_cli.resolution import resolve_model
+
+    located = models.locate_file(Path(e_model))
+    header = read_header(e_model)
+    gpu = hardware.Hardware(gpus=hardware.parse_nvidia_smi("NVIDIA Test, 24564, 24000"), offload=True)
+    cpu_build = hardware.Hardware(gpus=gpu.gpus, offload=False)
+    assert resolve_model(e_model, located, header, hw=gpu).gpu_layers(8192) == -1  # a tiny model fits
+    assert resolve_model(e_model, located, header, hw=cpu_build).gpu_layers(8192) == 0
+    chosen = resolve_model(e_model, located, header, gpu_layers=3, hw=gpu)
+    assert chosen.gpu_layers(8192) == 3 and "GPU layers: 3 (--gpu-layers or the config)" in chosen.why
+    trained = chosen.trained_context
+    assert trained > 0 and chosen.context(10 * trained) == trained and chosen.context(None) == min(8192, trained)
+    mm = resolve_model(e_model, located, header, mmproj=tmp_path / "p.gguf")
+    assert mm.mmproj == tmp_path / "p.gguf" and f"projector: {tmp_path / 'p.gguf'} (--mmproj)" in mm.why
+
+
+def test_verbose_shows_how_the_model_was_resolved(tmp_path, e_model):
+    proc = run_gemma("chat", "-m", e_model, "hi", "--max-tokens", "1", "--verbose", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"model: {e_model} ({e_model})" in proc.stderr and "GPU layers: 0" in proc.stderr

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from gemma_cli.conversation import ROLES, normalize_message
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, MediaError
 
-SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "videos", "audio", "think", "tools", "schema", "max_tokens",
+SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "videos", "audio", "think", "keep_thinking", "tools",
+                 "schema", "max_tokens",
                  "temperature", "top_p", "top_k", "seed", "stop"}
 OPENAI_FIELDS = {"custom_id", "method", "url", "body"}
 # Body fields the local engine honours; others that change the answer are refused, not ignored.
@@ -41,6 +43,7 @@ class Request:
     seed: int | None = None
     stop: tuple[str, ...] = ()  # strings that end the answer (not included)
     body: dict | None = None  # openai form: the body as given (sent as is to an endpoint)
+    keep_thinking: bool = False  # the template's preserve_thinking (chat_template_kwargs.preserve_thinking)
 
 
 @dataclass
@@ -174,7 +177,8 @@ def _simple_request(data: dict, base: Path | None) -> Request:
     if schema is not None and not isinstance(schema, dict):
         raise _Invalid('"schema" must be a JSON Schema object')
     return Request(messages, _tools(data.get("tools")), _typed(data, "think", bool), schema, False,
-                   *_sampling_fields(data, "max_tokens"), stop=_stop(data.get("stop")))
+                   *_sampling_fields(data, "max_tokens"), stop=_stop(data.get("stop")),
+                   keep_thinking=bool(_typed(data, "keep_thinking", bool)))
 
 
 def _openai_request(data: dict) -> Request:
@@ -208,7 +212,7 @@ def _openai_request(data: dict) -> Request:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     fields = dict(body, max_tokens=max_tokens)
     return Request(messages, tools, _thinking(body), schema, json_mode, *_sampling_fields(fields, "max_tokens"),
-                   stop=_stop(body.get("stop")), body=body)
+                   stop=_stop(body.get("stop")), body=body, keep_thinking=_preserve_thinking(body))
 
 
 def _stop(value) -> tuple[str, ...]:
@@ -259,8 +263,6 @@ def _sampling_fields(data: dict, max_key: str) -> tuple:
 
 
 def _messages(value) -> list[dict]:
-    from gemma_cli.conversation import ROLES, normalize_message
-
     if not isinstance(value, list) or not value:
         raise _Invalid('"messages" must be a non-empty list of chat messages')
     for i, m in enumerate(value):
@@ -304,6 +306,14 @@ def _response_format(value) -> tuple[dict | None, bool]:
             raise _Invalid('response_format json_schema needs {"json_schema": {"schema": {...}}}')
         return schema, False
     raise _Invalid(f"response_format {json.dumps(value)[:60]} is not supported", "use text, json_object or json_schema")
+
+
+def _preserve_thinking(body: dict) -> bool:
+    kwargs = body.get("chat_template_kwargs")
+    value = kwargs.get("preserve_thinking", False) if isinstance(kwargs, dict) else False
+    if not isinstance(value, bool):
+        raise _Invalid("chat_template_kwargs.preserve_thinking must be true or false")
+    return value
 
 
 def _thinking(body: dict) -> bool | None:

@@ -7,11 +7,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from gemma_cli import reply
 from gemma_cli.batch.lines import Failure, Line, Request
 from gemma_cli.batch.output import Output
 from gemma_cli.batch.records import Answer, check_json
 from gemma_cli.batch.run import Defaults, Run, Signals, Summary
 from gemma_cli.errors import CapabilityError, GemmaError
+from gemma_cli.media import MediaParts, media_parts, prompt_order
+from gemma_cli.prompt import ends_in_thought
+from gemma_cli.session import format_of_engine, turn_steps
 from gemma_cli.stop_strings import cut_at_stop, hit_stop
 
 if TYPE_CHECKING:
@@ -21,7 +25,7 @@ if TYPE_CHECKING:
 def run_local(engine: "Engine", n: int, source: str | Path, output: Output, defaults: Defaults, **kw) -> Summary:
     """Run the lines of `source` on `n` parallel sequences of `engine` (opened with n_seq = n + 1),
     or one line at a time on an engine of one sequence (speculative decoding, if a drafter is attached)."""
-    from gemma_cli.engine.parallel import Parallel
+    from gemma_cli.engine.parallel import Parallel  # the engine (llama_cpp): loaded by local runs only
 
     run = Run(source, output, **kw)
     runner = Serial(engine) if engine.draft is not None or engine.n_seq == 1 else Parallel(engine, n)
@@ -77,8 +81,7 @@ class Serial:
             yield self._one(job)
 
     def _one(self, job):
-        from gemma_cli.engine.parallel import Finished
-        from gemma_cli.session import turn_steps
+        from gemma_cli.engine.parallel import Finished  # the engine (llama_cpp): loaded by local runs only
 
         t0, pieces, tokens, last, before = time.perf_counter(), [], [], None, self.generated_tokens
         finish = None
@@ -107,20 +110,19 @@ class Local:
     """Lines into engine jobs, and finished jobs into answers."""
 
     def __init__(self, engine: "Engine", defaults: Defaults):
-        from gemma_cli.session import format_of_engine
-
         self.engine = engine
         self.defaults = defaults
         self.format = format_of_engine(engine)
         self._media = None
+        self._in_thought: set[int] = set()  # lines whose prompt ends inside an open thought
         self.model = str(engine.info.meta.get("general.name") or engine.path.stem)
 
     def jobs(self, run: Run):
-        from gemma_cli.engine.parallel import Job
+        from gemma_cli.engine.parallel import Job  # the engine (llama_cpp): loaded by local runs only
 
         for line in run.lines():
             try:
-                prompt, shared, media, sampling, think = self._prompt(line.request)
+                prompt, shared, media, sampling, think, in_thought = self._prompt(line.request)
             except GemmaError as e:
                 run.fail(line, Failure.of(e))
                 continue
@@ -128,6 +130,8 @@ class Local:
                 run.fail(line, Failure("invalid_line", f"line {line.number}: the messages cannot be rendered ({e})"))
                 continue
             r = line.request
+            if in_thought:
+                self._in_thought.add(line.number)
             yield Job(prompt, sampling, r.max_tokens or self.defaults.max_tokens, media, shared,
                       free_thought=bool(think and sampling.grammar and self.format.kind == "gemma4"), stop=r.stop,
                       key=line)
@@ -138,12 +142,13 @@ class Local:
         if d.system is not None and not any(m["role"] in ("system", "developer") for m in messages):
             messages = [{"role": "system", "content": d.system}] + messages
         think = d.think if r.think is None else r.think
-        text = self.format.render(messages, r.tools, thinking=think)
+        text = self.format.render(messages, r.tools, thinking=think, preserve_thinking=r.keep_thinking)
+        in_thought = self.format.kind == "gemma4" and ends_in_thought(text)  # the reply starts as thinking
         media = None
         if _has_media(messages):  # a video's <|video|> is written out as its timestamped frames
             text, media = self._load_media(messages, text)
         tokens = self.engine.tokenize(text)
-        return tokens, self._shared(messages, r.tools, think, tokens), media, self._sampling(r), think
+        return tokens, self._shared(messages, r.tools, think, tokens), media, self._sampling(r), think, in_thought
 
     def _shared(self, messages: list[dict], tools, think: bool, tokens: list[int]) -> int | None:
         """Where the system turn ends: kept as a checkpoint so later lines reuse it even past the SWA window."""
@@ -157,13 +162,13 @@ class Local:
             text = self.format.render(head, tools, thinking=think, add_generation_prompt=False)
         except Exception:  # noqa: BLE001 - a template that cannot render a lone system turn: no checkpoint
             return None
-        from gemma_cli.engine.core import _common_prefix
+        from gemma_cli.engine.core import common_prefix  # the engine (llama_cpp): loaded by local runs only
 
-        n = _common_prefix(self.engine.tokenize(text), tokens)
+        n = common_prefix(self.engine.tokenize(text), tokens)
         return n if 0 < n < len(tokens) else None
 
     def _sampling(self, r: Request):
-        from gemma_cli.engine.core import schema_to_grammar
+        from gemma_cli.engine.core import schema_to_grammar  # the engine (llama_cpp): loaded by local runs only
 
         s = self.defaults.sampling
         s = replace(s, temperature=s.temperature if r.temperature is None else r.temperature,
@@ -177,8 +182,6 @@ class Local:
         return s
 
     def _load_media(self, messages: list[dict], text: str) -> tuple[str, list]:
-        from gemma_cli.media import MediaParts, prompt_order
-
         if self.format.kind != "gemma4":
             raise CapabilityError("images and audio need a Gemma 4 model", "run the batch with a Gemma 4 --model")
         parts = prompt_order(messages)
@@ -190,12 +193,10 @@ class Local:
         return self._media.for_prompt(text, messages)
 
     def answer(self, line: Line, done) -> Answer:
-        from gemma_cli import reply
-
         a = Answer(prompt_tokens=done.prompt_tokens + done.reused_tokens, cached_tokens=done.reused_tokens,
                    completion_tokens=done.generated_tokens, finish_reason=done.finish_reason, model=self.model)
         if self.format.kind == "gemma4":
-            parsed = reply.parse(done.text)
+            parsed = reply.parse(done.text, in_thought=line.number in self._in_thought)
             a.text, a.thinking = parsed.answer, parsed.thinking
             a.tool_calls = [{"name": c.name, "arguments": c.arguments} for c in parsed.tool_calls]
         else:
@@ -207,6 +208,4 @@ class Local:
 
 
 def _has_media(messages: list[dict]) -> bool:
-    from gemma_cli.media import media_parts
-
     return any(media_parts(m.get("content")) for m in messages)

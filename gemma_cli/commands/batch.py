@@ -129,15 +129,6 @@ def _sampling(settings, temperature, top_p, top_k, seed):
                     top_k=settings.pick("top_k", top_k), seed=settings.pick("seed", seed))
 
 
-def _per_line(path, ctx: int) -> int:
-    """Each line's context: as asked, at most what the model was trained for."""
-    from gemma_cli.gguf_header import read_header
-
-    header = read_header(path)
-    trained = int(header.get(f"{header.architecture}.context_length", 0) or 0)
-    return min(ctx, trained) if trained else ctx
-
-
 def _drafting(draft: str | None) -> bool:
     return draft is not None and draft.strip().lower() != "off"
 
@@ -152,32 +143,23 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
           draft, draft_max):
     """The engine for a local run: n parallel sequences (plus the staging one), each `ctx` tokens;
     with --draft, one sequence and the drafter."""
-    from gemma_cli import render
+    from gemma_cli.commands import loading
     from gemma_cli.commands.describe import check_budget
-    from gemma_cli.commands.loading import attach_draft, auto_gpu_layers, locate_path
-    from gemma_cli.media import projector_path
 
     check_budget(image_tokens)
     drafting = _drafting(draft)
-    name = settings.pick("model", model)
-    path = locate_path(name, yes=yes)
-    per_line = _per_line(path, settings.pick("ctx", ctx) or 8192)
-    gpu_layers = settings.pick("gpu_layers", gpu_layers)
-    if gpu_layers is None:
-        slots = 1 if drafting else parallel or default_parallel(True, per_line)  # as many as a GPU run takes
-        gpu_layers = auto_gpu_layers(path, per_line * (slots + 1))
+    resolved = loading.resolve(settings, model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers)
+    per_line = resolved.context(settings.pick("ctx", ctx))
+    slots = 1 if drafting else parallel or default_parallel(True, per_line)  # as many as a GPU run takes
+    gpu_layers = resolved.gpu_layers(per_line * (slots + 1))
     n = 1 if drafting else parallel or default_parallel(gpu_layers != 0, per_line)
     n_seq = 1 if drafting else n + 1  # the slots and the staging sequence (engine.parallel)
-    what = "speculative decoding" if drafting else f"{n} parallel sequences"
-    with render.spinner(f"Loading {path.name} for {what}…"):
-        from gemma_cli.engine import Engine
-
-        engine = Engine(path, n_ctx=per_line * n_seq, n_threads=settings.pick("threads", threads),
-                        n_gpu_layers=gpu_layers, n_seq=n_seq, image_tokens=image_tokens,
-                        batch_invariant=gpu_layers == 0 if deterministic is None else deterministic, verbose=verbose)
-    engine.mmproj_path = lambda: projector_path(name, path, mmproj)  # loaded at the first image or clip
+    engine = loading.open_engine(resolved, ctx=per_line * n_seq, threads=settings.pick("threads", threads),
+                                 verbose=verbose, image_tokens=image_tokens, n_seq=n_seq, gpu_layers=gpu_layers,
+                                 batch_invariant=gpu_layers == 0 if deterministic is None else deterministic,
+                                 what="speculative decoding" if drafting else f"{n} parallel sequences")
     if drafting:
-        attach_draft(engine, name, draft, draft_max)
+        loading.attach_draft(engine, resolved, draft, draft_max)
     return engine, n
 
 

@@ -85,8 +85,11 @@ def chat(
     think = think if think is not None else bool(conv.settings.get("think", False))
     toolbox = _load_tools(tools)
     declarations = toolbox.declarations if toolbox else (conv.tools or None)
-    name = settings.pick("model", model or conv.model)
-    path = _locate(name, yes)
+    from gemma_cli.commands import loading
+
+    resolved = loading.resolve(settings, model or conv.model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers,
+                               loads=not print_prompt)
+    path = resolved.path
     messages = _with_system(conv.messages, system)
     override = None
     if chat_template is not None:
@@ -94,7 +97,7 @@ def chat(
 
         override = read_chat_template(chat_template)
     if print_prompt:
-        return _print_prompt(path, messages, declarations, think, _with_media(parts, text), decoder, override,
+        return _print_prompt(resolved.header, messages, declarations, think, _with_media(parts, text), decoder, override,
                              keep_thinking)
     if video:
         from gemma_cli.video import check_context
@@ -104,18 +107,11 @@ def chat(
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
 
-    from gemma_cli.commands.loading import attach_draft, open_engine
-    from gemma_cli.media import projector_path
     from gemma_cli.session import ChatSession, format_of_engine
 
-    projector = projector_path(name, path, mmproj)
-    engine = open_engine(path, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
-                         gpu_layers=settings.pick("gpu_layers", gpu_layers), verbose=verbose,
-                         mmproj=projector if parts else None, image_tokens=image_tokens)
-    engine.mmproj_path = projector  # /image and /audio load it on first use
-    from gemma_cli.commands.loading import asked_ctx, note_context
-
-    note_context(engine, asked_ctx(settings, ctx))
+    engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
+                                 verbose=verbose, load_mmproj=bool(parts), image_tokens=image_tokens)
+    loading.note_context(engine, loading.asked_ctx(settings, ctx))
     sampling = _sampling(settings, conv.settings, temperature, top_p, top_k, seed)
     sampling.grammar = _constraint(schema, fmt, grammar)
     session = ChatSession(engine, format_of_engine(engine, override), sampling=sampling, think=think, tools=declarations,
@@ -124,17 +120,21 @@ def chat(
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
-    attach_draft(engine, name, draft, draft_max)
+    loading.attach_draft(engine, resolved, draft, draft_max)
     confirm = None if yes else _confirm
     if interactive:
         return _interactive(session, path, toolbox, confirm, parts, show_thinking=not hide_thinking,
                             max_tool_rounds=max_tool_rounds)
+    keep = save or resume  # a one-shot --continue is a turn of the saved conversation
     try:
         _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds,
                   show_thinking=not hide_thinking, as_json=as_json)
-    finally:  # a Ctrl-C keeps the partial answer too
-        if save or resume:
+    except SystemExit:  # Ctrl-C: the partial answer is kept too (an error saves nothing)
+        if keep:
             _autosave(session, path)
+        raise
+    if keep:
+        _autosave(session, path)
 
 
 def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
@@ -289,18 +289,11 @@ def _sampling(settings, saved: dict, temperature, top_p, top_k, seed):
                     top_k=pick("top_k", top_k), seed=pick("seed", seed))
 
 
-def _locate(model, yes):
-    from gemma_cli.commands.loading import locate_path
-
-    return locate_path(model, yes=yes)
-
-
-def _print_prompt(path, messages: list[dict], tools, think: bool, text, decoder, override=None,
+def _print_prompt(header, messages: list[dict], tools, think: bool, text, decoder, override=None,
                   keep_thinking: bool = False) -> None:
-    from gemma_cli.gguf_header import read_header
     from gemma_cli.session import format_of_header
 
-    fmt = format_of_header(read_header(path), override)
+    fmt = format_of_header(header, override)
     if fmt.notice:
         sys.stderr.write(fmt.notice + "\n")
     if text is not None:
@@ -346,7 +339,8 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
             elif isinstance(event, reply.Answer):
                 printer.answer(event.text)
             elif isinstance(event, reply.ToolCall):
-                printer.note(f"→ {event.name}({json.dumps(event.arguments, ensure_ascii=False)})")
+                printer.note(f"→ {event.name}({json.dumps(event.arguments, ensure_ascii=False)})"
+                             + (f"  (repaired: {'; '.join(event.repairs)})" if event.repairs else ""))
     except KeyboardInterrupt:
         events.close()
         printer.finish()
@@ -388,7 +382,8 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
     return {
         "answer": "".join(r.answer for r in results),
         "thinking": "".join(r.thinking for r in results),
-        "tool_calls": [{"name": c.name, "arguments": c.arguments} for r in results for c in r.tool_calls],
+        "tool_calls": [{"name": c.name, "arguments": c.arguments, **({"repairs": c.repairs} if c.repairs else {})}
+                       for r in results for c in r.tool_calls],
         "tool_results": [{"name": t.call["function"]["name"], "ran": t.approved, "result": t.result} for t in runs],
         "errors": [e for r in results for e in r.errors],
         "stats": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated
 
@@ -30,14 +31,14 @@ Key = Annotated[str, typer.Argument(help="A setting: model, quantization, ctx, t
 
 def path_cmd() -> None:
     """Print the config file's path (it need not exist yet)."""
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     print(config.path())
 
 
 def show(as_json: opt.Json = False) -> None:
     """Show every setting, its value and where it comes from."""
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     settings = config.load()
     if as_json:
@@ -56,21 +57,19 @@ def show(as_json: opt.Json = False) -> None:
 
 def set_cmd(key: Key, value: Annotated[str, typer.Argument(help="The value ('null' clears it back to the default).")]) -> None:
     """Set one setting in the config file (validated first)."""
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     file, parsed = config.set_value(key, value)
     sys.stderr.write(f"{key} = {'null' if parsed is None else parsed}  ({file})\n")
     _still_wrong(file)
     env = config.env_name(key)
-    import os
-
     if os.environ.get(env) is not None:
         sys.stderr.write(f"note: {env} is set in the environment and takes precedence\n")
 
 
 def unset(key: Key) -> None:
     """Remove one setting from the config file (back to its default)."""
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     file = config.unset(key)
     sys.stderr.write(f"{key} removed ({file})\n")
@@ -78,7 +77,7 @@ def unset(key: Key) -> None:
 
 
 def _still_wrong(file) -> None:
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     left = config.problem(file)
     if left:

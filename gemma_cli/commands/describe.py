@@ -118,20 +118,17 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
     `need` ("image" or "audio") is checked in the projector's header first: a 31B asked for
     audio says so at once, not after loading 17 GB of weights.
     """
-    from gemma_cli.commands.loading import asked_ctx, attach_draft, locate_path, note_context, open_engine
-    from gemma_cli.media import projector_path
+    from gemma_cli.commands import loading
 
-    name = settings.pick("model", model)
-    path = locate_path(name, yes=yes)
-    projector = projector_path(name, path, mmproj)
+    resolved = loading.resolve(settings, model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers)
+    path, projector = resolved.path, resolved.mmproj
     if projector is None:
         raise CapabilityError(f"no projector (mmproj) found for {path.name}: it cannot read images or audio without one",
                               "pass --mmproj PATH, or `gemma models pull NAME` to fetch it with the model")
-    _check_encoder(path, projector, need)
-    engine = open_engine(path, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
-                         gpu_layers=settings.pick("gpu_layers", gpu_layers), verbose=verbose,
-                         mmproj=projector, image_tokens=image_tokens)
-    note_context(engine, asked_ctx(settings, ctx))
+    _check_encoder(resolved, projector, need)
+    engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
+                                 verbose=verbose, load_mmproj=True, image_tokens=image_tokens)
+    loading.note_context(engine, loading.asked_ctx(settings, ctx))
     from gemma_cli.session import GEMMA4, ChatSession, format_of_engine
 
     info = engine.info
@@ -144,11 +141,11 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
         return ChatSession(engine, fmt, sampling=sampling, max_tokens=max_tokens, think=False, media=media)
 
     engine.ensure_projector(need)  # the same check on what llama.cpp loaded
-    attach_draft(engine, name, draft, draft_max)  # after the projector, which may remake the context a drafter binds to
+    loading.attach_draft(engine, resolved, draft, draft_max)  # after the projector, which may remake the context a drafter binds to
     return engine, session_for
 
 
-def _check_encoder(model: Path, projector: Path, need: str) -> None:
+def _check_encoder(resolved, projector: Path, need: str) -> None:
     from gemma_cli.gguf_header import read_header
 
     if not Path(projector).is_file():
@@ -157,7 +154,7 @@ def _check_encoder(model: Path, projector: Path, need: str) -> None:
     key = {"image": "clip.has_vision_encoder", "video": "clip.has_vision_encoder", "audio": "clip.has_audio_encoder"}[need]
     if header.architecture != "clip" or header.get(key):
         return
-    name = read_header(model).get("general.name") or Path(model).name
+    name = resolved.header.get("general.name") or resolved.path.name
     if need == "audio":
         raise CapabilityError(f"{name} has no audio encoder; audio needs E2B, E4B or 12B",
                               f"{Path(projector).name} only reads images; use gemma-4-E2B, E4B or 12B for audio")

@@ -33,7 +33,8 @@ def doctor(as_json: opt.Json = False) -> None:
 
 
 def collect() -> dict:
-    from gemma_cli import config, hardware, models, paths
+    from gemma_cli import config, hardware, models, paths  # lazy: keeps `gemma --help` fast
+    from gemma_cli.commands import machine  # lazy: keeps `gemma --help` fast
 
     problems: list[dict] = []
     try:
@@ -42,12 +43,12 @@ def collect() -> dict:
     except GemmaError as e:  # a broken config file is a finding here, not a crash
         problems.append({"problem": e.message, "fix": e.hint or ""})
         settings, ctx = None, None
-    hw = hardware.detect(check_backend=False)
-    hw.offload = hardware.gpu_offload()
+    hw = hardware.detect()
+    hw.offload = machine.gpu_offload()  # asked even without a GPU: doctor reports the build
     rec = hardware.recommend(hw, ctx=ctx)
     problems += [{"problem": p, "fix": f} for p, f in hardware.problems(hw)]
     try:
-        root = models.model_dir() if settings else paths.data_dir() / "models"
+        root = models.model_dir(settings) if settings else paths.data_dir() / "models"
     except GemmaError:
         root = paths.data_dir() / "models"
     installed = []
@@ -79,7 +80,7 @@ def collect() -> dict:
 
 
 def _has(spec, q, root) -> bool:
-    from gemma_cli import models
+    from gemma_cli import models  # lazy: keeps `gemma --help` fast
 
     try:
         models.locate_registry(spec, q, root=root)
@@ -89,7 +90,7 @@ def _has(spec, q, root) -> bool:
 
 
 def _disk_problems(root, rec) -> list[dict]:
-    from gemma_cli import download, models
+    from gemma_cli import download, models  # lazy: keeps `gemma --help` fast
 
     if any((root / f.repo / f.name).is_file() for f in models.REGISTRY[rec.variant].weights(rec.quant).files):
         return []
@@ -103,7 +104,7 @@ def _disk_problems(root, rec) -> list[dict]:
 
 def _version(dist: str) -> str | None:
     try:
-        from importlib.metadata import PackageNotFoundError, version
+        from importlib.metadata import PackageNotFoundError, version  # lazy: keeps `gemma --help` fast
     except ImportError:
         return None
     try:
@@ -113,10 +114,10 @@ def _version(dist: str) -> str | None:
 
 
 def _print(r: dict) -> None:
-    from rich.console import Console
+    from rich.console import Console  # lazy: keeps `gemma --help` fast
 
-    from gemma_cli.models import human_size
-    from gemma_cli.render import use_color
+    from gemma_cli.models import human_size  # lazy: keeps `gemma --help` fast
+    from gemma_cli.render import use_color  # lazy: keeps `gemma --help` fast
 
     c = Console(no_color=not use_color(), highlight=False)
     s = r["system"]

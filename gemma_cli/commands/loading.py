@@ -1,63 +1,81 @@
-"""Finding and loading a model for a command: the step every generating command shares."""
+"""Resolving and loading a model for a command: the step every generating command shares.
+
+`resolve()` turns --model and the settings into a `Resolved` once per command (the files, the
+projector, the installed drafter, the hardware and the why), asking to download what is missing;
+`open_engine()` loads it. Both sit here, at the face, because they join the store and the engine,
+which never import each other.
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 
-from gemma_cli import render
-from gemma_cli.errors import GemmaError, ModelError
+from gemma_cli import models, render
+from gemma_cli.commands.machine import detect_hardware
+from gemma_cli.commands.models import ensure_model
+from gemma_cli.errors import GemmaError
+from gemma_cli.gguf_header import read_header
+from gemma_cli.resolution import Resolved, resolve_model
 
 
-def locate_path(model: str | None, *, yes: bool = False) -> Path:
-    """The GGUF file for `--model`: a path as given, else a registry or hf: name resolved (and pulled)."""
-    if model and not model.strip().startswith("hf:") and (model.endswith(".gguf") or Path(model).exists()):
-        from gemma_cli.gguf_header import read_header
+def resolve(settings, model: str | None, *, yes: bool = False, mmproj: Path | None = None,
+            gpu_layers: int | None = None, loads: bool = True) -> Resolved:
+    """--model (else the configured or the recommended model) as files on disk, downloaded on demand.
 
-        check_model_header(model, read_header(model))  # a one-line error now for a missing or foreign file
-        return Path(model)
-    from gemma_cli.commands.models import ensure_model
-
-    return ensure_model(model, yes=yes).path
-
-
-def check_model_header(path, header) -> None:
-    """A drafter or a projector given as the model is named for what it is, before llama.cpp fails on it."""
-    name = Path(path).name
-    if header.architecture.endswith("-assistant"):
-        raise ModelError(f"{name} is an MTP drafter, not a model to run on its own",
-                         f"pass it with --draft {path} beside its Gemma 4 model (-m)")
-    if header.architecture == "clip":
-        raise ModelError(f"{name} is an image/audio projector (mmproj), not a model",
-                         f"pass it with --mmproj {path} beside its Gemma 4 model (-m)")
+    `loads=False` (--print-prompt): no weights will load, so no hardware is probed for GPU layers.
+    """
+    name = settings.pick("model", model)
+    gpu = settings.pick("gpu_layers", gpu_layers)
+    hw = detect_hardware() if name is None or (loads and gpu is None) else None
+    header = None
+    if name is not None and _is_file_name(name):
+        header = read_header(Path(name).expanduser())  # a one-line error for a missing, foreign or damaged file
+    located = ensure_model(name, yes=yes, settings=settings, hw=hw)
+    header = header or read_header(located.path)
+    return resolve_model(name, located, header, mmproj=mmproj, gpu_layers=gpu, hw=hw)
 
 
-def open_engine(path: Path, *, ctx: int | None, threads: int | None, gpu_layers: int | None, verbose: bool = False,
-                mmproj: Path | None = None, image_tokens: int | None = None):
-    """Load the model (and its projector, when given) with a spinner on stderr (terminal only)."""
+def _is_file_name(name: str) -> bool:
+    name = name.strip()
+    return not name.startswith("hf:") and (models.is_path_like(name) or Path(name).expanduser().is_file())
+
+
+def open_engine(resolved: Resolved, *, ctx: int | None, threads: int | None, verbose: bool = False,
+                load_mmproj: bool = False, image_tokens: int | None = None, n_seq: int = 1,
+                batch_invariant: bool | None = None, what: str | None = None, gpu_layers: int | None = None,
+                swa_full: bool = False):
+    """Load the resolved model with a spinner on stderr (terminal only).
+
+    `ctx` is the whole context (all `n_seq` sequences); the projector loads now with `load_mmproj`,
+    else on the first image or clip (`engine.ensure_projector`). `batch_invariant` None: the engine's default;
+    `gpu_layers` None: the resolved choice for this context.
+    """
     if gpu_layers is None:
-        gpu_layers = auto_gpu_layers(path, ctx)
-    with render.spinner(f"Loading {path.name}…"):
-        from gemma_cli.engine import Engine
+        gpu_layers = resolved.gpu_layers(ctx)
+    extra = {} if batch_invariant is None else {"batch_invariant": batch_invariant}
+    if verbose:
+        sys.stderr.write("".join(f"{line}\n" for line in resolved.why))
+    with render.spinner(f"Loading {resolved.path.name}" + (f" for {what}" if what else "") + "…"):
+        from gemma_cli.engine import Engine  # llama.cpp loads here, not at `gemma --help`
 
-        return Engine(path, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose,
-                      mmproj=mmproj, image_tokens=image_tokens)
-
-
-def auto_gpu_layers(path: Path, ctx: int | None) -> int:
-    """All layers on the GPU when they fit in free VRAM, else as many as fit; 0 without a GPU build."""
-    from types import SimpleNamespace
-
-    from gemma_cli import hardware
-
-    return hardware.auto_gpu_layers(SimpleNamespace(path=path, spec=None), ctx=ctx)
+        engine = Engine(resolved.path, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose,
+                        mmproj=resolved.mmproj if load_mmproj else None, image_tokens=image_tokens, n_seq=n_seq,
+                        swa_full=swa_full, header=resolved.header, **extra)
+    engine.mmproj_path = resolved.mmproj  # /image, /audio and batch lines load it on first use
+    return engine
 
 
-def attach_draft(engine, name: str | None, spec: str | None, draft_max: int | None) -> None:
-    """Speculative decoding per --draft; a drafter that cannot run is one warning line, then plain decoding."""
-    from gemma_cli.engine import draft as drafting
+def attach_draft(engine, model: Resolved | str | None, spec: str | None, draft_max: int | None) -> None:
+    """Speculative decoding per --draft; a drafter that cannot run is one warning line, then plain decoding.
 
-    installed = _installed_draft(name) if (spec or "auto").strip().lower() == "auto" else None
+    `model`: the Resolved model (its installed drafter is known), or a name to look the drafter up by.
+    """
+    from gemma_cli.engine import draft as drafting  # with the engine, not at `gemma --help`
+
+    installed = None
+    if (spec or "auto").strip().lower() == "auto":
+        installed = model.draft if isinstance(model, Resolved) else _installed_draft(model)
     warning = drafting.setup(engine, spec, draft_max=draft_max, registry_draft=installed)
     if warning:
         sys.stderr.write(f"warning: {warning}\n")
@@ -66,9 +84,7 @@ def attach_draft(engine, name: str | None, spec: str | None, draft_max: int | No
 def _installed_draft(name: str | None) -> Path | None:
     """The model's MTP drafter if it is on disk (registry store, or beside a .gguf); never downloads."""
     try:
-        from gemma_cli.models import locate
-
-        return locate(name).draft
+        return models.locate(name).draft
     except GemmaError:
         return None
 

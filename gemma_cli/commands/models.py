@@ -55,15 +55,16 @@ Name = Annotated[str, typer.Argument(help="A model name (e4b, 31b:q8_0, 12b:qat)
 # ---------------------------------------------------------------------------------------------
 
 
-def ensure_model(name: str | None, *, yes: bool, need_mmproj: bool = False, need_draft: bool = False):
+def ensure_model(name: str | None, *, yes: bool, need_mmproj: bool = False, need_draft: bool = False,
+                 settings=None, hw=None):
     """The model's files, downloading them if needed: asks on a terminal, `yes` skips the question,
-    elsewhere a one-line error with the exact pull command."""
-    from gemma_cli import models
+    elsewhere a one-line error with the exact pull command. `settings` and `hw`: already read, not again."""
+    from gemma_cli import models  # lazy: keeps `gemma --help` fast
 
     try:
-        return models.locate(name, need_mmproj=need_mmproj, need_draft=need_draft)
+        return models.locate(name, need_mmproj=need_mmproj, need_draft=need_draft, settings=settings, hw=hw)
     except models.ModelNotInstalled as missing:
-        from gemma_cli import download
+        from gemma_cli import download  # lazy: keeps `gemma --help` fast
 
         if download.offline():  # asking would only end in a refused download
             raise GemmaError(missing.message, f"HF_HUB_OFFLINE is set: unset it, then run {missing.command}") from None
@@ -75,7 +76,7 @@ def ensure_model(name: str | None, *, yes: bool, need_mmproj: bool = False, need
                 raise GemmaError(f"{missing.name} is not downloaded", f"download it later with: {missing.command}") from None
         with progress_reporter() as report:
             models.pull(missing.name, draft=missing.draft, progress=report)
-        return models.locate(missing.name, need_mmproj=need_mmproj, need_draft=need_draft)
+        return models.locate(missing.name, need_mmproj=need_mmproj, need_draft=need_draft, settings=settings)
 
 
 def _is_tty(stream) -> bool:
@@ -86,8 +87,8 @@ def _is_tty(stream) -> bool:
 
 
 def _ask(missing) -> bool:
-    from gemma_cli import download, models
-    from gemma_cli.render import err_console
+    from gemma_cli import download, models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.render import err_console  # lazy: keeps `gemma --help` fast
 
     sizes = []
     for f in missing.files:
@@ -109,8 +110,8 @@ def _ask(missing) -> bool:
 @contextlib.contextmanager
 def progress_reporter() -> Iterator:
     """A (file, done, total) callback drawing a Rich bar per file on stderr (a line per file elsewhere)."""
-    from gemma_cli import models
-    from gemma_cli.render import err_console
+    from gemma_cli import models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.render import err_console  # lazy: keeps `gemma --help` fast
 
     console = err_console()
     if not console.is_terminal:
@@ -125,7 +126,8 @@ def progress_reporter() -> Iterator:
 
         yield plain
         return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+    from rich.progress import (  # lazy: keeps `gemma --help` fast
+        BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn)
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=console) as bar:
@@ -164,10 +166,12 @@ def list_cmd(
 
 
 def _list(as_json: bool, only_installed: bool) -> None:
-    from gemma_cli import hardware, models
+    from gemma_cli import config, hardware, models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.commands.machine import detect_hardware  # lazy: keeps `gemma --help` fast
 
-    root = models.model_dir()
-    rec = hardware.recommend(hardware.detect(), ctx=_ctx_setting())
+    settings = config.load()
+    root = models.model_dir(settings)
+    rec = hardware.recommend(detect_hardware(), ctx=settings.pick("ctx", None))
     rows = []
     for spec in models.REGISTRY.values():
         for q in models.QUANTS:
@@ -202,12 +206,12 @@ def _list(as_json: bool, only_installed: bool) -> None:
 
 
 def _print_table(rows: list[dict], other: list[dict], rec, root) -> None:
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
+    from rich import box  # lazy: keeps `gemma --help` fast
+    from rich.console import Console  # lazy: keeps `gemma --help` fast
+    from rich.table import Table  # lazy: keeps `gemma --help` fast
 
-    from gemma_cli import models
-    from gemma_cli.render import use_color
+    from gemma_cli import models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.render import use_color  # lazy: keeps `gemma --help` fast
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for col, just in (("", "left"), ("NAME", "left"), ("SIZE", "right"), ("PARAMS", "right"), ("CONTEXT", "right"),
@@ -236,7 +240,7 @@ def pull(
     no_mmproj: Annotated[bool, typer.Option("--no-mmproj", help="Skip the image/audio projector.")] = False,
 ) -> None:
     """Download a model (and its image/audio projector) with a progress bar; resumes and verifies."""
-    from gemma_cli import models
+    from gemma_cli import models  # lazy: keeps `gemma --help` fast
 
     try:
         with progress_reporter() as report:
@@ -252,7 +256,7 @@ def pull(
 
 def rm(name: Name) -> None:
     """Delete a downloaded model's files."""
-    from gemma_cli import models
+    from gemma_cli import models  # lazy: keeps `gemma --help` fast
 
     deleted = models.remove(name)
     for p in deleted:
@@ -265,7 +269,7 @@ def path(
     draft: Annotated[bool, typer.Option("--draft", help="The drafter's path instead.")] = False,
 ) -> None:
     """Print where a downloaded model's file is."""
-    from gemma_cli import models
+    from gemma_cli import models  # lazy: keeps `gemma --help` fast
 
     loc = models.locate(name, need_mmproj=mmproj, need_draft=draft)
     p = loc.mmproj if mmproj else loc.draft if draft else loc.path
@@ -273,12 +277,6 @@ def path(
         what = "projector" if mmproj else "drafter"
         raise GemmaError(f"{loc.name} has no {what}", "only registry models and hf: repos that publish one have it")
     print(p)
-
-
-def _ctx_setting():
-    from gemma_cli import config
-
-    return config.load().pick("ctx", None)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -86,36 +87,25 @@ def default_parallel(gpu: bool, ctx: int) -> int:
 
 def _open(settings, model, parallel, ctx, mmproj, image_tokens, threads, gpu_layers, yes, verbose):
     """The engine: n slots (plus the staging sequence) of `ctx` tokens each, the projector loaded when there is one."""
-    from pathlib import Path
-
-    from gemma_cli import render
-    from gemma_cli.commands.batch import _per_line
+    from gemma_cli.commands import loading
     from gemma_cli.commands.describe import check_budget
-    from gemma_cli.commands.loading import auto_gpu_layers, locate_path
-    from gemma_cli.media import projector_path
 
     check_budget(image_tokens)
-    name = settings.pick("model", model)
-    path = locate_path(name, yes=yes)
-    per_slot = _per_line(path, settings.pick("ctx", ctx) or 8192)
-    gpu_layers = settings.pick("gpu_layers", gpu_layers)
-    if gpu_layers is None:
-        gpu_layers = auto_gpu_layers(path, per_slot * ((parallel or default_parallel(True, per_slot)) + 1))
+    resolved = loading.resolve(settings, model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers)
+    per_slot = resolved.context(settings.pick("ctx", ctx))
+    gpu_layers = resolved.gpu_layers(per_slot * ((parallel or default_parallel(True, per_slot)) + 1))
     n = parallel or default_parallel(gpu_layers != 0, per_slot)
-    projector = projector_path(name, path, mmproj)
-    if projector is not None and not Path(projector).is_file():
+    if resolved.mmproj is not None and not resolved.mmproj.is_file():
         if mmproj is not None:
             raise UsageError(f"--mmproj {mmproj}: file not found", "pass the model's mmproj-*.gguf")
-        projector = None
-    with render.spinner(f"Loading {path.name} for {n} parallel requests…"):
-        from gemma_cli.engine import Engine
-
-        # swa_full: the sliding-window layers keep every position, so a slot's cache can be cut back
-        # to any earlier turn of its conversation and reused (llama-server's --swa-full).
-        engine = Engine(path, n_ctx=per_slot * (n + 1), n_threads=settings.pick("threads", threads),
-                        n_gpu_layers=gpu_layers, n_seq=n + 1, swa_full=True, mmproj=projector,
-                        image_tokens=image_tokens, verbose=verbose)
-    label = name if name and not name.endswith(".gguf") and not Path(name).exists() else path.stem
+        resolved.mmproj = None
+    # swa_full: the sliding-window layers keep every position, so a slot's cache can be cut back
+    # to any earlier turn of its conversation and reused (llama-server's --swa-full).
+    engine = loading.open_engine(resolved, ctx=per_slot * (n + 1), threads=settings.pick("threads", threads),
+                                 verbose=verbose, load_mmproj=resolved.mmproj is not None, image_tokens=image_tokens,
+                                 n_seq=n + 1, gpu_layers=gpu_layers, swa_full=True, what=f"{n} parallel requests")
+    name = resolved.name
+    label = name if name and not name.endswith(".gguf") and not Path(name).exists() else resolved.path.stem
     return engine, n, label
 
 

@@ -17,34 +17,20 @@ from __future__ import annotations
 import codecs
 import ctypes
 import os
-import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import llama_cpp as ll
 
+from gemma_cli.engine.log import clear_log, on_log, recent_log, set_verbose
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, ModelError
-from gemma_cli.gguf_header import read_header
+from gemma_cli.gguf_header import Header, read_header
 
-# ---------------------------------------------------------------- logging
+# ---------------------------------------------------------------- logging (engine.log)
 
-_log_lines: deque[str] = deque(maxlen=200)
-_verbose = False
-
-
-@ll.llama_log_callback
-def _on_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    # Decode leniently: llama.cpp may cut a multi-byte character in a metadata preview.
-    line = text.decode("utf-8", errors="replace")
-    _log_lines.append(line)
-    if _verbose:
-        sys.stderr.write(line)
-
-
-ll.llama_log_set(_on_log, ctypes.c_void_p(0))
+ll.llama_log_set(on_log, ctypes.c_void_p(0))
 ll.llama_backend_init()
 
 # llama.cpp's AMX matmul (Xeons from Sapphire Rapids on) segfaults at the first decode of
@@ -66,7 +52,7 @@ def avoid_amx() -> None:
     """
     import llama_cpp.llama_cpp as api
 
-    if not AMX_BUILD or getattr(api.llama_model_default_params, "_gemma_no_amx", False):
+    if not AMX_BUILD or any(api.llama_model_default_params is f for f in _NO_AMX_DEFAULTS):
         return
     original = api.llama_model_default_params
 
@@ -75,22 +61,11 @@ def avoid_amx() -> None:
         params.use_extra_bufts = False
         return params
 
-    defaults._gemma_no_amx = True
+    _NO_AMX_DEFAULTS.append(defaults)
     api.llama_model_default_params = defaults
 
 
-def set_verbose(on: bool) -> None:
-    global _verbose
-    _verbose = on
-
-
-def _recent_log(pattern: str) -> str | None:
-    """The newest llama.cpp log line containing `pattern`, if any."""
-    for entry in reversed(_log_lines):
-        for line in reversed(entry.splitlines()):  # one log call can hold several lines
-            if pattern in line:
-                return line.strip()
-    return None
+_NO_AMX_DEFAULTS: list = []  # the wrappers avoid_amx() installed
 
 
 # ---------------------------------------------------------------- data
@@ -170,29 +145,34 @@ class Engine:
         n_seq: int = 1,
         swa_full: bool = False,
         batch_invariant: bool = False,
+        flash_attn: bool | None = None,
+        tiled_matmul: bool | None = None,
         use_mmap: bool = True,
         verbose: bool = False,
         mmproj: str | Path | None = None,
         image_tokens: int | None = None,
+        header: Header | None = None,
     ):
         set_verbose(verbose)
         self.path = Path(path)
-        header = read_header(self.path)
-        if batch_invariant:
-            # CPU kernels picked by batch size (repacked and tiled matmuls, flash attention's
-            # split paths) round a row differently when other sequences share its batch: keep
-            # every row on one path so its output does not depend on them (engine.parallel).
+        header = header or read_header(self.path)  # the caller's, when it has read the file's header already
+        # CPU kernels picked by batch size (repacked and tiled matmuls, flash attention's
+        # split paths) round a row differently when other sequences share its batch: keep
+        # every row on one path so its output does not depend on them (engine.parallel).
+        # `flash_attn` / `tiled_matmul` override what `batch_invariant` picks (bench/kernels.py).
+        if batch_invariant if tiled_matmul is None else not tiled_matmul:
             os.environ["GGML_CPU_TILED_MM"] = "0"  # read once per process, at ggml's first matmul
-        self._flash_attn = not batch_invariant
+        self._flash_attn = (not batch_invariant) if flash_attn is None else flash_attn
         self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap, repack=not batch_invariant)
         self._vocab = ll.llama_model_get_vocab(self._model)
+        self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.info = _describe(self.path, header, self._model)
         self.n_threads = n_threads or _default_threads()
         self.n_gpu_layers = n_gpu_layers
         self._verbose = verbose
         self.media = None  # a media.Projector once an mmproj is loaded (images, audio)
-        # Where ensure_projector() loads one from on first use: a path, or a function finding one.
-        self.mmproj_path: Path | Callable[[], Path | None] | None = None
+        # Where ensure_projector() loads one from on first use (the caller's resolved projector).
+        self.mmproj_path: Path | None = None
         self.image_tokens = image_tokens  # the visual token budget, for a projector loaded now or later
         self._spans: dict = {}  # media spans of the current prompt, by (kind, digest)
         need = 0
@@ -219,6 +199,7 @@ class Engine:
         self._checkpoints: list[_Checkpoint] = []
         self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
         self.draft = None  # a draft.Drafter once attach_draft() is called: speculative decoding
+        self._state = (ctypes.c_uint8 * 0)()  # copy_sequence's buffer, grown as needed
 
     # ---- lifecycle
 
@@ -230,6 +211,7 @@ class Engine:
         self.n_batch = ll.llama_n_batch(self._ctx)
         self.n_ubatch = ll.llama_n_ubatch(self._ctx)
         self.n_seq = ll.llama_n_seq_max(self._ctx)
+        self.n_ctx_seq = ll.llama_n_ctx_seq(self._ctx)  # each sequence's own KV stream (non-unified cache)
         self._mem = ll.llama_get_memory(self._ctx)
         self._batch = ll.llama_batch_init(self.n_batch, 0, max(1, n_seq))
 
@@ -267,12 +249,9 @@ class Engine:
         self.media = projector
 
     def ensure_projector(self, kind: str):
-        """The projector, loading the mmproj beside the model on first use; a clear error without one."""
+        """The projector, loading `mmproj_path` (the caller's resolved projector) on first use; a clear error without one."""
         if self.media is None:
-            from gemma_cli.engine.projector import find_mmproj
-
-            found = self.mmproj_path() if callable(self.mmproj_path) else self.mmproj_path
-            found = found or find_mmproj(self.path)
+            found = self.mmproj_path
             if found is None:
                 name = self.info.meta.get("general.name") or self.path.name
                 raise CapabilityError(f"{name} has no projector loaded for {kind}, and no single mmproj file beside "
@@ -349,6 +328,10 @@ class Engine:
     def is_end(self, token: int) -> bool:
         return bool(ll.llama_vocab_is_eog(self._vocab, token))
 
+    def token_text(self, token: int) -> bytes:
+        """The vocabulary's entry for `token` as stored (not rendered like token_bytes)."""
+        return ll.llama_vocab_get_text(self._vocab, token)
+
     # ---- generation
 
     def stream_generate(
@@ -368,17 +351,14 @@ class Engine:
         later prompt that diverges after that point can still reuse everything before it
         (chat passes the start of the generation prompt).
         """
-        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        self._spans = {}
-        if media:
-            tokens, checkpoint_at = self._expand(tokens, media, checkpoint_at)
+        tokens, checkpoint_at = self.prompt_items(prompt, media, checkpoint_at)
         self._check_fits(tokens)
         budget = self.n_ctx - len(tokens)
         max_tokens = budget if max_tokens is None else min(max_tokens, budget)
-        sampler = _new_sampler(self._vocab, sampling or Sampling())
+        sampler = self.new_sampler(sampling or Sampling())
         try:
             t0 = time.perf_counter()
-            evaluated, reused = self._prefill(tokens, checkpoint_at)
+            evaluated, reused = self.prefill(tokens, checkpoint_at)
             if self.draft is not None:
                 yield from self.draft.decode(self, sampler, max_tokens, evaluated, reused, t0)
             else:
@@ -417,6 +397,23 @@ class Engine:
 
     # ---- prompt evaluation and KV reuse
 
+    def prompt_items(self, prompt: str | Sequence[int], media: Sequence | None = None,
+                     checkpoint_at: int | None = None) -> tuple[list, int | None]:
+        """A prompt's items for prefill(): token ids, each media placeholder expanded to its span's keys.
+
+        Makes them the current prompt's media (until the next call or forget_media()); returns
+        the items and `checkpoint_at` moved past the expansions.
+        """
+        tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        self._spans = {}
+        if media:
+            tokens, checkpoint_at = self._expand(tokens, media, checkpoint_at)
+        return tokens, checkpoint_at
+
+    def forget_media(self) -> None:
+        """The current prompt's media are evaluated (or given up): later prompts are text only."""
+        self._spans = {}
+
     def _expand(self, tokens: list[int], media: Sequence, checkpoint_at: int | None) -> tuple[list, int | None]:
         from gemma_cli.engine.projector import PLACEHOLDERS, expand
 
@@ -445,7 +442,7 @@ class Engine:
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Cut the KV cache back to the longest prefix it shares with `tokens`; return its length."""
         self._resync()
-        n = _common_prefix(self._cached, tokens)
+        n = common_prefix(self._cached, tokens)
         if n == len(tokens):
             n -= 1  # at least one token must be evaluated to get logits for the next one
         if self._spans:
@@ -501,7 +498,12 @@ class Engine:
         self._checkpoints.append(_Checkpoint(len(self._cached), bytes(buf[:written])))
         del self._checkpoints[:-4]  # a few recent ones are all a chat needs
 
-    def _prefill(self, tokens: Sequence[int], checkpoint_at: int | None) -> tuple[int, int]:
+    def prefill(self, tokens: Sequence, checkpoint_at: int | None = None) -> tuple[int, int]:
+        """Evaluate prompt items (prompt_items()) into sequence 0, reusing what its KV cache shares.
+
+        The last item's logits are left for the first sample; `checkpoint_at`: where to keep an
+        SWA checkpoint on the way. Returns (evaluated, reused).
+        """
         reused = self.reuse_prefix(tokens)
         todo = list(tokens[reused:])
         if self._spans and checkpoint_at is not None:
@@ -510,15 +512,15 @@ class Engine:
             checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at) == checkpoint_at else None
         if self._swa and checkpoint_at and reused < checkpoint_at < len(tokens):
             split = checkpoint_at - reused
-            self._eval_items(todo[:split], logits_last=False)
+            self.evaluate(todo[:split])
             self._save_checkpoint()
             todo = todo[split:]
-        self._eval_items(todo, logits_last=True)
+        self.evaluate(todo, logits_last=True)
         self.last_prefill = (len(tokens) - reused, reused)
         return self.last_prefill
 
-    def _eval_items(self, items: Sequence, *, logits_last: bool) -> None:
-        """Decode prompt items (token ids, media span keys) after what is cached."""
+    def evaluate(self, items: Sequence, *, logits_last: bool = False) -> None:
+        """Decode prompt items (token ids, media span keys) into sequence 0, after what is cached."""
         if not self._spans:
             return self._eval(items, logits_last=logits_last)
         from gemma_cli.engine.projector import is_key
@@ -558,8 +560,11 @@ class Engine:
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             last = start + len(chunk) == len(tokens)
-            self._fill_batch(chunk, len(self._cached), logits_last and last)
-            rc = ll.llama_decode(self._ctx, self._batch)
+            pos0, n = len(self._cached), len(chunk)
+            rows = [(tok, pos0 + i, 0, False) for i, tok in enumerate(chunk)]
+            if logits_last and last:
+                rows[-1] = (chunk[-1], pos0 + n - 1, 0, True)
+            rc = self.decode_rows(rows)
             if rc != 0:
                 raise GemmaError(
                     f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})",
@@ -567,26 +572,38 @@ class Engine:
                 )
             self._cached.extend(chunk if keys is None else keys[start : start + len(chunk)])
 
-    def _fill_batch(self, chunk: Sequence[int], pos0: int, logits_last: bool) -> None:
-        b = self._batch
-        n = len(chunk)
-        for i, tok in enumerate(chunk):
-            b.token[i] = tok
-            b.pos[i] = pos0 + i
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = 0
-            b.logits[i] = 0
-        if logits_last:
-            b.logits[n - 1] = 1
-        b.n_tokens = n
-
     def swa_pos_min(self) -> int:
         """The oldest position the (sliding-window) KV cache of sequence 0 still holds."""
         return ll.llama_memory_seq_pos_min(self._mem, 0)
 
-    def cache_contents(self) -> list:
-        """What the KV cache of sequence 0 holds, position by position (a copy)."""
-        return list(self._cached)
+    def cache_contents(self, start: int = 0, stop: int | None = None) -> list:
+        """What the KV cache of sequence 0 holds, position by position (a copy; of [start, stop))."""
+        return self._cached[start:stop]
+
+    def truncate(self, n: int) -> None:
+        """Keep the first `n` positions of sequence 0's cache (speculative decoding's rejected drafts).
+
+        Unlike reuse_prefix() no SWA checkpoint is consulted: valid only for positions the
+        kept ones do not need in the sliding window (just-decoded drafts).
+        """
+        if n < len(self._cached):
+            ll.llama_memory_seq_rm(self._mem, 0, n, -1)
+            del self._cached[n:]
+
+    def decode_all(self, tokens: Sequence[int]) -> int:
+        """Decode `tokens` after sequence 0's cache in one batch, with logits for every row.
+
+        Booked before the decode: a Ctrl-C can only land between bytecodes, and a booking
+        ahead of the cache is what _resync repairs. Returns llama_decode's code; on failure
+        the rows are dropped again.
+        """
+        pos0 = len(self._cached)
+        rows = [(tok, pos0 + i, 0, True) for i, tok in enumerate(tokens)]
+        self._cached.extend(tokens)
+        rc = self.decode_rows(rows)
+        if rc != 0:
+            self.truncate(pos0)
+        return rc
 
     @property
     def cached_tokens(self) -> int:
@@ -597,11 +614,78 @@ class Engine:
         self._cached.clear()
         self._checkpoints.clear()
 
+    # ---- rows, sequences and samplers: the API engine.parallel and engine.draft build on
+
+    def decode_rows(self, rows: Sequence[tuple[int, int, int, bool]]) -> int:
+        """Decode one llama_batch of rows (token, position, sequence id, logits wanted): at most
+        n_batch of them, any sequences. Returns llama_decode's code (0: done). Sequence 0's
+        bookkeeping is the caller's (evaluate() and decode_all() do it)."""
+        b = self._batch
+        token, pos, n_seq_id, seq_id, logits = b.token, b.pos, b.n_seq_id, b.seq_id, b.logits
+        for i, (tok, p, seq, want) in enumerate(rows):
+            token[i] = tok
+            pos[i] = p
+            n_seq_id[i] = 1
+            seq_id[i][0] = seq
+            logits[i] = want
+        b.n_tokens = len(rows)
+        return ll.llama_decode(self._ctx, b)
+
+    def logits(self, row: int = -1):
+        """The logits of a row of the last decoded batch that asked for them (numpy view, n_vocab floats)."""
+        import numpy as np  # llama-cpp-python's own dependency; loaded with it already
+
+        return np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,))
+
+    def new_sampler(self, sampling: Sampling):
+        """A llama.cpp sampler chain for `sampling` (free it with free_sampler)."""
+        return _new_sampler(self._vocab, sampling)
+
+    @staticmethod
+    def free_sampler(sampler) -> None:
+        ll.llama_sampler_free(sampler)
+
+    def sample(self, sampler, row: int = -1) -> int:
+        """A token from row `row`'s logits of the last decoded batch (-1: its last row)."""
+        return ll.llama_sampler_sample(sampler, self._ctx, row)
+
+    def clear_sequence(self, seq: int, start: int = 0) -> None:
+        """Remove sequence `seq`'s cells at positions >= `start` (not sequence 0: its bookkeeping
+        is reset()'s and truncate()'s)."""
+        ll.llama_memory_seq_rm(self._mem, seq, start if start > 0 else -1, -1)
+
+    def sequence_pos_min(self, seq: int) -> int:
+        """The oldest position sequence `seq`'s (sliding-window) KV cache still holds; -1: empty."""
+        return ll.llama_memory_seq_pos_min(self._mem, seq)
+
+    def copy_sequence(self, src: int, dst: int) -> bool:
+        """Put sequence `src`'s KV cells into `dst`'s stream, now (False: llama.cpp could not).
+
+        Through the state API rather than llama_memory_seq_cp: across streams that copies a
+        whole stream, and only at the next decode, by which time `src` may have changed.
+        """
+        size = ll.llama_state_seq_get_size_ext(self._ctx, src, 0)
+        if len(self._state) < size:
+            self._state = (ctypes.c_uint8 * size)()
+        written = ll.llama_state_seq_get_data_ext(self._ctx, self._state, size, src, 0)
+        return ll.llama_state_seq_set_data_ext(self._ctx, self._state, written, dst, 0) != 0
+
+    @property
+    def swa_full(self) -> bool:
+        """Whether the sliding-window layers keep a full-size cache (so any prefix can be cut back to)."""
+        return self.info.n_swa > 0 and not self._swa
+
+    @property
+    def handle(self):
+        """The llama_context pointer, for the engine's own ctypes bindings (engine.ext) that take one."""
+        return self._ctx
+
 
 # ---------------------------------------------------------------- helpers
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence, b: Sequence) -> int:
+    """How many leading items `a` and `b` share."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:
@@ -609,12 +693,15 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return i
 
 
+_common_prefix = common_prefix  # its former name (tests/test_conversation.py)
+
+
 def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool, repack: bool = True):
     params = ll.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
     params.use_mmap = use_mmap
     params.use_extra_bufts = repack and not AMX_BUILD
-    _log_lines.clear()
+    clear_log()
     model = ll.llama_model_load_from_file(str(path).encode("utf-8"), params)
     if not model:
         raise _load_error(path, arch)
@@ -623,19 +710,19 @@ def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool, repack
 
 def _load_error(path: Path, arch: str) -> ModelError:
     """Turn llama.cpp's log into one line that says what is wrong with the file."""
-    unknown = _recent_log("unknown model architecture")
+    unknown = recent_log("unknown model architecture")
     if unknown:
         return ModelError(
             f"{path}: llama.cpp does not know the architecture '{arch}'",
             "gemma runs GGUF models that llama.cpp supports (Gemma 4: gemma4); pick another file",
         )
-    bounds = _recent_log("not within the file bounds") or _recent_log("data is not within")
-    if bounds or _recent_log("failed to read"):
+    bounds = recent_log("not within the file bounds") or recent_log("data is not within")
+    if bounds or recent_log("failed to read"):
         return ModelError(
             f"{path} is truncated or damaged (tensor data missing)",
             "download the model again (`gemma models pull NAME`)",
         )
-    detail = _recent_log("error loading model") or _recent_log("failed") or "unknown reason"
+    detail = recent_log("error loading model") or recent_log("failed") or "unknown reason"
     detail = detail.split(":", 1)[-1].strip() if ":" in detail else detail
     return ModelError(f"llama.cpp could not load {path} ({detail})", "run with GEMMA_DEBUG=1 --verbose for llama.cpp's log")
 
@@ -674,7 +761,7 @@ def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
         params.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
     ctx = ll.llama_init_from_model(model, params)
     if not ctx:
-        detail = _recent_log("failed") or "out of memory?"
+        detail = recent_log("failed") or "out of memory?"
         raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens ({detail.strip()})", "lower --ctx")
     return ctx
 

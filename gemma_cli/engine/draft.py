@@ -243,16 +243,15 @@ class Drafter:
 
     def _loop(self, engine: "Engine", sampler, max_tokens: int, evaluated: int, reused: int, t0: float,
               stats: DraftStats) -> Iterator[Step]:
-        # The cache always holds exactly the tokens in `engine._cached`, the last batch being
+        # The cache always holds exactly the engine's cached tokens, the last batch being
         # [token, *drafts]; `row` is the row of that batch whose logits pick the next token.
         self.begin(engine)
-        ctx = engine._ctx
         utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         generated, finish, t_first, ttft, tps = 0, "length", 0.0, 0.0, 0.0
         pace = _Pace(self.max, self.adaptive)
         row, drafts = -1, []
         while generated < max_tokens:
-            token = ll.llama_sampler_sample(sampler, ctx, row)
+            token = engine.sample(sampler, row)
             now = time.perf_counter()
             if generated == 0:
                 t_first, ttft = now, now - t0
@@ -272,16 +271,16 @@ class Drafter:
                 continue
             if drafts:
                 pace.update(row, len(drafts))
-            _drop_after(engine, len(engine._cached) - len(drafts) + max(row, 0))  # the rejected drafts
+            engine.truncate(engine.cached_tokens - len(drafts) + max(row, 0))  # the rejected drafts
             # `token` is new: evaluate it and fresh drafts after it in one batch.
-            pos = len(engine._cached)
+            pos = engine.cached_tokens
             room = min(pace.next(), max_tokens - generated - 1, engine.n_ctx - pos - 1, engine.n_batch - 1)
             drafts = self.propose(engine, token, pos, room, row) if room > 0 else []
             _verify(engine, [token, *drafts])
             stats.drafted += len(drafts)
             stats.rounds += 1
             row = 0
-        _drop_after(engine, len(engine._cached) - len(drafts) + max(row, 0))
+        engine.truncate(engine.cached_tokens - len(drafts) + max(row, 0))
         tail = utf8.decode(b"", final=True)
         yield Step(tail, None, evaluated, reused, generated, ttft, tps, finish,
                    drafted=stats.drafted, accepted=stats.accepted)
@@ -322,34 +321,16 @@ class _Pace:
 
 
 def _verify(engine: "Engine", tokens: Sequence[int]) -> None:
-    """Decode `tokens` after the cache in one batch, with logits (and hidden states) for every row."""
-    b = engine._batch
-    pos0 = len(engine._cached)
-    for i, tok in enumerate(tokens):
-        b.token[i] = tok
-        b.pos[i] = pos0 + i
-        b.n_seq_id[i] = 1
-        b.seq_id[i][0] = 0
-        b.logits[i] = 1
-    b.n_tokens = len(tokens)
-    # Booked before the decode: a Ctrl-C can only land between bytecodes, and a booking
-    # ahead of the cache is what `Engine._resync` repairs (one behind it would not be).
-    engine._cached.extend(tokens)
-    rc = ll.llama_decode(engine._ctx, b)
+    """Decode `tokens` after the cache in one batch, with logits (and hidden states) for every row.
+
+    Rejected drafts leave with `engine.truncate`: the sliding-window cache only dropped
+    positions the kept tokens no longer see, so no checkpoint is needed."""
+    rc = engine.decode_all(tokens)
     if rc != 0:
-        _drop_after(engine, pos0)
         raise GemmaError(
             f"llama.cpp could not evaluate a draft (llama_decode returned {rc})",
             "the context may be full: raise --ctx, or use --draft off",
         )
-
-
-def _drop_after(engine: "Engine", n: int) -> None:
-    """Keep the first `n` cached tokens. Not `Engine._cut`: the sliding-window cache only
-    dropped positions the kept tokens no longer see, so no checkpoint is needed."""
-    if n < len(engine._cached):
-        ll.llama_memory_seq_rm(engine._mem, 0, n, -1)
-        del engine._cached[n:]
 
 
 # ---------------------------------------------------------------- prompt lookup
@@ -374,7 +355,7 @@ class NgramDrafter(Drafter):
 
     def propose(self, engine: "Engine", token: int, pos: int, n: int, row: int) -> list[int]:
         h = self._history
-        h.extend(engine._cached[len(h):pos])  # what was accepted since the last call
+        h.extend(engine.cache_contents(len(h), pos))  # what was accepted since the last call
         h.append(token)
         for j in range(max(self._indexed, 1), len(h)):  # n-grams ending before `token`
             for m in self.sizes:
@@ -408,7 +389,7 @@ class MtpDrafter(Drafter):
         super().__init__(draft_max)
         self.path = path
         self._np = np
-        self._main = engine._ctx
+        self._main = engine.handle
         self._model = self._ctx = self._step = None
         params = ll.llama_model_default_params()
         params.n_gpu_layers = engine.n_gpu_layers  # beside the model: it reads its cache every step
@@ -417,11 +398,10 @@ class MtpDrafter(Drafter):
             raise DraftError("llama.cpp could not load it")
         try:
             self._check_vocab(engine)
-            swa_full = engine.info.n_swa > 0 and not engine._swa
-            self._ctx = ext.new_mtp_context(self._model, engine._ctx, engine.n_threads, swa_full)
+            self._ctx = ext.new_mtp_context(self._model, engine.handle, engine.n_threads, engine.swa_full)
             if not self._ctx:
                 raise DraftError("llama.cpp could not bind it to the model's context")
-            if not ext.shares_cache(self._ctx, engine._ctx):
+            if not ext.shares_cache(self._ctx, engine.handle):
                 raise DraftError("its context does not share the model's KV cache")
             self._n_embd = ext.n_embd_out(self._model)
             self._n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self._model))
@@ -432,25 +412,25 @@ class MtpDrafter(Drafter):
 
     def _check_vocab(self, engine: "Engine") -> None:
         mine = ll.llama_model_get_vocab(self._model)
-        if ext.n_embd_out(self._model) != ll.llama_model_n_embd(engine._model):
+        if ext.n_embd_out(self._model) != engine.info.n_embd:
             raise DraftError("its input width differs from the model's hidden size")
         n = ll.llama_vocab_n_tokens(mine)
-        if n != ll.llama_vocab_n_tokens(engine._vocab):
+        if n != engine.n_vocab:
             raise DraftError("its vocabulary differs from the model's")
         # Same size is not same tokenizer: compare a spread of entries (llama.cpp compares all).
         for t in range(0, n, max(1, n // 97)):
-            if ll.llama_vocab_get_text(mine, t) != ll.llama_vocab_get_text(engine._vocab, t):
+            if ll.llama_vocab_get_text(mine, t) != engine.token_text(t):
                 raise DraftError(f"its token {t} differs from the model's")
 
     def begin(self, engine: "Engine") -> None:
         # Here rather than once at attach time: whatever else toggled it, the verify batches
         # of this generation must leave their hidden states behind.
-        ext.emit_hidden(engine._ctx, True)
+        ext.emit_hidden(engine.handle, True)
 
     def propose(self, engine: "Engine", token: int, pos: int, n: int, row: int) -> list[int]:
         if row < 0 or self._step is None:
             return []  # no hidden state for `token` yet: the next round drafts
-        state = ext.hidden(engine._ctx, row)
+        state = ext.hidden(engine.handle, row)
         out: list[int] = []
         np = self._np
         while state is not None and len(out) < n:

@@ -32,16 +32,15 @@ like llama-server's slot cache.
 from __future__ import annotations
 
 import codecs
-import ctypes
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-import llama_cpp as ll
-import numpy as np
-
-from gemma_cli.engine.core import Sampling, _common_prefix, _new_sampler
+from gemma_cli.engine.core import Sampling, common_prefix
 from gemma_cli.errors import ContextOverflowError, GemmaError
+from gemma_cli.reply import CHANNEL_CLOSE as THOUGHT_CLOSE  # the thought markers live in reply (pure)
+from gemma_cli.reply import CHANNEL_OPEN as THOUGHT_OPEN
+from gemma_cli.reply import thought_phase
 from gemma_cli.stop_strings import cut_at_stop, hit_stop
 
 if TYPE_CHECKING:
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
 
 IDLE = object()  # a live job source's "no job now": see Parallel.run
 STAGING = 0  # the engine's own sequence: prompts are evaluated here, then copied to a slot
-THOUGHT_OPEN, THOUGHT_CLOSE = "<|channel>", "<channel|>"
 
 
 @dataclass
@@ -122,9 +120,9 @@ class _Slot:
         self.error: GemmaError | None = None
         self.copied = False
 
-    def release(self) -> None:
+    def release(self, engine: "Engine") -> None:
         for sampler in self.samplers:
-            ll.llama_sampler_free(sampler)
+            engine.free_sampler(sampler)
         self.samplers = []
         self.job = None
         self.pending = None
@@ -153,16 +151,14 @@ class Parallel:
                              f"open it with Engine(..., n_seq={self.n + 1})")
         if engine.draft is not None:
             raise GemmaError("speculative decoding and parallel sequences do not mix", "detach the drafter first")
-        self.n_ctx_seq = ll.llama_n_ctx_seq(engine._ctx)  # each sequence's own KV stream
+        self.n_ctx_seq = engine.n_ctx_seq  # each sequence's own KV stream
         self.stopping = False  # set it (a signal handler may) to take no new jobs; running ones finish
         self.tick = None  # called after each decoding step (progress displays)
         self.prompt_tokens = 0  # totals over the run, for progress displays
         self.reused_tokens = 0
         self.generated_tokens = 0
-        self._mem = engine._mem
-        self._n_vocab = ll.llama_vocab_n_tokens(engine._vocab)
-        self._buffer = (ctypes.c_uint8 * 0)()  # state copies, grown as needed
         self._cancelled: set[int] = set()  # id() of jobs to end at the next step
+        self._slots: list[_Slot] | None = None  # with keep_slots: the slots, kept across runs
 
     def stop(self) -> None:
         self.stopping = True
@@ -180,7 +176,12 @@ class Parallel:
         yields `IDLE` when it has no job now; it is asked again after the next step, or at
         once when no job runs (it may block then, and should wake to check `stopping`).
         """
-        slots = [_Slot(seq) for seq in range(1, self.n + 1)]
+        if self.keep_slots:  # the slots and what their streams hold outlive a run
+            slots = self._slots = self._slots or [_Slot(seq) for seq in range(1, self.n + 1)]
+        else:
+            slots = [_Slot(seq) for seq in range(1, self.n + 1)]
+            for slot in slots:  # another runner on this engine may have left cells in the streams
+                self.engine.clear_sequence(slot.seq)
         source = iter(jobs)
         exhausted = False
         try:
@@ -223,6 +224,12 @@ class Parallel:
                 for slot in finished:
                     yield slot.result()
                     self._free(slot)
+        except Exception:
+            for slot in slots:  # a failed decode: what the streams hold is not known any more
+                if slot.job is not None:
+                    slot.release(self.engine)
+                self._clear(slot)
+            raise
         finally:
             for slot in slots:
                 if slot.job is not None:
@@ -239,26 +246,26 @@ class Parallel:
         pairs = []
         for job in jobs:
             tokens = job.prompt if not isinstance(job.prompt, str) and not job.media else None
-            best = max(free, key=lambda s: (_common_prefix(s.cached, tokens) if tokens else 0, -s.used))
-            if not tokens or _common_prefix(best.cached, tokens) == 0:
+            best = max(free, key=lambda s: (common_prefix(s.cached, tokens) if tokens else 0, -s.used))
+            if not tokens or common_prefix(best.cached, tokens) == 0:
                 best = min(free, key=lambda s: s.used)  # nothing to reuse: the least recently used slot
             free.remove(best)
             pairs.append((best, job))
         return pairs
 
     def _clear(self, slot: _Slot) -> None:
-        ll.llama_memory_seq_rm(self._mem, slot.seq, -1, -1)
+        self.engine.clear_sequence(slot.seq)
         slot.cached = []
 
     def _resume(self, slot: _Slot, tokens: list[int]) -> int:
         """With keep_slots: cut the slot's KV stream back to what it shares with `tokens`; how many tokens that is."""
-        n = min(_common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last token is evaluated, for its logits
+        n = min(common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last token is evaluated, for its logits
         if n > 0 and self.engine.info.n_swa > 0:
             # The next position attends to the n_swa before it in SWA layers: they must still be held.
-            pos_min = ll.llama_memory_seq_pos_min(self._mem, slot.seq)
+            pos_min = self.engine.sequence_pos_min(slot.seq)
             if not (pos_min <= 0 or pos_min < max(0, n - self.engine.info.n_swa)):
                 n = 0
-        ll.llama_memory_seq_rm(self._mem, slot.seq, n, -1)
+        self.engine.clear_sequence(slot.seq, n)
         slot.cached = slot.cached[:n]
         return n
 
@@ -283,15 +290,16 @@ class Parallel:
             t0 = time.perf_counter()
             samplers: list = []
             try:
-                samplers = _samplers(self.engine._vocab, job)
+                samplers = _samplers(self.engine, job)
                 tokens, _ = self._prompt(job)
                 reused = self._resume(slot, tokens) if slot.cached else 0
                 if reused < (job.shared or 0):
                     reused = self._seed(slot, tokens, job.shared)
             except GemmaError as e:
                 for sampler in samplers:
-                    ll.llama_sampler_free(sampler)
+                    self.engine.free_sampler(sampler)
                 self._free(slot)
+                self._cancelled.discard(id(job))
                 yield Finished(job, error=e)
                 continue
             self._begin(slot, job, samplers, tokens, (len(tokens) - reused, reused), t0)
@@ -306,7 +314,7 @@ class Parallel:
         engine, head = self.engine, tokens[:shared]
         if engine.cache_contents() != head:  # staging keeps only heads: the next line's system turn is likely this one
             n = engine.reuse_prefix(head)
-            engine._eval_items(head[n:], logits_last=False)
+            engine.evaluate(head[n:])
         self._copy(slot)
         return shared
 
@@ -323,14 +331,10 @@ class Parallel:
         """Evaluate each slot's prompt tokens from `start` on, all slots in shared batches; sample each first token."""
         flat = [(slot, tok, pos, pos == len(tokens) - 1)
                 for slot, tokens, start in rows for pos, tok in enumerate(tokens) if pos >= start]
-        b, n_batch = self.engine._batch, self.engine.n_batch
+        n_batch = self.engine.n_batch
         for at in range(0, len(flat), n_batch):
             chunk = flat[at : at + n_batch]
-            for i, (slot, tok, pos, last) in enumerate(chunk):
-                b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, last
-                b.seq_id[i][0] = slot.seq
-            b.n_tokens = len(chunk)
-            rc = ll.llama_decode(self.engine._ctx, b)
+            rc = self.engine.decode_rows([(tok, pos, slot.seq, last) for slot, tok, pos, last in chunk])
             if rc != 0:
                 raise GemmaError(f"llama.cpp could not evaluate {len(rows)} prompts together (llama_decode returned {rc})",
                                  "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
@@ -350,15 +354,16 @@ class Parallel:
         t0 = time.perf_counter()
         samplers: list = []
         try:
-            samplers = _samplers(engine._vocab, job)
+            samplers = _samplers(engine, job)
             tokens, checkpoint = self._prompt(job)
-            evaluated, reused = engine._prefill(tokens, checkpoint)
+            evaluated, reused = engine.prefill(tokens, checkpoint)
         except GemmaError as e:
             for sampler in samplers:
-                ll.llama_sampler_free(sampler)
+                engine.free_sampler(sampler)
+            self._cancelled.discard(id(job))
             return Finished(job, error=e)
         finally:
-            engine._spans = {}
+            engine.forget_media()
         self._begin(slot, job, samplers, tokens, (evaluated, reused), t0)
         self._take(slot, self._sample(slot, -1))  # the prompt's last logits
         if slot.finish is None:
@@ -372,31 +377,17 @@ class Parallel:
         return result
 
     def _copy(self, slot: _Slot) -> None:
-        """Put the staging sequence's KV cells into the slot's stream, now.
-
-        Through the state API rather than llama_memory_seq_cp: across streams that copies a
-        whole stream, and only at the next decode, by which time staging may have changed.
-        """
-        ctx = self.engine._ctx
+        """Put the staging sequence's KV cells into the slot's stream, now."""
         if slot.cached:
             self._clear(slot)
-        size = ll.llama_state_seq_get_size_ext(ctx, STAGING, 0)
-        if len(self._buffer) < size:
-            self._buffer = (ctypes.c_uint8 * size)()
-        written = ll.llama_state_seq_get_data_ext(ctx, self._buffer, size, STAGING, 0)
         slot.copied = True  # from here on its stream may hold cells to remove
-        if ll.llama_state_seq_set_data_ext(ctx, self._buffer, written, slot.seq, 0) == 0:
+        if not self.engine.copy_sequence(STAGING, slot.seq):
             raise GemmaError(f"llama.cpp could not copy a prompt's KV cache into sequence {slot.seq}",
                              "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
 
     def _prompt(self, job: Job) -> tuple[list, int | None]:
         """The job's prompt items (media expanded) and its checkpoint spot; checks it fits a sequence."""
-        engine = self.engine
-        tokens = engine.tokenize(job.prompt) if isinstance(job.prompt, str) else list(job.prompt)
-        checkpoint = job.shared
-        engine._spans = {}
-        if job.media:
-            tokens, checkpoint = engine._expand(tokens, job.media, checkpoint)
+        tokens, checkpoint = self.engine.prompt_items(job.prompt, job.media, job.shared)
         if not tokens:
             raise GemmaError("the prompt is empty", "give each line a prompt or messages")
         if len(tokens) >= self.n_ctx_seq:
@@ -410,15 +401,7 @@ class Parallel:
 
     def _step(self, active: list[_Slot]) -> list[_Slot]:
         """Evaluate every active slot's pending token in one batch; returns the slots now finished."""
-        b = self.engine._batch
-        for i, slot in enumerate(active):
-            b.token[i] = slot.pending
-            b.pos[i] = slot.pos
-            b.n_seq_id[i] = 1
-            b.seq_id[i][0] = slot.seq
-            b.logits[i] = 1
-        b.n_tokens = len(active)
-        rc = ll.llama_decode(self.engine._ctx, b)
+        rc = self.engine.decode_rows([(slot.pending, slot.pos, slot.seq, True) for slot in active])
         if rc != 0:
             raise GemmaError(f"llama.cpp could not decode the batch of {len(active)} sequences (llama_decode returned {rc})",
                              "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
@@ -431,33 +414,32 @@ class Parallel:
         return done
 
     def _sample(self, slot: _Slot, row: int) -> int:
-        ctx = self.engine._ctx
+        engine = self.engine
         if slot.greedy:
             # The greedy sampler's argmax (first maximum), without building 262K candidates.
-            logits = np.ctypeslib.as_array(ll.llama_get_logits_ith(ctx, row), shape=(self._n_vocab,))
-            return int(logits.argmax())
-        token = ll.llama_sampler_sample(slot.samplers[0], ctx, row)
+            return int(engine.logits(row).argmax())
+        token = engine.sample(slot.samplers[0], row)
         if slot.phase == "free" and not self._thought_goes_on(slot, token):
-            token = ll.llama_sampler_sample(slot.samplers[0], ctx, row)  # now the constrained one
+            token = engine.sample(slot.samplers[0], row)  # now the constrained one
         return token
 
     def _thought_goes_on(self, slot: _Slot, token: int) -> bool:
         """With a free thought: False when `token` shows there is no thought (switch to the grammar now)."""
-        opened = slot.head.startswith(THOUGHT_OPEN)
         slot.head += self.engine.token_bytes(token).decode("utf-8", errors="replace")
-        if THOUGHT_CLOSE in slot.head:  # the answer starts after this token: constrained from the next
+        phase = thought_phase(slot.head)
+        if phase == "closed":  # the answer starts after this token: constrained from the next
             self._constrain(slot)
             return True
-        if opened or slot.head.startswith(THOUGHT_OPEN):
+        if phase == "open":
             slot.head = THOUGHT_OPEN + slot.head[-len(THOUGHT_CLOSE):]  # enough to find the close
             return True
-        if THOUGHT_OPEN.startswith(slot.head):
+        if phase == "maybe":
             return True
         self._constrain(slot)  # no thought: this very token is the answer's first
         return False
 
     def _constrain(self, slot: _Slot) -> None:
-        ll.llama_sampler_free(slot.samplers.pop(0))
+        self.engine.free_sampler(slot.samplers.pop(0))
         slot.phase = "plain"
 
     def _take(self, slot: _Slot, token: int) -> None:
@@ -488,19 +470,19 @@ class Parallel:
         if self.keep_slots and kept:
             # Its stream holds the prompt and the generated tokens evaluated so far (positions < pos).
             slot.cached = (slot.prompt + slot.tokens)[: slot.pos]
-            ll.llama_memory_seq_rm(self._mem, slot.seq, slot.pos, -1)
+            self.engine.clear_sequence(slot.seq, slot.pos)
         elif slot.copied or (slot.cached and slot.job is not None):  # a job that failed, or had media
             self._clear(slot)
         slot.copied = False
         slot.used = time.perf_counter()
-        slot.release()
+        slot.release(self.engine)
 
 
-def _samplers(vocab, job: Job) -> list:
+def _samplers(engine: "Engine", job: Job) -> list:
     """The job's sampler chain; with a grammar and a free thought, [free, constrained]."""
     s = job.sampling
     if not (s.grammar and job.free_thought):
-        return [_new_sampler(vocab, s)]
-    constrained = _new_sampler(vocab, s)
-    free = _new_sampler(vocab, Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
+        return [engine.new_sampler(s)]
+    constrained = engine.new_sampler(s)
+    free = engine.new_sampler(Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
     return [free, constrained]

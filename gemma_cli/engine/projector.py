@@ -24,6 +24,7 @@ from typing import Sequence
 import llama_cpp as ll
 import llama_cpp.mtmd_cpp as mtmd
 
+from gemma_cli.engine import log
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError, ModelError
 
 #: The visual token budgets Gemma 4 was trained with (70: fast classification ... 1120: OCR).
@@ -146,8 +147,6 @@ class Projector:
 
     def __init__(self, path: str | Path, model, *, model_name: str, n_threads: int, use_gpu: bool,
                  image_tokens: int | None = None, verbose: bool = False):
-        from gemma_cli.engine import core
-
         self.path = Path(path)
         self.model_name = model_name
         self.budget = image_tokens or DEFAULT_BUDGET
@@ -165,11 +164,9 @@ class Projector:
         self._spans: OrderedDict[tuple, Span] = OrderedDict()  # layouts by (kind, digest), recent last
 
     def _open(self, budget: int):
-        from gemma_cli.engine import core
-
         n_threads, use_gpu, verbose = self._settings
         # mtmd logs through its own hook: route it to the engine's log (quiet unless --verbose).
-        mtmd.mtmd_helper_log_set(core._on_log, ctypes.c_void_p(0))
+        mtmd.mtmd_helper_log_set(log.on_log, ctypes.c_void_p(0))
         params = mtmd.mtmd_context_params_default()
         params.use_gpu = use_gpu
         params.n_threads = n_threads
@@ -178,10 +175,10 @@ class Projector:
         # min = max: every image is scaled (up or down, aspect kept) to fill the budget, as Gemma 4's processor does.
         params.image_min_tokens = budget
         params.image_max_tokens = budget
-        core._log_lines.clear()
+        log.clear_log()
         ctx = mtmd.mtmd_init_from_file(str(self.path).encode("utf-8"), self._model, params)
         if not ctx:
-            detail = core._recent_log("mismatch") or core._recent_log("failed") or core._recent_log("error")
+            detail = log.recent_log("mismatch") or log.recent_log("failed") or log.recent_log("error")
             reason = f" ({detail.split(':', 1)[-1].strip()})" if detail else ""
             raise ModelError(f"llama.cpp could not load the projector {self.path}{reason}",
                              f"use the mmproj file made for {self.model_name}")
@@ -378,16 +375,3 @@ def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, 
         raise GemmaError(f"{len(queue)} media given without a placeholder in the prompt",
                          "each image needs <|image|> and each clip <|audio|> where it goes")
     return items, moved, spans
-
-
-def find_mmproj(model_path: str | Path) -> Path | None:
-    """The projector beside a model file (`*mmproj*.gguf`): the only one, or the one clearly its own."""
-    from gemma_cli.models import pick_mmproj
-
-    model_path = Path(model_path)
-    try:
-        siblings = [p.name for p in model_path.parent.glob("*.gguf") if p != model_path]
-    except OSError:
-        return None
-    name = pick_mmproj(model_path.name, siblings)
-    return model_path.parent / name if name else None

@@ -3,7 +3,7 @@
     POST /v1/chat/completions        streamed (SSE) or not
     POST /v1/audio/transcriptions    multipart upload; json, text, srt, vtt, verbose_json
     POST /v1/audio/translations      the same, into English
-    GET  /v1/models                  the one model served
+    GET  /v1/models                  the one model served (and /v1/models/ID)
     GET  /health                     {"status": "ok", ...}; never needs the key
 
 Every failure is an OpenAI error object with a 4xx/5xx status, never a traceback or a dropped
@@ -54,9 +54,15 @@ def create_app(served: Served) -> Starlette:
         return JSONResponse({"status": "ok", "model": served.model, "slots": s.n, "running": s.running,
                              "waiting": s.waiting, "completed": s.completed, "cancelled": s.cancelled})
 
+    def card() -> dict:
+        return {"id": served.model, "object": "model", "created": served.started, "owned_by": "gemma-cli"}
+
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": served.model, "object": "model", "created": served.started, "owned_by": "gemma-cli"}]})
+        return JSONResponse({"object": "list", "data": [card()]})
+
+    async def model(request: Request) -> Response:
+        _check_model(served, request.path_params["name"])
+        return JSONResponse(card())
 
     async def chat_completions(request: Request) -> Response:
         body = await _json_body(request, served.max_body)
@@ -161,6 +167,7 @@ def create_app(served: Served) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", guarded(models), methods=["GET"]),
+        Route("/v1/models/{name:path}", guarded(model), methods=["GET"]),
         Route("/v1/chat/completions", guarded(chat_completions), methods=["POST"]),
         Route("/v1/audio/transcriptions", guarded(transcriptions), methods=["POST"]),
         Route("/v1/audio/translations", guarded(translations), methods=["POST"]),

@@ -104,6 +104,8 @@ def read_request(body, settings: Settings) -> ChatRequest:
         req.include_usage = bool(options.get("include_usage"))
     if body.get("n", 1) not in (1, None):
         raise bad("only one choice per request is supported (n = 1)", "n")
+    if body.get("logprobs") or body.get("top_logprobs"):
+        raise bad("logprobs are not available from this server", "logprobs")
     req.tools = _tools(body.get("tools"))
     choice = body.get("tool_choice", "auto")
     if choice == "none":
@@ -374,6 +376,7 @@ class Chunks:
         self.include_usage = include_usage
         self.raw = ""
         self.sent = 0  # characters of `raw` handed to the parser
+        self.stopped = False  # a stop string appeared: nothing more is sent before the end
         self.calls = 0
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
@@ -388,7 +391,9 @@ class Chunks:
 
     def text(self, piece: str) -> Iterator[dict]:
         self.raw += piece
-        if self.stop and any(s in self.raw for s in self.stop):
+        tail = self.raw[-(len(piece) + self.hold):]  # where a stop string completed by this piece would be
+        if self.stop and (self.stopped or any(s in tail for s in self.stop)):
+            self.stopped = True
             return  # the job ends here; its final text is cut at the stop string
         safe = len(self.raw) - self.hold
         if safe > self.sent:

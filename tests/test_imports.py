@@ -1,0 +1,112 @@
+"""The module structure (issue 15, item 2): no import cycles among gemma_cli's modules, counting
+imports inside functions, and the layers kept by import-linter's contracts in pyproject.toml."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "gemma_cli"
+
+def module_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """{module: modules it imports}, for every import statement anywhere in the file (functions too)."""
+    files = {}
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        files[".".join(parts)] = path
+
+    def owner(name: str) -> str | None:  # the module a dotted name lives in (a function, a class, a module)
+        while name and name not in files:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in files}
+    for module, path in files.items():
+        package_name = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package_name.split(".")[: len(package_name.split(".")) - node.level + 1]
+                    base = ".".join(up + ([base] if base else []))
+                # `from a import b`: b is a module of a, or a name defined in a
+                names = [f"{base}.{a.name}" for a in node.names]
+            else:
+                continue
+            for name in names:
+                target = owner(name) if name.startswith("gemma_cli") else None
+                if target and target != module:
+                    graph[module].add(target)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[set[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = set()
+            while True:
+                w = stack.pop()
+                component.add(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                out.append(component)
+
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_the_graph_sees_imports_inside_functions(tmp_path):
+    pkg = tmp_path / "gemma_cli"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("def f():\n    from gemma_cli import b\n")
+    (pkg / "b.py").write_text("from gemma_cli.sub.c import thing\n")
+    (pkg / "sub" / "c.py").write_text("def g():\n    from .. import a\n\nthing = 1\n")
+    graph = module_graph(pkg)
+    assert graph["gemma_cli.a"] == {"gemma_cli.b"} and graph["gemma_cli.b"] == {"gemma_cli.sub.c"}
+    assert cycles(graph) == [{"gemma_cli.a", "gemma_cli.b", "gemma_cli.sub.c"}]
+
+
+def test_no_import_cycles_among_gemma_cli_modules():
+    found = cycles(module_graph())
+    assert not found, f"import cycles: {[sorted(c) for c in found]}"
+
+
+def test_the_layer_contracts_hold():
+    """`lint-imports` runs pyproject.toml's contracts (face -> jobs -> engine / format / store)."""
+    exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
+    if not Path(exe).exists():
+        pytest.fail("lint-imports is not installed: pip install -e '.[test]' (import-linter)")
+    root = PACKAGE.parent
+    proc = subprocess.run([exe, str(root / "pyproject.toml"), "--no-cache"], capture_output=True,
+                          text=True, cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)}, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 broken" in proc.stdout, proc.stdout
