@@ -404,6 +404,17 @@ def test_a_server_that_answered_once_is_waited_for_when_it_goes_away(server):
     assert ep.retried >= 3  # 0.5 + 1 + 2 s and more: past what a server that never answered gets
 
 
+def test_a_server_gone_for_all_the_retries_stops_the_run(server):
+    port = free_port()
+    ep = fast(server(Script(), port=port), retries=2)
+    assert ep.post({"messages": []})["choices"]
+    server.stop(port)
+    with pytest.raises(RemoteError) as info:
+        ep.post({"messages": []})
+    e = info.value
+    assert e.fatal and "stopped answering" in e.message and "2 retries" in e.message and ep.retried == 2
+
+
 def test_batch_against_a_dead_endpoint_fails_in_one_line_then_resumes(server, tmp_path):
     port = free_port()
     lines = [{"id": i, "prompt": f"q{i}"} for i in range(5)]
