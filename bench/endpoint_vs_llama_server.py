@@ -76,13 +76,14 @@ class Server:
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 raise SystemExit(f"llama-server exited ({self.proc.returncode}); see {self.log.name}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/health")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
+            for path in ("/health", "/v1/models"):  # llama-server has /health; other servers /v1/models
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                    conn.request("GET", path)
+                    if conn.getresponse().status == 200:
+                        return
+                except OSError:
+                    pass
             time.sleep(0.05)
         raise SystemExit("llama-server was not ready in 300 s")
 

@@ -278,10 +278,13 @@ def test_bad_requests_are_4xx_with_error_objects_and_the_server_stays_up(server)
          "files_not_allowed"),
         (json.dumps({"messages": [{"role": "user", "content": "x" * 40000}]}).encode(), 400,
          "context_length_exceeded"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5}).encode(), 400, None),
         (json.dumps({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required",
                      "tools": TOOLS}).encode(), 400, None),
     ]
     for data, status, code in cases:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"server died before {data[:60]!r}: {server.proc.stderr.read()[-3000:]}")
         got, body = server.post("/v1/chat/completions", data)
         assert got == status, (data[:80], got, body)
         assert set(body["error"]) >= {"message", "type", "param", "code"} and body["error"]["message"]
@@ -437,6 +440,18 @@ def test_other_hosts_need_a_key(e_model, tmp_path):
     proc = run_gemma("serve", "-m", e_model, "--host", "0.0.0.0", home=tmp_path)
     assert_one_line_error(proc, "--api-key")
     assert proc.returncode == 2
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path):
+    from tests.clitools import assert_one_line_error, run_gemma
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The model does not exist: the port is checked first, so that is the error.
+        proc = run_gemma("serve", "-m", tmp_path / "absent.gguf", "--port", port, home=tmp_path)
+    assert_one_line_error(proc, f"127.0.0.1:{port}", "in use")
 
 
 def test_gemma_batch_endpoint_against_gemma_serve(server, tmp_path):

@@ -106,6 +106,10 @@ def read_request(body, settings: Settings) -> ChatRequest:
         raise bad("only one choice per request is supported (n = 1)", "n")
     if body.get("logprobs") or body.get("top_logprobs"):
         raise bad("logprobs are not available from this server", "logprobs")
+    for name in ("frequency_penalty", "presence_penalty"):  # refused, not silently ignored
+        value = _number(body, name, float, -2.0, 2.0)
+        if value:
+            raise bad(f"'{name}' is not supported by this server (send 0 or leave it out)", name)
     req.tools = _tools(body.get("tools"))
     choice = body.get("tool_choice", "auto")
     if choice == "none":
