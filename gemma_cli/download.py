@@ -108,7 +108,8 @@ def _offline_error(what: str, dest: Path | None = None) -> DownloadError:
 
 def _mapped(e: BaseException, repo: str, filename: str | None) -> DownloadError:
     """A huggingface_hub or HTTP exception as one line the user can act on."""
-    import httpx2  # the Hub's client loads when gemma talks to the Hub, not at every start
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
+    import httpx2
     from huggingface_hub import errors as hf
 
     ep = endpoint()
@@ -142,7 +143,8 @@ def metadata(repo: str, filename: str, *, revision: str = "main") -> Remote:
     """What the Hub says about one file (size, sha256, where to GET it), without its bytes."""
     if offline():
         raise _offline_error(f"{repo}/{filename}")
-    import httpx2  # the Hub's client loads when gemma talks to the Hub, not at every start
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
+    import httpx2
     from huggingface_hub import errors as hf
     from huggingface_hub import get_hf_file_metadata, hf_hub_url
     from huggingface_hub.utils import build_hf_headers
@@ -167,7 +169,8 @@ def list_files(repo: str, *, revision: str = "main") -> list[str]:
     """Every file path in a repo (to find a renamed file by its quantization tag)."""
     if offline():
         raise _offline_error(repo)
-    import httpx2  # the Hub's client loads when gemma talks to the Hub, not at every start
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
+    import httpx2
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hf
     from huggingface_hub.hf_api import RepoFile
@@ -290,7 +293,8 @@ class _ShortRead(Exception):
 
 
 def _download(remote: Remote, part: Path, hasher: _Digest, progress: ProgressFn | None) -> None:
-    import httpx2  # the Hub's client loads when gemma talks to the Hub, not at every start
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
+    import httpx2
 
     failures = 0
     while True:
@@ -318,7 +322,8 @@ def _download(remote: Remote, part: Path, hasher: _Digest, progress: ProgressFn 
 
 def _stream(remote: Remote, part: Path, done: int, hasher: _Digest, progress: ProgressFn | None) -> int:
     """One GET from `done` on; returns the bytes now in `part`."""
-    import httpx2  # the Hub's client loads when gemma talks to the Hub, not at every start
+    # lazy: the Hub's clients (httpx2, huggingface_hub) load when gemma talks to the Hub, not at every start
+    import httpx2
     from huggingface_hub.utils import get_session, hf_raise_for_status
 
     headers = {**remote.headers, "Accept-Encoding": "identity"}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gemma_cli.errors import MediaError
+from gemma_cli.media_file import check_file
 
 if TYPE_CHECKING:
     import numpy as np
@@ -605,16 +606,3 @@ def _part_bytes(part: dict, what: str) -> bytes:
     if not data:
         raise MediaError(f"the inline {what} data is empty", f"pass a non-empty {what}")
     return data
-
-
-def check_file(source: str | Path, what: str) -> None:
-    """Fail now, before a model loads, for a file that is missing, a folder or empty."""
-    if str(source) == "-":
-        return
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise MediaError(f"{what} file not found: {source}", "check the path")
-    if path.is_dir():
-        raise MediaError(f"{source} is a folder, not {what} file", f"pass an {what} file")
-    if path.stat().st_size == 0:
-        raise MediaError(f"{source} is empty (0 bytes)", f"pass a non-empty {what} file")

@@ -9,7 +9,8 @@ server and Amazon Bedrock's OpenAI-compatible endpoint.
 A server that has never answered is not waited for: while no request has had an answer, a
 refused or unreachable connection is tried a few times over about three seconds, then the run
 fails with "cannot connect to …" (resumable). Once the server has answered, the full --retries
-apply, so a server restarting mid-run is waited for.
+apply, so a server restarting mid-run is waited for; one still away after them stops the run
+("stopped answering", resumable) rather than making every other line wait as long.
 
 Nothing here knows about batch lines: bodies in, chat.completion objects (or RemoteError) out.
 """
@@ -31,7 +32,7 @@ CONNECT_TIMEOUT = 10.0  # seconds to open a connection (the answer itself gets -
 
 class RemoteError(GemmaError):
     """A request that failed for good: `status` and `body` are the server's, when it answered.
-    `fatal`: the server could not be reached at all, so the run (not only the line) stops."""
+    `fatal`: the server cannot be reached (never was, or no longer is), so the run, not only the line, stops."""
 
     def __init__(self, message: str, hint: str | None = None, *, status: int | None = None, body=None,
                  code: str | None = None, fatal: bool = False):
@@ -60,7 +61,11 @@ class Endpoint:
 
     def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 600.0,
                  retries: int = DEFAULT_RETRIES, model: str | None = None):
-        import openai  # here, not at the top: ~1 s of imports that only the endpoint path pays (gemma --help stays fast)
+        try:
+            import openai  # here, not at the top: ~1 s of imports that only the endpoint path pays (gemma --help stays fast)
+        except ImportError:
+            raise GemmaError("--endpoint needs the openai package, which is not installed",
+                             "pip install openai (a dependency of gemma-cli)") from None
 
         self.url = chat_url(url)
         parts = urlsplit(self.url)
@@ -74,8 +79,11 @@ class Endpoint:
         self._openai = openai
         self._lock = threading.Lock()
         self._model_lock = threading.Lock()
-        # Keyless servers get no Authorization header at all (the client insists on a key otherwise).
-        self._headers = {} if api_key else {"Authorization": openai.omit}
+        # Keyless servers get no Authorization header at all (the client insists on a key otherwise), and no
+        # server gets the OpenAI organization or project the client would read from OPENAI_ORG_ID/OPENAI_PROJECT_ID.
+        self._headers = {"OpenAI-Organization": openai.omit, "OpenAI-Project": openai.omit}
+        if not api_key:
+            self._headers["Authorization"] = openai.omit
         http_client = getattr(openai, "DefaultHttpx2Client", None) or openai.DefaultHttpxClient
         self._client = openai.OpenAI(
             base_url=base, api_key=api_key or "unused", max_retries=retries,
@@ -111,8 +119,10 @@ class Endpoint:
                     raise RemoteError(f"cannot connect to {self.url} ({reason})",
                                       "is the server running, and is --endpoint right? "
                                       "run the same command again to resume", fatal=True) from None
-                raise RemoteError(f"{self.url} did not answer ({reason}) after {self.retries} retries",
-                                  "is the server up? raise --retries to wait longer") from None
+                # Gone for all the retries (about 3 minutes by default): every other line would wait as long.
+                raise RemoteError(f"{self.url} stopped answering ({reason}; {self.retries} retries)",
+                                  "is the server up? run the same command again to resume "
+                                  "(--retries waits longer)", fatal=True) from None
             if cancel is not None and cancel.is_set():
                 raise RemoteError("the request was dropped", code="dropped")
             return _completion(raw.http_response.content, self.url)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gemma_cli.errors import ContextOverflowError, MediaError
+from gemma_cli.media_file import check_file
 
 if TYPE_CHECKING:
     from gemma_cli.engine.projector import Media
@@ -121,8 +122,6 @@ def load_video(source: str | Path, data: bytes | None = None, *, frames: int | N
         raise MediaError(f"{budget} tokens a frame is not a Gemma 4 video budget",
                          f"use one of {', '.join(map(str, FRAME_BUDGETS))}")
     if data is None:
-        from gemma_cli.media import check_file
-
         check_file(source, "video")
     elif not data:
         raise MediaError(f"{name} is empty (0 bytes)", "pass a non-empty video file")

@@ -13,13 +13,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "gemma_cli"
 
-# Cycles another change is still breaking: each fails the test once it is gone (strict xfail below),
-# so the entry must then be deleted. Empty when the package has none.
-KNOWN_CYCLES: list[set[str]] = [
-    {"gemma_cli.media", "gemma_cli.video"},  # video frames are media parts and media calls video (the media change)
-]
-
-
 def module_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     """{module: modules it imports}, for every import statement anywhere in the file (functions too)."""
     files = {}
@@ -104,14 +97,7 @@ def test_the_graph_sees_imports_inside_functions(tmp_path):
 
 def test_no_import_cycles_among_gemma_cli_modules():
     found = cycles(module_graph())
-    unexpected = [sorted(c) for c in found if c not in KNOWN_CYCLES]
-    assert not unexpected, f"import cycles: {unexpected}"
-
-
-@pytest.mark.parametrize("known", KNOWN_CYCLES, ids=lambda c: "+".join(sorted(m.split(".")[-1] for m in c)))
-@pytest.mark.xfail(strict=True, reason="a cycle another change is breaking; when it passes, delete it from KNOWN_CYCLES")
-def test_a_known_cycle_is_gone(known):
-    assert known not in cycles(module_graph())
+    assert not found, f"import cycles: {[sorted(c) for c in found]}"
 
 
 def test_the_layer_contracts_hold():

@@ -73,7 +73,8 @@ def server():
                     return
                 size = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(size))
-                request = {"path": self.path, "body": body, "auth": self.headers.get("Authorization")}
+                request = {"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
+                           "headers": {k.lower(): v for k, v in self.headers.items()}}
                 status, headers, payload = script.next(request)
                 if status == "sleep":
                     time.sleep(headers)
@@ -218,6 +219,17 @@ def _plain_handler(script):
     return Handler
 
 
+def test_no_key_means_no_authorization_and_no_openai_settings_from_the_environment(server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-this-server")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-private")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj-private")
+    script = Script()
+    fast(server(script)).post({"messages": []})
+    headers = script.requests[0]["headers"]
+    assert "authorization" not in headers and "openai-organization" not in headers and "openai-project" not in headers
+    assert not any("private" in v or "not-for-this" in v for v in headers.values()), headers
+
+
 def test_the_model_name_comes_from_the_server_when_not_given(server):
     script = Script()
     ep = fast(server(script))
@@ -348,6 +360,19 @@ def test_the_openai_client_loads_only_on_the_endpoint_path():
     assert on_path.stdout.strip() == "True", on_path.stderr
 
 
+def test_an_endpoint_run_loads_no_engine(server, tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": 1, "prompt": "x"}) + "\n")
+    argv = ["gemma", "batch", str(src), "-o", str(tmp_path / "o.jsonl"), "--endpoint", server(Script()), "-q",
+            "--temperature", "0"]
+    code = ("import sys; from gemma_cli.cli import main; sys.argv = %r\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print(','.join(m for m in ('llama_cpp', 'numpy') if m in sys.modules) or 'none')" % (argv,))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=gemma_env(tmp_path))
+    assert proc.stdout.split() == ["exit", "0", "none"], proc.stdout + proc.stderr
+
+
 # ---------------------------------------------------------------- a dead endpoint (issue 12 item 16)
 
 
@@ -377,6 +402,17 @@ def test_a_server_that_answered_once_is_waited_for_when_it_goes_away(server):
     threading.Thread(target=back, daemon=True).start()
     assert ep.post({"messages": []})["choices"] and len(script.requests) == 1
     assert ep.retried >= 3  # 0.5 + 1 + 2 s and more: past what a server that never answered gets
+
+
+def test_a_server_gone_for_all_the_retries_stops_the_run(server):
+    port = free_port()
+    ep = fast(server(Script(), port=port), retries=2)
+    assert ep.post({"messages": []})["choices"]
+    server.stop(port)
+    with pytest.raises(RemoteError) as info:
+        ep.post({"messages": []})
+    e = info.value
+    assert e.fatal and "stopped answering" in e.message and "2 retries" in e.message and ep.retried == 2
 
 
 def test_batch_against_a_dead_endpoint_fails_in_one_line_then_resumes(server, tmp_path):

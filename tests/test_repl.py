@@ -319,3 +319,14 @@ def test_ctrl_c_in_a_gemma4_reply_keeps_it_and_the_next_turn_reuses_the_cache(e_
     assert cached > 5  # the turn before the interrupted reply came from the cache
     assert len(saved(tmp_path, child, "after.json")["messages"]) == 4
     leave(child)
+
+
+def test_show_template_and_set_think_budget(tiny_chat):
+    # The synthetic model embeds the April release: recognised, named with its size.
+    assert "Gemma 4 April 2026 (all sizes), embedded in the model" in command(tiny_chat, "/show template")
+    assert "think_budget = 12" in command(tiny_chat, "/set think_budget 12")
+    assert "budget 12 tokens" in command(tiny_chat, "/show")
+    assert "think_budget needs a int" in command(tiny_chat, "/set think_budget -3")
+    assert "think_budget = off" in command(tiny_chat, "/set think_budget off")
+    assert "budget" not in command(tiny_chat, "/show")
+    leave(tiny_chat)

@@ -144,3 +144,32 @@ def test_a_model_file_named_without_a_folder_or_suffix(tmp_path, e_model):
                           capture_output=True, text=True, cwd=tmp_path, env=gemma_env(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "<|turn>user\nhi" in proc.stdout
+
+
+def test_the_resolved_model_says_why_and_picks_gpu_layers(tmp_path, e_model):
+    """Resolved: the GPU layers from the setting, else from the hardware detected once; the context
+    capped at the model's trained one; each choice in `why`."""
+    from pathlib import Path
+
+    from gemma_cli import hardware, models
+    from gemma_cli.gguf_header import read_header
+    from gemma_cli.resolution import resolve_model
+
+    located = models.locate_file(Path(e_model))
+    header = read_header(e_model)
+    gpu = hardware.Hardware(gpus=hardware.parse_nvidia_smi("NVIDIA Test, 24564, 24000"), offload=True)
+    cpu_build = hardware.Hardware(gpus=gpu.gpus, offload=False)
+    assert resolve_model(e_model, located, header, hw=gpu).gpu_layers(8192) == -1  # a tiny model fits
+    assert resolve_model(e_model, located, header, hw=cpu_build).gpu_layers(8192) == 0
+    chosen = resolve_model(e_model, located, header, gpu_layers=3, hw=gpu)
+    assert chosen.gpu_layers(8192) == 3 and "GPU layers: 3 (--gpu-layers or the config)" in chosen.why
+    trained = chosen.trained_context
+    assert trained > 0 and chosen.context(10 * trained) == trained and chosen.context(None) == min(8192, trained)
+    mm = resolve_model(e_model, located, header, mmproj=tmp_path / "p.gguf")
+    assert mm.mmproj == tmp_path / "p.gguf" and f"projector: {tmp_path / 'p.gguf'} (--mmproj)" in mm.why
+
+
+def test_verbose_shows_how_the_model_was_resolved(tmp_path, e_model):
+    proc = run_gemma("chat", "-m", e_model, "hi", "--max-tokens", "1", "--verbose", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"model: {e_model} ({e_model})" in proc.stderr and "GPU layers: 0" in proc.stderr

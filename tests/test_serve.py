@@ -114,6 +114,9 @@ def wav_bytes(seconds=1.0, rate=16000) -> bytes:
 def test_models_and_health(server):
     client = server.client()
     assert [m.id for m in client.models.list().data] == ["gemma4-e"]
+    assert client.models.retrieve("gemma4-e").id == "gemma4-e"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
     health = server.get("/health")
     assert health["status"] == "ok" and health["slots"] == 4
 
@@ -199,6 +202,11 @@ def test_json_schema_constrains_the_answer(server):
     r = ask(server.client(), "Is it ok?", max_tokens=40,
             response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
     assert isinstance(json.loads(r.choices[0].message.content)["ok"], bool)
+    # With thinking on the schema still holds for the answer (the thought, if any, runs free).
+    thought = ask(server.client(), "Is it ok?", max_tokens=60, reasoning_effort="high",
+                  response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}})
+    assert isinstance(json.loads(thought.choices[0].message.content)["ok"], bool)
+    assert thought.usage.prompt_tokens > r.usage.prompt_tokens  # thinking was on in the prompt
 
 
 def test_stop_strings_end_the_answer(server):
@@ -270,10 +278,13 @@ def test_bad_requests_are_4xx_with_error_objects_and_the_server_stays_up(server)
          "files_not_allowed"),
         (json.dumps({"messages": [{"role": "user", "content": "x" * 40000}]}).encode(), 400,
          "context_length_exceeded"),
+        (json.dumps({"messages": [{"role": "user", "content": "x"}], "presence_penalty": 0.5}).encode(), 400, None),
         (json.dumps({"messages": [{"role": "user", "content": "x"}], "tool_choice": "required",
                      "tools": TOOLS}).encode(), 400, None),
     ]
     for data, status, code in cases:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"server died before {data[:60]!r}: {server.proc.stderr.read()[-3000:]}")
         got, body = server.post("/v1/chat/completions", data)
         assert got == status, (data[:80], got, body)
         assert set(body["error"]) >= {"message", "type", "param", "code"} and body["error"]["message"]
@@ -407,6 +418,9 @@ def test_oversized_media_is_413_and_a_client_leaving_a_plain_request_frees_its_s
         ask(client, [{"type": "image_url", "image_url": {"url": png_data_url((400, 400)).replace("=", "") + "A" * 20000}},
                      {"type": "text", "text": "What is it?"}])
     assert info.value.status_code == 413 and info.value.body["code"] == "media_too_large"
+    with pytest.raises(openai.BadRequestError) as info:  # this server has no projector
+        ask(client, [{"type": "image_url", "image_url": {"url": png_data_url((8, 8))}}, {"type": "text", "text": "?"}])
+    assert info.value.body["code"] == "unsupported_media" and "mmproj" in info.value.body["message"]
     cancelled = small_server.get("/health")["cancelled"]
     body = json.dumps({"messages": [{"role": "user", "content": "long"}], "max_tokens": 500,
                        "grammar": ENDLESS}).encode()
@@ -426,6 +440,18 @@ def test_other_hosts_need_a_key(e_model, tmp_path):
     proc = run_gemma("serve", "-m", e_model, "--host", "0.0.0.0", home=tmp_path)
     assert_one_line_error(proc, "--api-key")
     assert proc.returncode == 2
+
+
+def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path):
+    from tests.clitools import assert_one_line_error, run_gemma
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The model does not exist: the port is checked first, so that is the error.
+        proc = run_gemma("serve", "-m", tmp_path / "absent.gguf", "--port", port, home=tmp_path)
+    assert_one_line_error(proc, f"127.0.0.1:{port}", "in use")
 
 
 def test_gemma_batch_endpoint_against_gemma_serve(server, tmp_path):

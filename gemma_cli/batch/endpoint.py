@@ -8,12 +8,14 @@ import json
 import mimetypes
 from pathlib import Path
 
-from gemma_cli import remote
+from gemma_cli import remote, reply
 from gemma_cli.batch.lines import Failure, Request
 from gemma_cli.batch.output import Output
 from gemma_cli.batch.records import Answer, check_json
 from gemma_cli.batch.run import Defaults, Run, Signals, Summary
+from gemma_cli.conversation import to_openai
 from gemma_cli.errors import GemmaError, MediaError
+from gemma_cli.media import read_bytes
 from gemma_cli.remote import RemoteError
 
 
@@ -77,8 +79,6 @@ def body_for(request: Request, defaults: Defaults) -> dict:
         if "model" not in body and defaults.model:
             body["model"] = defaults.model
         return body
-    from gemma_cli.conversation import to_openai
-
     messages = request.messages
     if defaults.system is not None and not any(m["role"] in ("system", "developer") for m in messages):
         messages = [{"role": "system", "content": defaults.system}] + messages
@@ -142,8 +142,6 @@ def _data_url(path: str | None, what: str) -> str:
 
 
 def _read(path: str, what: str) -> bytes:
-    from gemma_cli.media import read_bytes
-
     return read_bytes(path, what)
 
 
@@ -159,8 +157,6 @@ def answer_of(completion: dict, form: str, model: str = "") -> Answer:
 
 
 def _answer_of(completion: dict, form: str, model: str) -> Answer:
-    from gemma_cli import reply
-
     choice = completion["choices"][0] if isinstance(completion["choices"][0], dict) else {}
     message = choice.get("message") or {}
     usage = completion.get("usage") or {}

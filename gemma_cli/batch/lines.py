@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from gemma_cli.conversation import ROLES, normalize_message
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, MediaError
 
 SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "videos", "audio", "think", "keep_thinking", "tools",
@@ -262,8 +263,6 @@ def _sampling_fields(data: dict, max_key: str) -> tuple:
 
 
 def _messages(value) -> list[dict]:
-    from gemma_cli.conversation import ROLES, normalize_message
-
     if not isinstance(value, list) or not value:
         raise _Invalid('"messages" must be a non-empty list of chat messages')
     for i, m in enumerate(value):

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 class Defaults:
     """Run-wide settings; a line's own fields override them."""
 
-    sampling: "Sampling"
+    sampling: "Sampling | None"  # None with an endpoint: the server samples (flags go in `overrides`)
     max_tokens: int | None = None
     think: bool = False
     system: str | None = None

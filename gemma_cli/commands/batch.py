@@ -88,7 +88,8 @@ def batch(
     settings = config.load()
     overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("seed", seed),
                                    ("max_tokens", max_tokens)) if v is not None}
-    defaults = jobs.Defaults(_sampling(settings, temperature, top_p, top_k, seed),
+    # An endpoint samples for itself (it gets the flags as overrides): no engine, so no llama_cpp, on that path.
+    defaults = jobs.Defaults(None if endpoint else _sampling(settings, temperature, top_p, top_k, seed),
                              max_tokens=settings.pick("max_tokens", max_tokens), think=bool(think), system=system,
                              overrides=overrides)
     if endpoint:

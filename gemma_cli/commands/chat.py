@@ -339,7 +339,8 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
             elif isinstance(event, reply.Answer):
                 printer.answer(event.text)
             elif isinstance(event, reply.ToolCall):
-                printer.note(f"→ {event.name}({json.dumps(event.arguments, ensure_ascii=False)})")
+                printer.note(f"→ {event.name}({json.dumps(event.arguments, ensure_ascii=False)})"
+                             + (f"  (repaired: {'; '.join(event.repairs)})" if event.repairs else ""))
     except KeyboardInterrupt:
         events.close()
         printer.finish()
@@ -381,7 +382,8 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
     return {
         "answer": "".join(r.answer for r in results),
         "thinking": "".join(r.thinking for r in results),
-        "tool_calls": [{"name": c.name, "arguments": c.arguments} for r in results for c in r.tool_calls],
+        "tool_calls": [{"name": c.name, "arguments": c.arguments, **({"repairs": c.repairs} if c.repairs else {})}
+                       for r in results for c in r.tool_calls],
         "tool_results": [{"name": t.call["function"]["name"], "ran": t.approved, "result": t.result} for t in runs],
         "errors": [e for r in results for e in r.errors],
         "stats": {

@@ -77,7 +77,7 @@ def unset(key: Key) -> None:
 
 
 def _still_wrong(file) -> None:
-    from gemma_cli import config
+    from gemma_cli import config  # lazy: keeps `gemma --help` fast
 
     left = config.problem(file)
     if left:

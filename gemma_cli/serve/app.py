@@ -3,7 +3,7 @@
     POST /v1/chat/completions        streamed (SSE) or not
     POST /v1/audio/transcriptions    multipart upload; json, text, srt, vtt, verbose_json
     POST /v1/audio/translations      the same, into English
-    GET  /v1/models                  the one model served
+    GET  /v1/models                  the one model served (and /v1/models/ID)
     GET  /health                     {"status": "ok", ...}; never needs the key
 
 Every failure is an OpenAI error object with a 4xx/5xx status, never a traceback or a dropped
@@ -18,7 +18,6 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
@@ -27,7 +26,7 @@ from starlette.routing import Route
 
 from gemma_cli.errors import GemmaError
 from gemma_cli.serve import audio
-from gemma_cli.serve.chat import ApiError, Builder, Chunks, Settings, bad, completion, read_request
+from gemma_cli.serve.chat import ApiError, Builder, Chunks, bad, completion, read_request
 from gemma_cli.serve.scheduler import Busy, Scheduler, Ticket
 
 
@@ -54,15 +53,21 @@ def create_app(served: Served) -> Starlette:
         return JSONResponse({"status": "ok", "model": served.model, "slots": s.n, "running": s.running,
                              "waiting": s.waiting, "completed": s.completed, "cancelled": s.cancelled})
 
+    def card() -> dict:
+        return {"id": served.model, "object": "model", "created": served.started, "owned_by": "gemma-cli"}
+
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [
-            {"id": served.model, "object": "model", "created": served.started, "owned_by": "gemma-cli"}]})
+        return JSONResponse({"object": "list", "data": [card()]})
+
+    async def model(request: Request) -> Response:
+        _check_model(served, request.path_params["name"])
+        return JSONResponse(card())
 
     async def chat_completions(request: Request) -> Response:
         body = await _json_body(request, served.max_body)
         _check_model(served, body.get("model") if isinstance(body, dict) else None)
         req = read_request(body, served.builder.settings)
-        job = await asyncio.to_thread(_job, served.builder, req)
+        job = await asyncio.to_thread(served.builder.job, req)  # tokenizing and decoding media: off the loop
         ticket = Ticket(job, asyncio.get_running_loop())
         _submit(served.scheduler, ticket)
         gemma4 = served.builder.gemma4
@@ -112,10 +117,7 @@ def create_app(served: Served) -> Starlette:
         def submit(job):  # on the worker thread: one request of the transcription, waited for
             ticket = Ticket(job, loop)
             current[:] = [ticket]
-            try:
-                _submit(served.scheduler, ticket)
-            except ApiError:
-                raise
+            _submit(served.scheduler, ticket)  # a full queue is a 503, raised through the waiter
             return asyncio.run_coroutine_threadsafe(ticket.result(), loop).result()
 
         waiter = asyncio.ensure_future(asyncio.to_thread(
@@ -123,8 +125,7 @@ def create_app(served: Served) -> Starlette:
         try:
             result = await _race(request, waiter)
         except GemmaError as e:
-            _raise_failure(SimpleNamespace(error=e))
-            raise
+            raise _api_error(e) from None
         finally:
             gone.set()
             for ticket in current:
@@ -161,6 +162,7 @@ def create_app(served: Served) -> Starlette:
     routes = [
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", guarded(models), methods=["GET"]),
+        Route("/v1/models/{name:path}", guarded(model), methods=["GET"]),
         Route("/v1/chat/completions", guarded(chat_completions), methods=["POST"]),
         Route("/v1/audio/transcriptions", guarded(transcriptions), methods=["POST"]),
         Route("/v1/audio/translations", guarded(translations), methods=["POST"]),
@@ -229,10 +231,6 @@ def _check_model(served: Served, name) -> None:
                        param="model", code="model_not_found")
 
 
-def _job(builder: Builder, req):
-    return builder.job(req)
-
-
 def _submit(scheduler: Scheduler, ticket: Ticket) -> None:
     try:
         scheduler.submit(ticket)
@@ -242,16 +240,19 @@ def _submit(scheduler: Scheduler, ticket: Ticket) -> None:
 
 
 def _raise_failure(done) -> None:
-    if done.error is None:
-        return
+    """A job that failed, as the error the client gets."""
+    if done.error is not None:
+        raise _api_error(done.error)
+
+
+def _api_error(e: GemmaError) -> ApiError:
     from gemma_cli.errors import CapabilityError, ContextOverflowError, MediaError
 
-    e = done.error
     if isinstance(e, ContextOverflowError):
-        raise bad(e.message, "messages", "context_length_exceeded")
+        return bad(e.message, "messages", "context_length_exceeded")
     if isinstance(e, (MediaError, CapabilityError)):
-        raise bad(e.message, "messages", "invalid_media")
-    raise ApiError(500, e.message, kind="server_error")
+        return bad(e.message, "messages", "invalid_media")
+    return ApiError(500, e.message, kind="server_error")
 
 
 async def _race(request: Request, waiter: asyncio.Future):

