@@ -209,6 +209,7 @@ def bench_vad(model: Path, mmproj: Path, seconds: int, threads: int, max_tokens:
         sent = data["vad"]["sent_seconds"] if vad else duration
         longest = max(c["end"] - c["start"] for c in data["cues"])
         rows[label] = (sent / duration, wall, len(data["segments"]), len(data["cues"]), longest)
+        print(f"  ... {label}: {time.perf_counter() - t0:.2f} s", flush=True)
     speech_share = 1 - silent / duration
     print(f"\n{duration:.0f} s of espeak-ng speech with {100 * silent / duration:.0f} % inserted silence "
           f"(speech share {speech_share:.2f}; the sentences' own pauses are speech here)")

@@ -442,6 +442,18 @@ def test_other_hosts_need_a_key(e_model, tmp_path):
     assert proc.returncode == 2
 
 
+def test_a_port_in_use_is_one_line_before_the_model_loads(tmp_path):
+    from tests.clitools import assert_one_line_error, run_gemma
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # The model does not exist: the port is checked first, so that is the error.
+        proc = run_gemma("serve", "-m", tmp_path / "absent.gguf", "--port", port, home=tmp_path)
+    assert_one_line_error(proc, f"127.0.0.1:{port}", "in use")
+
+
 def test_gemma_batch_endpoint_against_gemma_serve(server, tmp_path):
     from tests.clitools import run_gemma
 

@@ -49,7 +49,7 @@ def batch(
     endpoint: Annotated[Optional[str], typer.Option("--endpoint", metavar="URL", help="Send lines to an OpenAI-compatible server instead (vLLM, llama-server, Ollama, Bedrock).")] = None,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GEMMA_API_KEY", show_envvar=True, help="Bearer token for --endpoint.")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=1024, help="Requests in flight with --endpoint.")] = DEFAULT_CONCURRENCY,
-    retries: Annotated[int, typer.Option("--retries", min=0, max=1000, help="Retries per request on 429, 5xx, timeouts and a server away (backoff 0.5 s doubling to 8 s, honouring Retry-After up to 120 s): the default waits about 3 minutes. A server that has never answered fails the run in about 3 s.")] = DEFAULT_RETRIES,
+    retries: Annotated[int, typer.Option("--retries", min=0, max=1000, help="Retries per request on 429, 5xx, timeouts and a server away (backoff 0.5 s doubling to 8 s, honouring Retry-After up to 120 s): the default waits 2-3 minutes. A server that has never answered fails the run in about 3 s.")] = DEFAULT_RETRIES,
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait for one answer from --endpoint.")] = 600.0,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model: a name (e4b), a .gguf path or hf:OWNER/REPO/FILE.gguf; with --endpoint, the served model's name.")] = None,
     mmproj: opt.Mmproj = None,

@@ -62,10 +62,12 @@ def serve(
     if host not in LOCAL_HOSTS and not api_key and not insecure_no_key:
         raise UsageError(f"--host {host} lets other machines reach the server, so it needs --api-key KEY",
                          "pass --api-key (or --insecure-no-key to serve anyone who can connect)")
+    from gemma_cli.serve.run import listen, serve_engine
+
+    sock = listen(host, port)  # a port in use fails now, before the model loads
     settings = config.load()
     engine, n, label = _open(settings, model, parallel, ctx, mmproj, image_tokens, threads, gpu_layers, yes, verbose)
     from gemma_cli.engine import Sampling
-    from gemma_cli.serve.run import serve_engine
     from gemma_cli.serve.chat import Settings
 
     sampling = Sampling(temperature=settings.pick("temperature", temperature), top_p=settings.pick("top_p", top_p),
@@ -75,7 +77,7 @@ def serve(
     if host not in LOCAL_HOSTS and not api_key:
         sys.stderr.write(f"WARNING: serving on {host} WITHOUT an API key (--insecure-no-key): anyone who can reach "
                          "this port can use the model\n")
-    serve_engine(engine, n, limits, host=host, port=port, model=name or label, api_key=api_key, queue=queue,
+    serve_engine(engine, n, limits, sock, host=host, model=name or label, api_key=api_key, queue=queue,
                  max_body=int(max_body_mb * 1024 * 1024), verbose=verbose)
 
 

@@ -9,6 +9,7 @@ A bad request is an `ApiError` (the app answers it with an OpenAI error object).
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
@@ -272,6 +273,7 @@ class Builder:
         self.settings = settings
         self.format = format_of_engine(engine)
         self._media = None
+        self._media_lock = threading.Lock()  # requests build their jobs on worker threads; the media cache is shared
 
     @property
     def gemma4(self) -> bool:
@@ -303,7 +305,7 @@ class Builder:
 
     def _load_media(self, messages: list[dict]) -> list:
         from gemma_cli.errors import CapabilityError, MediaError
-        from gemma_cli.media import MediaParts, media_parts, prompt_order
+        from gemma_cli.media import media_parts, prompt_order
 
         if not any(media_parts(m.get("content")) for m in messages):
             return []
@@ -312,19 +314,25 @@ class Builder:
         if self.engine.media is None:  # loaded at startup or never: a projector is not loaded mid-serving
             raise bad(f"{self.engine.path.name} was served without a projector (mmproj), so it cannot read images "
                       "or audio; restart gemma serve with --mmproj", "messages", "unsupported_media")
-        if self._media is None:
-            self._media = MediaParts(keep=16)
         parts = prompt_order(messages)
         try:
-            for kind in dict.fromkeys(p["type"] for p in parts):  # the model must take each kind (read-only here)
-                projector = self.engine.ensure_projector(kind)
-                if kind == "audio":
-                    self._media.rate = projector.sample_rate
-            return self._media.for_engine(parts)
+            with self._media_lock:
+                return self._decode(parts)
         except CapabilityError as e:
             raise bad(e.message, "messages", "unsupported_media") from None
         except MediaError as e:
             raise bad(e.message, "messages", "invalid_media") from None
+
+    def _decode(self, parts: list[dict]) -> list:
+        from gemma_cli.media import MediaParts
+
+        if self._media is None:
+            self._media = MediaParts(keep=16)
+        for kind in dict.fromkeys(p["type"] for p in parts):  # the model must take each kind (read-only here)
+            projector = self.engine.ensure_projector(kind)
+            if kind == "audio":
+                self._media.rate = projector.sample_rate
+        return self._media.for_engine(parts)
 
 
 # ---------------------------------------------------------------- responses

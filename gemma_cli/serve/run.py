@@ -7,20 +7,10 @@ import sys
 GRACE_SECONDS = 5  # on SIGINT/SIGTERM, running requests get this long to finish; then they are cancelled
 
 
-def serve_engine(engine, n: int, settings, *, host: str, port: int, model: str, api_key: str | None, queue: int,
-                 max_body: int, verbose: bool = False) -> None:
+def listen(host: str, port: int):
+    """The listening socket, bound before the model loads: a port in use is said at once."""
     import socket
 
-    import uvicorn
-
-    from gemma_cli.serve.app import Served, create_app
-    from gemma_cli.serve.chat import Builder
-    from gemma_cli.serve.scheduler import Scheduler
-
-    scheduler = Scheduler(engine, n, max_waiting=queue)
-    aliases = {engine.path.name, engine.path.stem, str(engine.path), str(engine.info.meta.get("general.name") or "")}
-    served = Served(scheduler, Builder(engine, settings), model, aliases - {""}, api_key=api_key, max_body=max_body)
-    app = create_app(served)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -32,7 +22,22 @@ def serve_engine(engine, n: int, settings, *, host: str, port: int, model: str, 
 
         raise GemmaError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                          "pick another --port (0 takes any free one), or stop what uses it") from None
-    sock.listen(2048)  # now: a client that reads the startup line may connect before uvicorn accepts
+    sock.listen(2048)  # a client may connect as soon as it reads the startup line, before uvicorn accepts
+    return sock
+
+
+def serve_engine(engine, n: int, settings, sock, *, host: str, model: str, api_key: str | None, queue: int,
+                 max_body: int, verbose: bool = False) -> None:
+    import uvicorn
+
+    from gemma_cli.serve.app import Served, create_app
+    from gemma_cli.serve.chat import Builder
+    from gemma_cli.serve.scheduler import Scheduler
+
+    scheduler = Scheduler(engine, n, max_waiting=queue)
+    aliases = {engine.path.name, engine.path.stem, str(engine.path), str(engine.info.meta.get("general.name") or "")}
+    served = Served(scheduler, Builder(engine, settings), model, aliases - {""}, api_key=api_key, max_body=max_body)
+    app = create_app(served)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
                             timeout_graceful_shutdown=GRACE_SECONDS, lifespan="off", server_header=False)
