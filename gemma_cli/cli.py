@@ -18,6 +18,7 @@ try:
 except ImportError:  # pragma: no cover - older typer on plain click
     from click.exceptions import ClickException
 
+from gemma_cli import __version__
 from gemma_cli.errors import GemmaError
 
 app = typer.Typer(
@@ -47,9 +48,9 @@ Run `gemma COMMAND --help` for a command's options. GEMMA_DEBUG=1 shows tracebac
 def _version(value: bool) -> None:
     if not value:
         return
+    # lazy: importlib.metadata, only for --version; keeps gemma --help fast
     from importlib.metadata import PackageNotFoundError, version
 
-    from gemma_cli import __version__
 
     try:
         backend = f"llama-cpp-python {version('llama_cpp_python')}"

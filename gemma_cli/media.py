@@ -12,14 +12,21 @@ cut falls in a pause rather than inside a word.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import io
+import os
 import sys
+import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gemma_cli.errors import MediaError
 from gemma_cli.media_file import check_file
+from gemma_cli.video import FRAME_TOKENS, load_video, with_frames
 
 if TYPE_CHECKING:
     import numpy as np
@@ -61,10 +68,10 @@ def read_bytes(source: str | Path, what: str) -> bytes:
 
 def load_image(source: str | Path, data: bytes | None = None) -> "Media":
     """An image file (or `-`, or `data` already read) as upright 8-bit RGB."""
-    import warnings
-
+    # lazy: Pillow, only when an image is read; keeps gemma --help fast
     from PIL import Image, UnidentifiedImageError
 
+    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
     from gemma_cli.engine.projector import Media
 
     name = _name(source)
@@ -108,6 +115,7 @@ def _short(e: Exception) -> str:
 
 def _upright(image):
     """Apply the EXIF orientation (phone photos are stored sideways with a rotate flag)."""
+    # lazy: Pillow, only when an image is read; keeps gemma --help fast
     from PIL import ImageOps
 
     try:
@@ -118,6 +126,7 @@ def _upright(image):
 
 def _rgb(image):
     """Any Pillow mode as 8-bit RGB; transparency flattened onto white."""
+    # lazy: Pillow, only when an image is read; keeps gemma --help fast
     from PIL import Image
 
     mode = image.mode
@@ -138,6 +147,7 @@ def _rgb(image):
 
 def _eight_bit(image):
     """16/32-bit integer and float images scaled to 8 bits (a plain convert would clip them)."""
+    # lazy: numpy, only when audio or frames are decoded; Pillow, only when an image is read; keeps gemma --help fast
     import numpy as np
     from PIL import Image
 
@@ -175,6 +185,7 @@ class Segment:
 
 def load_audio(source: str | Path, rate: int = SAMPLE_RATE, data: bytes | None = None) -> Audio:
     """An audio file (or `-`, or `data` already read) as mono float32 at `rate` Hz."""
+    # lazy: numpy, only when audio or frames are decoded; keeps gemma --help fast
     import numpy as np
 
     name = _name(source)
@@ -216,6 +227,7 @@ _BLOCK = 1 << 18  # frames per read: a few seconds, so no full-length stereo cop
 def _stream(source, rate: int) -> "np.ndarray":
     """Decode, downmix and resample block by block: a 5-minute file never exists as a float stereo array,
     which saves most of the time (fresh large arrays cost page faults, not arithmetic)."""
+    # lazy: numpy and soundfile, only when audio is decoded; keeps gemma --help fast
     import numpy as np
     import soundfile as sf
 
@@ -258,8 +270,6 @@ class _quiet_stderr:
     """File descriptor 2 sent to /dev/null while C decoders run (their notes are not for users)."""
 
     def __enter__(self):
-        import os
-
         self._saved = None
         try:
             sys.stderr.flush()
@@ -272,8 +282,6 @@ class _quiet_stderr:
         return self
 
     def __exit__(self, *exc) -> None:
-        import os
-
         if self._saved is not None:
             os.dup2(self._saved, 2)
             os.close(self._saved)
@@ -284,6 +292,7 @@ def _resampler(rate_in: int, rate_out: int):
     if rate_in == rate_out:
         return None
     try:
+        # lazy: soxr, only when audio is resampled; keeps gemma --help fast
         import soxr
     except ImportError:
         return None
@@ -293,9 +302,8 @@ def _resampler(rate_in: int, rate_out: int):
 
 def _librosa_decode(source):
     """Formats libsndfile lacks (m4a, aac, ...) through librosa/audioread, when its backend can."""
-    import warnings
-
     try:
+        # lazy: librosa, only for audio soundfile cannot read; keeps gemma --help fast
         import librosa
 
         with warnings.catch_warnings():  # its "PySoundFile failed, trying audioread" is noise here
@@ -312,6 +320,7 @@ def resample(samples: "np.ndarray", rate_in: int, rate_out: int) -> "np.ndarray"
 
         return soxr.resample(samples, rate_in, rate_out)
     except ImportError:
+        # lazy: librosa, only for audio soundfile cannot read; keeps gemma --help fast
         import librosa
 
         return librosa.resample(samples, orig_sr=rate_in, target_sr=rate_out)
@@ -324,6 +333,7 @@ def cut(samples: "np.ndarray", rate: int, max_seconds: float = MAX_CLIP_SECONDS)
     the limit and the limit after the previous cut: the latest such pause, so segments stay
     long and few; without a pause, at the quietest moment.
     """
+    # lazy: numpy, only when audio or frames are decoded; keeps gemma --help fast
     import numpy as np
 
     n = len(samples)
@@ -348,6 +358,7 @@ def cut(samples: "np.ndarray", rate: int, max_seconds: float = MAX_CLIP_SECONDS)
 def _pause(smooth: "np.ndarray", lo: int, hi: int, min_frames: int = 10) -> int:
     """The frame in [lo, hi) to cut at: the middle of the last pause at least 100 ms long
     whose energy is within 5 % (of the way to the median) of the quietest; else of the quietest stretch."""
+    # lazy: numpy, only when audio or frames are decoded; keeps gemma --help fast
     import numpy as np
 
     window = smooth[lo:hi]
@@ -365,6 +376,7 @@ def _pause(smooth: "np.ndarray", lo: int, hi: int, min_frames: int = 10) -> int:
 
 
 def clips(audio: Audio, segments: list[Segment]) -> list["Media"]:
+    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
     from gemma_cli.engine.projector import Media
 
     return [Media.audio(audio.samples[s.first : s.last], audio.rate, name=f"{audio.name} [{s.start:.1f}-{s.end:.1f} s]")
@@ -419,8 +431,6 @@ class MediaParts:
     """
 
     def __init__(self, keep: int = 16, rate: int = SAMPLE_RATE):
-        from collections import OrderedDict
-
         self.keep = keep
         self.rate = rate  # the audio encoder's sample rate
         self._loaded: OrderedDict[tuple, object] = OrderedDict()
@@ -432,8 +442,6 @@ class MediaParts:
         if kind not in MEDIA_KINDS:
             raise MediaError(f"unknown media kind {kind!r}", f"use one of {', '.join(MEDIA_KINDS)}")
         if str(source) == "-":
-            import base64
-
             part = {"type": kind, "url": "data:;base64," + base64.b64encode(read_bytes("-", kind)).decode()}
         else:
             check_file(source, kind)
@@ -494,8 +502,6 @@ class MediaParts:
         parts = prompt_order(messages)
         videos = self.videos(parts)
         if videos:
-            from gemma_cli.video import with_frames
-
             text = with_frames(text, videos)
         return text, self.for_engine(parts)
 
@@ -521,8 +527,6 @@ class MediaParts:
 
 def _video_options(part: dict) -> tuple:
     """A video part's sampling: (frames, fps, tokens a frame), checked (a conversation file may say anything)."""
-    from gemma_cli.video import FRAME_TOKENS
-
     def number(key, kind):
         value = part.get(key)
         if value is None:
@@ -536,8 +540,6 @@ def _video_options(part: dict) -> tuple:
 
 
 def _load_video(part: dict):
-    from gemma_cli.video import load_video
-
     frames, fps, budget = _video_options(part)
     name, data = _source(part, "video")
     return load_video(name, data, frames=frames, fps=fps, budget=budget)
@@ -564,8 +566,6 @@ def _label(part: dict) -> str:
 
 
 def _source_key(part: dict) -> str:
-    import hashlib
-
     if part.get("path") and str(part["path"]) != "-":
         return "path:" + str(Path(part["path"]).expanduser().resolve())
     blob = part.get("url") or part.get("data") or part.get("path") or ""
@@ -577,9 +577,6 @@ _STDIN: dict[str, bytes] = {}  # `-` read once: later turns see the same bytes
 
 def _part_bytes(part: dict, what: str) -> bytes:
     """The bytes a part names (a path, a file:// or base64 data: URL, or base64 `data`)."""
-    import base64
-    import binascii
-
     path = part.get("path")
     if path is not None:
         if str(path) == "-":

@@ -103,6 +103,7 @@ class MarkdownPrinter(StreamPrinter):
         self._end_thought()
         self._text += text
         if self._live is None:
+            # lazy: Rich's live/markdown/progress, only when shown; keeps gemma --help fast
             from rich.live import Live
 
             console = Console(highlight=False)
@@ -129,6 +130,7 @@ def literal_html_markdown(text: str):
     """
     global _MARKDOWN
     if _MARKDOWN is None:
+        # lazy: markdown-it and rich.markdown, only when markdown is shown; keeps gemma --help fast
         from markdown_it import MarkdownIt
         from rich.markdown import Markdown
 

@@ -7,12 +7,18 @@ embedded in them (sandboxed), and base models without a template as plain comple
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from gemma_cli import prompt as gemma_prompt
 from gemma_cli import reply
-from gemma_cli.errors import GemmaError
+from gemma_cli.errors import CapabilityError, GemmaError
+from gemma_cli.media import MediaParts, prompt_order
+from gemma_cli.template import render_template
+from gemma_cli.tools import result_text
+from gemma_cli.video import with_frames
 
 if TYPE_CHECKING:
     from gemma_cli.engine import Engine, Sampling, Step
@@ -45,8 +51,6 @@ class PromptFormat:
             return gemma_prompt.render(messages, tools, thinking=thinking, add_generation_prompt=add_generation_prompt,
                                        bos=self.bos or "<bos>", variant=self.variant, preserve_thinking=preserve_thinking)
         if self.kind in (GEMMA4, "template"):
-            from gemma_cli.template import render_template
-
             text = render_template(self.template or "", messages, bos=self.bos, eos=self.eos,
                                    add_generation_prompt=add_generation_prompt, tools=tools,
                                    enable_thinking=thinking, preserve_thinking=preserve_thinking)
@@ -71,8 +75,6 @@ class PromptFormat:
 
 def small_model(meta: dict) -> bool:
     """Whether a Gemma 4 GGUF is a small one (E2B/E4B: per-layer embeddings), from its header."""
-    import re
-
     arch = str(meta.get("general.architecture", ""))
     try:
         if int(meta.get(f"{arch}.embedding_length_per_layer_input") or 0) > 0:
@@ -128,8 +130,6 @@ def format_of_header(header, override: tuple[str, str] | None = None) -> PromptF
 
 def read_chat_template(path) -> tuple[str, str]:
     """`--chat-template FILE`: (the path as given, its text), or a one-line error."""
-    from pathlib import Path
-
     try:
         text = Path(path).expanduser().read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -227,8 +227,6 @@ class ChatSession:
         """Each `<|video|>` written out as its frames, `MM:SS <|image|>` apart (gemma_cli.video)."""
         if "<|video|>" not in text or not _has_media(self.messages):
             return text
-        from gemma_cli.media import prompt_order
-        from gemma_cli.video import with_frames
 
         return with_frames(text, self.media_parts().videos(prompt_order(self.messages)))
 
@@ -267,15 +265,11 @@ class ChatSession:
     def media_parts(self):
         """The decoder of this conversation's images and audio (see gemma_cli.media.MediaParts)."""
         if self._media is None:
-            from gemma_cli.media import MediaParts
-
             self._media = MediaParts()
         return self._media
 
     def _ready_for(self, content: list) -> None:
         """The model must take each kind before a file is read (a 31B asked for audio says so first)."""
-        from gemma_cli.errors import CapabilityError
-
         if self.format.kind != GEMMA4:
             raise CapabilityError("images and audio need a Gemma 4 model", "pick a Gemma 4 GGUF with --model")
         for kind in dict.fromkeys(p.get("type") for p in content if isinstance(p, dict)):
@@ -288,7 +282,6 @@ class ChatSession:
         """The decoded media of the conversation, in the order of their placeholders in the prompt."""
         if not _has_media(self.messages):
             return []
-        from gemma_cli.media import prompt_order
 
         parts = prompt_order(self.messages)
         self._ready_for(parts)
@@ -417,8 +410,6 @@ def converse(session: ChatSession, events: Iterator[object], toolbox=None, confi
 
 
 def _run_call(session: ChatSession, toolbox, call: dict, confirm) -> ToolRun:
-    from gemma_cli.tools import result_text
-
     fn = call["function"]
     if confirm is not None and not confirm(call):
         value = {"error": "the user declined to run this tool"}

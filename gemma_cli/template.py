@@ -13,6 +13,7 @@ jinja2 is imported inside the functions: `gemma --help` must not pay for it.
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from typing import Any
 
 from gemma_cli.errors import ModelError
@@ -31,8 +32,6 @@ def _raise_exception(message: Any) -> None:
 
 
 def _strftime_now(fmt: str) -> str:
-    from datetime import datetime
-
     return datetime.now().strftime(fmt)
 
 
@@ -91,6 +90,7 @@ def render_template(
     (`enable_thinking`, `documents`, ...). Any failure, from a syntax error to a blocked
     unsafe operation or the template's own `raise_exception`, becomes a one-line `ModelError`.
     """
+    # lazy: jinja2, only when a chat template renders; keeps gemma --help fast
     import jinja2
     from jinja2.exceptions import SecurityError
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from gemma_cli import speech, transcript
-from gemma_cli.media import Audio
+from gemma_cli.media import Audio, cut
 
 
 @dataclass
@@ -41,7 +41,6 @@ def plan(recording: Audio, options: Options):
     """The requests to send: a speech.Plan with VAD, else the energy cutter's segments (media.Segment)."""
     if options.vad:
         return speech.plan(recording.samples, recording.rate, threshold=options.threshold, max_cue=options.max_cue)
-    from gemma_cli.media import cut
 
     return cut(recording.samples, recording.rate)
 
@@ -49,6 +48,7 @@ def plan(recording: Audio, options: Options):
 def run(recording: Audio, work, ask: Callable[[object, str], str], options: Options,
         progress: Callable[[float], None] | None = None) -> Transcript:
     """Send each request of `work` (from `plan`) through `ask(media, question) -> answer`, and time the text."""
+    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
     from gemma_cli.engine.projector import Media
 
     question = transcript.prompt(options.language, options.translate_to)

@@ -126,6 +126,7 @@ def load_video(source: str | Path, data: bytes | None = None, *, frames: int | N
     elif not data:
         raise MediaError(f"{name} is empty (0 bytes)", "pass a non-empty video file")
     try:
+        # lazy: PyAV, only when a video is decoded; keeps gemma --help fast
         import av
     except ImportError:  # pragma: no cover - a dependency of gemma-cli
         raise MediaError("reading video needs PyAV", "pip install av") from None
@@ -141,6 +142,7 @@ def load_video(source: str | Path, data: bytes | None = None, *, frames: int | N
         picked = _decode(av, opener, name, wanted, rate)
     if not picked:
         raise MediaError(f"{name} is truncated or damaged (no frame could be decoded)", "export or download it again")
+    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
     from gemma_cli.engine.projector import Media
 
     video = Video(name, duration=duration, total_frames=total, budget=budget)
@@ -252,6 +254,7 @@ def _rgb(frame):
     if image.mode != "RGB":
         image = image.convert("RGB")
     if max(image.size) > MAX_SIDE:
+        # lazy: Pillow, only when an image is read; keeps gemma --help fast
         from PIL import Image
 
         scale = MAX_SIDE / max(image.size)

@@ -39,6 +39,7 @@ class Output:
 
     def _lock(self) -> None:
         try:
+            # lazy: POSIX only (not on Windows)
             import fcntl
         except ImportError:  # pragma: no cover - Windows: no advisory locks
             return

@@ -71,6 +71,7 @@ def batch(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
     """Run a JSONL file of prompts: parallel in one model or against a server, crash-safe and resumable."""
+    # lazy: batch, config load only when the command runs; keeps gemma --help fast
     from gemma_cli import batch as jobs
     from gemma_cli import config
 
@@ -93,6 +94,7 @@ def batch(
                              max_tokens=settings.pick("max_tokens", max_tokens), think=bool(think), system=system,
                              overrides=overrides)
     if endpoint:
+        # lazy: remote loads only when the command runs; keeps gemma --help fast
         from gemma_cli.remote import Endpoint
 
         defaults.model = model
@@ -124,6 +126,7 @@ def batch(
 
 
 def _sampling(settings, temperature, top_p, top_k, seed):
+    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
     from gemma_cli.engine import Sampling
 
     return Sampling(temperature=settings.pick("temperature", temperature), top_p=settings.pick("top_p", top_p),
@@ -144,6 +147,7 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
           draft, draft_max):
     """The engine for a local run: n parallel sequences (plus the staging one), each `ctx` tokens;
     with --draft, one sequence and the drafter."""
+    # lazy: commands, commands.describe load only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
     from gemma_cli.commands.describe import check_budget
 
@@ -168,6 +172,7 @@ class _View:
     """Progress bar (stderr, terminal only) and the final summary."""
 
     def __init__(self, quiet: bool, output):
+        # lazy: render loads only when the command runs; keeps gemma --help fast
         from gemma_cli.render import is_terminal
 
         self.quiet = quiet
@@ -186,6 +191,7 @@ class _View:
 
     def __enter__(self) -> "_View":
         if self.bar:
+            # lazy: Rich's live/markdown/progress, only when shown; keeps gemma --help fast
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -195,6 +201,7 @@ class _View:
                 TimeRemainingColumn,
             )
 
+            # lazy: render loads only when the command runs; keeps gemma --help fast
             from gemma_cli.render import err_console
 
             self._progress = Progress(TextColumn("[bold]batch"), BarColumn(), MofNCompleteColumn(),

@@ -69,12 +69,15 @@ def chat(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
     """Chat with a model: one answer for a prompt, or an interactive chat on a terminal."""
+    # lazy: config loads only when the command runs; keeps gemma --help fast
     from gemma_cli import config
 
     settings = config.load()
+    # lazy: commands.describe loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands.describe import check_budget
 
     check_budget(image_tokens)
+    # lazy: media loads only when the command runs; keeps gemma --help fast
     from gemma_cli.media import MediaParts
 
     decoder = MediaParts()  # -i/-a are read and decoded now, before the model loads
@@ -85,6 +88,7 @@ def chat(
     think = think if think is not None else bool(conv.settings.get("think", False))
     toolbox = _load_tools(tools)
     declarations = toolbox.declarations if toolbox else (conv.tools or None)
+    # lazy: commands loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
 
     resolved = loading.resolve(settings, model or conv.model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers,
@@ -93,6 +97,7 @@ def chat(
     messages = _with_system(conv.messages, system)
     override = None
     if chat_template is not None:
+        # lazy: session loads only when the command runs; keeps gemma --help fast
         from gemma_cli.session import read_chat_template
 
         override = read_chat_template(chat_template)
@@ -100,6 +105,7 @@ def chat(
         return _print_prompt(resolved.header, messages, declarations, think, _with_media(parts, text), decoder, override,
                              keep_thinking)
     if video:
+        # lazy: video loads only when the command runs; keeps gemma --help fast
         from gemma_cli.video import check_context
 
         check_context(decoder.videos(parts), settings.pick("ctx", ctx) or 8192)  # before the model loads
@@ -107,6 +113,7 @@ def chat(
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
 
+    # lazy: session loads only when the command runs; keeps gemma --help fast
     from gemma_cli.session import ChatSession, format_of_engine
 
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
@@ -139,6 +146,7 @@ def chat(
 
 def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
                  max_tool_rounds: int) -> None:
+    # lazy: paths, commands.repl load only when the command runs; keeps gemma --help fast
     from gemma_cli import paths
     from gemma_cli.commands.repl import Repl
 
@@ -150,6 +158,7 @@ def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, sh
 
 def _autosave(session, path: Path) -> None:
     """Keep the one-shot exchange too, so `gemma chat --continue` picks it up."""
+    # lazy: conversation, paths loads only when the command runs; keeps gemma --help fast
     from gemma_cli import conversation, paths
 
     conv = conversation.Conversation(session.messages, session.tools or [], {"think": session.think}, path.name)
@@ -207,6 +216,7 @@ def _read_input(prompt: str | None) -> str | None:
 
 
 def _start_conversation(load: Path | None, resume: bool):
+    # lazy: conversation, paths loads only when the command runs; keeps gemma --help fast
     from gemma_cli import conversation, paths
 
     if load and resume:
@@ -224,6 +234,7 @@ def _start_conversation(load: Path | None, resume: bool):
 def _load_tools(path: Path | None):
     if path is None:
         return None
+    # lazy: tools loads only when the command runs; keeps gemma --help fast
     from gemma_cli import tools
 
     return tools.load(path)
@@ -245,6 +256,7 @@ def _constraint(schema: Path | None, fmt: str | None, grammar: Path | None) -> s
 
 def _schema_grammar(path: Path | None) -> str:
     """The GBNF of a JSON Schema file (None: any JSON object); a schema llama.cpp cannot convert is one line."""
+    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
     from gemma_cli.engine.core import schema_to_grammar
 
     if path is None:
@@ -280,6 +292,7 @@ def _read_schema(path: Path) -> dict:
 
 
 def _sampling(settings, saved: dict, temperature, top_p, top_k, seed):
+    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
     from gemma_cli.engine import Sampling
 
     def pick(key, flag):
@@ -291,6 +304,7 @@ def _sampling(settings, saved: dict, temperature, top_p, top_k, seed):
 
 def _print_prompt(header, messages: list[dict], tools, think: bool, text, decoder, override=None,
                   keep_thinking: bool = False) -> None:
+    # lazy: session loads only when the command runs; keeps gemma --help fast
     from gemma_cli.session import format_of_header
 
     fmt = format_of_header(header, override)
@@ -300,6 +314,7 @@ def _print_prompt(header, messages: list[dict], tools, think: bool, text, decode
         messages = messages + [{"role": "user", "content": text}]
     out = fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking)
     if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+        # lazy: media, video load only when the command runs; keeps gemma --help fast
         from gemma_cli.media import prompt_order
         from gemma_cli.video import with_frames
 
@@ -309,12 +324,14 @@ def _print_prompt(header, messages: list[dict], tools, think: bool, text, decode
 
 
 def _confirm(call: dict) -> bool:
+    # lazy: commands.repl loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands.repl import confirm_on_terminal
 
     return confirm_on_terminal(call)
 
 
 def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thinking: bool, as_json: bool) -> None:
+    # lazy: reply, render, session load only when the command runs; keeps gemma --help fast
     from gemma_cli import reply
     from gemma_cli.render import StreamPrinter
     from gemma_cli.session import Done, ToolRun, converse
@@ -375,6 +392,7 @@ def _write_json(session, results: list, runs: list) -> None:
 
 
 def _as_json(results: list, runs: list, drafter=None) -> dict:
+    # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands.loading import draft_stats
 
     last = results[-1]

@@ -50,6 +50,7 @@ def describe_image(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
     """Describe images: a description per image, streamed as it is written."""
+    # lazy: config loads only when the command runs; keeps gemma --help fast
     from gemma_cli import config
 
     check_budget(image_tokens)
@@ -72,6 +73,7 @@ def describe_image(
         results.append({"images": [m.name for m in group], "image_tokens": [engine.media_tokens(m) for m in group],
                         "description": result.answer.strip(), "stats": _stats(result.stats)})
     if as_json:
+        # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
         from gemma_cli.commands.loading import draft_stats
 
         out = {"model": engine.path.name, "image_tokens_budget": engine.media.budget, "results": results,
@@ -87,6 +89,7 @@ def describe_image(
 def _decode_all(images: list[str], together: bool) -> tuple[list, list]:
     """Every image decoded; a bad one is one error line on stderr and the others still go on
     (as `gemma batch` does). All bad, or any with --together: the error, before the model loads."""
+    # lazy: media loads only when the command runs; keeps gemma --help fast
     from gemma_cli.media import load_image
 
     loaded, failed = [], []
@@ -118,6 +121,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
     `need` ("image" or "audio") is checked in the projector's header first: a 31B asked for
     audio says so at once, not after loading 17 GB of weights.
     """
+    # lazy: commands loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
 
     resolved = loading.resolve(settings, model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers)
@@ -129,6 +133,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                                  verbose=verbose, load_mmproj=True, image_tokens=image_tokens)
     loading.note_context(engine, loading.asked_ctx(settings, ctx))
+    # lazy: session loads only when the command runs; keeps gemma --help fast
     from gemma_cli.session import GEMMA4, ChatSession, format_of_engine
 
     info = engine.info
@@ -146,6 +151,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
 
 
 def _check_encoder(resolved, projector: Path, need: str) -> None:
+    # lazy: gguf_header loads only when the command runs; keeps gemma --help fast
     from gemma_cli.gguf_header import read_header
 
     if not Path(projector).is_file():
@@ -164,6 +170,7 @@ def _check_encoder(resolved, projector: Path, need: str) -> None:
 
 
 def _sampling(settings, temperature, top_p, top_k, seed, *, default_temperature=None):
+    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
     from gemma_cli.engine import Sampling
 
     temp = temperature if temperature is not None else default_temperature
@@ -173,6 +180,7 @@ def _sampling(settings, temperature, top_p, top_k, seed, *, default_temperature=
 
 def _describe(session, group, question: str, *, stream: bool):
     """One turn: the images first (Gemma 4 wants media before text), then the question."""
+    # lazy: reply, render, session load only when the command runs; keeps gemma --help fast
     from gemma_cli import reply
     from gemma_cli.render import StreamPrinter
     from gemma_cli.session import Done
@@ -237,6 +245,7 @@ def describe_video(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
     """Describe videos: 32 frames sampled evenly (70 tokens each, timestamped), as Gemma 4 was trained."""
+    # lazy: config, media, video load only when the command runs; keeps gemma --help fast
     from gemma_cli import config
     from gemma_cli.media import MediaParts
     from gemma_cli.video import FRAME_BUDGETS, check_context
@@ -270,6 +279,7 @@ def describe_video(
                         "frame_tokens": [engine.media_tokens(f) for f in clip.frames],
                         "description": result.answer.strip(), "stats": _stats(result.stats)})
     if as_json:
+        # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
         from gemma_cli.commands.loading import draft_stats
 
         out = {"model": engine.path.name, "frame_tokens_budget": frame_tokens, "results": results,

@@ -314,6 +314,7 @@ class _no_ctrl_echo:
     def __init__(self):
         self._saved = None
         try:
+            # lazy: POSIX only (not on Windows)
             import termios
 
             fd = sys.stdin.fileno()
@@ -345,6 +346,7 @@ def _short(value, limit: int = 200) -> str:
 def _setup_history() -> None:
     """Up-arrow history kept across sessions in the user data dir (where readline exists)."""
     try:
+        # lazy: readline changes input() once imported; only in the REPL
         import atexit
         import readline
     except ImportError:

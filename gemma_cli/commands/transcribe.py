@@ -53,6 +53,7 @@ def transcribe(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
     """Transcribe speech: only the speech (Silero VAD), in cues of a few seconds; the model hears up to 30 s at a time."""
+    # lazy: config, transcription, commands.describe, media load only when the command runs; keeps gemma --help fast
     from gemma_cli import config, transcription
     from gemma_cli.commands.describe import _sampling, open_for_media
     from gemma_cli.media import SAMPLE_RATE, load_audio
@@ -82,6 +83,7 @@ def transcribe(
 
 
 def _render(result, fmt: str, model: str | None, recording, options) -> str:
+    # lazy: transcript loads only when the command runs; keeps gemma --help fast
     from gemma_cli import transcript
 
     if fmt != "json":
@@ -106,6 +108,7 @@ def _format(fmt: str | None, output: Path | None) -> str:
 
 def _ask(session, clip, question: str) -> str:
     """One turn per segment: the audio first, then the model card's instructions; thinking off."""
+    # lazy: session loads only when the command runs; keeps gemma --help fast
     from gemma_cli.session import Done
 
     result = None
@@ -126,9 +129,11 @@ class _progress:
         self.total, self.name, self._bar = total, name, None
 
     def __enter__(self):
+        # lazy: render loads only when the command runs; keeps gemma --help fast
         from gemma_cli.render import err_console, is_terminal
 
         if is_terminal(sys.stderr):
+            # lazy: Rich's live/markdown/progress, only when shown; keeps gemma --help fast
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
