@@ -19,6 +19,7 @@ def check_file(source: str | Path, what: str) -> None:
     if not path.exists():
         raise MediaError(f"{what} file not found: {source}", "check the path")
     if path.is_dir():
-        raise MediaError(f"{source} is a folder, not {what} file", f"pass an {what} file")
+        article = "an" if what[:1] in "aeiou" else "a"  # an image, an audio file, a video
+        raise MediaError(f"{source} is a folder, not {article} {what} file", f"pass {article} {what} file")
     if path.stat().st_size == 0:
         raise MediaError(f"{source} is empty (0 bytes)", f"pass a non-empty {what} file")

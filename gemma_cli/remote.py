@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from gemma_cli.errors import GemmaError, UsageError
 
-DEFAULT_RETRIES = 24  # the client's backoff: 0.5 s doubling to 8 s, so about 3 minutes of a server away
+DEFAULT_RETRIES = 24  # the client's backoff: 0.5 s doubling to 8 s, so 2-3 minutes (126-168 s with its jitter) of a server away
 FIRST_CONTACT_RETRIES = 3  # before the server has ever answered: 0.5 + 1 + 2 s, then "cannot connect"
 CONNECT_TIMEOUT = 10.0  # seconds to open a connection (the answer itself gets --timeout)
 
@@ -119,7 +119,7 @@ class Endpoint:
                     raise RemoteError(f"cannot connect to {self.url} ({reason})",
                                       "is the server running, and is --endpoint right? "
                                       "run the same command again to resume", fatal=True) from None
-                # Gone for all the retries (about 3 minutes by default): every other line would wait as long.
+                # Gone for all the retries (2-3 minutes by default): every other line would wait as long.
                 raise RemoteError(f"{self.url} stopped answering ({reason}; {self.retries} retries)",
                                   "is the server up? run the same command again to resume "
                                   "(--retries waits longer)", fatal=True) from None

@@ -5,6 +5,7 @@ batching, a shared system prompt evaluated once."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -30,14 +31,42 @@ PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time", "The b
 
 @pytest.mark.slow
 def test_greedy_output_is_the_same_at_parallel_1_and_8(gemma3_base, tmp_path):
+    # Under --deterministic (issue 13: the fast kernels are the default, identical output the opt-in).
     lines = [{"id": i, "prompt": p, "max_tokens": 24 + 4 * (i % 3)} for i, p in enumerate(PROMPTS)]
-    one = run_batch(tmp_path, "p1", lines, "-m", gemma3_base, "-p", "1", "--ctx", "256", *GREEDY)
-    eight = run_batch(tmp_path, "p8", lines, "-m", gemma3_base, "-p", "8", "--ctx", "256", *GREEDY)
+    one = run_batch(tmp_path, "p1", lines, "-m", gemma3_base, "-p", "1", "--ctx", "256", "--deterministic", *GREEDY)
+    eight = run_batch(tmp_path, "p8", lines, "-m", gemma3_base, "-p", "8", "--ctx", "256", "--deterministic", *GREEDY)
     assert one.keys() == eight.keys() == set(range(len(PROMPTS)))
     for i in one:
         assert one[i]["answer"] == eight[i]["answer"], (i, one[i]["answer"], eight[i]["answer"])
         assert one[i]["usage"]["completion_tokens"] == eight[i]["usage"]["completion_tokens"]
     assert one[1]["answer"].startswith(" 5, 6")  # real weights, real answers
+
+
+def test_batch_help_says_what_deterministic_costs(tmp_path):
+    proc = run_gemma("batch", "--help", home=tmp_path / "home")
+    assert proc.returncode == 0
+    text = " ".join(proc.stdout.split())
+    assert "--deterministic" in text and "independent of --parallel" in text
+    assert re.search(r"cost about \d+ ?%", text), text  # the measured figure, not a vague "slower"
+
+
+def test_prompts_share_a_batch_in_equal_parts_and_beside_running_sequences(base_engine, monkeypatch):
+    import llama_cpp
+
+    from gemma_cli.engine.parallel import Parallel, _shares
+
+    assert _shares([250, 250, 250], 512) == [171, 171, 170]
+    assert _shares([10, 600], 512) == [10, 502] and _shares([100, 5, 100], 50) == [23, 5, 22]
+    calls = []
+    decode = llama_cpp.llama_decode
+    monkeypatch.setattr(llama_cpp, "llama_decode", lambda ctx, b: calls.append(
+        sorted({b.seq_id[i][0] for i in range(b.n_tokens)})) or decode(ctx, b))
+    # Job 0 runs long; jobs 1.. come one after another into slot 2 while job 0 decodes.
+    done = list(Parallel(base_engine, 2).run(jobs_of([30, 2, 2, 2])))
+    assert sorted(d.job.key for d in done) == [0, 1, 2, 3]
+    mixed = [seqs for seqs in calls if seqs == [1, 2]]
+    assert len(mixed) >= 6  # each new prompt in slot 2 was evaluated beside slot 1's next token, never alone
+    assert all(seqs != [2] for seqs in calls[1:12]), calls[:12]
 
 
 @pytest.mark.slow

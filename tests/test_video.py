@@ -342,3 +342,13 @@ def test_chat_with_a_clip_too_long_for_the_context_fails_before_the_model_loads(
                      vision_mmproj, home=tmp_path)
     assert_one_line_error(proc, str(clip), "32 frames x ~70 tokens", "2048")
     assert "Loading" not in proc.stderr
+
+
+def test_a_folder_is_not_a_video(tmp_path):
+    with pytest.raises(MediaError, match="is a folder, not a video file") as err:
+        vid.load_video(tmp_path)
+    assert err.value.hint == "pass a video file"
+    from gemma_cli.media import load_image
+
+    with pytest.raises(MediaError, match="is a folder, not an image file"):
+        load_image(tmp_path)

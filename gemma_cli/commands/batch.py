@@ -49,7 +49,7 @@ def batch(
     endpoint: Annotated[Optional[str], typer.Option("--endpoint", metavar="URL", help="Send lines to an OpenAI-compatible server instead (vLLM, llama-server, Ollama, Bedrock).")] = None,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GEMMA_API_KEY", show_envvar=True, help="Bearer token for --endpoint.")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=1024, help="Requests in flight with --endpoint.")] = DEFAULT_CONCURRENCY,
-    retries: Annotated[int, typer.Option("--retries", min=0, max=1000, help="Retries per request on 429, 5xx, timeouts and a server away (backoff 0.5 s doubling to 8 s, honouring Retry-After up to 120 s): the default waits about 3 minutes. A server that has never answered fails the run in about 3 s.")] = DEFAULT_RETRIES,
+    retries: Annotated[int, typer.Option("--retries", min=0, max=1000, help="Retries per request on 429, 5xx, timeouts and a server away (backoff 0.5 s doubling to 8 s, honouring Retry-After up to 120 s): the default waits 2-3 minutes. A server that has never answered fails the run in about 3 s.")] = DEFAULT_RETRIES,
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait for one answer from --endpoint.")] = 600.0,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model: a name (e4b), a .gguf path or hf:OWNER/REPO/FILE.gguf; with --endpoint, the served model's name.")] = None,
     mmproj: opt.Mmproj = None,
@@ -64,7 +64,7 @@ def batch(
     ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each line, prompt and answer (default 8192).")] = None,
     draft: Annotated[Optional[str], typer.Option("--draft", metavar="off|auto|ngram|PATH", help="Speculative decoding, one line at a time (instead of --parallel): auto, the model's installed MTP drafter; ngram, prompt lookup for copy-heavy lines; PATH, a gemma4-assistant GGUF. Default off: parallel sequences give a batch more throughput.")] = None,
     draft_max: opt.DraftMax = None,
-    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="CPU kernels that keep each line's output independent of --parallel (default on without a GPU; off: faster prompt processing).")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="CPU matmul kernels that keep each line's greedy output independent of --parallel and of the lines beside it (off by default: on the CPU they cost about 25 % more CPU time on prompt-heavy lines, none measurable on decode-heavy ones: bench/kernels.py).")] = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = None,
     yes: opt.Yes = False,
@@ -157,7 +157,7 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
     n_seq = 1 if drafting else n + 1  # the slots and the staging sequence (engine.parallel)
     engine = loading.open_engine(resolved, ctx=per_line * n_seq, threads=settings.pick("threads", threads),
                                  verbose=verbose, image_tokens=image_tokens, n_seq=n_seq, gpu_layers=gpu_layers,
-                                 batch_invariant=gpu_layers == 0 if deterministic is None else deterministic,
+                                 batch_invariant=bool(deterministic),
                                  what="speculative decoding" if drafting else f"{n} parallel sequences")
     if drafting:
         loading.attach_draft(engine, resolved, draft, draft_max)

@@ -156,13 +156,17 @@ class Engine:
         set_verbose(verbose)
         self.path = Path(path)
         header = header or read_header(self.path)  # the caller's, when it has read the file's header already
-        # CPU kernels picked by batch size (repacked and tiled matmuls, flash attention's
-        # split paths) round a row differently when other sequences share its batch: keep
-        # every row on one path so its output does not depend on them (engine.parallel).
-        # `flash_attn` / `tiled_matmul` override what `batch_invariant` picks (bench/kernels.py).
+        # batch_invariant: CPU matmul kernels picked by a batch's row count round a row
+        # differently when other sequences share its batch; keep every row on one path so its
+        # output does not depend on them (engine.parallel). Measured with bench/kernels.py on
+        # Gemma 3 270M Q4_K_M: the tiled K-quant matmul (GGML_CPU_TILED_MM) is what breaks greedy
+        # invariance (6/8 jobs identical at 1 vs 8 sequences with it, 8/8 without); flash attention
+        # does not (7/8 with it off and tiling on) and costs ~45 % of prompt speed when off, so it
+        # stays on. Repacked weights (gemv for one row, gemm for several) go too; on AMX builds
+        # they are off anyway. `tiled_matmul` / `flash_attn` override the choice (the bench).
         if batch_invariant if tiled_matmul is None else not tiled_matmul:
             os.environ["GGML_CPU_TILED_MM"] = "0"  # read once per process, at ggml's first matmul
-        self._flash_attn = (not batch_invariant) if flash_attn is None else flash_attn
+        self._flash_attn = True if flash_attn is None else flash_attn
         self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap, repack=not batch_invariant)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)

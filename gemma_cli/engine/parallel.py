@@ -5,17 +5,18 @@ one context, the way llama-server's slots do. Each step is one `llama_batch` hol
 next token of every running sequence, each under its own sequence id, so the weights are
 read once for all of them; a sequence that finishes gives its slot to the next job at once.
 
-The prompts of the jobs that fill free slots are evaluated together, each in its own slot
-(sequences 1..n), in shared batches. A head they share (`Job.shared`: a system prompt or tool
+The prompts of the jobs that fill free slots are evaluated in the same batches as the running
+sequences' next tokens (llama-server's schedule), each in its own slot (sequences 1..n), in
+equal shares per prompt so llama.cpp's per-sequence split fills whole ubatches. A head they share (`Job.shared`: a system prompt or tool
 declarations common to many jobs) is evaluated once in the engine's own sequence 0 (the
 staging sequence), with the engine's KV reuse, and copied into each slot first. Prompts with
 images or audio go through the engine's media path in the staging sequence, then are copied.
 
 The context keeps one KV stream per sequence (llama.cpp's non-unified cache): where a
 sequence's tokens sit in its stream does not depend on what runs beside it. Together with
-`Engine(batch_invariant=True)` (kernels that do not change with the batch's row count) a
-job's tokens on the CPU are the same whichever jobs share its batches, so `--parallel 1`
-and `--parallel 8` give the same greedy output. llama.cpp's GPU backends choose kernels by
+`Engine(batch_invariant=True)` (matmul kernels that do not change with the batch's row count;
+`gemma batch --deterministic`) a job's tokens on the CPU are the same whichever jobs share
+its batches, so `--parallel 1` and `--parallel 8` give the same greedy output. llama.cpp's GPU backends choose kernels by
 batch size, so there a near-tie can still break differently.
 
 The engine must be opened with `n_seq = n + 1` (the slots plus the staging sequence).
@@ -116,6 +117,8 @@ class _Slot:
         self.head = ""  # with a free thought: the text so far (its tail, once the thought is open)
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pending: int | None = None  # sampled, to be evaluated in the next step
+        self.queue: list[int] = []  # prompt tokens still to evaluate (its first token comes after them)
+        self.queue_pos = 0  # the position of queue[0]
         self.finish: str | None = None
         self.error: GemmaError | None = None
         self.copied = False
@@ -126,6 +129,7 @@ class _Slot:
         self.samplers = []
         self.job = None
         self.pending = None
+        self.queue = []
 
     def result(self) -> Finished:
         text = "".join(self.pieces) + self.utf8.decode(b"", final=True)
@@ -151,9 +155,15 @@ class Parallel:
                              f"open it with Engine(..., n_seq={self.n + 1})")
         if engine.draft is not None:
             raise GemmaError("speculative decoding and parallel sequences do not mix", "detach the drafter first")
+        if self.n > engine.n_batch:
+            raise GemmaError(f"{self.n} parallel sequences need a batch of at least {self.n} tokens",
+                             f"open the engine with n_batch >= {self.n}")
         self.n_ctx_seq = engine.n_ctx_seq  # each sequence's own KV stream
+        # True: new prompts are evaluated in the same batches as the running sequences' next
+        # tokens (llama-server's schedule); False: prompts first, decoding waits (bench only).
+        self.mix = True
         self.stopping = False  # set it (a signal handler may) to take no new jobs; running ones finish
-        self.tick = None  # called after each decoding step (progress displays)
+        self.tick = None  # called after each step that decoded tokens (progress displays)
         self.prompt_tokens = 0  # totals over the run, for progress displays
         self.reused_tokens = 0
         self.generated_tokens = 0
@@ -203,7 +213,7 @@ class Parallel:
                         todo.append(job)
                     if not todo:
                         break
-                    yield from self._start_group(self._place(free, todo))  # failed, or done at once: free again
+                    yield from self._start_group(self._place(free, todo))  # failed (or, with media, done at once): free again
                     if idle:
                         break
                 active = [s for s in slots if s.job is not None]
@@ -218,8 +228,8 @@ class Parallel:
                     if exhausted or self.stopping:
                         return
                     continue
-                finished = self._step(active)
-                if self.tick is not None:
+                finished, decoded = self._step(active)
+                if decoded and self.tick is not None:
                     self.tick()
                 for slot in finished:
                     yield slot.result()
@@ -270,17 +280,13 @@ class Parallel:
         return n
 
     def _start_group(self, group: list[tuple[_Slot, Job]]) -> Iterator[Finished]:
-        """Start the jobs of `group`; yield those that failed or finished at their first token.
+        """Start the jobs of `group`; yield those that failed (or, with media, finished at their first token).
 
-        Text prompts are evaluated together, each in its own slot's sequence, in as few
-        batches as they fill: the weights are read once for all of them (on a GPU a batch of
-        80 rows costs little more than one of 10; on a CPU, where prompt evaluation is
-        compute-bound, 400 one-token lines ran 1.25x faster than one prompt at a time). A
-        shared head (`Job.shared`, the system turn) is evaluated once in the staging sequence
-        and copied to each slot. Prompts with images or audio go through the engine's media
-        path one at a time.
+        A text prompt is queued in its slot: the decoding steps evaluate it, in chunks beside
+        the other sequences' next tokens (see _step). A shared head (`Job.shared`, the system
+        turn) is evaluated once in the staging sequence and copied to each slot first.
+        Prompts with images or audio go through the engine's media path one at a time.
         """
-        rows: list[tuple[_Slot, list[int], int]] = []
         for slot, job in group:
             if job.media:
                 done = self._start(slot, job)
@@ -304,8 +310,7 @@ class Parallel:
                 continue
             self._begin(slot, job, samplers, tokens, (len(tokens) - reused, reused), t0)
             slot.copied = True  # its stream holds (or is about to hold) the prompt
-            rows.append((slot, tokens, reused))
-        yield from self._prefill_rows(rows)
+            slot.queue, slot.queue_pos = tokens[reused:], reused
 
     def _seed(self, slot: _Slot, tokens: list[int], shared: int | None) -> int:
         """Copy the shared head of `tokens` from the staging sequence into the slot; how many tokens that is."""
@@ -326,25 +331,6 @@ class Parallel:
         greedy = job.sampling.temperature <= 0 and not job.sampling.grammar
         slot.begin(job, samplers, greedy, len(tokens), budget, counts, t0)
         slot.prompt = [] if job.media else list(tokens)
-
-    def _prefill_rows(self, rows: list[tuple[_Slot, list[int], int]]) -> Iterator[Finished]:
-        """Evaluate each slot's prompt tokens from `start` on, all slots in shared batches; sample each first token."""
-        flat = [(slot, tok, pos, pos == len(tokens) - 1)
-                for slot, tokens, start in rows for pos, tok in enumerate(tokens) if pos >= start]
-        n_batch = self.engine.n_batch
-        for at in range(0, len(flat), n_batch):
-            chunk = flat[at : at + n_batch]
-            rc = self.engine.decode_rows([(tok, pos, slot.seq, last) for slot, tok, pos, last in chunk])
-            if rc != 0:
-                raise GemmaError(f"llama.cpp could not evaluate {len(rows)} prompts together (llama_decode returned {rc})",
-                                 "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
-            for i, (slot, _, _, last) in enumerate(chunk):
-                if not last:
-                    continue
-                self._take(slot, self._sample(slot, i))
-                if slot.finish is not None:
-                    yield slot.result()
-                    self._free(slot)
 
     # ---- a job's start with media: prompt in the staging sequence, first token, copy to the slot
 
@@ -400,18 +386,48 @@ class Parallel:
     # ---- decoding
 
     def _step(self, active: list[_Slot]) -> list[_Slot]:
-        """Evaluate every active slot's pending token in one batch; returns the slots now finished."""
-        rc = self.engine.decode_rows([(slot.pending, slot.pos, slot.seq, True) for slot in active])
+        """One batch: every decoding slot's pending token and the next chunks of queued prompts.
+
+        As llama-server does: a sequence keeps decoding while others' prompts are evaluated,
+        and the batch is filled up to n_batch. Rows go in slot order, so llama.cpp (one KV
+        stream per sequence: it splits a batch into ubatches of consecutive sequence ids, an
+        equal number of tokens each) puts every sequence's next row in the first ubatch and
+        the rest of the prompts in full ones after it. Returns the slots now finished, and
+        whether the step decoded tokens (one that only evaluated prompts did not).
+        """
+        prompting = [s for s in active if s.queue]
+        decoding = [] if prompting and not self.mix else [s for s in active if not s.queue]
+        room = self.engine.n_batch - len(decoding)
+        share = _shares([len(s.queue) for s in prompting], room)
+        rows, sample_at = [], []  # (slot, row whose logits give its next token, whether it decoded one)
+        take = dict(zip(map(id, prompting), share))
+        for slot in active:
+            if slot.queue:
+                n = take.get(id(slot), 0)
+                if not n:
+                    continue
+                chunk, last = slot.queue[:n], n == len(slot.queue)
+                rows.extend((tok, slot.queue_pos + k, slot.seq, last and k == n - 1) for k, tok in enumerate(chunk))
+                if last:
+                    sample_at.append((slot, len(rows) - 1, False))
+            elif decoding:
+                rows.append((slot.pending, slot.pos, slot.seq, True))
+                sample_at.append((slot, len(rows) - 1, True))
+        rc = self.engine.decode_rows(rows)
         if rc != 0:
             raise GemmaError(f"llama.cpp could not decode the batch of {len(active)} sequences (llama_decode returned {rc})",
                              "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
+        for slot in prompting:
+            n = take.get(id(slot), 0)
+            slot.queue, slot.queue_pos = slot.queue[n:], slot.queue_pos + n
         done = []
-        for i, slot in enumerate(active):
-            slot.pos += 1
-            self._take(slot, self._sample(slot, i))
+        for slot, row, decoded in sample_at:
+            if decoded:
+                slot.pos += 1  # its pending token is now in the cache
+            self._take(slot, self._sample(slot, row))
             if slot.finish is not None:
                 done.append(slot)
-        return done
+        return done, bool(decoding)
 
     def _sample(self, slot: _Slot, row: int) -> int:
         engine = self.engine
@@ -468,14 +484,34 @@ class Parallel:
             self._cancelled.discard(id(slot.job))
         kept = slot.job is not None and slot.prompt and slot.error is None
         if self.keep_slots and kept:
-            # Its stream holds the prompt and the generated tokens evaluated so far (positions < pos).
-            slot.cached = (slot.prompt + slot.tokens)[: slot.pos]
-            self.engine.clear_sequence(slot.seq, slot.pos)
+            # Its stream holds the prompt and the generated tokens evaluated so far (positions < pos),
+            # or, ended before its prompt was, the part of the prompt evaluated.
+            held = slot.queue_pos if slot.queue else slot.pos
+            slot.cached = (slot.prompt + slot.tokens)[:held]
+            self.engine.clear_sequence(slot.seq, held)
         elif slot.copied or (slot.cached and slot.job is not None):  # a job that failed, or had media
             self._clear(slot)
         slot.copied = False
         slot.used = time.perf_counter()
         slot.release(self.engine)
+
+
+def _shares(wants: list[int], room: int) -> list[int]:
+    """Split `room` batch rows among prompts wanting `wants` rows: equal shares, what one
+    leaves over going to the others (llama.cpp's ubatches take as many tokens of each)."""
+    out = [0] * len(wants)
+    left = list(range(len(wants)))
+    while left and room > 0:
+        each = max(1, room // len(left))
+        for i in list(left):
+            n = min(each, wants[i] - out[i], room)
+            out[i] += n
+            room -= n
+            if out[i] == wants[i]:
+                left.remove(i)
+            if room == 0:
+                break
+    return out
 
 
 def _samplers(engine: "Engine", job: Job) -> list:
