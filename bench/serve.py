@@ -101,7 +101,9 @@ def start_llama(binary: Path, model: Path, threads: int, parallel: int, ctx: int
     port = _free_port()
     return Running("llama-server", [str(binary), "-m", str(model), "--port", str(port), "--host", "127.0.0.1",
                                     "-np", str(parallel), "-c", str(ctx * parallel), "-t", str(threads), "-tb",
-                                    str(threads), "--jinja", "-a", "bench", "--no-webui"], port)
+                                    str(threads), "--jinja", "-a", "bench", "--no-webui",
+                                    # weights without extra buffer types, as the engine loads them on AMX builds
+                                    "-nr"], port)
 
 
 # ---------------------------------------------------------------- workloads
