@@ -103,7 +103,7 @@ class MarkdownPrinter(StreamPrinter):
         self._end_thought()
         self._text += text
         if self._live is None:
-            # lazy: Rich's live/markdown/progress, only when shown; keeps gemma --help fast
+            # lazy: rich.live, only while an answer streams to a terminal; keeps gemma --help fast
             from rich.live import Live
 
             console = Console(highlight=False)

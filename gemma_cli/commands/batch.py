@@ -147,7 +147,7 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
           draft, draft_max):
     """The engine for a local run: n parallel sequences (plus the staging one), each `ctx` tokens;
     with --draft, one sequence and the drafter."""
-    # lazy: commands, commands.describe load only when the command runs; keeps gemma --help fast
+    # lazy: commands.loading, commands.describe load only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
     from gemma_cli.commands.describe import check_budget
 
@@ -191,7 +191,7 @@ class _View:
 
     def __enter__(self) -> "_View":
         if self.bar:
-            # lazy: Rich's live/markdown/progress, only when shown; keeps gemma --help fast
+            # lazy: rich.progress, only when a progress bar shows; keeps gemma --help fast
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,

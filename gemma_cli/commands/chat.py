@@ -88,7 +88,7 @@ def chat(
     think = think if think is not None else bool(conv.settings.get("think", False))
     toolbox = _load_tools(tools)
     declarations = toolbox.declarations if toolbox else (conv.tools or None)
-    # lazy: commands loads only when the command runs; keeps gemma --help fast
+    # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
 
     resolved = loading.resolve(settings, model or conv.model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers,
@@ -158,7 +158,7 @@ def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, sh
 
 def _autosave(session, path: Path) -> None:
     """Keep the one-shot exchange too, so `gemma chat --continue` picks it up."""
-    # lazy: conversation, paths loads only when the command runs; keeps gemma --help fast
+    # lazy: conversation, paths load only when the command runs; keeps gemma --help fast
     from gemma_cli import conversation, paths
 
     conv = conversation.Conversation(session.messages, session.tools or [], {"think": session.think}, path.name)
@@ -216,7 +216,7 @@ def _read_input(prompt: str | None) -> str | None:
 
 
 def _start_conversation(load: Path | None, resume: bool):
-    # lazy: conversation, paths loads only when the command runs; keeps gemma --help fast
+    # lazy: conversation, paths load only when the command runs; keeps gemma --help fast
     from gemma_cli import conversation, paths
 
     if load and resume:

@@ -121,7 +121,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
     `need` ("image" or "audio") is checked in the projector's header first: a 31B asked for
     audio says so at once, not after loading 17 GB of weights.
     """
-    # lazy: commands loads only when the command runs; keeps gemma --help fast
+    # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
 
     resolved = loading.resolve(settings, model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers)

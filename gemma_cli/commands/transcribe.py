@@ -133,7 +133,7 @@ class _progress:
         from gemma_cli.render import err_console, is_terminal
 
         if is_terminal(sys.stderr):
-            # lazy: Rich's live/markdown/progress, only when shown; keeps gemma --help fast
+            # lazy: rich.progress, only when a progress bar shows; keeps gemma --help fast
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
