@@ -79,6 +79,9 @@ def body_for(request: Request, defaults: Defaults) -> dict:
         if "model" not in body and defaults.model:
             body["model"] = defaults.model
         return body
+    if request.think_budget is not None:  # refused, not ignored: no Chat Completions field for it
+        raise GemmaError('"think_budget" runs on the local engine; OpenAI-compatible servers have no field for it',
+                         'drop "think_budget" from the line, or run it without --endpoint')
     messages = request.messages
     if defaults.system is not None and not any(m["role"] in ("system", "developer") for m in messages):
         messages = [{"role": "system", "content": defaults.system}] + messages
@@ -92,8 +95,11 @@ def body_for(request: Request, defaults: Defaults) -> dict:
     elif request.json_mode:
         body["response_format"] = {"type": "json_object"}
     think = defaults.think if request.think is None else request.think
-    if think:
-        body["chat_template_kwargs"] = {"enable_thinking": True}  # vLLM, llama-server, SGLang
+    kwargs = {"enable_thinking": True} if think else {}  # vLLM, llama-server, SGLang
+    if request.keep_thinking:
+        kwargs["preserve_thinking"] = True  # the template's own variable, as an openai line would send it
+    if kwargs:
+        body["chat_template_kwargs"] = kwargs
     if request.stop:
         body["stop"] = list(request.stop)
     fields = {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,

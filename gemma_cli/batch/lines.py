@@ -16,8 +16,8 @@ from typing import Iterator
 from gemma_cli.conversation import ROLES, normalize_message
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, MediaError
 
-SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "videos", "audio", "think", "keep_thinking", "tools",
-                 "schema", "max_tokens",
+SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "videos", "audio", "think", "keep_thinking",
+                 "think_budget", "tools", "schema", "max_tokens",
                  "temperature", "top_p", "top_k", "seed", "stop"}
 OPENAI_FIELDS = {"custom_id", "method", "url", "body"}
 # Body fields the local engine honours; others that change the answer are refused, not ignored.
@@ -44,6 +44,7 @@ class Request:
     stop: tuple[str, ...] = ()  # strings that end the answer (not included)
     body: dict | None = None  # openai form: the body as given (sent as is to an endpoint)
     keep_thinking: bool = False  # the template's preserve_thinking (chat_template_kwargs.preserve_thinking)
+    think_budget: int | None = None  # close the thought after this many tokens (None: the run's default)
 
 
 @dataclass
@@ -178,7 +179,7 @@ def _simple_request(data: dict, base: Path | None) -> Request:
         raise _Invalid('"schema" must be a JSON Schema object')
     return Request(messages, _tools(data.get("tools")), _typed(data, "think", bool), schema, False,
                    *_sampling_fields(data, "max_tokens"), stop=_stop(data.get("stop")),
-                   keep_thinking=bool(_typed(data, "keep_thinking", bool)))
+                   keep_thinking=bool(_typed(data, "keep_thinking", bool)), think_budget=_number(data, "think_budget", int, 0))
 
 
 def _openai_request(data: dict) -> Request:

@@ -86,7 +86,7 @@ class Serial:
         t0, pieces, tokens, last, before = time.perf_counter(), [], [], None, self.generated_tokens
         finish = None
         steps = turn_steps(self.engine, job.prompt, job.media, job.max_tokens, job.sampling, job.shared,
-                           free_thought=job.free_thought)
+                           free_thought=job.free_thought, in_thought=job.in_thought, think_budget=job.think_budget)
         try:
             for last in steps:
                 pieces.append(last.text)
@@ -114,7 +114,6 @@ class Local:
         self.defaults = defaults
         self.format = format_of_engine(engine)
         self._media = None
-        self._in_thought: set[int] = set()  # lines whose prompt ends inside an open thought
         self.model = str(engine.info.meta.get("general.name") or engine.path.stem)
 
     def jobs(self, run: Run):
@@ -130,10 +129,10 @@ class Local:
                 run.fail(line, Failure("invalid_line", f"line {line.number}: the messages cannot be rendered ({e})"))
                 continue
             r = line.request
-            if in_thought:
-                self._in_thought.add(line.number)
+            budget = self.defaults.think_budget if r.think_budget is None else r.think_budget
             yield Job(prompt, sampling, r.max_tokens or self.defaults.max_tokens, media, shared,
-                      free_thought=bool(think and sampling.grammar and self.format.kind == "gemma4"), stop=r.stop,
+                      free_thought=bool(think and sampling.grammar and self.format.kind == "gemma4"),
+                      in_thought=in_thought, think_budget=budget if think or in_thought else None, stop=r.stop,
                       key=line)
 
     def _prompt(self, r: Request):
@@ -196,7 +195,7 @@ class Local:
         a = Answer(prompt_tokens=done.prompt_tokens + done.reused_tokens, cached_tokens=done.reused_tokens,
                    completion_tokens=done.generated_tokens, finish_reason=done.finish_reason, model=self.model)
         if self.format.kind == "gemma4":
-            parsed = reply.parse(done.text, in_thought=line.number in self._in_thought)
+            parsed = reply.parse(done.text, in_thought=done.job.in_thought)
             a.text, a.thinking = parsed.answer, parsed.thinking
             a.tool_calls = [{"name": c.name, "arguments": c.arguments} for c in parsed.tool_calls]
         else:

@@ -24,6 +24,7 @@ class Defaults:
     sampling: "Sampling | None"  # None with an endpoint: the server samples (flags go in `overrides`)
     max_tokens: int | None = None
     think: bool = False
+    think_budget: int | None = None  # close each thought after this many tokens (a line's own field wins)
     system: str | None = None
     model: str | None = None  # the name endpoints are asked for (openai lines may name their own)
     # Sampling fields given on the command line: sent to endpoints (which have their own defaults)

@@ -15,7 +15,8 @@ from gemma_cli.remote import DEFAULT_RETRIES
 
 EXAMPLES = """
 Each input line is {"id": …, "prompt": "…"} (or "messages"; optional "system", "images",
-"audio", "think", "tools", "schema", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop"),
+"videos", "audio", "think", "keep_thinking", "think_budget", "tools", "schema", "max_tokens",
+"temperature", "top_p", "top_k", "seed", "stop"),
 or an OpenAI Batch API line {"custom_id": …, "method": "POST", "url": "/v1/chat/completions",
 "body": {…}}. Results mirror the input's form, one line per input line, in the order they
 finish. Running the same command again resumes: answered ids are skipped, failed ones retried.
@@ -56,6 +57,7 @@ def batch(
     image_tokens: opt.ImageTokens = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for lines without one (evaluated once, shared).")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think first, for lines that do not say (default off).")] = None,
+    think_budget: Annotated[Optional[int], typer.Option("--think-budget", min=0, metavar="N", help="Close each thought after N tokens and answer (as llama.cpp's --reasoning-budget); a line's \"think_budget\" wins.")] = None,
     max_tokens: opt.MaxTokens = None,
     temperature: opt.Temperature = None,
     top_p: opt.TopP = None,
@@ -83,6 +85,9 @@ def batch(
     if _drafting(draft) and endpoint:
         raise UsageError("--draft runs on the local engine; with --endpoint the server decides how it decodes",
                          "drop --draft (or --endpoint)")
+    if think_budget is not None and endpoint:
+        raise UsageError("--think-budget runs on the local engine; OpenAI-compatible servers have no field for it",
+                         "drop --think-budget (or --endpoint)")
     if _drafting(draft) and parallel not in (None, 1):
         raise UsageError(f"--draft decodes one line at a time, so it does not go with --parallel {parallel}",
                          "drop --parallel (or use --draft off for parallel sequences)")
@@ -92,7 +97,7 @@ def batch(
     # An endpoint samples for itself (it gets the flags as overrides): no engine, so no llama_cpp, on that path.
     defaults = jobs.Defaults(None if endpoint else _sampling(settings, temperature, top_p, top_k, seed),
                              max_tokens=settings.pick("max_tokens", max_tokens), think=bool(think), system=system,
-                             overrides=overrides)
+                             think_budget=think_budget, overrides=overrides)
     if endpoint:
         # lazy: remote loads only when the command runs; keeps gemma --help fast
         from gemma_cli.remote import Endpoint

@@ -65,6 +65,12 @@ class Job:
     # With a grammar: a leading `<|channel>…<channel|>` thought runs unconstrained, the
     # grammar applies from the answer on (as ChatSession does).
     free_thought: bool = False
+    # The prompt opened the thought (a generation prompt ending in `<|channel>thought\n`): the
+    # reply starts inside it, for the free-thought rule and the think budget.
+    in_thought: bool = False
+    # After this many tokens inside the thought, the engine closes it (`<channel|>`, as
+    # llama.cpp's --reasoning-budget) and the model answers; the closing tokens count as generated.
+    think_budget: int | None = None
     stop: Sequence[str] = ()  # strings that end the job where they appear (not included in its text)
     key: object = None  # the caller's, handed back in Finished
     # Called (on the decoding thread) with each piece of text as it decodes; stop strings are
@@ -115,6 +121,13 @@ class _Slot:
         self.tokens: list[int] = []
         self.pieces: list[str] = []
         self.head = ""  # with a free thought: the text so far (its tail, once the thought is open)
+        # With a think budget: the reply's start as the free-thought rule sees it (its tail once
+        # the thought is open), whether the thought is open, the tokens inside it so far.
+        self.watch = job.think_budget is not None
+        self.seen = ""
+        self.opened = job.in_thought
+        self.inside = 0
+        self.force: list[int] = []  # tokens to take next instead of sampling (the thought's close)
         self.utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.pending: int | None = None  # sampled, to be evaluated in the next step
         self.queue: list[int] = []  # prompt tokens still to evaluate (its first token comes after them)
@@ -431,6 +444,11 @@ class Parallel:
 
     def _sample(self, slot: _Slot, row: int) -> int:
         engine = self.engine
+        if slot.force:  # the think budget's close: taken as if sampled, the free-thought rule told
+            token = slot.force.pop(0)
+            if slot.phase == "free":
+                self._thought_goes_on(slot, token)
+            return token
         if slot.greedy:
             # The greedy sampler's argmax (first maximum), without building 262K candidates.
             return int(engine.logits(row).argmax())
@@ -442,7 +460,7 @@ class Parallel:
     def _thought_goes_on(self, slot: _Slot, token: int) -> bool:
         """With a free thought: False when `token` shows there is no thought (switch to the grammar now)."""
         slot.head += self.engine.token_bytes(token).decode("utf-8", errors="replace")
-        phase = thought_phase(slot.head)
+        phase = thought_phase(slot.head, slot.job.in_thought)
         if phase == "closed":  # the answer starts after this token: constrained from the next
             self._constrain(slot)
             return True
@@ -471,6 +489,8 @@ class Parallel:
         self.generated_tokens += 1
         if slot.job.on_text is not None and piece:
             slot.job.on_text(piece)
+        if slot.watch:
+            self._watch_thought(slot, piece)
         if slot.stopped():
             slot.finish = "stop"
             return
@@ -478,6 +498,26 @@ class Parallel:
             slot.finish = "length"  # the last token is never needed in the cache
             return
         slot.pending = token
+
+    def _watch_thought(self, slot: _Slot, piece: str) -> None:
+        """With a think budget: count the thought's tokens; past the budget, queue its close.
+
+        The same rule as ChatSession's (session.turn_steps): tokens after the one that opened the
+        thought count; the close is `<channel|>`, on a line of its own."""
+        slot.inside += slot.opened
+        slot.seen += piece
+        phase = thought_phase(slot.seen, slot.job.in_thought)
+        if phase in ("none", "closed"):  # no thought, or it ended in time
+            slot.watch = False
+            return
+        slot.opened = phase == "open"
+        if not slot.opened:
+            return
+        slot.seen = THOUGHT_OPEN + slot.seen[-len(THOUGHT_CLOSE):]  # enough to find a close
+        if slot.inside >= slot.job.think_budget:
+            text = "".join(slot.pieces)
+            slot.force = self.engine.tokenize(THOUGHT_CLOSE if text.endswith("\n") else "\n" + THOUGHT_CLOSE)
+            slot.watch = False
 
     def _free(self, slot: _Slot) -> None:
         if slot.job is not None:

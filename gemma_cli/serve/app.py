@@ -72,7 +72,7 @@ def create_app(served: Served) -> Starlette:
         _submit(served.scheduler, ticket)
         gemma4 = served.builder.gemma4
         if req.stream:
-            return EventStream(_events(served, ticket, Chunks(served.model, gemma4, req.stop, req.include_usage)))
+            return EventStream(_events(served, ticket, Chunks(served.model, gemma4, req.stop, req.include_usage, job.in_thought)))
         done = await _until_done(request, served.scheduler, ticket)
         if done is None:
             return Response(status_code=499)  # the client is gone; nobody reads this

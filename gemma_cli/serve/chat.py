@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Iterator
 
 from gemma_cli.errors import GemmaError
+from gemma_cli.prompt import ends_in_thought
 
 if TYPE_CHECKING:
     from gemma_cli.engine.parallel import Finished, Job
@@ -301,6 +302,7 @@ class Builder:
         media = self._load_media(req.messages)
         return Job(tokens, sampling, req.max_tokens or self.settings.max_tokens, media or None,
                    free_thought=bool(req.think and (req.schema is not None or req.json_mode) and self.gemma4),
+                   in_thought=self.gemma4 and ends_in_thought(text),  # after a tool result with thinking on
                    stop=req.stop)
 
     def _load_media(self, messages: list[dict]) -> list:
@@ -359,7 +361,7 @@ def completion(done: "Finished", model: str, gemma4: bool) -> dict:
     from gemma_cli import reply
 
     if gemma4:
-        parsed = reply.parse(done.text)
+        parsed = reply.parse(done.text, in_thought=done.job.in_thought)
         answer, thinking, calls = parsed.answer, parsed.thinking, parsed.tool_calls
     else:
         answer, thinking, calls = done.text, "", []
@@ -378,11 +380,11 @@ def completion(done: "Finished", model: str, gemma4: bool) -> dict:
 class Chunks:
     """The chat.completion.chunk objects of a streamed job, from its pieces of text as they come."""
 
-    def __init__(self, model: str, gemma4: bool, stop: tuple[str, ...], include_usage: bool):
+    def __init__(self, model: str, gemma4: bool, stop: tuple[str, ...], include_usage: bool, in_thought: bool = False):
         from gemma_cli import reply
 
         self.id, self.created, self.model = _id(), int(time.time()), model
-        self.parser = reply.ReplyParser() if gemma4 else None
+        self.parser = reply.ReplyParser(in_thought=in_thought) if gemma4 else None
         self.stop = stop
         self.hold = max(map(len, stop), default=1) - 1  # a stop string may be starting in the last characters
         self.include_usage = include_usage
