@@ -20,9 +20,7 @@ ALLOWED = {
     "_fields_": "ctypes' Structure field list: its public protocol (engine.ext checks llama.cpp's structs)",
 }
 # Uses being removed by work in flight (issue 15), tolerated until it lands; then delete the entry.
-PENDING = {
-    "_sampling": "commands.transcribe imports commands.describe's sampling helper",
-}
+PENDING: dict[str, str] = {}
 
 
 def _defined(tree: ast.AST) -> set[str]:

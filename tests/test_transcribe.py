@@ -163,12 +163,13 @@ def test_prompts_are_the_model_cards():
 def test_transcribe_session_forces_thinking_off(e_model, audio_mmproj, tmp_path, monkeypatch):
     # The sessions the command builds think=False: no <|think|>, the prompt ends with the empty thought.
     from gemma_cli import config
-    from gemma_cli.commands.describe import _sampling, open_for_media
+    from gemma_cli.commands.describe import open_for_media
+    from gemma_cli.commands.loading import sampling_of
 
     monkeypatch.setenv("GEMMA_CONFIG", str(tmp_path / "config.yaml"))
     settings = config.load()
     engine, session_for = open_for_media(settings, e_model, audio_mmproj, None, 512, 1, 0, True, False,
-                                         sampling=_sampling(settings, 0.0, None, None, None), max_tokens=4,
+                                         sampling=sampling_of(settings, 0.0, None, None, None), max_tokens=4,
                                          need="audio", draft="off")
     try:
         session = session_for()

@@ -76,6 +76,7 @@ def batch(
     # lazy: batch, config load only when the command runs; keeps gemma --help fast
     from gemma_cli import batch as jobs
     from gemma_cli import config
+    from gemma_cli.commands.loading import sampling_of
 
     if source != "-" and not Path(source).is_file():
         raise UsageError(f"input file not found: {source}", "pass a .jsonl file, or - for stdin")
@@ -95,7 +96,7 @@ def batch(
     overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("seed", seed),
                                    ("max_tokens", max_tokens)) if v is not None}
     # An endpoint samples for itself (it gets the flags as overrides): no engine, so no llama_cpp, on that path.
-    defaults = jobs.Defaults(None if endpoint else _sampling(settings, temperature, top_p, top_k, seed),
+    defaults = jobs.Defaults(None if endpoint else sampling_of(settings, temperature, top_p, top_k, seed),
                              max_tokens=settings.pick("max_tokens", max_tokens), think=bool(think), system=system,
                              think_budget=think_budget, overrides=overrides)
     if endpoint:
@@ -128,14 +129,6 @@ def batch(
         raise SystemExit(130 if summary.stopped == "interrupted" else 143)
     if summary.failed:
         raise SystemExit(EXIT_FAILED_LINES)
-
-
-def _sampling(settings, temperature, top_p, top_k, seed):
-    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
-    from gemma_cli.engine import Sampling
-
-    return Sampling(temperature=settings.pick("temperature", temperature), top_p=settings.pick("top_p", top_p),
-                    top_k=settings.pick("top_k", top_k), seed=settings.pick("seed", seed))
 
 
 def _drafting(draft: str | None) -> bool:

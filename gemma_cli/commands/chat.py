@@ -119,7 +119,7 @@ def chat(
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                                  verbose=verbose, load_mmproj=bool(parts), image_tokens=image_tokens)
     loading.note_context(engine, loading.asked_ctx(settings, ctx))
-    sampling = _sampling(settings, conv.settings, temperature, top_p, top_k, seed)
+    sampling = loading.sampling_of(settings, temperature, top_p, top_k, seed, saved=conv.settings)
     sampling.grammar = _constraint(schema, fmt, grammar)
     session = ChatSession(engine, format_of_engine(engine, override), sampling=sampling, think=think, tools=declarations,
                           max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")),
@@ -289,17 +289,6 @@ def _read_schema(path: Path) -> dict:
         raise GemmaError(f"{path} holds a JSON {kind}, not a JSON Schema object",
                          'a schema is an object, for example {"type": "object", "properties": {...}}')
     return schema
-
-
-def _sampling(settings, saved: dict, temperature, top_p, top_k, seed):
-    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
-    from gemma_cli.engine import Sampling
-
-    def pick(key, flag):
-        return settings.pick(key, flag if flag is not None else saved.get(key))
-
-    return Sampling(temperature=pick("temperature", temperature), top_p=pick("top_p", top_p),
-                    top_k=pick("top_k", top_k), seed=pick("seed", seed))
 
 
 def _print_prompt(header, messages: list[dict], tools, think: bool, text, decoder, override=None,

