@@ -57,16 +57,19 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and each request on stderr.")] = False,
 ) -> None:
     """Serve the model to other programs: an OpenAI-compatible API on 127.0.0.1."""
+    # lazy: config loads only when the command runs; keeps gemma --help fast
     from gemma_cli import config
 
     if host not in LOCAL_HOSTS and not api_key and not insecure_no_key:
         raise UsageError(f"--host {host} lets other machines reach the server, so it needs --api-key KEY",
                          "pass --api-key (or --insecure-no-key to serve anyone who can connect)")
+    # lazy: serve.run loads only when the command runs; keeps gemma --help fast
     from gemma_cli.serve.run import listen, serve_engine
 
     sock = listen(host, port)  # a port in use fails now, before the model loads
     settings = config.load()
     engine, n, label = _open(settings, model, parallel, ctx, mmproj, image_tokens, threads, gpu_layers, yes, verbose)
+    # lazy: the engine (llama_cpp) and serve.chat load only when the command runs; keeps gemma --help fast
     from gemma_cli.engine import Sampling
     from gemma_cli.serve.chat import Settings
 
@@ -89,6 +92,7 @@ def default_parallel(gpu: bool, ctx: int) -> int:
 
 def _open(settings, model, parallel, ctx, mmproj, image_tokens, threads, gpu_layers, yes, verbose):
     """The engine: n slots (plus the staging sequence) of `ctx` tokens each, the projector loaded when there is one."""
+    # lazy: commands.loading, commands.describe load only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
     from gemma_cli.commands.describe import check_budget
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import llama_cpp as ll
+import llama_cpp.llama_cpp as llama_api
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from gemma_cli.engine.log import clear_log, on_log, recent_log, set_verbose
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, ModelError
@@ -50,11 +53,9 @@ def avoid_amx() -> None:
     For code in this process that uses the high-level API beside the engine: benchmarks'
     reference loops, the test suite's llama_cpp.server. A no-op on builds without AMX.
     """
-    import llama_cpp.llama_cpp as api
-
-    if not AMX_BUILD or any(api.llama_model_default_params is f for f in _NO_AMX_DEFAULTS):
+    if not AMX_BUILD or any(llama_api.llama_model_default_params is f for f in _NO_AMX_DEFAULTS):
         return
-    original = api.llama_model_default_params
+    original = llama_api.llama_model_default_params
 
     def defaults():
         params = original()
@@ -62,7 +63,7 @@ def avoid_amx() -> None:
         return params
 
     _NO_AMX_DEFAULTS.append(defaults)
-    api.llama_model_default_params = defaults
+    llama_api.llama_model_default_params = defaults
 
 
 _NO_AMX_DEFAULTS: list = []  # the wrappers avoid_amx() installed
@@ -184,6 +185,7 @@ class Engine:
             self.media = self._open_projector(mmproj, image_tokens)
             need = self.media.batch_needed
         elif image_tokens:
+            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
             from gemma_cli.engine.projector import batch_for
 
             need = batch_for(image_tokens)  # room now, so a projector loaded later need not remake the context
@@ -220,6 +222,7 @@ class Engine:
         self._batch = ll.llama_batch_init(self.n_batch, 0, max(1, n_seq))
 
     def _open_projector(self, path, image_tokens: int | None):
+        # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
         from gemma_cli.engine.projector import Projector
 
         name = str(self.info.meta.get("general.name") or self.path.stem)
@@ -419,6 +422,7 @@ class Engine:
         self._spans = {}
 
     def _expand(self, tokens: list[int], media: Sequence, checkpoint_at: int | None) -> tuple[list, int | None]:
+        # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
         from gemma_cli.engine.projector import PLACEHOLDERS, expand
 
         for kind in {m.kind for m in media}:
@@ -450,6 +454,7 @@ class Engine:
         if n == len(tokens):
             n -= 1  # at least one token must be evaluated to get logits for the next one
         if self._spans:
+            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
             from gemma_cli.engine.projector import span_start
 
             n = span_start(tokens, n)  # an image or clip is evaluated whole
@@ -511,6 +516,7 @@ class Engine:
         reused = self.reuse_prefix(tokens)
         todo = list(tokens[reused:])
         if self._spans and checkpoint_at is not None:
+            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
             from gemma_cli.engine.projector import span_start
 
             checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at) == checkpoint_at else None
@@ -527,6 +533,7 @@ class Engine:
         """Decode prompt items (token ids, media span keys) into sequence 0, after what is cached."""
         if not self._spans:
             return self._eval(items, logits_last=logits_last)
+        # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
         from gemma_cli.engine.projector import is_key
 
         i, n = 0, len(items)
@@ -772,9 +779,7 @@ def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
 
 def schema_to_grammar(schema: dict | None) -> str:
     """GBNF for a JSON Schema (llama.cpp's converter); `None` means any JSON object."""
-    import json
 
-    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
     if schema is None:
         return JSON_GBNF

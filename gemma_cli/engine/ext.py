@@ -35,6 +35,7 @@ _EXT_NAMES = ("llama_set_embeddings_nextn", "llama_get_embeddings_nextn_ith", "l
 
 def _check() -> tuple[object | None, str | None]:
     try:
+        # lazy: a probe: without the extension gemma still runs (the error is caught below)
         from llama_cpp import llama_cpp_ext as ext_mod
     except (ImportError, AttributeError, OSError) as e:  # AttributeError: a symbol missing from the library
         return None, f"llama_cpp.llama_cpp_ext cannot be loaded ({e})"

@@ -26,6 +26,7 @@ import llama_cpp.mtmd_cpp as mtmd
 
 from gemma_cli.engine import log
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError, ModelError
+from gemma_cli.gguf_header import read_header
 
 #: The visual token budgets Gemma 4 was trained with (70: fast classification ... 1120: OCR).
 BUDGETS = (70, 140, 280, 560, 1120)
@@ -296,7 +297,6 @@ class Projector:
 
 
 def _check_header(path: Path) -> None:
-    from gemma_cli.gguf_header import read_header
 
     if not path.is_file():
         raise ModelError(f"projector file not found: {path}", "pass the mmproj-*.gguf that comes with the model")

@@ -19,12 +19,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from gemma_cli.errors import GemmaError
+from gemma_cli.engine.parallel import Finished
+from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, MediaError
 from gemma_cli.serve import audio
 from gemma_cli.serve.chat import ApiError, Builder, Chunks, bad, completion, read_request
 from gemma_cli.serve.scheduler import Busy, Scheduler, Ticket
@@ -246,7 +248,6 @@ def _raise_failure(done) -> None:
 
 
 def _api_error(e: GemmaError) -> ApiError:
-    from gemma_cli.errors import CapabilityError, ContextOverflowError, MediaError
 
     if isinstance(e, ContextOverflowError):
         return bad(e.message, "messages", "context_length_exceeded")
@@ -283,7 +284,6 @@ async def _until_done(request: Request, scheduler: Scheduler, ticket: Ticket):
 
 async def _events(served: Served, ticket: Ticket, chunks: Chunks):
     """SSE lines of a streamed completion; the slot is freed whenever the stream stops."""
-    from gemma_cli.engine.parallel import Finished
 
     def line(obj) -> bytes:
         return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
@@ -317,7 +317,6 @@ class EventStream(StreamingResponse):
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     async def __call__(self, scope, receive, send) -> None:
-        import anyio
 
         async with anyio.create_task_group() as group:
             async def stream() -> None:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from gemma_cli import reply, transcript, transcription
+from gemma_cli.engine.parallel import Job
+from gemma_cli.errors import MediaError
+from gemma_cli.media import load_audio
 from gemma_cli.serve.chat import ApiError, Builder, bad
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
@@ -41,8 +45,6 @@ def read_form(form, max_bytes: int) -> dict:
 
 def load(name: str, data: bytes, rate: int):
     """The upload as a recording; a bad file is a 400 naming it."""
-    from gemma_cli.errors import MediaError
-    from gemma_cli.media import load_audio
 
     if not data:
         raise bad(f"{name} is empty (0 bytes)", "file", "invalid_media")
@@ -63,8 +65,6 @@ def transcribe(builder: Builder, submit, recording, language: str | None, transl
     Runs on a worker thread; `submit(job) -> Finished` waits for one job, `gone` (an Event)
     says the client left.
     """
-    from gemma_cli import transcript, transcription
-    from gemma_cli.engine.parallel import Job
 
     options = transcription.Options(language, "en" if translate else None)
     work = transcription.plan(recording, options)
@@ -72,7 +72,6 @@ def transcribe(builder: Builder, submit, recording, language: str | None, transl
     prompts: dict[str, list[int]] = {}
 
     def ask(clip, question: str) -> str:
-        from gemma_cli import reply
 
         if gone.is_set():
             raise Gone
@@ -89,7 +88,6 @@ def transcribe(builder: Builder, submit, recording, language: str | None, transl
 
 def render(result, recording, fmt: str, language: str | None, translate: bool, model: str):
     """(body, media type) of a finished transcription in OpenAI's response formats."""
-    from gemma_cli import transcript
 
     cues = [transcript.Cue(c.start, c.end, (c.translation or c.text) if translate else c.text) for c in result.cues]
     text = " ".join(c.text for c in cues if c.text)

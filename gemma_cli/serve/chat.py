@@ -13,13 +13,16 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator
 
-from gemma_cli.errors import GemmaError
+from gemma_cli import reply
+from gemma_cli.conversation import ROLES, normalize_message
+from gemma_cli.engine.core import schema_to_grammar
+from gemma_cli.engine.parallel import Finished, Job
+from gemma_cli.errors import CapabilityError, GemmaError, MediaError
+from gemma_cli.media import MediaParts, media_parts, prompt_order
 from gemma_cli.prompt import ends_in_thought
-
-if TYPE_CHECKING:
-    from gemma_cli.engine.parallel import Finished, Job
+from gemma_cli.session import format_of_engine
 
 
 class ApiError(Exception):
@@ -73,7 +76,6 @@ class ChatRequest:
 def read_request(body, settings: Settings) -> ChatRequest:
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
-    from gemma_cli.conversation import ROLES, normalize_message
 
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
@@ -268,7 +270,6 @@ class Builder:
     """Prompts for one engine: the model's format, its media loader, the server's defaults."""
 
     def __init__(self, engine, settings: Settings):
-        from gemma_cli.session import format_of_engine
 
         self.engine = engine
         self.settings = settings
@@ -281,8 +282,6 @@ class Builder:
         return self.format.kind == "gemma4"
 
     def job(self, req: ChatRequest) -> "Job":
-        from gemma_cli.engine.core import schema_to_grammar
-        from gemma_cli.engine.parallel import Job
 
         sampling = replace(self.settings.sampling, **req.sampling)
         if req.grammar:
@@ -306,8 +305,6 @@ class Builder:
                    stop=req.stop)
 
     def _load_media(self, messages: list[dict]) -> list:
-        from gemma_cli.errors import CapabilityError, MediaError
-        from gemma_cli.media import media_parts, prompt_order
 
         if not any(media_parts(m.get("content")) for m in messages):
             return []
@@ -326,7 +323,6 @@ class Builder:
             raise bad(e.message, "messages", "invalid_media") from None
 
     def _decode(self, parts: list[dict]) -> list:
-        from gemma_cli.media import MediaParts
 
         if self._media is None:
             self._media = MediaParts(keep=16)
@@ -358,7 +354,6 @@ def _calls(calls) -> list[dict]:
 
 def completion(done: "Finished", model: str, gemma4: bool) -> dict:
     """The chat.completion object of a finished job."""
-    from gemma_cli import reply
 
     if gemma4:
         parsed = reply.parse(done.text, in_thought=done.job.in_thought)
@@ -381,7 +376,6 @@ class Chunks:
     """The chat.completion.chunk objects of a streamed job, from its pieces of text as they come."""
 
     def __init__(self, model: str, gemma4: bool, stop: tuple[str, ...], include_usage: bool, in_thought: bool = False):
-        from gemma_cli import reply
 
         self.id, self.created, self.model = _id(), int(time.time()), model
         self.parser = reply.ReplyParser(in_thought=in_thought) if gemma4 else None
@@ -436,7 +430,6 @@ class Chunks:
         yield from self._events(self.parser.feed(text))
 
     def _events(self, events) -> Iterator[dict]:
-        from gemma_cli import reply
 
         for event in events:
             if isinstance(event, reply.Answer) and event.text:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import socket
 import sys
+import threading
+
+from gemma_cli.errors import GemmaError
 
 GRACE_SECONDS = 5  # on SIGINT/SIGTERM, running requests get this long to finish; then they are cancelled
 
 
 def listen(host: str, port: int):
     """The listening socket, bound before the model loads: a port in use is said at once."""
-    import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -18,7 +23,6 @@ def listen(host: str, port: int):
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        from gemma_cli.errors import GemmaError
 
         raise GemmaError(f"cannot listen on {host}:{port}: {e.strerror or e}",
                          "pick another --port (0 takes any free one), or stop what uses it") from None
@@ -28,8 +32,10 @@ def listen(host: str, port: int):
 
 def serve_engine(engine, n: int, settings, sock, *, host: str, model: str, api_key: str | None, queue: int,
                  max_body: int, verbose: bool = False) -> None:
+    # lazy: uvicorn, only once the socket is bound (a port in use is said at once)
     import uvicorn
 
+    # lazy: starlette and the engine (serve.app, serve.chat, serve.scheduler), only once the socket is bound
     from gemma_cli.serve.app import Served, create_app
     from gemma_cli.serve.chat import Builder
     from gemma_cli.serve.scheduler import Scheduler
@@ -61,10 +67,8 @@ def _quiet_exit_server(config):
     """uvicorn's server, except that a SIGINT/SIGTERM ends `run()` instead of being raised again after it
     (which would kill the process before the scheduler is closed): the command then exits 0. A second
     Ctrl-C still forces the exit."""
-    import contextlib
-    import signal
-    import threading
 
+    # lazy: uvicorn, only once the socket is bound (a port in use is said at once)
     import uvicorn
 
     class Server(uvicorn.Server):

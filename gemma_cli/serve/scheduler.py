@@ -15,11 +15,11 @@ import threading
 from collections import deque
 from typing import TYPE_CHECKING
 
+from gemma_cli.engine.parallel import IDLE, Finished, Job, Parallel
 from gemma_cli.errors import GemmaError
 
 if TYPE_CHECKING:
     from gemma_cli.engine import Engine
-    from gemma_cli.engine.parallel import Finished, Job
 
 
 class Busy(Exception):
@@ -48,7 +48,6 @@ class Ticket:
 
     async def result(self) -> "Finished":
         """Wait for the outcome (the pieces are skipped)."""
-        from gemma_cli.engine.parallel import Finished
 
         while True:
             event = await self.events.get()
@@ -58,7 +57,6 @@ class Ticket:
 
 class Scheduler:
     def __init__(self, engine: "Engine", n: int, *, max_waiting: int = 64):
-        from gemma_cli.engine.parallel import Parallel
 
         self.engine = engine
         self.n = n
@@ -107,7 +105,6 @@ class Scheduler:
 
     def close(self, timeout: float = 10.0) -> None:
         """Cancel what runs, drop what waits, and stop the decoding thread."""
-        from gemma_cli.engine.parallel import Finished
 
         with self._cond:
             self._closing = True
@@ -125,7 +122,6 @@ class Scheduler:
     # ---- the decoding thread
 
     def _source(self):
-        from gemma_cli.engine.parallel import IDLE
 
         while True:
             with self._cond:
@@ -139,7 +135,6 @@ class Scheduler:
             yield IDLE if ticket is None else ticket.job
 
     def _work(self) -> None:
-        from gemma_cli.engine.parallel import Finished
 
         while not self._closing:
             try:
