@@ -137,6 +137,9 @@ def read_request(body, settings: Settings) -> ChatRequest:
     return req
 
 
+_URL_PARTS = {"image_url": "image", "video_url": "video"}  # part type -> what its URL holds
+
+
 def _check_part(part, where: str, settings: Settings) -> None:
     if isinstance(part, str):
         return
@@ -146,23 +149,17 @@ def _check_part(part, where: str, settings: Settings) -> None:
     if kind == "text":
         if not isinstance(part.get("text"), str):
             raise bad(f"{where}.text must be a string", f"{where}.text")
-    elif kind == "image_url":
-        url = part.get("image_url")
+    elif kind in _URL_PARTS:  # image_url, video_url: {"url": …} or the URL itself
+        url = part.get(kind)
         url = url.get("url") if isinstance(url, dict) else url
         if not isinstance(url, str) or not url:
-            raise bad(f"{where}.image_url.url must be a data: URL", f"{where}.image_url")
-        _check_url(url, where, "image", settings)
+            raise bad(f"{where}.{kind}.url must be a data: URL", f"{where}.{kind}")
+        _check_url(url, where, _URL_PARTS[kind], settings)
     elif kind == "input_audio":
         audio = part.get("input_audio")
         if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or not audio["data"]:
             raise bad(f"{where}.input_audio.data must be base64 audio", f"{where}.input_audio")
         _check_size(len(audio["data"]) * 3 // 4, where, settings)
-    elif kind == "video_url":
-        url = part.get("video_url")
-        url = url.get("url") if isinstance(url, dict) else url
-        if not isinstance(url, str) or not url:
-            raise bad(f"{where}.video_url.url must be a data: URL", f"{where}.video_url")
-        _check_url(url, where, "video", settings)
     else:
         raise bad(f"{where}.type {kind!r} is not supported (text, image_url, input_audio, video_url)", f"{where}.type")
 
