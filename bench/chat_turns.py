@@ -41,8 +41,8 @@ def write_models(folder: Path) -> tuple[Path, Path]:
 
 
 def run_gemma(model: Path, turns: int, max_tokens: int, ctx: int) -> list[tuple[int, int, float]]:
+    from gemma_cli.chat.session import ChatSession, format_for
     from gemma_cli.engine import Engine, Sampling
-    from gemma_cli.session import ChatSession, format_for
 
     engine = Engine(model, n_ctx=ctx, n_threads=2)
     fmt = format_for("gemma4", None, "<bos>", "<eos>")

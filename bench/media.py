@@ -93,7 +93,8 @@ def bench_transcription(model: Path, mmproj: Path, seconds: int, threads: int, m
     import numpy as np
     import soundfile as sf
 
-    import gemma_cli.media as media
+    import gemma_cli.media.audio as audio_module
+    import gemma_cli.transcription.job as job_module
     from gemma_cli.commands.transcribe import transcribe
 
     # 5 minutes of "speech": tones and noise bursts with pauses every 8-20 s, stereo 44.1 kHz FLAC.
@@ -119,8 +120,9 @@ def bench_transcription(model: Path, mmproj: Path, seconds: int, threads: int, m
     timer.wrap(mtmd, "mtmd_tokenize", "audio preprocess (mel)")
     timer.wrap(mtmd, "mtmd_helper_eval_chunk_single", "audio encode + decode")
     outside: dict[str, float] = {}
-    for name, label in (("load_audio", "read + downmix + resample"), ("cut", "find the pauses"), ("clips", "make clips")):
-        real = getattr(media, name)
+    for module, name, label in ((audio_module, "load_audio", "read + downmix + resample"),
+                                (job_module, "cut", "find the pauses")):
+        real = getattr(module, name)
 
         def timed(*a, _real=real, _label=label, **k):
             t0 = time.perf_counter()
@@ -129,7 +131,7 @@ def bench_transcription(model: Path, mmproj: Path, seconds: int, threads: int, m
             finally:
                 outside[_label] = outside.get(_label, 0.0) + time.perf_counter() - t0
 
-        setattr(media, name, timed)
+        setattr(module, name, timed)
 
     out = folder / "talk.json"
     t0 = time.perf_counter()
@@ -164,7 +166,7 @@ def speech_recording(seconds: int, silence_share: float, seed: int = 0):
     `silence_share` of it. Returns (samples, seconds of inserted silence)."""
     import numpy as np
 
-    from gemma_cli.media import load_audio
+    from gemma_cli.media.audio import load_audio
 
     rng = np.random.default_rng(seed)
     voices = [load_audio(ROOT / "tests" / "data" / n).samples for n in ("speech-short.flac", "speech-long.flac")]

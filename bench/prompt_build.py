@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gemma_cli import prompt  # noqa: E402
+from gemma_cli.format import prompt  # noqa: E402
 
 REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
 FILES = {
@@ -85,7 +85,7 @@ def main() -> None:
         worst = max(worst, ours)
         path = REFERENCE / FILES[name]
         if path.is_file():
-            from gemma_cli.template import render_template
+            from gemma_cli.format.template import render_template
 
             source = path.read_text(encoding="utf-8")
             theirs = per_turn(lambda m: render_template(source, m, bos="<bos>", eos="<eos>", tools=TOOLS,

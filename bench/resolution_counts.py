@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 # (what, module, function): the one place each thing happens.
 COUNTED = (
-    ("locate", "gemma_cli.models", "locate"),
-    ("config read", "gemma_cli.config", "_read"),
-    ("hardware.detect", "gemma_cli.hardware", "detect"),
+    ("locate", "gemma_cli.store.models", "locate"),
+    ("config read", "gemma_cli.store.config", "_read"),
+    ("hardware.detect", "gemma_cli.store.hardware", "detect"),
     ("GGUF header read", "gemma_cli.gguf_header", "_parse"),
 )
 
@@ -78,7 +78,7 @@ def setup(home: Path) -> dict:
     import synthetic
     from conftest import REFERENCE
 
-    from gemma_cli import models
+    from gemma_cli.store import models
 
     files = synthetic.write_all(home / "synthetic",
                                 chat_template=(REFERENCE / "gemma4-chat-template.jinja").read_text(encoding="utf-8"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_cli import prompt
+from gemma_cli.format import prompt
 from tests.clitools import assert_one_line_error, run_gemma
 from tests.fakeengine import run_in_process
 from tests.needs import skip_or_fail

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from gemma_cli import paths
+from gemma_cli.store import paths
 from tests.fakeengine import run_in_process
 
 
@@ -228,7 +228,7 @@ def test_set_and_unset_edit_a_file_with_bad_yaml_or_bad_bytes(fake):
 
 
 def paths_config():
-    from gemma_cli import config
+    from gemma_cli.store import config
 
     return config.path()
 

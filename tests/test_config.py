@@ -9,8 +9,8 @@ from clitools import assert_one_line_error
 from fakeengine import run_in_process
 from hubserver import isolate
 
-from gemma_cli import config
 from gemma_cli.errors import ConfigError
+from gemma_cli.store import config
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 import jinja2.sandbox
 import pytest
 
-from gemma_cli import conversation, prompt, tools
+from gemma_cli.chat import tools
 from gemma_cli.errors import GemmaError
+from gemma_cli.format import conversation, prompt
 from tests.clitools import assert_one_line_error, run_gemma
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -211,8 +212,8 @@ class ScriptedEngine:
 
 @pytest.mark.parametrize("thinks", [True, False])
 def test_with_thinking_the_grammar_applies_only_after_the_thought(thinks):
+    from gemma_cli.chat.session import ChatSession, Done, format_for
     from gemma_cli.engine import Sampling
-    from gemma_cli.session import ChatSession, Done, format_for
 
     thought = [(100, "<|channel>"), (9, "thought\nhmm"), (101, "<channel|>")]
     first = thought if thinks else [(7, "{")]
@@ -251,9 +252,9 @@ def test_schema_format_and_grammar_are_exclusive(fake, tmp_path):
 def test_follow_up_retry_and_system_change_evaluate_only_what_changed(e_model):
     # A full-size SWA cache isolates what this tests: each turn evaluates exactly the prompt
     # tokens the KV cache does not already hold (the SWA window's limits: test_engine.py).
+    from gemma_cli.chat.session import ChatSession, Done, format_of_engine
     from gemma_cli.engine import Engine, Sampling
     from gemma_cli.engine.core import _common_prefix
-    from gemma_cli.session import ChatSession, Done, format_of_engine
 
     with Engine(e_model, n_ctx=2048, swa_full=True) as engine:
         session = ChatSession(engine, format_of_engine(engine), sampling=Sampling(temperature=0), max_tokens=8,

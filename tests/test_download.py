@@ -8,8 +8,8 @@ import os
 import pytest
 from hubserver import HubServer, isolate
 
-from gemma_cli import download, models
 from gemma_cli.errors import DownloadError, GemmaError
+from gemma_cli.store import download, models
 
 MIB = 1 << 20
 
@@ -156,7 +156,7 @@ def test_an_endpoint_that_is_not_a_hub(monkeypatch, tmp_path):
 
 
 def test_gemma_endpoint_beats_hf_endpoint_and_config(monkeypatch, home):
-    from gemma_cli import config
+    from gemma_cli.store import config
 
     config.set_value("endpoint", "https://from-config.example")
     assert download.endpoint() == "https://from-config.example"

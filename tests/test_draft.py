@@ -242,7 +242,7 @@ def _recording(drafter):
 def test_follow_up_turn_drafts_as_on_a_fresh_cache(e_model, drafter, plain):
     """Turn 2 reuses turn 1's cache (cut back and extended): the drafter, which attends over
     that cache, must propose exactly what it proposes after evaluating turn 2 from scratch."""
-    from gemma_cli import prompt as gemma_prompt
+    from gemma_cli.format import prompt as gemma_prompt
 
     turn1 = [{"role": "user", "content": "Tell me about the sea."}]
     with Engine(e_model, n_ctx=2048, n_batch=64) as engine:

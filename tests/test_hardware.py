@@ -8,8 +8,8 @@ import pytest
 from clitools import run_gemma
 from hubserver import isolate
 
-from gemma_cli import hardware
-from gemma_cli.hardware import Hardware
+from gemma_cli.store import hardware
+from gemma_cli.store.hardware import Hardware
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -196,7 +196,7 @@ def test_doctor_json_reports_a_cpu_only_build_on_a_gpu_machine(monkeypatch):
 
 
 def test_auto_gpu_layers_for_located_models(tmp_path, synthetic_models):
-    from gemma_cli import models
+    from gemma_cli.store import models
 
     spec = models.REGISTRY["e4b"]
     weights = tmp_path / "gemma-4-E4B-it-Q4_K_M.gguf"
@@ -212,7 +212,7 @@ def test_auto_gpu_layers_for_located_models(tmp_path, synthetic_models):
 
 
 def test_auto_gpu_layers_counts_the_context_for_a_model_given_by_path(tmp_path, gemma3_base):
-    from gemma_cli import models
+    from gemma_cli.store import models
 
     spec = models.REGISTRY["31b"]
     weights = tmp_path / "gemma-4-31B-it-Q4_K_M.gguf"

@@ -18,7 +18,9 @@ from PIL import Image
 from gemma_cli.engine import Engine, Sampling
 from gemma_cli.engine.projector import Media
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError, ModelError
-from gemma_cli.media import clips, cut, load_audio, load_image
+from gemma_cli.media.audio import load_audio
+from gemma_cli.media.cutting import clips, cut
+from gemma_cli.media.images import load_image
 from tests.needs import skip_or_fail
 
 GREEDY = Sampling(temperature=0)
@@ -278,7 +280,7 @@ def test_same_image_is_reused_from_the_kv_cache(av_engine, monkeypatch):
 
 
 def test_a_chat_turn_after_an_image_evaluates_only_its_new_tokens(av_engine, tmp_path, monkeypatch):
-    from gemma_cli.session import ChatSession, Done, format_for
+    from gemma_cli.chat.session import ChatSession, Done, format_for
 
     av_engine.reset()
     noise_image(seed=5).save(tmp_path / "cat.png")
@@ -362,7 +364,7 @@ def test_attaching_a_projector_later_resizes_the_batch(e_model, vision_mmproj):
 
 
 def session_on(engine, max_tokens: int = 1):
-    from gemma_cli.session import ChatSession, format_for
+    from gemma_cli.chat.session import ChatSession, format_for
 
     info = engine.info
     return ChatSession(engine, format_for(info.architecture, info.chat_template, info.bos, info.eos),
@@ -370,7 +372,7 @@ def session_on(engine, max_tokens: int = 1):
 
 
 def reply_of(events):
-    from gemma_cli.session import Done
+    from gemma_cli.chat.session import Done
 
     return next(e.result for e in events if isinstance(e, Done))
 
@@ -409,8 +411,8 @@ def test_media_parts_from_data_urls_and_inline_audio(av_engine, tmp_path):
 
 
 def test_prompt_order_follows_the_renderer():
-    from gemma_cli import prompt
-    from gemma_cli.media import prompt_order
+    from gemma_cli.format import prompt
+    from gemma_cli.media.parts import prompt_order
 
     img = lambda n: {"type": "image", "path": n}  # noqa: E731
     messages = [

@@ -9,8 +9,8 @@ import pytest
 from clitools import assert_one_line_error, run_gemma
 from hubserver import isolate
 
-from gemma_cli import hardware, models
 from gemma_cli.errors import ModelError
+from gemma_cli.store import hardware, models
 
 GIB = 1 << 30
 
@@ -239,7 +239,7 @@ def test_hf_name_not_downloaded(store):
 
 
 def test_no_name_uses_the_configured_model(store):
-    from gemma_cli import config
+    from gemma_cli.store import config
 
     config.set_value("model", "e2b:q8_0")
     with pytest.raises(models.ModelNotInstalled, match="e2b:q8_0"):

@@ -1,4 +1,4 @@
-"""`gemma_cli.prompt.render` against the official Gemma 4 chat template rendered by jinja2.
+"""`gemma_cli.format.prompt.render` against the official Gemma 4 chat template rendered by jinja2.
 
 The reference environment is the one transformers builds in `_compile_jinja_template` (and that
 llama-cpp-python copies in `Jinja2ChatFormatter`): `ImmutableSandboxedEnvironment(trim_blocks=True,
@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from gemma_cli.prompt import QUOTE, format_argument, render, strip_thinking
+from gemma_cli.format.prompt import QUOTE, format_argument, render, strip_thinking
 
 Q = QUOTE
 
@@ -552,7 +552,7 @@ def test_no_jinja_import():
     import subprocess
     import sys
 
-    code = "import sys, gemma_cli.prompt; sys.exit('jinja2' in sys.modules)"
+    code = "import sys, gemma_cli.format.prompt; sys.exit('jinja2' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

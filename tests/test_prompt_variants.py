@@ -12,12 +12,24 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gemma_cli import prompt
-from gemma_cli.prompt import QUOTE as Q
-from gemma_cli.prompt import VARIANTS, render, variant_of
+from gemma_cli.format import prompt
+from gemma_cli.format.prompt import QUOTE as Q
+from gemma_cli.format.prompt import VARIANTS, render, variant_of
 from tests.conftest import need_reference
-from tests.test_prompt import (BROKEN_BRANCH, CALL_TURN, FIXED_BRANCH, SHAPES, SYS, TOOL, USER, WEATHER, call,
-                               compile_reference, conversation, fn)
+from tests.test_prompt import (
+    BROKEN_BRANCH,
+    CALL_TURN,
+    FIXED_BRANCH,
+    SHAPES,
+    SYS,
+    TOOL,
+    USER,
+    WEATHER,
+    call,
+    compile_reference,
+    conversation,
+    fn,
+)
 
 FILES = {
     "2026-04": "gemma4-chat-template.jinja",

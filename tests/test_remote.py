@@ -16,10 +16,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from gemma_cli import batch, remote
-from gemma_cli.batch import Defaults, parse_line
+from gemma_cli import batch
+from gemma_cli.batch import Defaults, parse_line, remote
+from gemma_cli.batch.remote import Endpoint, RemoteError, chat_url
 from gemma_cli.engine import Sampling
-from gemma_cli.remote import Endpoint, RemoteError, chat_url
 from tests.clitools import gemma_env, run_gemma
 
 # ---------------------------------------------------------------- a scripted server
@@ -349,12 +349,12 @@ def test_the_openai_client_loads_only_on_the_endpoint_path():
     # `gemma --help`, `gemma batch --help` and a local batch never import it (about a second of imports).
     code = ("import sys; from gemma_cli.cli import main; sys.argv = ['gemma', *%r, '--help']\n"
             "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "import gemma_cli.batch, gemma_cli.remote\n"
+            "import gemma_cli.batch, gemma_cli.batch.remote\n"
             "sys.stderr.write(','.join(m for m in ('openai', 'httpx', 'httpx2') if m in sys.modules))")
     for args in ([], ["batch"]):
         proc = subprocess.run([sys.executable, "-c", code % (args,)], capture_output=True, text=True, timeout=60)
         assert "Usage" in proc.stdout and proc.stderr == "", (args, proc.stderr)
-    on_path = subprocess.run([sys.executable, "-c", "import sys; from gemma_cli.remote import Endpoint; "
+    on_path = subprocess.run([sys.executable, "-c", "import sys; from gemma_cli.batch.remote import Endpoint; "
                               "Endpoint('http://127.0.0.1:1/v1'); print('openai' in sys.modules)"],
                              capture_output=True, text=True, timeout=60)
     assert on_path.stdout.strip() == "True", on_path.stderr

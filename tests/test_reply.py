@@ -1,4 +1,4 @@
-"""`gemma_cli.reply`: a Gemma 4 reply, streamed in chunks cut anywhere, into events.
+"""`gemma_cli.format.reply`: a Gemma 4 reply, streamed in chunks cut anywhere, into events.
 
 A table of replies with their canonical (collapsed) events; every reply must give the same
 events however it is cut. Tool call arguments written the way the template's
@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gemma_cli.reply import (
+from gemma_cli.format.reply import (
     Answer,
     EndOfTurn,
     ReplyParser,

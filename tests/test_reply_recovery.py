@@ -6,7 +6,16 @@ from __future__ import annotations
 
 import pytest
 
-from gemma_cli.reply import Answer, EndOfTurn, ReplyParser, Thinking, ToolCall, ToolCallError, collapse, parse
+from gemma_cli.format.reply import (
+    Answer,
+    EndOfTurn,
+    ReplyParser,
+    Thinking,
+    ToolCall,
+    ToolCallError,
+    collapse,
+    parse,
+)
 
 Q = '<|"|>'
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {

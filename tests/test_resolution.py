@@ -102,8 +102,9 @@ def test_one_chat_resolves_its_model_once(tmp_path, monkeypatch, e_model, capsys
 
     from hubserver import isolate
 
-    from gemma_cli import config, gguf_header, hardware, models
+    from gemma_cli import gguf_header
     from gemma_cli.cli import main
+    from gemma_cli.store import config, hardware, models
 
     isolate(monkeypatch, tmp_path)
     f = models.REGISTRY["e4b"].weights("q4_k_m").files[0]
@@ -151,9 +152,9 @@ def test_the_resolved_model_says_why_and_picks_gpu_layers(tmp_path, e_model):
     capped at the model's trained one; each choice in `why`."""
     from pathlib import Path
 
-    from gemma_cli import hardware, models
     from gemma_cli.gguf_header import read_header
-    from gemma_cli.resolution import resolve_model
+    from gemma_cli.store import hardware, models
+    from gemma_cli.store.resolution import resolve_model
 
     located = models.locate_file(Path(e_model))
     header = read_header(e_model)

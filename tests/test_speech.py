@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gemma_cli import speech
-from gemma_cli.media import load_audio
+from gemma_cli.media import speech
+from gemma_cli.media.audio import load_audio
 from tests.clitools import run_gemma
 
 DATA = Path(__file__).parent / "data"

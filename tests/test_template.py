@@ -1,4 +1,4 @@
-"""`gemma_cli.template.render_template`: embedded chat templates, rendered only in the sandbox."""
+"""`gemma_cli.format.template.render_template`: embedded chat templates, rendered only in the sandbox."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from gemma_cli.errors import GemmaError, ModelError
-from gemma_cli.prompt import render
-from gemma_cli.template import render_template
+from gemma_cli.format.prompt import render
+from gemma_cli.format.template import render_template
 
 CHATML = (
     "{{ bos_token }}"
@@ -132,7 +132,7 @@ def test_official_template_equals_prompt_render(official_template, messages, too
 
 
 def test_jinja_imported_lazily():
-    code = "import sys, gemma_cli.template; sys.exit('jinja2' in sys.modules)"
+    code = "import sys, gemma_cli.format.template; sys.exit('jinja2' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

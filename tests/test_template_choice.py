@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import synthetic
 from clitools import assert_one_line_error, run_gemma
-from gemma_cli.prompt import VARIANTS, render
+
+from gemma_cli.format.prompt import VARIANTS, render
 from tests.test_prompt import compile_reference
 from tests.test_prompt_variants import FILES, templates
 

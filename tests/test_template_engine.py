@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from gemma_cli.chat.session import ChatSession, Done, format_of_engine
 from gemma_cli.engine import Engine, Sampling
 from gemma_cli.engine.core import _common_prefix
-from gemma_cli.prompt import VARIANTS
-from gemma_cli.session import ChatSession, Done, format_of_engine
+from gemma_cli.format.prompt import VARIANTS
 from tests.test_prompt import WEATHER
 from tests.test_prompt_variants import FILES, templates
 

@@ -8,13 +8,13 @@ import json
 
 import pytest
 
-from gemma_cli import reply
 from gemma_cli.batch import parse_line
 from gemma_cli.batch.endpoint import body_for
 from gemma_cli.batch.run import Defaults
 from gemma_cli.engine import Engine, Sampling
 from gemma_cli.engine.parallel import Job, Parallel
 from gemma_cli.errors import GemmaError
+from gemma_cli.format import reply
 from tests.test_template_engine import ANSWER, exchange
 
 pytestmark = pytest.mark.slow

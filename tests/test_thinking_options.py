@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gemma_cli.batch import parse_line
-from gemma_cli.reply import closes_unopened_thought, thought_phase
+from gemma_cli.format.reply import closes_unopened_thought, thought_phase
 from tests.clitools import run_gemma
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from gemma_cli import transcript
+from gemma_cli.format import transcript
 from tests.clitools import assert_one_line_error, gemma_env, run_gemma
 from tests.needs import skip_or_fail
 
@@ -162,9 +162,9 @@ def test_prompts_are_the_model_cards():
 
 def test_transcribe_session_forces_thinking_off(e_model, audio_mmproj, tmp_path, monkeypatch):
     # The sessions the command builds think=False: no <|think|>, the prompt ends with the empty thought.
-    from gemma_cli import config
     from gemma_cli.commands.describe import open_for_media
     from gemma_cli.commands.loading import sampling_of
+    from gemma_cli.store import config
 
     monkeypatch.setenv("GEMMA_CONFIG", str(tmp_path / "config.yaml"))
     settings = config.load()

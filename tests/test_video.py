@@ -13,9 +13,9 @@ import av
 import numpy as np
 import pytest
 
-from gemma_cli import video as vid
 from gemma_cli.engine import Engine, Sampling
 from gemma_cli.errors import CapabilityError, ContextOverflowError, MediaError
+from gemma_cli.media import video as vid
 from tests.clitools import assert_one_line_error, run_gemma
 
 GREEDY = Sampling(temperature=0)
@@ -171,13 +171,13 @@ def vision_engine(e_model, vision_mmproj):
 
 
 def session_on(engine, max_tokens: int = 1):
-    from gemma_cli.session import ChatSession, format_of_engine
+    from gemma_cli.chat.session import ChatSession, format_of_engine
 
     return ChatSession(engine, format_of_engine(engine), sampling=GREEDY, max_tokens=max_tokens)
 
 
 def reply_of(events):
-    from gemma_cli.session import Done
+    from gemma_cli.chat.session import Done
 
     return next(e.result for e in events if isinstance(e, Done))
 
@@ -348,7 +348,7 @@ def test_a_folder_is_not_a_video(tmp_path):
     with pytest.raises(MediaError, match="is a folder, not a video file") as err:
         vid.load_video(tmp_path)
     assert err.value.hint == "pass a video file"
-    from gemma_cli.media import load_image
+    from gemma_cli.media.images import load_image
 
     with pytest.raises(MediaError, match="is a folder, not an image file"):
         load_image(tmp_path)

@@ -26,14 +26,21 @@ running the same command again resumes. `restart=True` starts the file afresh.
 The package, by concern: `lines` (reading and checking input lines), `records` (result records
 in both forms), `output` (the crash-safe results file), `run` (defaults, accounting, signals),
 `local` (the local engine's runner) and `endpoint` (the runner for an OpenAI-compatible server,
-over gemma_cli.remote's client).
+over gemma_cli.batch.remote's client).
 """
 
 from __future__ import annotations
 
-
 from gemma_cli.batch.endpoint import answer_of, body_for, run_remote
-from gemma_cli.batch.lines import Failure, Line, Request, count_lines, key_of, parse_line, read_lines
+from gemma_cli.batch.lines import (
+           Failure,
+           Line,
+           Request,
+           count_lines,
+           key_of,
+           parse_line,
+           read_lines,
+)
 from gemma_cli.batch.local import run_local
 from gemma_cli.batch.output import Output, check_destination
 from gemma_cli.batch.records import Answer, check_json, completion, record

@@ -1,4 +1,4 @@
-"""The remote runner: lines sent to an OpenAI-compatible endpoint (gemma_cli.remote's client and
+"""The remote runner: lines sent to an OpenAI-compatible endpoint (gemma_cli.batch.remote's client and
 pool), each line's Request turned into a Chat Completions body, each chat.completion back into an Answer."""
 
 from __future__ import annotations
@@ -8,15 +8,16 @@ import json
 import mimetypes
 from pathlib import Path
 
-from gemma_cli import remote, reply
+from gemma_cli.batch import remote
 from gemma_cli.batch.lines import Failure, Request
 from gemma_cli.batch.output import Output
 from gemma_cli.batch.records import Answer, check_json
+from gemma_cli.batch.remote import RemoteError
 from gemma_cli.batch.run import Defaults, Run, Signals, Summary
-from gemma_cli.conversation import to_openai
 from gemma_cli.errors import GemmaError, MediaError
-from gemma_cli.media import read_bytes
-from gemma_cli.remote import RemoteError
+from gemma_cli.format import reply
+from gemma_cli.format.conversation import to_openai
+from gemma_cli.media.files import read_bytes
 
 
 def run_remote(endpoint, concurrency: int, source: str | Path, output: Output, defaults: Defaults, **kw) -> Summary:

@@ -13,8 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from gemma_cli.conversation import ROLES, normalize_message
-from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, MediaError
+from gemma_cli.errors import (
+    CapabilityError,
+    ContextOverflowError,
+    GemmaError,
+    MediaError,
+)
+from gemma_cli.format.conversation import ROLES, normalize_message
 
 SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "videos", "audio", "think", "keep_thinking",
                  "think_budget", "tools", "schema", "max_tokens",

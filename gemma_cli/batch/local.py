@@ -7,16 +7,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from gemma_cli import reply
 from gemma_cli.batch.lines import Failure, Line, Request
 from gemma_cli.batch.output import Output
 from gemma_cli.batch.records import Answer, check_json
 from gemma_cli.batch.run import Defaults, Run, Signals, Summary
+from gemma_cli.chat.session import format_of_engine, turn_steps
 from gemma_cli.errors import CapabilityError, GemmaError
-from gemma_cli.media import MediaParts, media_parts, prompt_order
-from gemma_cli.prompt import ends_in_thought
-from gemma_cli.session import format_of_engine, turn_steps
-from gemma_cli.stop_strings import cut_at_stop, hit_stop
+from gemma_cli.format import reply
+from gemma_cli.format.prompt import ends_in_thought
+from gemma_cli.format.stop_strings import cut_at_stop, hit_stop
+from gemma_cli.media.parts import MediaParts, media_parts, prompt_order
 
 if TYPE_CHECKING:
     from gemma_cli.engine import Engine
@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 def run_local(engine: "Engine", n: int, source: str | Path, output: Output, defaults: Defaults, **kw) -> Summary:
     """Run the lines of `source` on `n` parallel sequences of `engine` (opened with n_seq = n + 1),
     or one line at a time on an engine of one sequence (speculative decoding, if a drafter is attached)."""
-    from gemma_cli.engine.parallel import Parallel  # the engine (llama_cpp): loaded by local runs only
+    from gemma_cli.engine.parallel import (
+        Parallel,  # the engine (llama_cpp): loaded by local runs only
+    )
 
     run = Run(source, output, **kw)
     runner = Serial(engine) if engine.draft is not None or engine.n_seq == 1 else Parallel(engine, n)
@@ -81,7 +83,9 @@ class Serial:
             yield self._one(job)
 
     def _one(self, job):
-        from gemma_cli.engine.parallel import Finished  # the engine (llama_cpp): loaded by local runs only
+        from gemma_cli.engine.parallel import (
+            Finished,  # the engine (llama_cpp): loaded by local runs only
+        )
 
         t0, pieces, tokens, last, before = time.perf_counter(), [], [], None, self.generated_tokens
         finish = None
@@ -117,7 +121,9 @@ class Local:
         self.model = str(engine.info.meta.get("general.name") or engine.path.stem)
 
     def jobs(self, run: Run):
-        from gemma_cli.engine.parallel import Job  # the engine (llama_cpp): loaded by local runs only
+        from gemma_cli.engine.parallel import (
+            Job,  # the engine (llama_cpp): loaded by local runs only
+        )
 
         for line in run.lines():
             try:
@@ -161,13 +167,17 @@ class Local:
             text = self.format.render(head, tools, thinking=think, add_generation_prompt=False)
         except Exception:  # noqa: BLE001 - a template that cannot render a lone system turn: no checkpoint
             return None
-        from gemma_cli.engine.core import common_prefix  # the engine (llama_cpp): loaded by local runs only
+        from gemma_cli.engine.core import (
+            common_prefix,  # the engine (llama_cpp): loaded by local runs only
+        )
 
         n = common_prefix(self.engine.tokenize(text), tokens)
         return n if 0 < n < len(tokens) else None
 
     def _sampling(self, r: Request):
-        from gemma_cli.engine.core import schema_to_grammar  # the engine (llama_cpp): loaded by local runs only
+        from gemma_cli.engine.core import (
+            schema_to_grammar,  # the engine (llama_cpp): loaded by local runs only
+        )
 
         s = self.defaults.sampling
         s = replace(s, temperature=s.temperature if r.temperature is None else r.temperature,

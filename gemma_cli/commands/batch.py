@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
+from gemma_cli.batch.remote import DEFAULT_RETRIES
 from gemma_cli.commands import options as opt
 from gemma_cli.errors import UsageError
-from gemma_cli.remote import DEFAULT_RETRIES
 
 EXAMPLES = """
 Each input line is {"id": …, "prompt": "…"} (or "messages"; optional "system", "images",
@@ -75,8 +75,8 @@ def batch(
     """Run a JSONL file of prompts: parallel in one model or against a server, crash-safe and resumable."""
     # lazy: batch, config load only when the command runs; keeps gemma --help fast
     from gemma_cli import batch as jobs
-    from gemma_cli import config
     from gemma_cli.commands.loading import sampling_of
+    from gemma_cli.store import config
 
     if source != "-" and not Path(source).is_file():
         raise UsageError(f"input file not found: {source}", "pass a .jsonl file, or - for stdin")
@@ -101,7 +101,7 @@ def batch(
                              think_budget=think_budget, overrides=overrides)
     if endpoint:
         # lazy: remote loads only when the command runs; keeps gemma --help fast
-        from gemma_cli.remote import Endpoint
+        from gemma_cli.batch.remote import Endpoint
 
         defaults.model = model
         target = Endpoint(endpoint, api_key, timeout=timeout, retries=retries, model=model)

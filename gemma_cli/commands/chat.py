@@ -70,7 +70,7 @@ def chat(
 ) -> None:
     """Chat with a model: one answer for a prompt, or an interactive chat on a terminal."""
     # lazy: config loads only when the command runs; keeps gemma --help fast
-    from gemma_cli import config
+    from gemma_cli.store import config
 
     settings = config.load()
     # lazy: commands.describe loads only when the command runs; keeps gemma --help fast
@@ -78,7 +78,7 @@ def chat(
 
     check_budget(image_tokens)
     # lazy: media loads only when the command runs; keeps gemma --help fast
-    from gemma_cli.media import MediaParts
+    from gemma_cli.media.parts import MediaParts
 
     decoder = MediaParts()  # -i/-a are read and decoded now, before the model loads
     parts = _media_parts(decoder, image, audio, video)  # before stdin is read as text: `-i -` reads it
@@ -98,7 +98,7 @@ def chat(
     override = None
     if chat_template is not None:
         # lazy: session loads only when the command runs; keeps gemma --help fast
-        from gemma_cli.session import read_chat_template
+        from gemma_cli.chat.session import read_chat_template
 
         override = read_chat_template(chat_template)
     if print_prompt:
@@ -106,7 +106,7 @@ def chat(
                              keep_thinking)
     if video:
         # lazy: video loads only when the command runs; keeps gemma --help fast
-        from gemma_cli.video import check_context
+        from gemma_cli.media.video import check_context
 
         check_context(decoder.videos(parts), settings.pick("ctx", ctx) or 8192)  # before the model loads
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
@@ -114,7 +114,7 @@ def chat(
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
 
     # lazy: session loads only when the command runs; keeps gemma --help fast
-    from gemma_cli.session import ChatSession, format_of_engine
+    from gemma_cli.chat.session import ChatSession, format_of_engine
 
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                                  verbose=verbose, load_mmproj=bool(parts), image_tokens=image_tokens)
@@ -147,8 +147,8 @@ def chat(
 def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
                  max_tool_rounds: int) -> None:
     # lazy: paths, commands.repl load only when the command runs; keeps gemma --help fast
-    from gemma_cli import paths
     from gemma_cli.commands.repl import Repl
+    from gemma_cli.store import paths
 
     if session.format.notice:
         sys.stderr.write(session.format.notice + "\n")
@@ -159,7 +159,8 @@ def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, sh
 def _autosave(session, path: Path) -> None:
     """Keep the one-shot exchange too, so `gemma chat --continue` picks it up."""
     # lazy: conversation, paths load only when the command runs; keeps gemma --help fast
-    from gemma_cli import conversation, paths
+    from gemma_cli.format import conversation
+    from gemma_cli.store import paths
 
     conv = conversation.Conversation(session.messages, session.tools or [], {"think": session.think}, path.name)
     conversation.save(conv, paths.last_conversation())
@@ -217,7 +218,8 @@ def _read_input(prompt: str | None) -> str | None:
 
 def _start_conversation(load: Path | None, resume: bool):
     # lazy: conversation, paths load only when the command runs; keeps gemma --help fast
-    from gemma_cli import conversation, paths
+    from gemma_cli.format import conversation
+    from gemma_cli.store import paths
 
     if load and resume:
         raise UsageError("--load and --continue both name a conversation", "use one of them")
@@ -235,7 +237,7 @@ def _load_tools(path: Path | None):
     if path is None:
         return None
     # lazy: tools loads only when the command runs; keeps gemma --help fast
-    from gemma_cli import tools
+    from gemma_cli.chat import tools
 
     return tools.load(path)
 
@@ -294,7 +296,7 @@ def _read_schema(path: Path) -> dict:
 def _print_prompt(header, messages: list[dict], tools, think: bool, text, decoder, override=None,
                   keep_thinking: bool = False) -> None:
     # lazy: session loads only when the command runs; keeps gemma --help fast
-    from gemma_cli.session import format_of_header
+    from gemma_cli.chat.session import format_of_header
 
     fmt = format_of_header(header, override)
     if fmt.notice:
@@ -304,8 +306,8 @@ def _print_prompt(header, messages: list[dict], tools, think: bool, text, decode
     out = fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking)
     if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
         # lazy: media, video load only when the command runs; keeps gemma --help fast
-        from gemma_cli.media import prompt_order
-        from gemma_cli.video import with_frames
+        from gemma_cli.media.parts import prompt_order
+        from gemma_cli.media.video import with_frames
 
         out = with_frames(out, decoder.videos(prompt_order(messages)))
     sys.stdout.write(out)
@@ -321,9 +323,9 @@ def _confirm(call: dict) -> bool:
 
 def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thinking: bool, as_json: bool) -> None:
     # lazy: reply, render, session load only when the command runs; keeps gemma --help fast
-    from gemma_cli import reply
+    from gemma_cli.chat.session import Done, ToolRun, converse
+    from gemma_cli.format import reply
     from gemma_cli.render import StreamPrinter
-    from gemma_cli.session import Done, ToolRun, converse
 
     printer = StreamPrinter(show_thinking=show_thinking and not as_json)
     if session.format.notice:

@@ -31,14 +31,14 @@ Key = Annotated[str, typer.Argument(help="A setting: model, quantization, ctx, t
 
 def path_cmd() -> None:
     """Print the config file's path (it need not exist yet)."""
-    from gemma_cli import config  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import config  # lazy: keeps `gemma --help` fast
 
     print(config.path())
 
 
 def show(as_json: opt.Json = False) -> None:
     """Show every setting, its value and where it comes from."""
-    from gemma_cli import config  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import config  # lazy: keeps `gemma --help` fast
 
     settings = config.load()
     if as_json:
@@ -57,7 +57,7 @@ def show(as_json: opt.Json = False) -> None:
 
 def set_cmd(key: Key, value: Annotated[str, typer.Argument(help="The value ('null' clears it back to the default).")]) -> None:
     """Set one setting in the config file (validated first)."""
-    from gemma_cli import config  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import config  # lazy: keeps `gemma --help` fast
 
     file, parsed = config.set_value(key, value)
     sys.stderr.write(f"{key} = {'null' if parsed is None else parsed}  ({file})\n")
@@ -69,7 +69,7 @@ def set_cmd(key: Key, value: Annotated[str, typer.Argument(help="The value ('nul
 
 def unset(key: Key) -> None:
     """Remove one setting from the config file (back to its default)."""
-    from gemma_cli import config  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import config  # lazy: keeps `gemma --help` fast
 
     file = config.unset(key)
     sys.stderr.write(f"{key} removed ({file})\n")
@@ -77,7 +77,7 @@ def unset(key: Key) -> None:
 
 
 def _still_wrong(file) -> None:
-    from gemma_cli import config  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import config  # lazy: keeps `gemma --help` fast
 
     left = config.problem(file)
     if left:

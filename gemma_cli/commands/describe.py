@@ -51,8 +51,8 @@ def describe_image(
 ) -> None:
     """Describe images: a description per image, streamed as it is written."""
     # lazy: config, commands.loading load only when the command runs; keeps gemma --help fast
-    from gemma_cli import config
     from gemma_cli.commands.loading import sampling_of
+    from gemma_cli.store import config
 
     check_budget(image_tokens)
     if sum(1 for i in images if i == "-") > 1:
@@ -91,7 +91,7 @@ def _decode_all(images: list[str], together: bool) -> tuple[list, list]:
     """Every image decoded; a bad one is one error line on stderr and the others still go on
     (as `gemma batch` does). All bad, or any with --together: the error, before the model loads."""
     # lazy: media loads only when the command runs; keeps gemma --help fast
-    from gemma_cli.media import load_image
+    from gemma_cli.media.images import load_image
 
     loaded, failed = [], []
     for source in images:
@@ -135,7 +135,7 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
                                  verbose=verbose, load_mmproj=True, image_tokens=image_tokens)
     loading.note_context(engine, loading.asked_ctx(settings, ctx))
     # lazy: session loads only when the command runs; keeps gemma --help fast
-    from gemma_cli.session import GEMMA4, ChatSession, format_of_engine
+    from gemma_cli.chat.session import GEMMA4, ChatSession, format_of_engine
 
     info = engine.info
     fmt = format_of_engine(engine)
@@ -173,9 +173,9 @@ def _check_encoder(resolved, projector: Path, need: str) -> None:
 def _describe(session, group, question: str, *, stream: bool):
     """One turn: the images first (Gemma 4 wants media before text), then the question."""
     # lazy: reply, render, session load only when the command runs; keeps gemma --help fast
-    from gemma_cli import reply
+    from gemma_cli.chat.session import Done
+    from gemma_cli.format import reply
     from gemma_cli.render import StreamPrinter
-    from gemma_cli.session import Done
 
     printer = StreamPrinter(show_thinking=False)
     media = [{"type": "image", "media": m} for m in group] if group and not isinstance(group[0], dict) else group
@@ -238,10 +238,10 @@ def describe_video(
 ) -> None:
     """Describe videos: 32 frames sampled evenly (70 tokens each, timestamped), as Gemma 4 was trained."""
     # lazy: config, commands.loading, media, video load only when the command runs; keeps gemma --help fast
-    from gemma_cli import config
     from gemma_cli.commands.loading import sampling_of
-    from gemma_cli.media import MediaParts
-    from gemma_cli.video import FRAME_BUDGETS, check_context
+    from gemma_cli.media.parts import MediaParts
+    from gemma_cli.media.video import FRAME_BUDGETS, check_context
+    from gemma_cli.store import config
 
     if frame_tokens not in FRAME_BUDGETS:
         raise UsageError(f"--frame-tokens {frame_tokens} is not a Gemma 4 video budget",

@@ -33,8 +33,13 @@ def doctor(as_json: opt.Json = False) -> None:
 
 
 def collect() -> dict:
-    from gemma_cli import config, hardware, models, paths  # lazy: keeps `gemma --help` fast
     from gemma_cli.commands import machine  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import (
+        config,  # lazy: keeps `gemma --help` fast
+        hardware,
+        models,
+        paths,
+    )
 
     problems: list[dict] = []
     try:
@@ -80,7 +85,7 @@ def collect() -> dict:
 
 
 def _has(spec, q, root) -> bool:
-    from gemma_cli import models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import models  # lazy: keeps `gemma --help` fast
 
     try:
         models.locate_registry(spec, q, root=root)
@@ -90,7 +95,10 @@ def _has(spec, q, root) -> bool:
 
 
 def _disk_problems(root, rec) -> list[dict]:
-    from gemma_cli import download, models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import (
+        download,  # lazy: keeps `gemma --help` fast
+        models,
+    )
 
     if any((root / f.repo / f.name).is_file() for f in models.REGISTRY[rec.variant].weights(rec.quant).files):
         return []
@@ -104,7 +112,10 @@ def _disk_problems(root, rec) -> list[dict]:
 
 def _version(dist: str) -> str | None:
     try:
-        from importlib.metadata import PackageNotFoundError, version  # lazy: keeps `gemma --help` fast
+        from importlib.metadata import (  # lazy: keeps `gemma --help` fast
+            PackageNotFoundError,
+            version,
+        )
     except ImportError:
         return None
     try:
@@ -116,8 +127,8 @@ def _version(dist: str) -> str | None:
 def _print(r: dict) -> None:
     from rich.console import Console  # lazy: keeps `gemma --help` fast
 
-    from gemma_cli.models import human_size  # lazy: keeps `gemma --help` fast
     from gemma_cli.render import use_color  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store.models import human_size  # lazy: keeps `gemma --help` fast
 
     c = Console(no_color=not use_color(), highlight=False)
     s = r["system"]

@@ -11,12 +11,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gemma_cli import models, render
+from gemma_cli import render
 from gemma_cli.commands.machine import detect_hardware
 from gemma_cli.commands.models import ensure_model
 from gemma_cli.errors import GemmaError
 from gemma_cli.gguf_header import read_header
-from gemma_cli.resolution import Resolved, resolve_model
+from gemma_cli.store import models
+from gemma_cli.store.resolution import Resolved, resolve_model
 
 
 def resolve(settings, model: str | None, *, yes: bool = False, mmproj: Path | None = None,
@@ -57,7 +58,9 @@ def open_engine(resolved: Resolved, *, ctx: int | None, threads: int | None, ver
     if verbose:
         sys.stderr.write("".join(f"{line}\n" for line in resolved.why))
     with render.spinner(f"Loading {resolved.path.name}" + (f" for {what}" if what else "") + "…"):
-        from gemma_cli.engine import Engine  # llama.cpp loads here, not at `gemma --help`
+        from gemma_cli.engine import (
+            Engine,  # llama.cpp loads here, not at `gemma --help`
+        )
 
         engine = Engine(resolved.path, n_ctx=ctx, n_threads=threads, n_gpu_layers=gpu_layers, verbose=verbose,
                         mmproj=resolved.mmproj if load_mmproj else None, image_tokens=image_tokens, n_seq=n_seq,
@@ -71,7 +74,9 @@ def attach_draft(engine, model: Resolved | str | None, spec: str | None, draft_m
 
     `model`: the Resolved model (its installed drafter is known), or a name to look the drafter up by.
     """
-    from gemma_cli.engine import draft as drafting  # with the engine, not at `gemma --help`
+    from gemma_cli.engine import (
+        draft as drafting,  # with the engine, not at `gemma --help`
+    )
 
     installed = None
     if (spec or "auto").strip().lower() == "auto":

@@ -4,7 +4,7 @@ store never asks the engine."""
 
 from __future__ import annotations
 
-from gemma_cli import hardware
+from gemma_cli.store import hardware
 
 
 def detect_hardware() -> hardware.Hardware:
@@ -18,7 +18,9 @@ def detect_hardware() -> hardware.Hardware:
 def gpu_offload() -> bool | None:
     """Whether the installed llama-cpp-python was built with a GPU backend (None: not importable)."""
     try:
-        from gemma_cli.engine.core import supports_gpu_offload  # llama.cpp loads here, not at `gemma --help`
+        from gemma_cli.engine.core import (
+            supports_gpu_offload,  # llama.cpp loads here, not at `gemma --help`
+        )
     except Exception:  # noqa: BLE001 - an ImportError or a broken shared library: both mean "unknown"
         return None
     return supports_gpu_offload()

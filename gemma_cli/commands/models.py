@@ -59,12 +59,12 @@ def ensure_model(name: str | None, *, yes: bool, need_mmproj: bool = False, need
                  settings=None, hw=None):
     """The model's files, downloading them if needed: asks on a terminal, `yes` skips the question,
     elsewhere a one-line error with the exact pull command. `settings` and `hw`: already read, not again."""
-    from gemma_cli import models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import models  # lazy: keeps `gemma --help` fast
 
     try:
         return models.locate(name, need_mmproj=need_mmproj, need_draft=need_draft, settings=settings, hw=hw)
     except models.ModelNotInstalled as missing:
-        from gemma_cli import download  # lazy: keeps `gemma --help` fast
+        from gemma_cli.store import download  # lazy: keeps `gemma --help` fast
 
         if download.offline():  # asking would only end in a refused download
             raise GemmaError(missing.message, f"HF_HUB_OFFLINE is set: unset it, then run {missing.command}") from None
@@ -87,8 +87,11 @@ def _is_tty(stream) -> bool:
 
 
 def _ask(missing) -> bool:
-    from gemma_cli import download, models  # lazy: keeps `gemma --help` fast
     from gemma_cli.render import err_console  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import (
+        download,  # lazy: keeps `gemma --help` fast
+        models,
+    )
 
     sizes = []
     for f in missing.files:
@@ -110,8 +113,8 @@ def _ask(missing) -> bool:
 @contextlib.contextmanager
 def progress_reporter() -> Iterator:
     """A (file, done, total) callback drawing a Rich bar per file on stderr (a line per file elsewhere)."""
-    from gemma_cli import models  # lazy: keeps `gemma --help` fast
     from gemma_cli.render import err_console  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import models  # lazy: keeps `gemma --help` fast
 
     console = err_console()
     if not console.is_terminal:
@@ -127,7 +130,13 @@ def progress_reporter() -> Iterator:
         yield plain
         return
     from rich.progress import (  # lazy: keeps `gemma --help` fast
-        BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn)
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                   TimeRemainingColumn(), console=console) as bar:
@@ -166,8 +175,14 @@ def list_cmd(
 
 
 def _list(as_json: bool, only_installed: bool) -> None:
-    from gemma_cli import config, hardware, models  # lazy: keeps `gemma --help` fast
-    from gemma_cli.commands.machine import detect_hardware  # lazy: keeps `gemma --help` fast
+    from gemma_cli.commands.machine import (
+        detect_hardware,  # lazy: keeps `gemma --help` fast
+    )
+    from gemma_cli.store import (
+        config,  # lazy: keeps `gemma --help` fast
+        hardware,
+        models,
+    )
 
     settings = config.load()
     root = models.model_dir(settings)
@@ -210,8 +225,8 @@ def _print_table(rows: list[dict], other: list[dict], rec, root) -> None:
     from rich.console import Console  # lazy: keeps `gemma --help` fast
     from rich.table import Table  # lazy: keeps `gemma --help` fast
 
-    from gemma_cli import models  # lazy: keeps `gemma --help` fast
     from gemma_cli.render import use_color  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import models  # lazy: keeps `gemma --help` fast
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for col, just in (("", "left"), ("NAME", "left"), ("SIZE", "right"), ("PARAMS", "right"), ("CONTEXT", "right"),
@@ -240,7 +255,7 @@ def pull(
     no_mmproj: Annotated[bool, typer.Option("--no-mmproj", help="Skip the image/audio projector.")] = False,
 ) -> None:
     """Download a model (and its image/audio projector) with a progress bar; resumes and verifies."""
-    from gemma_cli import models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import models  # lazy: keeps `gemma --help` fast
 
     try:
         with progress_reporter() as report:
@@ -256,7 +271,7 @@ def pull(
 
 def rm(name: Name) -> None:
     """Delete a downloaded model's files."""
-    from gemma_cli import models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import models  # lazy: keeps `gemma --help` fast
 
     deleted = models.remove(name)
     for p in deleted:
@@ -269,7 +284,7 @@ def path(
     draft: Annotated[bool, typer.Option("--draft", help="The drafter's path instead.")] = False,
 ) -> None:
     """Print where a downloaded model's file is."""
-    from gemma_cli import models  # lazy: keeps `gemma --help` fast
+    from gemma_cli.store import models  # lazy: keeps `gemma --help` fast
 
     loc = models.locate(name, need_mmproj=mmproj, need_draft=draft)
     p = loc.mmproj if mmproj else loc.draft if draft else loc.path

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from gemma_cli import conversation, paths, reply
+from gemma_cli.chat.session import ChatSession, Done, Stats, ToolRun, converse
 from gemma_cli.errors import GemmaError
+from gemma_cli.format import conversation, reply
 from gemma_cli.render import err_console, printer_for_repl, status_line
-from gemma_cli.session import ChatSession, Done, Stats, ToolRun, converse
+from gemma_cli.store import paths
 
 HELP = """Commands:
   /help                      this help

@@ -58,7 +58,7 @@ def serve(
 ) -> None:
     """Serve the model to other programs: an OpenAI-compatible API on 127.0.0.1."""
     # lazy: config loads only when the command runs; keeps gemma --help fast
-    from gemma_cli import config
+    from gemma_cli.store import config
 
     if host not in LOCAL_HOSTS and not api_key and not insecure_no_key:
         raise UsageError(f"--host {host} lets other machines reach the server, so it needs --api-key KEY",

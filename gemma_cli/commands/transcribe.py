@@ -54,10 +54,11 @@ def transcribe(
 ) -> None:
     """Transcribe speech: only the speech (Silero VAD), in cues of a few seconds; the model hears up to 30 s at a time."""
     # lazy: config, transcription, commands.describe, media load only when the command runs; keeps gemma --help fast
-    from gemma_cli import config, transcription
     from gemma_cli.commands.describe import open_for_media
     from gemma_cli.commands.loading import sampling_of
-    from gemma_cli.media import SAMPLE_RATE, load_audio
+    from gemma_cli.media.audio import SAMPLE_RATE, load_audio
+    from gemma_cli.store import config
+    from gemma_cli.transcription import job as transcription
 
     fmt = _format(fmt, output)
     options = transcription.Options(language, translate_to, vad, vad_threshold, max_cue)
@@ -85,7 +86,7 @@ def transcribe(
 
 def _render(result, fmt: str, model: str | None, recording, options) -> str:
     # lazy: transcript loads only when the command runs; keeps gemma --help fast
-    from gemma_cli import transcript
+    from gemma_cli.format import transcript
 
     if fmt != "json":
         return transcript.render(result.cues, fmt)
@@ -110,7 +111,7 @@ def _format(fmt: str | None, output: Path | None) -> str:
 def _ask(session, clip, question: str) -> str:
     """One turn per segment: the audio first, then the model card's instructions; thinking off."""
     # lazy: session loads only when the command runs; keeps gemma --help fast
-    from gemma_cli.session import Done
+    from gemma_cli.chat.session import Done
 
     result = None
     events = session.send([{"type": "audio", "media": clip}, {"type": "text", "text": question}])
@@ -135,7 +136,13 @@ class _progress:
 
         if is_terminal(sys.stderr):
             # lazy: rich.progress, only when a progress bar shows; keeps gemma --help fast
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+            )
 
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), console=err_console(), transient=True)

@@ -39,10 +39,12 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 from gemma_cli.engine.core import Sampling, common_prefix
 from gemma_cli.errors import ContextOverflowError, GemmaError
-from gemma_cli.reply import CHANNEL_CLOSE as THOUGHT_CLOSE  # the thought markers live in reply (pure)
-from gemma_cli.reply import CHANNEL_OPEN as THOUGHT_OPEN
-from gemma_cli.reply import thought_phase
-from gemma_cli.stop_strings import cut_at_stop, hit_stop
+from gemma_cli.format.reply import (
+    CHANNEL_CLOSE as THOUGHT_CLOSE,  # the thought markers live in reply (pure)
+)
+from gemma_cli.format.reply import CHANNEL_OPEN as THOUGHT_OPEN
+from gemma_cli.format.reply import thought_phase
+from gemma_cli.format.stop_strings import cut_at_stop, hit_stop
 
 if TYPE_CHECKING:
     from gemma_cli.engine.core import Engine

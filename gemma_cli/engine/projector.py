@@ -246,7 +246,7 @@ class Projector:
     def _tokenize(self, media: Media) -> Span:
         if media.kind == "audio" and media.rate != self.sample_rate:
             raise MediaError(f"{media.name or 'audio'} is at {media.rate} Hz but the encoder takes {self.sample_rate} Hz",
-                             "load audio with gemma_cli.media.load_audio(rate=...)")
+                             "load audio with gemma_cli.media.audio.load_audio(rate=...)")
         budget = (media.budget or self.budget) if media.kind == "image" else 0
         ctx = self._ctx_for(budget)
         bitmap = _bitmap(media)

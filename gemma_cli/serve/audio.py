@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from gemma_cli import reply, transcript, transcription
 from gemma_cli.engine.parallel import Job
 from gemma_cli.errors import MediaError
-from gemma_cli.media import load_audio
+from gemma_cli.format import reply, transcript
+from gemma_cli.media.audio import load_audio
 from gemma_cli.serve.chat import ApiError, Builder, bad
+from gemma_cli.transcription import job as transcription
 
 FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 MAX_TOKENS = 512  # per <= 30 s clip, as `gemma transcribe`: far more than speech at any pace needs
@@ -60,7 +61,7 @@ class Gone(Exception):
 
 def transcribe(builder: Builder, submit, recording, language: str | None, translate: bool,
                temperature: float | None, gone):
-    """`gemma transcribe`'s job (gemma_cli.transcription) with each request sent as an engine job.
+    """`gemma transcribe`'s job (gemma_cli.transcription.job) with each request sent as an engine job.
 
     Runs on a worker thread; `submit(job) -> Finished` waits for one job, `gone` (an Event)
     says the client left.

@@ -15,14 +15,14 @@ import uuid
 from dataclasses import dataclass, field, replace
 from typing import Iterator
 
-from gemma_cli import reply
-from gemma_cli.conversation import ROLES, normalize_message
+from gemma_cli.chat.session import format_of_engine
 from gemma_cli.engine.core import schema_to_grammar
 from gemma_cli.engine.parallel import Finished, Job
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError
-from gemma_cli.media import MediaParts, media_parts, prompt_order
-from gemma_cli.prompt import ends_in_thought
-from gemma_cli.session import format_of_engine
+from gemma_cli.format import reply
+from gemma_cli.format.conversation import ROLES, normalize_message
+from gemma_cli.format.prompt import ends_in_thought
+from gemma_cli.media.parts import MediaParts, media_parts, prompt_order
 
 
 class ApiError(Exception):

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gemma_cli import hardware
 from gemma_cli.errors import ModelError
 from gemma_cli.gguf_header import Header
-from gemma_cli.registry import ModelSpec
-from gemma_cli.store import Located
+from gemma_cli.store import hardware
+from gemma_cli.store.files import Located
+from gemma_cli.store.registry import ModelSpec
 
 DEFAULT_CTX = 8192
 

@@ -7,12 +7,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from gemma_cli import config, download
 from gemma_cli.errors import DownloadError, GemmaError, ModelError, UsageError
-from gemma_cli.model_names import canonical, is_path_like, parse_hf, resolve
-from gemma_cli.registry import File, ModelSpec
-from gemma_cli.store import (Located, first_installed, installed, installed_registry, locate_hf, locate_registry,
-                             match_quant, model_dir, pick_draft, pick_mmproj, scan_weights, store_path)
+from gemma_cli.store import config, download
+from gemma_cli.store.files import (
+    Located,
+    first_installed,
+    installed,
+    installed_registry,
+    locate_hf,
+    locate_registry,
+    match_quant,
+    model_dir,
+    pick_draft,
+    pick_mmproj,
+    scan_weights,
+    store_path,
+)
+from gemma_cli.store.names import canonical, is_path_like, parse_hf, resolve
+from gemma_cli.store.registry import File, ModelSpec
 
 Progress = Callable[[str, int, "int | None"], None]  # (file name, bytes done, total)
 

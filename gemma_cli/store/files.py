@@ -12,10 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from gemma_cli import config, paths
 from gemma_cli.errors import GemmaError, ModelError
-from gemma_cli.model_names import canonical, parse_hf
-from gemma_cli.registry import ACCESSORY, QUANT_TAGS, QUANTS, REGISTRY, File, ModelSpec, Weights, human_size, identify
+from gemma_cli.store import config, paths
+from gemma_cli.store.names import canonical, parse_hf
+from gemma_cli.store.registry import (
+    ACCESSORY,
+    QUANT_TAGS,
+    QUANTS,
+    REGISTRY,
+    File,
+    ModelSpec,
+    Weights,
+    human_size,
+    identify,
+)
 
 
 class ModelNotInstalled(GemmaError):

@@ -16,10 +16,9 @@ from pathlib import Path
 
 import yaml
 
-from gemma_cli import model_names as names
-from gemma_cli import paths
 from gemma_cli.errors import ConfigError
-from gemma_cli.registry import QUANTS
+from gemma_cli.store import names, paths
+from gemma_cli.store.registry import QUANTS
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gemma_cli.reply import CHANNEL_CLOSE, CHANNEL_OPEN, QUOTE, THOUGHT_HEADER, strip_thinking
+from gemma_cli.format.reply import (
+    CHANNEL_CLOSE,
+    CHANNEL_OPEN,
+    QUOTE,
+    THOUGHT_HEADER,
+    strip_thinking,
+)
 
 __all__ = ["QUOTE", "Variant", "VARIANTS", "default_variant", "ends_in_thought", "format_argument",
            "render", "strip_thinking", "variant_of"]

@@ -13,7 +13,15 @@ import os
 import re
 
 from gemma_cli.errors import ModelError
-from gemma_cli.registry import DEFAULT_QUANT, NAMES, QUANT_ALIASES, QUANTS, REGISTRY, File, ModelSpec
+from gemma_cli.store.registry import (
+    DEFAULT_QUANT,
+    NAMES,
+    QUANT_ALIASES,
+    QUANTS,
+    REGISTRY,
+    File,
+    ModelSpec,
+)
 
 
 class UnknownModel(ModelError):

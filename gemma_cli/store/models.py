@@ -20,15 +20,48 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gemma_cli import config, hardware
-from gemma_cli.model_names import (UnknownModel, all_names, canonical, is_path_like, parse_hf, quant_of, resolve,
-                                   split)
-from gemma_cli.pull import PullPlan, plan_pull, pull, remove
-from gemma_cli.registry import (DEFAULT_QUANT, NAMES, QUANTS, REGISTRY, File, KvLayout, ModelSpec, Weights,
-                                human_size, identify)
-from gemma_cli.store import (Located, ModelNotInstalled, file_size, first_installed, installed, installed_registry,
-                             locate_file, locate_hf, locate_registry, match_quant, model_dir, pick_draft, pick_mmproj,
-                             scan_weights, store_path, stray_files)
+from gemma_cli.store import config, hardware
+from gemma_cli.store.files import (
+    Located,
+    ModelNotInstalled,
+    file_size,
+    first_installed,
+    installed,
+    installed_registry,
+    locate_file,
+    locate_hf,
+    locate_registry,
+    match_quant,
+    model_dir,
+    pick_draft,
+    pick_mmproj,
+    scan_weights,
+    store_path,
+    stray_files,
+)
+from gemma_cli.store.names import (
+    UnknownModel,
+    all_names,
+    canonical,
+    is_path_like,
+    parse_hf,
+    quant_of,
+    resolve,
+    split,
+)
+from gemma_cli.store.pull import PullPlan, plan_pull, pull, remove
+from gemma_cli.store.registry import (
+    DEFAULT_QUANT,
+    NAMES,
+    QUANTS,
+    REGISTRY,
+    File,
+    KvLayout,
+    ModelSpec,
+    Weights,
+    human_size,
+    identify,
+)
 
 __all__ = [
     "DEFAULT_QUANT", "NAMES", "QUANTS", "REGISTRY", "File", "KvLayout", "Located", "ModelNotInstalled", "ModelSpec",

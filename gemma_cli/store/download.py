@@ -26,14 +26,14 @@ import re
 import shutil
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Callable, Iterator
-from importlib.metadata import version
 from urllib.parse import urlparse
 
-from gemma_cli import config
 from gemma_cli.errors import DownloadError
-from gemma_cli.registry import human_size
+from gemma_cli.store import config
+from gemma_cli.store.registry import human_size
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 CHUNK = 1 << 20

@@ -2,7 +2,7 @@
 
 With voice activity detection (the default), only speech goes to the model: the speech
 spans become cues of at most `max_cue` seconds, packed into requests that fill the encoder's
-30 s, and each request's text is shared out over its cues (gemma_cli.speech). Without it,
+30 s, and each request's text is shared out over its cues (gemma_cli.media.speech). Without it,
 the recording is cut at its pauses into <= 30 s segments, each one cue (the energy cutter).
 """
 
@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from gemma_cli import speech, transcript
-from gemma_cli.media import Audio, cut
+from gemma_cli.format import transcript
+from gemma_cli.media import speech
+from gemma_cli.media.audio import Audio
+from gemma_cli.media.cutting import cut
 
 
 @dataclass

@@ -12,13 +12,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from gemma_cli import prompt as gemma_prompt
-from gemma_cli import reply
+from gemma_cli.chat.tools import result_text
 from gemma_cli.errors import CapabilityError, GemmaError
-from gemma_cli.media import MediaParts, prompt_order
-from gemma_cli.template import render_template
-from gemma_cli.tools import result_text
-from gemma_cli.video import with_frames
+from gemma_cli.format import prompt as gemma_prompt
+from gemma_cli.format import reply
+from gemma_cli.format.template import render_template
+from gemma_cli.media.parts import MediaParts, prompt_order
+from gemma_cli.media.video import with_frames
 
 if TYPE_CHECKING:
     from gemma_cli.engine import Engine, Sampling, Step
@@ -211,7 +211,7 @@ class ChatSession:
         self.tools = tools or None
         self.messages: list[dict] = []
         self.last_result: Result | None = None  # of the latest generate(), finished or interrupted
-        # gemma_cli.media.MediaParts: the decoder of this conversation's media (given, or made at the first part)
+        # gemma_cli.media.parts.MediaParts: the decoder of this conversation's media (given, or made at the first part)
         self._media = media
         if system:
             self.messages.append({"role": "system", "content": system})
@@ -224,7 +224,7 @@ class ChatSession:
                                                     preserve_thinking=self.keep_thinking))
 
     def _with_frames(self, text: str) -> str:
-        """Each `<|video|>` written out as its frames, `MM:SS <|image|>` apart (gemma_cli.video)."""
+        """Each `<|video|>` written out as its frames, `MM:SS <|image|>` apart (gemma_cli.media.video)."""
         if "<|video|>" not in text or not _has_media(self.messages):
             return text
 
@@ -263,7 +263,7 @@ class ChatSession:
         return self.media_parts().attach(kind, source)
 
     def media_parts(self):
-        """The decoder of this conversation's images and audio (see gemma_cli.media.MediaParts)."""
+        """The decoder of this conversation's images and audio (see gemma_cli.media.parts.MediaParts)."""
         if self._media is None:
             self._media = MediaParts()
         return self._media

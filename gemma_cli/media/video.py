@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gemma_cli.errors import ContextOverflowError, MediaError
-from gemma_cli.media_file import check_file
+from gemma_cli.media.files import check_file
 
 if TYPE_CHECKING:
     from gemma_cli.engine.projector import Media

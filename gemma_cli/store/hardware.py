@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemma_cli.gguf_header import Header, read_header
-from gemma_cli.registry import REGISTRY, identify
-from gemma_cli.store import file_size
+from gemma_cli.store.files import file_size
+from gemma_cli.store.registry import REGISTRY, identify
 
 GIB = 1 << 30
 MIB = 1 << 20

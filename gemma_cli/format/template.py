@@ -5,7 +5,7 @@ A template read from a model file is untrusted code, so it only ever runs in jin
 lists and dicts we pass in. The environment mirrors transformers' `_compile_jinja_template`
 (`trim_blocks=True, lstrip_blocks=True`, the `loopcontrols` extension, a `{% generation %}` tag that
 renders its body, its `tojson`, and the `raise_exception` / `strftime_now` globals), so a template
-renders here as it does on the Hub. Gemma 4 itself goes through `gemma_cli.prompt` instead.
+renders here as it does on the Hub. Gemma 4 itself goes through `gemma_cli.format.prompt` instead.
 
 jinja2 is imported inside the functions: `gemma --help` must not pay for it.
 """
