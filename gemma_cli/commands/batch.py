@@ -63,6 +63,10 @@ def batch(
     top_p: opt.TopP = None,
     top_k: opt.TopK = None,
     seed: opt.Seed = None,
+    min_p: opt.MinP = None,
+    repeat_penalty: opt.RepeatPenalty = None,
+    presence_penalty: opt.PresencePenalty = None,
+    frequency_penalty: opt.FrequencyPenalty = None,
     ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each line, prompt and answer (default 8192).")] = None,
     draft: Annotated[Optional[str], typer.Option("--draft", metavar="off|auto|ngram|PATH", help="Speculative decoding, one line at a time (instead of --parallel): auto, the model's installed MTP drafter; ngram, prompt lookup for copy-heavy lines; PATH, a gemma4-assistant GGUF. Default off: parallel sequences give a batch more throughput.")] = None,
     draft_max: opt.DraftMax = None,
@@ -93,10 +97,12 @@ def batch(
         raise UsageError(f"--draft decodes one line at a time, so it does not go with --parallel {parallel}",
                          "drop --parallel (or use --draft off for parallel sequences)")
     settings = config.load()
+    penalties = {"min_p": min_p, "repeat_penalty": repeat_penalty, "presence_penalty": presence_penalty,
+                 "frequency_penalty": frequency_penalty}
     overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("seed", seed),
-                                   ("max_tokens", max_tokens)) if v is not None}
+                                   ("max_tokens", max_tokens), *penalties.items()) if v is not None}
     # An endpoint samples for itself (it gets the flags as overrides): no engine, so no llama_cpp, on that path.
-    defaults = jobs.Defaults(None if endpoint else sampling_of(settings, temperature, top_p, top_k, seed),
+    defaults = jobs.Defaults(None if endpoint else sampling_of(settings, temperature, top_p, top_k, seed, **penalties),
                              max_tokens=settings.pick("max_tokens", max_tokens), think=bool(think), system=system,
                              think_budget=think_budget, overrides=overrides)
     if endpoint:

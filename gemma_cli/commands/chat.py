@@ -57,6 +57,10 @@ def chat(
     top_p: opt.TopP = None,
     top_k: opt.TopK = None,
     seed: opt.Seed = None,
+    min_p: opt.MinP = None,
+    repeat_penalty: opt.RepeatPenalty = None,
+    presence_penalty: opt.PresencePenalty = None,
+    frequency_penalty: opt.FrequencyPenalty = None,
     ctx: opt.Ctx = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = None,
@@ -119,7 +123,9 @@ def chat(
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                                  verbose=verbose, load_mmproj=bool(parts), image_tokens=image_tokens)
     loading.note_context(engine, loading.asked_ctx(settings, ctx))
-    sampling = loading.sampling_of(settings, temperature, top_p, top_k, seed, saved=conv.settings)
+    sampling = loading.sampling_of(settings, temperature, top_p, top_k, seed, saved=conv.settings, min_p=min_p,
+                                   repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
+                                   frequency_penalty=frequency_penalty)
     sampling.grammar = _constraint(schema, fmt, grammar)
     session = ChatSession(engine, format_of_engine(engine, override), sampling=sampling, think=think, tools=declarations,
                           max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")),

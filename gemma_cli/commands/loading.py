@@ -106,9 +106,12 @@ def draft_stats(drafter) -> dict:
 
 
 def sampling_of(settings, temperature, top_p, top_k, seed, *, saved: dict | None = None,
-                default_temperature: float | None = None):
+                default_temperature: float | None = None, min_p: float | None = None,
+                repeat_penalty: float | None = None, presence_penalty: float | None = None,
+                frequency_penalty: float | None = None):
     """The engine's Sampling: each flag, else a resumed conversation's value (`saved`), else
-    `default_temperature` (transcription is greedy), else the settings (env, file, defaults)."""
+    `default_temperature` (transcription is greedy), else the settings (env, file, defaults).
+    The one place a command's sampling flags become the engine's (chat, batch, serve, describe, transcribe)."""
     # lazy: the engine (llama_cpp, numpy), only when a model runs; keeps gemma --help fast
     from gemma_cli.engine import Sampling
 
@@ -118,7 +121,10 @@ def sampling_of(settings, temperature, top_p, top_k, seed, *, saved: dict | None
         return settings.pick(key, flag if flag is not None else saved.get(key, fallback))
 
     return Sampling(temperature=pick("temperature", temperature, default_temperature), top_p=pick("top_p", top_p),
-                    top_k=pick("top_k", top_k), seed=pick("seed", seed))
+                    top_k=pick("top_k", top_k), seed=pick("seed", seed), min_p=pick("min_p", min_p),
+                    repeat_penalty=pick("repeat_penalty", repeat_penalty),
+                    presence_penalty=pick("presence_penalty", presence_penalty),
+                    frequency_penalty=pick("frequency_penalty", frequency_penalty))
 
 
 def asked_ctx(settings, flag: int | None) -> int | None:

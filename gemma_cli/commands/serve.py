@@ -51,6 +51,10 @@ def serve(
     top_p: opt.TopP = None,
     top_k: opt.TopK = None,
     seed: opt.Seed = None,
+    min_p: opt.MinP = None,
+    repeat_penalty: opt.RepeatPenalty = None,
+    presence_penalty: opt.PresencePenalty = None,
+    frequency_penalty: opt.FrequencyPenalty = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = None,
     yes: opt.Yes = False,
@@ -69,12 +73,12 @@ def serve(
     sock = listen(host, port)  # a port in use fails now, before the model loads
     settings = config.load()
     engine, n, label = _open(settings, model, parallel, ctx, mmproj, image_tokens, threads, gpu_layers, yes, verbose)
-    # lazy: the engine (llama_cpp) and serve.chat load only when the command runs; keeps gemma --help fast
-    from gemma_cli.engine import Sampling
+    # lazy: loading (the engine) and serve.chat load only when the command runs; keeps gemma --help fast
+    from gemma_cli.commands.loading import sampling_of
     from gemma_cli.serve.chat import Settings
 
-    sampling = Sampling(temperature=settings.pick("temperature", temperature), top_p=settings.pick("top_p", top_p),
-                        top_k=settings.pick("top_k", top_k), seed=settings.pick("seed", seed))
+    sampling = sampling_of(settings, temperature, top_p, top_k, seed, min_p=min_p, repeat_penalty=repeat_penalty,
+                           presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
     limits = Settings(sampling, max_tokens=settings.pick("max_tokens", max_tokens), think=think,
                       allow_files=allow_files, max_media_bytes=int(max_media_mb * 1024 * 1024))
     if host not in LOCAL_HOSTS and not api_key:

@@ -5,6 +5,6 @@ mtmd), `parallel` (several sequences in one context) and `draft` (speculative de
 build on it.
 """
 
-from gemma_cli.engine.core import Engine, ModelInfo, Sampling, Step, set_verbose
+from gemma_cli.engine.core import Engine, ModelInfo, Sampling, Step, TokenLogprob, set_verbose
 
-__all__ = ["Engine", "ModelInfo", "Sampling", "Step", "set_verbose"]
+__all__ = ["Engine", "ModelInfo", "Sampling", "Step", "TokenLogprob", "set_verbose"]

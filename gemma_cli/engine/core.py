@@ -74,13 +74,37 @@ _NO_AMX_DEFAULTS: list = []  # the wrappers avoid_amx() installed
 
 @dataclass
 class Sampling:
-    """Gemma 4's recommended sampling: temperature 1.0, top_p 0.95, top_k 64."""
+    """How the next token is picked: one sampler chain (`Engine.new_sampler`) for every runner.
+
+    Defaults are Gemma 4's recommended sampling (temperature 1.0, top_p 0.95, top_k 64) and no
+    penalties. The chain, in llama.cpp's order: grammar, logit bias, penalties, then greedy
+    (temperature 0) or top-k, top-p, min-p, temperature and a seeded draw.
+    """
 
     temperature: float = 1.0
     top_p: float = 0.95
     top_k: int = 64
     seed: int | None = None
     grammar: str | None = None  # GBNF; constrains the generated text
+    min_p: float = 0.0  # drop tokens below min_p x the likeliest one's probability (0: off)
+    # llama.cpp's penalties sampler over the last `penalty_last_n` generated tokens: a repeated
+    # token's logit is divided by `repeat_penalty` (multiplied when negative; 1: off), and lowered
+    # by `frequency_penalty` x its count plus `presence_penalty` once (OpenAI's; 0: off).
+    repeat_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_last_n: int = 64
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit (OpenAI's logit_bias)
+
+    @property
+    def penalized(self) -> bool:
+        return self.penalty_last_n != 0 and (self.repeat_penalty != 1.0 or self.frequency_penalty != 0.0
+                                             or self.presence_penalty != 0.0)
+
+    @property
+    def argmax(self) -> bool:
+        """Whether the pick is the raw logits' argmax (greedy, nothing reshaping the logits first)."""
+        return self.temperature <= 0 and not self.grammar and not self.penalized and not self.logit_bias
 
 
 @dataclass
@@ -97,6 +121,17 @@ class Step:
     finish_reason: str | None = None  # "stop" (end of turn / EOS), "length"; None while streaming
     drafted: int = 0  # speculative decoding (engine.draft): tokens drafted so far
     accepted: int = 0  # ... and kept, having matched what the model picked
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token's log probability under the model (log-softmax of its raw logits), and the
+    likeliest alternatives at that step (OpenAI's `logprobs` / `top_logprobs`)."""
+
+    token: int
+    piece: bytes  # the token's text as bytes (a token may hold part of a UTF-8 character)
+    logprob: float
+    top: list[tuple[int, bytes, float]] = field(default_factory=list)  # (token, piece, logprob), likeliest first
 
 
 @dataclass
@@ -648,6 +683,22 @@ class Engine:
 
         return np.ctypeslib.as_array(ll.llama_get_logits_ith(self._ctx, row), shape=(self.n_vocab,))
 
+    def logprob(self, token: int, row: int = -1, top: int = 0) -> TokenLogprob:
+        """`token`'s log probability in row `row`'s logits of the last decoded batch (the model's own
+        distribution: log-softmax of the raw logits, before any sampler), with the `top` likeliest."""
+        import numpy as np  # llama-cpp-python's own dependency; loaded with it already
+
+        logits = self.logits(row).astype(np.float64)
+        peak = logits.max()
+        norm = peak + np.log(np.exp(logits - peak).sum())
+        best: list[tuple[int, bytes, float]] = []
+        if top > 0:
+            k = min(top, self.n_vocab)
+            ids = np.argpartition(-logits, k - 1)[:k]
+            ids = ids[np.lexsort((ids, -logits[ids]))]  # likeliest first; ties by id
+            best = [(int(i), self.token_bytes(int(i)), float(logits[i] - norm)) for i in ids]
+        return TokenLogprob(token, self.token_bytes(token), float(logits[token] - norm), best)
+
     def new_sampler(self, sampling: Sampling):
         """A llama.cpp sampler chain for `sampling` (free it with free_sampler)."""
         return _new_sampler(self._vocab, sampling)
@@ -796,6 +847,17 @@ def _new_sampler(vocab, s: Sampling):
             ll.llama_sampler_free(chain)
             raise GemmaError("the output grammar is invalid", "check the JSON schema or GBNF")
         ll.llama_sampler_chain_add(chain, grammar)
+    n_vocab = ll.llama_vocab_n_tokens(vocab)
+    if s.repeat_penalty <= 0:
+        ll.llama_sampler_free(chain)
+        raise GemmaError(f"repeat_penalty must be above 0, not {s.repeat_penalty}", "1.0 turns it off; 1.1 is a mild one")
+    if s.logit_bias:
+        biases = [(int(t), float(b)) for t, b in s.logit_bias.items() if 0 <= int(t) < n_vocab]
+        array = (ll.llama_logit_bias * len(biases))(*biases)
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(n_vocab, len(biases), array))
+    if s.penalized:
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_penalties(
+            n_vocab, s.penalty_last_n, s.repeat_penalty, s.frequency_penalty, s.presence_penalty))
     if s.temperature <= 0:
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
         return chain
@@ -803,6 +865,8 @@ def _new_sampler(vocab, s: Sampling):
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(s.top_k))
     if 0 < s.top_p < 1:
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(s.top_p, 1))
+    if s.min_p > 0:
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(s.min_p, 1))
     ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(s.temperature))
     seed = ll.LLAMA_DEFAULT_SEED if s.seed is None else s.seed & 0xFFFFFFFF
     ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))

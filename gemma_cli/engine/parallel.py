@@ -34,10 +34,10 @@ from __future__ import annotations
 
 import codecs
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-from gemma_cli.engine.core import Sampling, common_prefix
+from gemma_cli.engine.core import Sampling, TokenLogprob, common_prefix
 from gemma_cli.errors import ContextOverflowError, GemmaError
 from gemma_cli.format.reply import (
     CHANNEL_CLOSE as THOUGHT_CLOSE,  # the thought markers live in reply (pure)
@@ -74,10 +74,16 @@ class Job:
     # llama.cpp's --reasoning-budget) and the model answers; the closing tokens count as generated.
     think_budget: int | None = None
     stop: Sequence[str] = ()  # strings that end the job where they appear (not included in its text)
+    # Each generated token's log probability (Finished.logprobs), with this many likeliest
+    # alternatives (0: the token's own only; None: none at all).
+    logprobs: int | None = None
     key: object = None  # the caller's, handed back in Finished
     # Called (on the decoding thread) with each piece of text as it decodes; stop strings are
     # not cut from these pieces (Finished.text is cut).
     on_text: Callable[[str], None] | None = field(default=None, repr=False)
+    # With `logprobs`: called (on the decoding thread) with each token's TokenLogprob, before on_text
+    # gets its piece.
+    on_logprob: Callable[[TokenLogprob], None] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -94,6 +100,7 @@ class Finished:
     ttft: float = 0.0  # seconds from the job's start to its first token
     seconds: float = 0.0  # from its start to its last token
     error: GemmaError | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # with Job.logprobs: one per token of `tokens`
 
 
 class _Slot:
@@ -121,6 +128,7 @@ class _Slot:
         self.t_first = 0.0
         self.prompt: list = []  # the prompt's items (token ids; media keys), set once it is evaluated
         self.tokens: list[int] = []
+        self.logprobs: list[TokenLogprob] = []
         self.pieces: list[str] = []
         self.head = ""  # with a free thought: the text so far (its tail, once the thought is open)
         # With a think budget: the reply's start as the free-thought rule sees it (its tail once
@@ -151,7 +159,7 @@ class _Slot:
         now = time.perf_counter()
         evaluated, reused = self.counts
         return Finished(self.job, cut_at_stop(text, self.job.stop), self.tokens, evaluated, reused, len(self.tokens),
-                        self.finish, (self.t_first or now) - self.t0, now - self.t0, self.error)
+                        self.finish, (self.t_first or now) - self.t0, now - self.t0, self.error, self.logprobs)
 
     def stopped(self) -> bool:
         return hit_stop(self.pieces, self.job.stop)
@@ -343,7 +351,7 @@ class Parallel:
         self.reused_tokens += counts[1]
         budget = self.n_ctx_seq - len(tokens)
         budget = budget if job.max_tokens is None else min(job.max_tokens, budget)
-        greedy = job.sampling.temperature <= 0 and not job.sampling.grammar
+        greedy = job.sampling.argmax
         slot.begin(job, samplers, greedy, len(tokens), budget, counts, t0)
         slot.prompt = [] if job.media else list(tokens)
 
@@ -366,7 +374,7 @@ class Parallel:
         finally:
             engine.forget_media()
         self._begin(slot, job, samplers, tokens, (evaluated, reused), t0)
-        self._take(slot, self._sample(slot, -1))  # the prompt's last logits
+        self._take(slot, self._sample(slot, -1), -1)  # the prompt's last logits
         if slot.finish is None:
             try:
                 self._copy(slot)
@@ -439,7 +447,7 @@ class Parallel:
         for slot, row, decoded in sample_at:
             if decoded:
                 slot.pos += 1  # its pending token is now in the cache
-            self._take(slot, self._sample(slot, row))
+            self._take(slot, self._sample(slot, row), row)
             if slot.finish is not None:
                 done.append(slot)
         return done, bool(decoding)
@@ -478,14 +486,19 @@ class Parallel:
         self.engine.free_sampler(slot.samplers.pop(0))
         slot.phase = "plain"
 
-    def _take(self, slot: _Slot, token: int) -> None:
-        """Record a sampled token; set `finish` or make it the next one to evaluate."""
+    def _take(self, slot: _Slot, token: int, row: int) -> None:
+        """Record a token sampled from `row`'s logits; set `finish` or make it the next one to evaluate."""
         if not slot.tokens:
             slot.t_first = time.perf_counter()
         if self.engine.is_end(token):
             slot.finish = "stop"
             return
         slot.tokens.append(token)
+        if slot.job.logprobs is not None:
+            entry = self.engine.logprob(token, row, slot.job.logprobs)
+            slot.logprobs.append(entry)
+            if slot.job.on_logprob is not None:
+                slot.job.on_logprob(entry)
         piece = slot.utf8.decode(self.engine.token_bytes(token))
         slot.pieces.append(piece)
         self.generated_tokens += 1
@@ -562,5 +575,5 @@ def _samplers(engine: "Engine", job: Job) -> list:
     if not (s.grammar and job.free_thought):
         return [engine.new_sampler(s)]
     constrained = engine.new_sampler(s)
-    free = engine.new_sampler(Sampling(s.temperature, s.top_p, s.top_k, s.seed, None))
+    free = engine.new_sampler(replace(s, grammar=None))
     return [free, constrained]
