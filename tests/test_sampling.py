@@ -114,7 +114,9 @@ def test_n_sequences_share_one_evaluation_of_the_prompt(engine, monkeypatch):
     prompt_rows = [r for r in rows if r[1] < len(tokens)]
     # The head once (in the staging sequence), then the last prompt token once per sequence.
     assert len(prompt_rows) == len(tokens) - 1 + 3
-    assert [d.reused_tokens for d in done] == [len(tokens) - 1] * 3
+    # Its accounting says so: the first evaluated it (the staging sequence was empty), the others reused it.
+    assert [d.reused_tokens for d in done] == [0, len(tokens) - 1, len(tokens) - 1]
+    assert sum(d.prompt_tokens for d in done) == len(tokens) + 2
     assert len({tuple(d.tokens) for d in done}) > 1  # different seeds, different samples
 
 

@@ -321,9 +321,9 @@ class Parallel:
             try:
                 samplers = _samplers(self.engine, job)
                 tokens, _ = self._prompt(job)
-                reused = self._resume(slot, tokens) if slot.cached else 0
+                reused = hit = self._resume(slot, tokens) if slot.cached else 0
                 if reused < (job.shared or 0):
-                    reused = self._seed(slot, tokens, job.shared)
+                    reused, hit = self._seed(slot, tokens, job.shared)
             except GemmaError as e:
                 for sampler in samplers:
                     self.engine.free_sampler(sampler)
@@ -331,20 +331,22 @@ class Parallel:
                 self._cancelled.discard(id(job))
                 yield Finished(job, error=e)
                 continue
-            self._begin(slot, job, samplers, tokens, (len(tokens) - reused, reused), t0)
+            self._begin(slot, job, samplers, tokens, (len(tokens) - hit, hit), t0)
             slot.copied = True  # its stream holds (or is about to hold) the prompt
             slot.queue, slot.queue_pos = tokens[reused:], reused
 
-    def _seed(self, slot: _Slot, tokens: list[int], shared: int | None) -> int:
-        """Copy the shared head of `tokens` from the staging sequence into the slot; how many tokens that is."""
+    def _seed(self, slot: _Slot, tokens: list[int], shared: int | None) -> tuple[int, int]:
+        """Copy the shared head of `tokens` from the staging sequence into the slot: how many tokens that
+        is, and how many of them the staging sequence already held (the rest it evaluated now)."""
         if not shared or shared >= len(tokens):  # at least the last token is evaluated in the slot, for its logits
-            return 0
+            return 0, 0
         engine, head = self.engine, tokens[:shared]
+        held = shared
         if engine.cache_contents() != head:  # staging keeps only heads: the next line's system turn is likely this one
-            n = engine.reuse_prefix(head)
-            engine.evaluate(head[n:])
+            held = engine.reuse_prefix(head)
+            engine.evaluate(head[held:])
         self._copy(slot)
-        return shared
+        return shared, held
 
     def _begin(self, slot: _Slot, job: Job, samplers: list, tokens: list, counts: tuple[int, int], t0: float) -> None:
         self.prompt_tokens += counts[0]
