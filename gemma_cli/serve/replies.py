@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from gemma_cli.engine.parallel import Finished
 from gemma_cli.format import reply
 from gemma_cli.format.stop_strings import cut_at_stop
+from gemma_cli.serve.chat import spelled
 
 
 class Replies:
     """Reply events from a job's pieces of text; `done()` flushes them once the job finished."""
 
     def __init__(self, gemma4: bool, stop: tuple[str, ...] = (), in_thought: bool = False,
-                 tools: list[dict] | None = None):
+                 tools: list[dict] | None = None, calls: bool = True):
+        # `calls` False (no tools declared, or tool_choice "none"): a call the model writes stays answer text.
+        self.calls = calls
         self.parser = reply.ReplyParser(in_thought=in_thought, tools=tools) if gemma4 else None
         self.stop = tuple(s for s in stop if s)
         self.hold = max(map(len, self.stop), default=1) - 1  # a stop string may be starting in the last characters
@@ -53,7 +56,7 @@ class Replies:
         events = self._feed(done.text[self.sent:]) if len(done.text) > self.sent else []
         self.sent = max(self.sent, len(done.text))
         if self.parser is not None:
-            events += self.parser.close()
+            events += self._wanted(self.parser.close())
         return events
 
     def _feed(self, text: str) -> list:
@@ -61,7 +64,12 @@ class Replies:
             return []
         if self.parser is None:
             return [reply.Answer(text)]
-        return self.parser.feed(text)
+        return self._wanted(self.parser.feed(text))
+
+    def _wanted(self, events: list) -> list:
+        if self.calls:
+            return events
+        return [reply.Answer(spelled(e)) if isinstance(e, (reply.ToolCall, reply.ToolCallError)) else e for e in events]
 
 
 def _which_stop(text: str, stop: tuple[str, ...]) -> str | None:
