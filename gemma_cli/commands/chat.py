@@ -51,6 +51,9 @@ def chat(
     grammar: Annotated[Optional[Path], typer.Option("--grammar", help="GBNF grammar file constraining the output (llama.cpp syntax).")] = None,
     load: Annotated[Optional[Path], typer.Option("--load", help="Start from a saved conversation (OpenAI chat JSON).")] = None,
     resume: Annotated[bool, typer.Option("--continue", help="Resume the last conversation.")] = False,
+    mcp_config: Annotated[Optional[Path], typer.Option("--mcp-config", metavar="FILE", help="MCP servers from FILE (mcp.json, or a Claude Desktop, Cursor or Gemini CLI settings file) instead of gemma's mcp.json.")] = None,
+    mcp: Annotated[Optional[list[str]], typer.Option("--mcp", metavar="NAME", help="Start only this MCP server (repeatable; default: every enabled one).")] = None,
+    no_mcp: Annotated[bool, typer.Option("--no-mcp", help="Start no MCP server.")] = False,
     max_tool_rounds: Annotated[int, typer.Option("--max-tool-rounds", min=0, help="Most tool-call rounds per answer.")] = 8,
     max_tokens: opt.MaxTokens = None,
     temperature: opt.Temperature = None,
@@ -112,6 +115,10 @@ def chat(
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
+    # lazy: the MCP face, only when the chat runs; keeps gemma --help fast
+    from gemma_cli.commands import mcp as mcp_face
+
+    host = mcp_face.start(mcp_config, mcp, no_mcp, yes=yes)  # the servers start while the model loads
 
     # lazy: session loads only when the command runs; keeps gemma --help fast
     from gemma_cli.chat.session import ChatSession, format_of_engine
@@ -129,19 +136,26 @@ def chat(
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
     loading.attach_draft(engine, resolved, draft, draft_max)
     confirm = None if yes else _confirm
-    if interactive:
-        return _interactive(session, path, toolbox, confirm, parts, show_thinking=not hide_thinking,
-                            max_tool_rounds=max_tool_rounds)
-    keep = save or resume  # a one-shot --continue is a turn of the saved conversation
+    if host is not None:
+        toolbox = mcp_face.ready(host, session, toolbox)  # MCP declarations beside --tools ones, within budget
+        confirm = toolbox.confirm(confirm)
     try:
-        _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds,
-                  show_thinking=not hide_thinking, as_json=as_json)
-    except SystemExit:  # Ctrl-C: the partial answer is kept too (an error saves nothing)
+        if interactive:
+            return _interactive(session, path, toolbox, confirm, parts, show_thinking=not hide_thinking,
+                                max_tool_rounds=max_tool_rounds)
+        keep = save or resume  # a one-shot --continue is a turn of the saved conversation
+        try:
+            _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds,
+                      show_thinking=not hide_thinking, as_json=as_json)
+        except SystemExit:  # Ctrl-C: the partial answer is kept too (an error saves nothing)
+            if keep:
+                _autosave(session, path)
+            raise
         if keep:
             _autosave(session, path)
-        raise
-    if keep:
-        _autosave(session, path)
+    finally:
+        if host is not None:
+            host.close()
 
 
 def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
@@ -383,7 +397,8 @@ def _write_json(session, results: list, runs: list) -> None:
 
 
 def _as_json(results: list, runs: list, drafter=None) -> dict:
-    # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
+    # lazy: commands.loading, commands.mcp load only when the command runs; keeps gemma --help fast
+    from gemma_cli.commands import mcp as mcp_face
     from gemma_cli.commands.loading import draft_stats
 
     last = results[-1]
@@ -393,7 +408,7 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
         "thinking": "".join(r.thinking for r in results),
         "tool_calls": [{"name": c.name, "arguments": c.arguments, **({"repairs": c.repairs} if c.repairs else {})}
                        for r in results for c in r.tool_calls],
-        "tool_results": [{"name": t.call["function"]["name"], "ran": t.approved, "result": t.result} for t in runs],
+        "tool_results": [mcp_face.json_of(t) for t in runs],
         "errors": [e for r in results for e in r.errors],
         "stats": {
             "prompt_tokens": sum(r.stats.prompt_tokens for r in results),
