@@ -34,7 +34,7 @@ from gemma_cli.format.request import (
 )
 
 SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "videos", "audio", "think", "keep_thinking",
-                 "think_budget", "tools", "schema", "max_tokens", "stop", *SAMPLING}
+                 "think_budget", "tools", "schema", "max_tokens", "stop", "logit_bias", *SAMPLING}
 OPENAI_FIELDS = {"custom_id", "method", "url", "body"}
 ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
 
@@ -184,6 +184,10 @@ def _openai_request(data: dict) -> Request:
     req = read_chat(data["body"], strict=True, local_parts=True)
     if req.stream:
         raise RequestError("streaming responses are not available in a batch", "stream", 'drop "stream"')
+    if req.n > 1:
+        raise RequestError("a batch line gets one choice (n = 1); write the line n times with other seeds", "n")
+    if req.logprobs is not None:
+        raise RequestError("logprobs are not written to batch results", "logprobs", 'drop "logprobs"')
     return req
 
 

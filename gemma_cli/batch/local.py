@@ -179,12 +179,11 @@ class Local:
             schema_to_grammar,  # the engine (llama_cpp): loaded by local runs only
         )
 
-        s = self.defaults.sampling
-        s = replace(s, temperature=s.temperature if r.temperature is None else r.temperature,
-                    top_p=s.top_p if r.top_p is None else r.top_p, top_k=s.top_k if r.top_k is None else r.top_k,
-                    seed=s.seed if r.seed is None else r.seed)
+        s = replace(self.defaults.sampling, **r.sampling())  # the line's sampling over the run's
         if r.grammar:  # llama.cpp's own field: the whole reply follows the GBNF
             s = replace(s, grammar=r.grammar)
+        if r.tool_choice == "required":  # a forced call: the reply is Gemma 4 call syntax for the declared tools
+            s = replace(s, grammar=r.call_grammar())
         if r.schema is not None or r.json_mode:
             try:
                 s = replace(s, grammar=schema_to_grammar(r.schema))

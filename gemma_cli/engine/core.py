@@ -867,7 +867,12 @@ def _new_sampler(vocab, s: Sampling):
         ll.llama_sampler_free(chain)
         raise GemmaError(f"repeat_penalty must be above 0, not {s.repeat_penalty}", "1.0 turns it off; 1.1 is a mild one")
     if s.logit_bias:
-        biases = [(int(t), float(b)) for t, b in s.logit_bias.items() if 0 <= int(t) < n_vocab]
+        outside = [t for t in s.logit_bias if not 0 <= int(t) < n_vocab]
+        if outside:
+            ll.llama_sampler_free(chain)
+            raise GemmaError(f"logit_bias names token {outside[0]}, outside the model's vocabulary (0..{n_vocab - 1})",
+                             "give token ids of this model's tokenizer")
+        biases = [(int(t), float(b)) for t, b in s.logit_bias.items()]
         array = (ll.llama_logit_bias * len(biases))(*biases)
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_logit_bias(n_vocab, len(biases), array))
     if s.penalized:

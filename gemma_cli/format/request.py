@@ -21,30 +21,29 @@ import json
 from dataclasses import dataclass, field
 
 from gemma_cli.errors import GemmaError
+from gemma_cli.format.call_grammar import ToolChoiceError, call_grammar
 from gemma_cli.format.conversation import ROLES, normalize_message
 
 # Sampling numbers: body field -> (type, lowest, highest). One line here adds one (plus its field on
-# engine.Sampling, which both the server and the batch runner apply by name).
+# engine.Sampling, which both the server and the batch runner apply by name). min_p and repeat_penalty
+# are llama-server's fields; the penalties count the last 64 generated tokens (llama.cpp's window).
 SAMPLING: dict[str, tuple[type, float | None, float | None]] = {
     "temperature": (float, 0.0, 2.0),
     "top_p": (float, 0.0, 1.0),
     "top_k": (int, 0, None),
     "seed": (int, None, None),
+    "min_p": (float, 0.0, 1.0),
+    "presence_penalty": (float, -2.0, 2.0),
+    "frequency_penalty": (float, -2.0, 2.0),
+    "repeat_penalty": (float, 0.0, None),  # above 0 (checked in read_sampling); 1 is off
 }
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
 SUPPORTED = {"messages", "model", "tools", "tool_choice", "parallel_tool_calls", "response_format", "grammar",
              "max_tokens", "max_completion_tokens", "stop", "stream", "stream_options", "chat_template_kwargs",
-             "reasoning_effort", *SAMPLING}
+             "reasoning_effort", "logit_bias", "logprobs", "top_logprobs", "n", *SAMPLING}
 IGNORED = {"store", "metadata", "user", "service_tier", "prompt_cache_key", "safety_identifier"}
 # Refused unless neutral: field -> (values that change nothing, the message when another is given).
 REFUSED: dict[str, tuple[tuple, str | None]] = {
-    "n": ((1,), "only one choice per request (n = 1)"),
-    "logprobs": ((False,), None),
-    "top_logprobs": ((0,), None),
-    "presence_penalty": ((0,), None),
-    "frequency_penalty": ((0,), None),
-    "repeat_penalty": ((1,), None),
-    "logit_bias": ((), None),
-    "min_p": ((0,), None),
     "functions": (([],), "the legacy 'functions' field is not supported; send them as 'tools'"),
     "function_call": (("auto", "none"), "the legacy 'function_call' field is not supported; use 'tool_choice'"),
     "modalities": ((["text"],), None),
@@ -78,8 +77,11 @@ class ChatRequest:
         assistant `tool_calls` with `function.arguments` as a mapping where it parsed.
     tools: function tools `{"type": "function", "function": {"name", "description", "parameters"}}`, or
         None. `tool_choice "none"` leaves None here.
-    tool_choice: "auto" (the model decides) or "none".
-    parallel_tool_calls: as given (None: not said). Gemma writes calls one after another either way.
+    tool_choice: "auto" (the model decides), "none", or "required": the reply is a call (to `tool_name`
+        only, when the request named a function), forced by `call_grammar()`.
+    tool_name: the one function a "required" choice names (None: any declared tool).
+    parallel_tool_calls: as given (None: not said). False: at most one call (a forced reply is one call;
+        otherwise calls after the first are dropped from the answer).
     think: thinking on or off; None: the caller's default (`--think`).
     keep_thinking: the template's preserve_thinking (earlier turns keep their thought).
     think_budget: close the thought after this many tokens; None: the caller's default.
@@ -87,8 +89,11 @@ class ChatRequest:
     grammar: llama.cpp's GBNF for the whole reply (never together with schema or json_mode).
     stop: strings that end the answer (not included), up to 4.
     max_tokens: the answer's limit; None: the caller's default.
-    temperature, top_p, top_k, seed: sampling given in the request; None: the caller's default
-        (`sampling()` gives the ones set, by their `engine.Sampling` names).
+    temperature, top_p, top_k, seed, min_p, presence_penalty, frequency_penalty, repeat_penalty, logit_bias:
+        sampling given in the request; None: the caller's default (`sampling()` gives the ones set, by
+        their `engine.Sampling` names; logit_bias maps token ids to biases from -100 to 100).
+    logprobs: None, or each generated token's log probability with this many `top_logprobs` (0..20).
+    n: how many choices (parallel sequences sharing the prompt).
     stream / include_usage: send chunks as they come / end the stream with a usage chunk.
     body: the body as given, when it came as a Chat Completions body (batch sends it on as is).
     """
@@ -96,6 +101,7 @@ class ChatRequest:
     messages: list[dict]
     tools: list[dict] | None = None
     tool_choice: str = "auto"
+    tool_name: str | None = None
     parallel_tool_calls: bool | None = None
     think: bool | None = None
     keep_thinking: bool = False
@@ -109,13 +115,29 @@ class ChatRequest:
     top_p: float | None = None
     top_k: int | None = None
     seed: int | None = None
+    min_p: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repeat_penalty: float | None = None
+    logit_bias: dict[int, float] | None = None
+    logprobs: int | None = None
+    n: int = 1
     stream: bool = False
     include_usage: bool = False
     body: dict | None = field(default=None, repr=False)
 
     def sampling(self) -> dict:
         """The sampling fields this request set (names as on `engine.Sampling`)."""
-        return {name: getattr(self, name) for name in SAMPLING if getattr(self, name) is not None}
+        out = {name: getattr(self, name) for name in SAMPLING if getattr(self, name) is not None}
+        if self.logit_bias:
+            out["logit_bias"] = dict(self.logit_bias)
+        return out
+
+    def call_grammar(self) -> str | None:
+        """With tool_choice "required": the GBNF that makes the reply a call (see format.call_grammar)."""
+        if self.tool_choice != "required":
+            return None
+        return call_grammar(self.tools or [], self.tool_name, parallel=self.parallel_tool_calls is not False)
 
 
 def read_chat(body, *, strict: bool = False, local_parts: bool = False) -> ChatRequest:
@@ -133,7 +155,7 @@ def read_chat(body, *, strict: bool = False, local_parts: bool = False) -> ChatR
     options = typed(given, "stream_options", dict)
     req.include_usage = bool(options and options.get("include_usage"))
     req.tools = read_tools(given.get("tools"))
-    req.tool_choice = read_tool_choice(given.get("tool_choice"))
+    req.tool_choice, req.tool_name = read_tool_choice(given.get("tool_choice"), req.tools)
     if req.tool_choice == "none":
         req.tools = None
     req.parallel_tool_calls = typed(given, "parallel_tool_calls", bool)
@@ -143,10 +165,15 @@ def read_chat(body, *, strict: bool = False, local_parts: bool = False) -> ChatR
     req.grammar = typed(given, "grammar", str) or None
     if req.grammar and (req.schema is not None or req.json_mode):
         raise RequestError('give either "grammar" or a JSON response_format, not both', "grammar")
+    if req.tool_choice == "required" and (req.grammar or req.schema is not None or req.json_mode):
+        raise RequestError("a forced tool call (tool_choice) cannot also follow \"grammar\" or a JSON response_format",
+                           "tool_choice")
     req.stop = read_stop(given.get("stop"))
     key = "max_completion_tokens" if "max_completion_tokens" in given else "max_tokens"
     req.max_tokens = number(given, key, int, 1)
     read_sampling(given, req)
+    req.logprobs = read_logprobs(given)
+    req.n = number(given, "n", int, 1) or 1
     return req
 
 
@@ -234,12 +261,60 @@ def read_tools(value) -> list[dict] | None:
     return tools or None
 
 
-def read_tool_choice(value) -> str:
+def read_tool_choice(value, tools: list[dict] | None = None) -> tuple[str, str | None]:
+    """`tool_choice` -> ("auto" | "none" | "required", the named function or None). A named function is
+    Chat's `{"type": "function", "function": {"name"}}` (Responses' `{"type": "function", "name"}` too);
+    forcing a call needs declared tools, and the name among them."""
     if value is None or value in ("auto", "none"):
-        return value or "auto"
-    # forcing a call is not something the local engine does: refused, not ignored
-    raise RequestError(f"tool_choice {json.dumps(value)[:60]} is not supported: the model decides whether to call "
-                       "a tool", "tool_choice", 'use "auto" or "none"')
+        return value or "auto", None
+    if value == "required":
+        name = None
+    elif isinstance(value, dict) and value.get("type") == "function":
+        fn = value.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else value.get("name")
+        if not isinstance(name, str) or not name:
+            raise RequestError('tool_choice must name its function: {"type": "function", "function": {"name": …}}',
+                               "tool_choice")
+    else:
+        raise RequestError(f"tool_choice {json.dumps(value)[:60]} is not supported", "tool_choice",
+                           'use "auto", "none", "required" or {"type": "function", "function": {"name": …}}')
+    if not tools:
+        raise RequestError("tool_choice asks for a tool call but the request declares no tools", "tool_choice",
+                           'declare "tools", or use "auto"')
+    try:
+        call_grammar(tools, name)  # an unknown name, or one Gemma 4's call syntax cannot hold: said now
+    except ToolChoiceError as e:
+        raise RequestError(str(e), "tool_choice") from None
+    return "required", name
+
+
+def read_logprobs(body: dict) -> int | None:
+    """`logprobs` (true: each token's logprob) and `top_logprobs` (0..20 alternatives) -> None or the count."""
+    wanted = typed(body, "logprobs", bool)
+    top = number(body, "top_logprobs", int, 0, MAX_TOP_LOGPROBS)
+    if top and not wanted:
+        raise RequestError('"top_logprobs" needs "logprobs": true', "top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def read_logit_bias(value) -> dict[int, float] | None:
+    """OpenAI's `logit_bias`: token ids (as strings or numbers) to biases from -100 to 100."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise RequestError('"logit_bias" must be an object of token ids to biases from -100 to 100', "logit_bias")
+    out = {}
+    for key, bias in value.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise RequestError(f"logit_bias key {key!r} is not a token id", "logit_bias") from None
+        if token < 0:
+            raise RequestError(f"logit_bias key {key!r} is not a token id", "logit_bias")
+        if not _is_number(bias) or not -100 <= bias <= 100:
+            raise RequestError(f"logit_bias[{key}] must be a number from -100 to 100", "logit_bias")
+        out[token] = float(bias)
+    return out or None
 
 
 def read_thinking(body: dict) -> bool | None:
@@ -304,11 +379,14 @@ def read_stop(value, name: str = "stop") -> tuple[str, ...]:
 
 
 def read_sampling(body: dict, req: ChatRequest) -> None:
-    """The `SAMPLING` numbers given in `body`, onto `req`."""
+    """The `SAMPLING` numbers and `logit_bias` given in `body`, onto `req`."""
     for name, (kind, low, high) in SAMPLING.items():
         value = number(body, name, kind, low, high)
         if value is not None:
             setattr(req, name, value)
+    if req.repeat_penalty == 0:
+        raise RequestError('"repeat_penalty" must be above 0 (1 turns it off)', "repeat_penalty")
+    req.logit_bias = read_logit_bias(body.get("logit_bias"))
 
 
 def typed(data: dict, key: str, kind: type):
