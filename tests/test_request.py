@@ -17,9 +17,7 @@ from gemma_cli.format.request import (
 
 MESSAGES = [{"role": "user", "content": "Hi"}]
 # A value for each refused field that would change the answer (the field table must name each one here).
-CHANGING = {"n": 2, "logprobs": True, "top_logprobs": 3, "presence_penalty": 0.5, "frequency_penalty": -1.0,
-            "repeat_penalty": 1.3, "logit_bias": {"42": 5}, "min_p": 0.1,
-            "functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": {"name": "f"},
+CHANGING = {"functions": [{"name": "f", "parameters": {"type": "object"}}], "function_call": {"name": "f"},
             "modalities": ["text", "audio"], "audio": {"voice": "alloy", "format": "wav"},
             "prediction": {"type": "content", "content": "x"}, "web_search_options": {}}
 
@@ -81,7 +79,19 @@ def test_the_request_object_carries_each_field():
     ({"messages": MESSAGES, "temperature": 3}, "temperature", "outside"),
     ({"messages": MESSAGES, "stop": ["a", ""]}, "stop", '"stop" must be a string or a list'),
     ({"messages": MESSAGES, "tools": [{"type": "function", "function": {}}]}, "tools[0]", "function name"),
-    ({"messages": MESSAGES, "tool_choice": "required"}, "tool_choice", 'tool_choice "required" is not supported'),
+    ({"messages": MESSAGES, "tool_choice": "required"}, "tool_choice", "declares no tools"),
+    ({"messages": MESSAGES, "tools": [{"name": "f"}], "tool_choice": {"type": "function", "function": {"name": "g"}}},
+     "tool_choice", "'g', which is not among the declared tools"),
+    ({"messages": MESSAGES, "tools": [{"name": "f"}], "tool_choice": "sometimes"}, "tool_choice", "not supported"),
+    ({"messages": MESSAGES, "tools": [{"name": "f"}], "tool_choice": "required", "grammar": "root ::= \"a\""},
+     "tool_choice", "cannot also follow"),
+    ({"messages": MESSAGES, "top_logprobs": 2}, "top_logprobs", 'needs "logprobs": true'),
+    ({"messages": MESSAGES, "logprobs": True, "top_logprobs": 21}, "top_logprobs", "outside"),
+    ({"messages": MESSAGES, "logit_bias": {"x": 1}}, "logit_bias", "not a token id"),
+    ({"messages": MESSAGES, "logit_bias": {"5": 101}}, "logit_bias", "from -100 to 100"),
+    ({"messages": MESSAGES, "repeat_penalty": 0}, "repeat_penalty", "above 0"),
+    ({"messages": MESSAGES, "presence_penalty": -2.5}, "presence_penalty", "outside"),
+    ({"messages": MESSAGES, "n": 0}, "n", "outside"),
     ({"messages": MESSAGES, "response_format": {"type": "json_schema"}}, "response_format", "json_schema needs"),
     ({"messages": MESSAGES, "grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}}, "grammar",
      "not both"),
@@ -92,6 +102,27 @@ def test_a_bad_field_is_named(body, param, needle):
     with pytest.raises(RequestError) as info:
         read_chat(body)
     assert info.value.param == param and needle in info.value.message, info.value.message
+
+
+def test_sampling_logprobs_n_and_forced_calls_are_carried():
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "x": {"type": "integer"}}, "required": ["x"]}}}, {"name": "g"}]
+    req = read_chat({"messages": MESSAGES, "presence_penalty": 0.5, "frequency_penalty": -1, "repeat_penalty": 1.3,
+                     "min_p": 0.1, "logit_bias": {"42": 5, "7": -100}, "logprobs": True, "top_logprobs": 3, "n": 2,
+                     "tools": tools, "tool_choice": {"type": "function", "function": {"name": "f"}},
+                     "parallel_tool_calls": False}, strict=True)
+    assert req.sampling() == {"presence_penalty": 0.5, "frequency_penalty": -1.0, "repeat_penalty": 1.3, "min_p": 0.1,
+                              "logit_bias": {42: 5.0, 7: -100.0}}
+    assert (req.logprobs, req.n, req.tool_choice, req.tool_name) == (3, 2, "required", "f")
+    grammar = req.call_grammar()
+    assert "root ::= call\n" in grammar and "call:f" in grammar and "call:g" not in grammar  # one call, to f
+    required = read_chat({"messages": MESSAGES, "tools": tools, "tool_choice": "required"})
+    assert required.tool_name is None and "root ::= call+" in required.call_grammar()
+    # Responses' flat form of a named function reads the same
+    assert read_chat({"messages": MESSAGES, "tools": tools, "tool_choice": {"type": "function", "name": "g"}}).tool_name == "g"
+    assert read_chat({"messages": MESSAGES, "logprobs": True}).logprobs == 0  # the tokens' own, no alternatives
+    assert read_chat({"messages": MESSAGES, "logprobs": False, "top_logprobs": 0}).logprobs is None
+    assert read_chat({"messages": MESSAGES, "tools": tools}).call_grammar() is None  # auto: the model decides
 
 
 def test_gemma_own_media_parts_only_for_a_local_run():

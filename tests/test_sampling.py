@@ -138,3 +138,36 @@ def test_chat_takes_the_penalty_flags(e_model, tmp_path):
     assert presence.returncode == 0 and presence.stdout != plain.stdout
     bad = run_gemma(*base, "--presence-penalty", "3", home=tmp_path)
     assert bad.returncode == 2 and "--presence-penalty" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_batch_lines_take_penalties_bias_and_forced_calls(e_model, tmp_path):
+    import json
+
+    from tests import synthetic
+    from tests.clitools import run_gemma
+
+    quote = synthetic.vocab().ids['<|"|>']
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {
+        "type": "object", "properties": {"word": {"type": "string"}}, "required": ["word"]}}}]
+    lines = [{"id": "plain", "prompt": "Hello there", "max_tokens": 24},
+             {"id": "penalized", "prompt": "Hello there", "max_tokens": 24, "repeat_penalty": 1.5},
+             {"id": "presence", "prompt": "Hello there", "max_tokens": 24, "presence_penalty": 2, "min_p": 0.01},
+             {"custom_id": "forced", "body": {"messages": [{"role": "user", "content": "Look it up"}], "tools": tools,
+                                              "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+                                              "max_tokens": 200, "logit_bias": {str(quote): 6}}}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    common = ["-m", e_model, "--temperature", "0", "--ctx", "1024", "--threads", "1", "-q", "-p", "2"]
+    proc = run_gemma("batch", src, "-o", tmp_path / "out.jsonl", *common, home=tmp_path / "home", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = {r.get("custom_id") or r.get("id"): r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    assert out["penalized"]["answer"] != out["plain"]["answer"] and out["presence"]["answer"] != out["plain"]["answer"]
+    message = out["forced"]["response"]["body"]["choices"][0]["message"]
+    assert [c["function"]["name"] for c in message["tool_calls"]] == ["lookup"]
+    assert isinstance(json.loads(message["tool_calls"][0]["function"]["arguments"])["word"], str)
+    # The run's flag is the default for every line (a line's own value wins).
+    flagged = run_gemma("batch", src, "-o", tmp_path / "flag.jsonl", *common, "--repeat-penalty", "1.5",
+                        home=tmp_path / "home", timeout=300)
+    assert flagged.returncode == 0, flagged.stderr
+    again = {r.get("custom_id") or r.get("id"): r for r in map(json.loads, (tmp_path / "flag.jsonl").read_text().splitlines())}
+    assert again["plain"]["answer"] == out["penalized"]["answer"]

@@ -187,7 +187,7 @@ def _openai_request(data: dict) -> Request:
     if req.n > 1:
         raise RequestError("a batch line gets one choice (n = 1); write the line n times with other seeds", "n")
     if req.logprobs is not None:
-        raise RequestError("logprobs are not written to batch results", "logprobs", 'drop "logprobs"')
+        raise RequestError("'logprobs' are not written to batch results", "logprobs", 'drop "logprobs"')
     return req
 
 

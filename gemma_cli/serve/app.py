@@ -35,7 +35,7 @@ from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, 
 from gemma_cli.serve import audio
 from gemma_cli.serve import messages as messages_api
 from gemma_cli.serve import responses as responses_api
-from gemma_cli.serve.chat import ApiError, Builder, Chunks, bad, completion, read_request
+from gemma_cli.serve.chat import ApiError, Builder, Chunks, bad, completion, read_request, usage
 from gemma_cli.serve.replies import Replies
 from gemma_cli.serve.scheduler import Busy, Scheduler, Ticket
 
@@ -77,12 +77,16 @@ def create_app(served: Served) -> Starlette:
         body = await _json_body(request, served.max_body)
         _check_model(served, body.get("model") if isinstance(body, dict) else None)
         req = read_request(body, served.builder.settings)
-        job = await asyncio.to_thread(served.builder.job, req)  # tokenizing and decoding media: off the loop
-        _check_fits(served, job)
-        ticket = Ticket(job, asyncio.get_running_loop())
-        _submit(served.scheduler, ticket)
+        jobs = await asyncio.to_thread(served.builder.jobs, req)  # tokenizing and decoding media: off the loop
+        _check_fits(served, jobs[0])
         gemma4 = served.builder.gemma4
         calls = req.tools is not None  # no tools declared, or tool_choice "none": a call is text
+        one_call = req.parallel_tool_calls is False
+        if len(jobs) > 1:
+            return await _choices(request, served, req, jobs, calls)
+        job = jobs[0]
+        ticket = Ticket(job, asyncio.get_running_loop())
+        _submit(served.scheduler, ticket)
         if req.stream:
             # The 200 and its stream wait for the first piece: what fails before generation (the
             # prompt over the context, a media file, the grammar) is a 4xx, as without streaming.
@@ -91,13 +95,14 @@ def create_app(served: Served) -> Starlette:
                 return Response(status_code=499)
             if isinstance(first, Finished):
                 _raise_failure(first)
-            chunks = Chunks(served.model, gemma4, req.stop, req.include_usage, job.in_thought, calls=calls)
+            chunks = Chunks(served.model, gemma4, req.stop, req.include_usage, job.in_thought, calls=calls,
+                            one_call=one_call, logprobs=req.logprobs is not None)
             return EventStream(_events(served, ticket, chunks, first))
         done = await _until_done(request, served.scheduler, ticket)
         if done is None:
             return Response(status_code=499)  # the client is gone; nobody reads this
         _raise_failure(done)
-        return JSONResponse(completion(done, served.model, gemma4, calls=calls))
+        return JSONResponse(completion(done, served.model, gemma4, calls=calls, one_call=one_call))
 
     async def responses(request: Request) -> Response:
         body = await _json_body(request, served.max_body)
@@ -373,17 +378,114 @@ async def _until_first(request: Request, scheduler: Scheduler, ticket: Ticket):
     return first
 
 
+def _line(obj) -> bytes:
+    return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+
+
+def _fed(chunks: Chunks, event) -> list:
+    """The chunks a piece of text makes (a token's logprob makes none: it waits for the next chunk)."""
+    if isinstance(event, str):
+        return list(chunks.text(event))
+    chunks.logprob(event)
+    return []
+
+
+async def _choices(request: Request, served: Served, req, jobs: list, calls: bool) -> Response:
+    """A request for `n` > 1 choices: its jobs run side by side (their prompt evaluated once), one choice each."""
+    loop = asyncio.get_running_loop()
+    tickets = [Ticket(job, loop) for job in jobs]
+    try:
+        for ticket in tickets:
+            _submit(served.scheduler, ticket)
+    except ApiError:
+        for ticket in tickets:
+            served.scheduler.cancel(ticket)
+        raise
+    gemma4, one_call = served.builder.gemma4, req.parallel_tool_calls is False
+    if not req.stream:
+        dones = []
+        try:
+            for ticket in tickets:
+                done = await _until_done(request, served.scheduler, ticket)
+                if done is None:
+                    return Response(status_code=499)
+                _raise_failure(done)
+                dones.append(done)
+        finally:
+            for ticket in tickets:
+                served.scheduler.cancel(ticket)
+        return JSONResponse(completion(dones, served.model, gemma4, calls=calls, one_call=one_call))
+    first = await _until_first(request, served.scheduler, tickets[0])
+    if first is None or isinstance(first, Finished):
+        for ticket in tickets:
+            served.scheduler.cancel(ticket)
+        if first is None:
+            return Response(status_code=499)
+        _raise_failure(first)
+    shared_id = None
+    chunks = []
+    for i, job in enumerate(jobs):
+        c = Chunks(served.model, gemma4, req.stop, False, job.in_thought, calls=calls, index=i, one_call=one_call,
+                   logprobs=req.logprobs is not None, id=shared_id)
+        shared_id = c.id
+        chunks.append(c)
+    return EventStream(_events_of_choices(served, tickets, chunks, first, req.include_usage))
+
+
+async def _events_of_choices(served: Served, tickets: list, chunks: list, first, include_usage: bool):
+    """SSE lines of `n` choices streamed together: each chunk names its choice's index."""
+    merged: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i: int, ticket: Ticket) -> None:
+        while True:
+            event = await ticket.events.get()
+            merged.put_nowait((i, event))
+            if isinstance(event, Finished):
+                return
+
+    merged.put_nowait((0, first))
+    pumps = [asyncio.ensure_future(pump(i, t)) for i, t in enumerate(tickets) if i or not isinstance(first, Finished)]
+    try:
+        for c in chunks:
+            yield _line(c.first())
+        dones: dict[int, Finished] = {}
+        while len(dones) < len(tickets):
+            i, event = await merged.get()
+            if not isinstance(event, Finished):
+                for chunk in _fed(chunks[i], event):
+                    yield _line(chunk)
+                continue
+            dones[i] = event
+            if event.error is not None:
+                try:
+                    _raise_failure(event)
+                except ApiError as e:
+                    yield _line(e.body())
+                    break
+            for chunk in chunks[i].done(event):
+                yield _line(chunk)
+        else:
+            if include_usage:
+                c = chunks[0]
+                yield _line({"id": c.id, "object": "chat.completion.chunk", "created": c.created, "model": c.model,
+                             "choices": [], "usage": usage([dones[i] for i in range(len(tickets))])})
+        yield b"data: [DONE]\n\n"
+    finally:
+        for p in pumps:
+            p.cancel()
+        for ticket in tickets:
+            served.scheduler.cancel(ticket)
+
+
 async def _events(served: Served, ticket: Ticket, chunks: Chunks, first):
     """SSE lines of a streamed completion from its first event on; the slot is freed whenever the stream stops."""
-
-    def line(obj) -> bytes:
-        return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
+    line = _line
 
     try:
         yield line(chunks.first())
         event = first
         while not isinstance(event, Finished):
-            for chunk in chunks.text(event):
+            for chunk in _fed(chunks, event):
                 yield line(chunk)
             event = await ticket.events.get()
         if event.error is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Iterator
 
 from gemma_cli.chat.session import format_of_engine
-from gemma_cli.engine.core import schema_to_grammar
+from gemma_cli.engine.core import TokenLogprob, schema_to_grammar
 from gemma_cli.engine.parallel import Finished, Job
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError
 from gemma_cli.format import reply
@@ -51,6 +51,7 @@ class Settings:
     think: bool = False
     allow_files: bool = False  # file:// URLs in media parts
     max_media_bytes: int = 25 * 1024 * 1024  # each image or audio, decoded
+    slots: int = 1  # parallel sequences: the most choices (`n`) a request may ask for
 
 
 # ---------------------------------------------------------------- reading a request
@@ -65,6 +66,9 @@ def read_request(body, settings: Settings) -> ChatRequest:
         raise bad(e.message, e.param, e.code) from None
     if req.think is None:
         req.think = settings.think
+    if req.n > settings.slots:
+        raise bad(f"'n' is {req.n}, more choices than the server's {settings.slots} parallel sequences "
+                  "(start gemma serve with a larger --parallel)", "n")
     for i, m in enumerate(req.messages):
         content = m.get("content")
         for j, part in enumerate(content if isinstance(content, list) else ()):
@@ -114,9 +118,29 @@ class Builder:
     def gemma4(self) -> bool:
         return self.format.kind == "gemma4"
 
+    def jobs(self, req: ChatRequest) -> list["Job"]:
+        """The request's `n` jobs: one prompt, evaluated once and shared (its last token aside), each
+        choice with its own seed (seed + i) when a seed is given."""
+        job = self.job(req)
+        if req.n == 1:
+            return [job]
+        shared = len(job.prompt) - 1 if not job.media else None  # with media, the staging sequence is reused anyway
+        seed = job.sampling.seed
+        return [replace(job, shared=shared, sampling=replace(job.sampling, seed=None if seed is None else seed + i))
+                for i in range(req.n)]
+
     def job(self, req: ChatRequest) -> "Job":
 
         sampling = replace(self.settings.sampling, **req.sampling())
+        outside = [t for t in sampling.logit_bias or {} if not 0 <= t < self.engine.n_vocab]
+        if outside:
+            raise bad(f"logit_bias names token {outside[0]}, outside the model's vocabulary "
+                      f"(0..{self.engine.n_vocab - 1})", "logit_bias")
+        if req.tool_choice == "required":
+            if not self.gemma4:
+                raise bad("a forced tool call (tool_choice) needs a Gemma 4 model: its call syntax is Gemma 4's",
+                          "tool_choice")
+            sampling = replace(sampling, grammar=req.call_grammar())
         if req.grammar:
             sampling = replace(sampling, grammar=req.grammar)
         if req.schema is not None or req.json_mode:
@@ -132,10 +156,11 @@ class Builder:
             raise bad(f"the messages cannot be rendered ({type(e).__name__}: {e})", "messages") from None
         tokens = self.engine.tokenize(text)
         media = self._load_media(req.messages)
+        constrained = req.schema is not None or req.json_mode or req.tool_choice == "required"
         return Job(tokens, sampling, req.max_tokens or self.settings.max_tokens, media or None,
-                   free_thought=bool(req.think and (req.schema is not None or req.json_mode) and self.gemma4),
+                   free_thought=bool(req.think and constrained and self.gemma4),
                    in_thought=self.gemma4 and ends_in_thought(text),  # after a tool result with thinking on
-                   stop=req.stop)
+                   stop=req.stop, logprobs=req.logprobs)
 
     def _load_media(self, messages: list[dict]) -> list:
 
@@ -173,11 +198,22 @@ def _id() -> str:
     return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
-def usage(done: "Finished") -> dict:
-    prompt = done.prompt_tokens + done.reused_tokens
-    return {"prompt_tokens": prompt, "completion_tokens": done.generated_tokens,
-            "total_tokens": prompt + done.generated_tokens,
-            "prompt_tokens_details": {"cached_tokens": done.reused_tokens}}
+def usage(done: "Finished | list[Finished]") -> dict:
+    """OpenAI's usage of a job, or of the `n` jobs of one request (their prompt counted once)."""
+    dones = done if isinstance(done, list) else [done]
+    prompt = dones[0].prompt_tokens + dones[0].reused_tokens
+    generated = sum(d.generated_tokens for d in dones)
+    return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated,
+            "prompt_tokens_details": {"cached_tokens": min(d.reused_tokens for d in dones)}}
+
+
+def logprob_content(entries: list[TokenLogprob]) -> dict:
+    """OpenAI's `choices[].logprobs` for tokens (every token the model generated, a thought included)."""
+    def one(token: int, piece: bytes, logprob: float) -> dict:
+        return {"token": piece.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(piece)}
+
+    return {"content": [{**one(e.token, e.piece, e.logprob), "top_logprobs": [one(*t) for t in e.top]}
+                        for e in entries], "refusal": None}
 
 
 def _calls(calls) -> list[dict]:
@@ -192,10 +228,17 @@ def spelled(call) -> str:
     return reply.CALL_OPEN + call.raw + ("" if unclosed else reply.CALL_CLOSE)
 
 
-def completion(done: "Finished", model: str, gemma4: bool, calls: bool = True) -> dict:
-    """The chat.completion object of a finished job; without `calls` (the client declared no tools or
-    said tool_choice "none") a tool call the model wrote stays text in the answer."""
+def completion(done: "Finished | list[Finished]", model: str, gemma4: bool, calls: bool = True,
+               one_call: bool = False) -> dict:
+    """The chat.completion object of a finished job (or of a request's `n` jobs, one choice each);
+    without `calls` (the client declared no tools or said tool_choice "none") a tool call the model
+    wrote stays text in the answer; `one_call` (parallel_tool_calls false): calls after the first are dropped."""
+    dones = done if isinstance(done, list) else [done]
+    return {"id": _id(), "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [_choice(d, i, gemma4, calls, one_call) for i, d in enumerate(dones)], "usage": usage(dones)}
 
+
+def _choice(done: "Finished", index: int, gemma4: bool, calls: bool, one_call: bool) -> dict:
     if gemma4:
         events = reply.collapse(_as_text(_reply_events(done.text, done.job.in_thought), calls))
         answer = "".join(e.text for e in events if isinstance(e, reply.Answer))
@@ -203,6 +246,8 @@ def completion(done: "Finished", model: str, gemma4: bool, calls: bool = True) -
         calls = [e for e in events if isinstance(e, reply.ToolCall)]
     else:
         answer, thinking, calls = done.text, "", []
+    if one_call:
+        calls = calls[:1]
     message: dict = {"role": "assistant", "content": answer if answer or not calls else None}
     if thinking:
         message["reasoning_content"] = thinking
@@ -210,9 +255,8 @@ def completion(done: "Finished", model: str, gemma4: bool, calls: bool = True) -
     if calls:
         message["tool_calls"] = _calls(calls)
         finish = "tool_calls" if finish == "stop" else finish
-    return {"id": _id(), "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
-            "usage": usage(done)}
+    logprobs = logprob_content(done.logprobs) if done.job.logprobs is not None else None
+    return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish}
 
 
 def _reply_events(text: str, in_thought: bool) -> list:
@@ -231,9 +275,13 @@ class Chunks:
     """The chat.completion.chunk objects of a streamed job, from its pieces of text as they come."""
 
     def __init__(self, model: str, gemma4: bool, stop: tuple[str, ...], include_usage: bool, in_thought: bool = False,
-                 calls: bool = True):
+                 calls: bool = True, *, index: int = 0, one_call: bool = False, logprobs: bool = False,
+                 id: str | None = None):
 
-        self.id, self.created, self.model = _id(), int(time.time()), model
+        self.id, self.created, self.model = id or _id(), int(time.time()), model
+        self.index = index  # the choice these chunks are of (n > 1: one Chunks per choice, one id)
+        self.one_call = one_call  # parallel_tool_calls false: calls after the first are not sent
+        self.logprobs: list[TokenLogprob] | None = [] if logprobs else None  # tokens not yet sent with a chunk
         self.parser = reply.ReplyParser(in_thought=in_thought) if gemma4 else None
         self.stop = stop
         self.hold = max(map(len, stop), default=1) - 1  # a stop string may be starting in the last characters
@@ -245,14 +293,22 @@ class Chunks:
         self.calls_wanted = calls  # False: a tool call is sent as the text the model wrote
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
+        logprobs = None
+        if self.logprobs and (delta or finish):  # the tokens decoded so far go with the next chunk that says something
+            logprobs, self.logprobs = logprob_content(self.logprobs), []
         out = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-               "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+               "choices": [{"index": self.index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
         if self.include_usage:
             out["usage"] = None
         return out
 
     def first(self) -> dict:
         return self._chunk({"role": "assistant", "content": ""})
+
+    def logprob(self, entry: TokenLogprob) -> None:
+        """A token's logprob (it comes before the token's text): sent with the next chunk."""
+        if self.logprobs is not None:
+            self.logprobs.append(entry)
 
     def text(self, piece: str) -> Iterator[dict]:
         self.raw += piece
@@ -294,6 +350,8 @@ class Chunks:
             elif isinstance(event, reply.Thinking) and event.text:
                 yield self._chunk({"reasoning_content": event.text})
             elif isinstance(event, reply.ToolCall):
+                if self.one_call and self.calls:
+                    continue
                 call = _calls([event])[0]
                 yield self._chunk({"tool_calls": [{"index": self.calls, **call}]})
                 self.calls += 1

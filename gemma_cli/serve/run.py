@@ -42,6 +42,7 @@ def serve_engine(engine, n: int, settings, sock, *, host: str, model: str, api_k
 
     scheduler = Scheduler(engine, n, max_waiting=queue)
     aliases = {engine.path.name, engine.path.stem, str(engine.path), str(engine.info.meta.get("general.name") or "")}
+    settings.slots = n  # the most choices (`n`) one request may ask for
     served = Served(scheduler, Builder(engine, settings), model, aliases - {""}, api_key=api_key, max_body=max_body)
     app = create_app(served)
     bound = sock.getsockname()[1]

@@ -36,11 +36,14 @@ class Ticket:
     def __init__(self, job: "Job", loop: asyncio.AbstractEventLoop):
         self.job = job
         self.loop = loop
-        self.events: asyncio.Queue = asyncio.Queue()  # str pieces, then one Finished
+        # str pieces (with Job.logprobs, each after its token's engine.TokenLogprob), then one Finished
+        self.events: asyncio.Queue = asyncio.Queue()
         job.key = self
         job.on_text = self._text
+        if job.logprobs is not None:
+            job.on_logprob = self._text
 
-    def _text(self, piece: str) -> None:  # on the decoding thread
+    def _text(self, piece) -> None:  # on the decoding thread
         self.loop.call_soon_threadsafe(self.events.put_nowait, piece)
 
     def finish(self, done: "Finished") -> None:  # on the decoding thread
