@@ -183,6 +183,8 @@ class Local:
         s = replace(s, temperature=s.temperature if r.temperature is None else r.temperature,
                     top_p=s.top_p if r.top_p is None else r.top_p, top_k=s.top_k if r.top_k is None else r.top_k,
                     seed=s.seed if r.seed is None else r.seed)
+        if r.grammar:  # llama.cpp's own field: the whole reply follows the GBNF
+            s = replace(s, grammar=r.grammar)
         if r.schema is not None or r.json_mode:
             try:
                 s = replace(s, grammar=schema_to_grammar(r.schema))
