@@ -223,7 +223,7 @@ def chat_json(home, e_model, config, *args, grammar=None, **kw) -> tuple[subproc
     path = home / "call.gbnf"
     path.write_text(grammar)
     proc = run_gemma("chat", "add 2 and 3", "--model", e_model, "--mcp-config", config, "--grammar", path,
-                     "--max-tokens", "64", "--json", *args, home=home, **kw)
+                     "--max-tokens", "160", "--json", *args, home=home, **kw)
     try:
         return proc, json.loads(proc.stdout)
     except json.JSONDecodeError:
@@ -303,3 +303,132 @@ def test_no_server_process_is_left_behind(home, e_model, how):
     else:
         assert proc.returncode == 128 + signal.SIGTERM, err
     assert not alive(server), "the MCP server outlived gemma"
+
+
+# ---------------------------------------------------------------- approval on a terminal
+
+
+def terminal(home, e_model, grammar_rule: str, *extra):
+    from tests.test_repl_screen import Terminal
+
+    config = write_config(home / "servers.json", {"ours": ours()})
+    grammar = home / "call.gbnf"
+    grammar.write_text(grammar_rule)
+    return Terminal(home, "--model", e_model, "--mcp-config", config, "--grammar", grammar, "--max-tool-rounds", "1",
+                    "--max-tokens", "64", *extra)
+
+
+def test_approval_shows_the_full_escaped_arguments_and_always_is_remembered(home, e_model):
+    rule = 'root ::= "<|tool_call>call:echo{text:<|\\"|>red\\x1b[31mtext\\x9b<|\\"|>}<tool_call|>"\n'
+    term = terminal(home, e_model, rule)
+    try:
+        term.child.sendline("say it")
+        term.child.expect_exact(b"[N]o: ")
+        shown = "\n".join(term.lines())
+        assert "MCP tool echo (server ours) wants to run with:" in shown
+        assert '{"text": "red\\u001b[31mtext\\u009b"}' in shown, shown  # control characters escaped, in full
+        term.child.sendline("t")  # always this tool
+        term.child.expect_exact(b"result:")
+        term.child.expect_exact(b">>> ")
+        saved = json.loads((home / "config" / "mcp.json").read_text())
+        assert saved["approvals"] == {"ours": ["echo"]}
+        term.child.sendline("again")  # remembered: no question this time
+        term.child.expect_exact(b"result:")
+        term.child.expect_exact(b">>> ")
+        assert sum("wants to run with" in line for line in term.lines()) == 1
+        term.child.sendline("/tools")
+        term.child.expect_exact(b"total")
+        term.child.expect_exact(b">>> ")
+        term.child.sendline("/mcp")
+        term.child.expect_exact(b"7 tools")
+        term.child.expect_exact(b">>> ")
+        shown = "\n".join(term.lines())
+        assert "MCP ours" in shown and "ours             ready" in shown
+    finally:
+        term.close()
+
+
+def test_approval_no_runs_nothing_and_always_this_server_is_remembered(home, e_model):
+    rule = 'root ::= "<|tool_call>call:math_add_numbers{a:2,b:3}<tool_call|>"\n'
+    term = terminal(home, e_model, rule)
+    try:
+        term.child.sendline("add")
+        term.child.expect_exact(b"[N]o: ")
+        term.child.sendline("n")
+        term.child.expect_exact(b"not run")
+        term.child.expect_exact(b">>> ")
+        assert not (home / "config" / "mcp.json").exists()
+        term.child.sendline("add again")
+        term.child.expect_exact(b"[N]o: ")
+        term.child.sendline("s")
+        term.child.expect_exact(b"result:")
+        term.child.expect_exact(b">>> ")
+        assert json.loads((home / "config" / "mcp.json").read_text())["approvals"] == {"ours": ["*"]}
+    finally:
+        term.close()
+
+
+# ---------------------------------------------------------------- real servers from PyPI
+
+
+REAL_SERVERS = ["mcp-server-time", "mcp-server-git"]
+
+
+@pytest.fixture(scope="session")
+def real_servers(request, tmp_path_factory) -> Path:
+    """A virtualenv holding mcp-server-time and mcp-server-git, made once under pytest's cache and reused."""
+    import hashlib
+    import venv
+
+    key = hashlib.sha256(" ".join(REAL_SERVERS).encode()).hexdigest()[:12]
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir(f"mcp-servers-{key}")) if cache is not None else tmp_path_factory.mktemp("mcp-servers")
+    bin_dir = root / "venv" / "bin"
+    if all((bin_dir / name).is_file() for name in REAL_SERVERS):
+        return bin_dir
+    try:
+        venv.EnvBuilder(with_pip=True, clear=True).create(root / "venv")
+        proc = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", *REAL_SERVERS],
+                              capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as e:
+        proc = subprocess.CompletedProcess([], 1, "", str(e))
+    if proc.returncode != 0 or not all((bin_dir / name).is_file() for name in REAL_SERVERS):
+        from tests.needs import skip_or_fail
+
+        skip_or_fail(f"cannot install {', '.join(REAL_SERVERS)} into a virtualenv: "
+                     f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:] or 'pip failed'}")
+    return bin_dir
+
+
+def test_real_mcp_server_time_through_gemma_chat(home, e_model, real_servers):
+    config = write_config(home / "servers.json", {"time": {"command": str(real_servers / "mcp-server-time"),
+                                                           "args": ["--local-timezone", "UTC"]}})
+    rule = 'root ::= "<|tool_call>call:get_current_time{timezone:<|\\"|>Asia/Tokyo<|\\"|>}<tool_call|>"\n'
+    proc, out = chat_json(home, e_model, config, "--yes", "--max-tool-rounds", "1", grammar=rule)
+    assert proc.returncode == 0, proc.stderr
+    run = out["tool_results"][0]
+    assert run["server"] == "time" and run["arguments"] == {"timezone": "Asia/Tokyo"} and run["error"] is None
+    assert json.loads(run["result"])["timezone"] == "Asia/Tokyo"  # fed back: the model's next turn saw it
+    assert out["stats"]["prompt_tokens"] > 0 and len(out["tool_calls"]) == 2
+
+
+def test_real_mcp_server_git_through_gemma_chat(home, e_model, real_servers):
+    repo = home / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q", "-b", "trunk", str(repo)], check=True)
+    (repo / "new.txt").write_text("hello")
+    config = write_config(home / "servers.json", {"git": {"command": str(real_servers / "mcp-server-git"),
+                                                          "args": ["--repository", str(repo)],
+                                                          "includeTools": ["git_status", "git_log"]}})
+    rule = f'root ::= "<|tool_call>call:git_status{{repo_path:<|\\"|>{repo}<|\\"|>}}<tool_call|>"\n'
+    proc, out = chat_json(home, e_model, config, "--yes", "--max-tool-rounds", "1", grammar=rule)
+    assert proc.returncode == 0, proc.stderr
+    run = out["tool_results"][0]
+    assert run["server"] == "git" and run["error"] is None
+    assert "trunk" in run["result"] and "new.txt" in run["result"]
+
+
+def test_real_mcp_server_git_with_every_tool_overflows_a_small_context(home, e_model, real_servers):
+    config = write_config(home / "servers.json", {"git": {"command": str(real_servers / "mcp-server-git")}})
+    proc, _ = chat_json(home, e_model, config, "--yes", "--ctx", "2048")
+    assert_one_line_error(proc, "tool declarations take", "2048-token context", "by server: git")

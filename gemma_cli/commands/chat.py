@@ -31,14 +31,13 @@ Examples:
 """
 
 
+@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, *opt.DRAFTING, "as_json",
+            "yes", "verbose")
 def chat(
     prompt: Annotated[Optional[str], typer.Argument(help="What to ask. Omit it for the interactive chat; piped stdin is read as context.")] = None,
-    model: opt.Model = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="An image to send with the prompt (repeatable; - reads stdin).")] = None,
     audio: Annotated[Optional[list[str]], typer.Option("--audio", "-a", metavar="PATH", help="An audio clip to send with the prompt (repeatable; over 30 s is cut at pauses).")] = None,
     video: Annotated[Optional[list[str]], typer.Option("--video", "-v", metavar="PATH", help="A video clip to send with the prompt (repeatable; 32 frames at 70 tokens each; - reads stdin).")] = None,
-    mmproj: opt.Mmproj = None,
-    image_tokens: opt.ImageTokens = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think before it answers (default off).")] = None,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the thinking.")] = False,
@@ -55,25 +54,10 @@ def chat(
     mcp: Annotated[Optional[list[str]], typer.Option("--mcp", metavar="NAME", help="Start only this MCP server (repeatable; default: every enabled one).")] = None,
     no_mcp: Annotated[bool, typer.Option("--no-mcp", help="Start no MCP server.")] = False,
     max_tool_rounds: Annotated[int, typer.Option("--max-tool-rounds", min=0, help="Most tool-call rounds per answer.")] = 8,
-    max_tokens: opt.MaxTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    seed: opt.Seed = None,
-    min_p: opt.MinP = None,
-    repeat_penalty: opt.RepeatPenalty = None,
-    presence_penalty: opt.PresencePenalty = None,
-    frequency_penalty: opt.FrequencyPenalty = None,
-    ctx: opt.Ctx = None,
-    threads: opt.Threads = None,
-    gpu_layers: opt.GpuLayers = None,
-    draft: opt.Draft = None,
-    draft_max: opt.DraftMax = None,
     print_prompt: Annotated[bool, typer.Option("--print-prompt", help="Print the exact prompt text and exit (loads no weights).")] = False,
-    as_json: opt.Json = False,
     save: Annotated[bool, typer.Option("--save", help="Keep this one-shot exchange for `gemma chat --continue` (the interactive chat, and a one-shot --continue, always are).")] = False,
-    yes: opt.Yes = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
+    *,
+    o: opt.Common,
 ) -> None:
     """Chat with a model: one answer for a prompt, or an interactive chat on a terminal."""
     # lazy: config loads only when the command runs; keeps gemma --help fast
@@ -83,7 +67,7 @@ def chat(
     # lazy: commands.describe loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands.describe import check_budget
 
-    check_budget(image_tokens)
+    check_budget(o.image_tokens)
     # lazy: media loads only when the command runs; keeps gemma --help fast
     from gemma_cli.media.parts import MediaParts
 
@@ -98,7 +82,7 @@ def chat(
     # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
 
-    resolved = loading.resolve(settings, model or conv.model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers,
+    resolved = loading.resolve(settings, o.model or conv.model, yes=o.yes, mmproj=o.mmproj, gpu_layers=o.gpu_layers,
                                loads=not print_prompt)
     path = resolved.path
     messages = _with_system(conv.messages, system)
@@ -115,33 +99,32 @@ def chat(
         # lazy: video loads only when the command runs; keeps gemma --help fast
         from gemma_cli.media.video import check_context
 
-        check_context(decoder.videos(parts), settings.pick("ctx", ctx) or 8192)  # before the model loads
+        check_context(decoder.videos(parts), settings.pick("ctx", o.ctx) or 8192)  # before the model loads
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
     # lazy: the MCP face, only when the chat runs; keeps gemma --help fast
     from gemma_cli.commands import mcp as mcp_face
 
-    host = mcp_face.start(mcp_config, mcp, no_mcp, yes=yes)  # the servers start while the model loads
+    host = mcp_face.start(mcp_config, mcp, no_mcp, yes=o.yes)  # the servers start while the model loads
 
     # lazy: session loads only when the command runs; keeps gemma --help fast
     from gemma_cli.chat.session import ChatSession, format_of_engine
 
-    engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
-                                 verbose=verbose, load_mmproj=bool(parts), image_tokens=image_tokens)
-    loading.note_context(engine, loading.asked_ctx(settings, ctx))
-    sampling = loading.sampling_of(settings, temperature, top_p, top_k, seed, saved=conv.settings, min_p=min_p,
-                                   repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
-                                   frequency_penalty=frequency_penalty)
+    engine = loading.open_engine(resolved, ctx=settings.pick("ctx", o.ctx), threads=settings.pick("threads", o.threads),
+                                 verbose=o.verbose, load_mmproj=bool(parts), image_tokens=o.image_tokens)
+    loading.note_context(engine, loading.asked_ctx(settings, o.ctx))
+    sampling = loading.sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed, saved=conv.settings,
+                                   **opt.given(o, opt.PENALTIES))
     sampling.grammar = _constraint(schema, fmt, grammar)
     session = ChatSession(engine, format_of_engine(engine, override), sampling=sampling, think=think, tools=declarations,
-                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")),
+                          max_tokens=settings.pick("max_tokens", o.max_tokens or conv.settings.get("max_tokens")),
                           media=decoder, keep_thinking=keep_thinking, think_budget=think_budget)
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
-    loading.attach_draft(engine, resolved, draft, draft_max)
-    confirm = None if yes else _confirm
+    loading.attach_draft(engine, resolved, o.draft, o.draft_max)
+    confirm = None if o.yes else _confirm
     if host is not None:
         toolbox = mcp_face.ready(host, session, toolbox)  # MCP declarations beside --tools ones, within budget
         confirm = toolbox.confirm(confirm)
@@ -152,7 +135,7 @@ def chat(
         keep = save or resume  # a one-shot --continue is a turn of the saved conversation
         try:
             _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds,
-                      show_thinking=not hide_thinking, as_json=as_json)
+                      show_thinking=not hide_thinking, as_json=o.as_json)
         except SystemExit:  # Ctrl-C: the partial answer is kept too (an error saves nothing)
             if keep:
                 _autosave(session, path)

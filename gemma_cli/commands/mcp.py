@@ -116,16 +116,17 @@ def ask_on_terminal(tool, server: str, arguments) -> str | None:
 
 
 def _stop_on_sigterm() -> None:
-    """SIGTERM ends the chat as Ctrl-C does, so the servers are stopped on the way out."""
+    """SIGTERM (and a closed terminal's SIGHUP) end the chat as Ctrl-C does, so the servers are stopped on the way out."""
 
     def stop(signum, frame):
         raise SystemExit(128 + signum)
 
-    try:
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread
-        pass
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                signal.signal(sig, stop)
+        except ValueError:  # not the main thread
+            return
 
 
 def json_of(run) -> dict:

@@ -12,11 +12,11 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 from gemma_cli.chat.session import format_of_engine
-from gemma_cli.engine.core import TokenLogprob, schema_to_grammar
+from gemma_cli.engine.core import TokenLogprob, request_sampling
 from gemma_cli.engine.parallel import Finished, Job
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError
 from gemma_cli.format import reply
@@ -131,23 +131,17 @@ class Builder:
 
     def job(self, req: ChatRequest) -> "Job":
 
-        sampling = replace(self.settings.sampling, **req.sampling())
+        if req.tool_choice == "required" and not self.gemma4:
+            raise bad("a forced tool call (tool_choice) needs a Gemma 4 model: its call syntax is Gemma 4's",
+                      "tool_choice")
+        try:
+            sampling = request_sampling(self.settings.sampling, req)
+        except RequestError as e:
+            raise bad(e.message, e.param) from None
         outside = [t for t in sampling.logit_bias or {} if not 0 <= t < self.engine.n_vocab]
         if outside:
             raise bad(f"logit_bias names token {outside[0]}, outside the model's vocabulary "
                       f"(0..{self.engine.n_vocab - 1})", "logit_bias")
-        if req.tool_choice == "required":
-            if not self.gemma4:
-                raise bad("a forced tool call (tool_choice) needs a Gemma 4 model: its call syntax is Gemma 4's",
-                          "tool_choice")
-            sampling = replace(sampling, grammar=req.call_grammar())
-        if req.grammar:
-            sampling = replace(sampling, grammar=req.grammar)
-        if req.schema is not None or req.json_mode:
-            try:
-                sampling = replace(sampling, grammar=schema_to_grammar(req.schema))
-            except Exception as e:  # noqa: BLE001 - llama.cpp's converter raises plain exceptions
-                raise bad(f"the JSON schema cannot be turned into a grammar ({e})", "response_format") from None
         try:
             text = self.format.render(req.messages, req.tools, thinking=req.think)
         except GemmaError as e:
