@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator
 
 from gemma_cli.chat.session import format_of_engine
