@@ -32,6 +32,10 @@ class MediaError(GemmaError):
     """An image or audio file that cannot be read."""
 
 
+class GrammarError(GemmaError):
+    """An output grammar (GBNF) that llama.cpp cannot parse."""
+
+
 class CapabilityError(GemmaError):
     """Asking a model for something it cannot do (audio on a vision-only model, ...)."""
 

@@ -16,11 +16,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import openai  # a runtime dependency (gemma batch --endpoint): imported plainly, never skipped
 import pytest
 
 from tests.clitools import gemma_env
 
-openai = pytest.importorskip("openai")
 
 FAST = ["--threads", "1", "--ctx", "768"]  # one thread: llama.cpp's spin-waits suffer on shared cores
 THOUGHT = 'root ::= "<|channel>thought\\nI ponder deeply<channel|>The answer is four."'
@@ -299,6 +299,62 @@ def test_bad_requests_are_4xx_with_error_objects_and_the_server_stays_up(server)
     with pytest.raises(openai.BadRequestError):
         server.client().audio.transcriptions.create(model="gemma4-e", file=("junk.wav", b"RIFF....garbage"))
     assert ask(server.client(), max_tokens=3).choices[0].message.content is not None  # still serving
+
+
+def test_errors_known_before_generation_are_4xx_even_when_streaming(server):
+    """A streamed request gets its 200 only once generation runs: a prompt over the context, an invalid
+    grammar or an unreadable image is the same 400 with or without `stream` (issue 20, item 6)."""
+    client = server.client()
+    image = [{"type": "image_url", "image_url": {"url": "data:image/png;base64,bm90IGFuIGltYWdl"}},
+             {"type": "text", "text": "?"}]
+    cases = [("word " * 2000, {}, "context_length_exceeded"),
+             ("hi", {"extra_body": {"grammar": 'root ::= "a'}}, "invalid_grammar"),
+             ("hi", {"extra_body": {"grammar": "root ::= nowhere"}}, "invalid_grammar"),
+             (image, {}, "invalid_media")]
+    for content, kw, code in cases:
+        for stream in (False, True):
+            with pytest.raises(openai.BadRequestError) as info:
+                r = ask(client, content, stream=stream, **kw)
+                if stream:
+                    list(r)
+            assert info.value.status_code == 400 and info.value.body["code"] == code, (code, stream, info.value.body)
+    # The grammar's reason is said, in the API's error, and the field is named.
+    with pytest.raises(openai.BadRequestError) as info:
+        ask(client, "hi", extra_body={"grammar": 'root ::= "a'})
+    assert info.value.body["param"] == "grammar" and "unexpected end of input" in info.value.body["message"]
+    assert ask(client, max_tokens=3, stream=False).choices[0].message.content is not None  # still serving
+
+
+def test_an_invalid_grammar_prints_nothing_without_verbose(e_model, tmp_path):
+    """llama.cpp's grammar parser writes to stderr itself: that stays out of the log unless --verbose."""
+    for verbose in (False, True):
+        s = Server(tmp_path, "-m", e_model, *FAST, *(["--verbose"] if verbose else []))
+        try:
+            with pytest.raises(openai.BadRequestError):
+                ask(s.client(), "hi", extra_body={"grammar": 'root ::= "a'})
+        finally:
+            code = s.stop()
+        rest = s.proc.stderr.read()
+        assert code == 0, rest
+        assert ("error parsing grammar" in rest) is verbose, rest[-3000:]
+
+
+def test_a_tool_call_the_client_ruled_out_is_text(server):
+    """No `tools` declared, or tool_choice "none": what the model writes as a call is returned as text
+    (issue 20, item 7), streamed or not."""
+    client = server.client()
+    spelled = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>'
+    for kw in ({}, {"tools": TOOLS, "tool_choice": "none"}):
+        r = ask(client, "Weather in Paris?", max_tokens=150, extra_body={"grammar": CALL}, **kw)
+        choice = r.choices[0]
+        assert choice.message.tool_calls is None and choice.finish_reason == "stop", choice
+        assert choice.message.content == spelled
+        streamed = list(ask(client, "Weather in Paris?", max_tokens=150, stream=True, extra_body={"grammar": CALL},
+                            **kw))
+        deltas = [c.choices[0].delta for c in streamed if c.choices]
+        assert not any(d.tool_calls for d in deltas)
+        assert "".join(d.content or "" for d in deltas) == spelled
+        assert streamed[-1].choices[0].finish_reason == "stop"
 
 
 def test_unknown_route_is_an_error_object(server):

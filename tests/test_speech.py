@@ -21,6 +21,7 @@ import soundfile as sf
 from gemma_cli.media import speech
 from gemma_cli.media.audio import load_audio
 from tests.clitools import run_gemma
+from tests.needs import skip_or_fail
 
 DATA = Path(__file__).parent / "data"
 RATE = 16000
@@ -160,7 +161,7 @@ def test_the_energy_fallback_on_speech_like_audio_with_known_silences():
 
 def test_espeak_speech_made_now_where_espeak_ng_is_installed(tmp_path):
     if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+        skip_or_fail("espeak-ng is not installed (apt-get install espeak-ng; .ci/run installs it)")
     subprocess.run(["espeak-ng", "-w", str(tmp_path / "a.wav"), "Seven quick brown foxes jump over the lazy dog."],
                    check=True, capture_output=True)
     spoken = load_audio(tmp_path / "a.wav").samples

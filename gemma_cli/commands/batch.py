@@ -66,7 +66,7 @@ def batch(
     ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each line, prompt and answer (default 8192).")] = None,
     draft: Annotated[Optional[str], typer.Option("--draft", metavar="off|auto|ngram|PATH", help="Speculative decoding, one line at a time (instead of --parallel): auto, the model's installed MTP drafter; ngram, prompt lookup for copy-heavy lines; PATH, a gemma4-assistant GGUF. Default off: parallel sequences give a batch more throughput.")] = None,
     draft_max: opt.DraftMax = None,
-    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="CPU matmul kernels that keep each line's greedy output independent of --parallel and of the lines beside it (off by default: on the CPU they cost about 25 % more CPU time on prompt-heavy lines, none measurable on decode-heavy ones: bench/kernels.py).")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="CPU matmul kernels that keep each line's greedy or seeded output independent of --parallel and of the lines beside it (off by default: on the CPU they cost about 25 % more CPU time on prompt-heavy lines, none measurable on decode-heavy ones: bench/kernels.py).")] = None,
     threads: opt.Threads = None,
     gpu_layers: opt.GpuLayers = None,
     yes: opt.Yes = False,

@@ -25,8 +25,8 @@ import llama_cpp.llama_cpp as llama_api
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from gemma_cli.engine.kv import KVCache, common_prefix
-from gemma_cli.engine.log import clear_log, on_log, recent_log, set_verbose
-from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, ModelError
+from gemma_cli.engine.log import captured_stderr, clear_log, on_log, recent_log, replay, set_verbose
+from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, GrammarError, ModelError
 from gemma_cli.gguf_header import Header, read_header
 
 # ---------------------------------------------------------------- logging (engine.log)
@@ -705,15 +705,30 @@ def schema_to_grammar(schema: dict | None) -> str:
     return json_schema_to_gbnf(json.dumps(schema))
 
 
+def grammar_problem(said: str) -> str:
+    """The reason in llama.cpp's grammar parser output ("parse: error parsing grammar: X")."""
+    for line in said.splitlines():
+        if "error parsing grammar:" in line:
+            return line.split("error parsing grammar:", 1)[1].strip()
+    for line in said.splitlines():
+        if line.strip():
+            return line.strip()[:200]
+    return recent_log("grammar") or "llama.cpp refused it"
+
+
 def _new_sampler(vocab, s: Sampling):
     chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
     if s.grammar:
         # Not llama.cpp's lazy grammar: its trigger can leave the grammar stack empty
         # mid-token and abort the process. A thought runs free through session.py instead.
-        grammar = ll.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
+        # Its parser prints errors with fprintf(stderr): caught, said in the error, shown with --verbose.
+        with captured_stderr() as said:
+            grammar = ll.llama_sampler_init_grammar(vocab, s.grammar.encode("utf-8"), b"root")
+        replay(said[0])
         if not grammar:
             ll.llama_sampler_free(chain)
-            raise GemmaError("the output grammar is invalid", "check the JSON schema or GBNF")
+            raise GrammarError(f"the output grammar is invalid ({grammar_problem(said[0])})",
+                               "check the GBNF (llama.cpp's grammar syntax) or the JSON schema")
         ll.llama_sampler_chain_add(chain, grammar)
     if s.temperature <= 0:
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())

@@ -58,6 +58,7 @@ class ToolCall:
     name: str
     arguments: Any  # a dict, or a list for `call:NAME[...]`
     repairs: list[str] = field(default_factory=list, compare=False)  # what was mended to read it (empty: read as written)
+    raw: str = field(default="", compare=False)  # the text between the markers, as the model wrote it
 
 
 @dataclass
@@ -320,13 +321,13 @@ def parse_call(raw: str, schemas: dict[str, dict] | None = None) -> ToolCall | T
     if not _NAME.fullmatch(name):
         return ToolCallError(raw, f"bad tool name {text[5:brace]!r}")
     try:
-        return ToolCall(name, parse_arguments(text[brace:]))
+        return ToolCall(name, parse_arguments(text[brace:]), raw=raw)
     except ValueError as e:
         properties = (schemas or {}).get(name)
         if properties and text[brace] == "{":
             try:
                 arguments, repairs = _repaired_object(text[brace:], properties)
-                return ToolCall(name, arguments, repairs)
+                return ToolCall(name, arguments, repairs, raw=raw)
             except (ValueError, RecursionError):
                 pass
         return ToolCallError(raw, str(e))

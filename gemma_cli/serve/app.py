@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from gemma_cli.engine.parallel import Finished
-from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, MediaError
+from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, GrammarError, MediaError
 from gemma_cli.serve import audio
 from gemma_cli.serve.chat import ApiError, Builder, Chunks, bad, completion, read_request
 from gemma_cli.serve.scheduler import Busy, Scheduler, Ticket
@@ -73,13 +73,22 @@ def create_app(served: Served) -> Starlette:
         ticket = Ticket(job, asyncio.get_running_loop())
         _submit(served.scheduler, ticket)
         gemma4 = served.builder.gemma4
+        calls = req.tools is not None  # no tools declared, or tool_choice "none": a call is text
         if req.stream:
-            return EventStream(_events(served, ticket, Chunks(served.model, gemma4, req.stop, req.include_usage, job.in_thought)))
+            # The 200 and its stream wait for the first piece: what fails before generation (the
+            # prompt over the context, a media file, the grammar) is a 4xx, as without streaming.
+            first = await _until_first(request, served.scheduler, ticket)
+            if first is None:
+                return Response(status_code=499)
+            if isinstance(first, Finished):
+                _raise_failure(first)
+            chunks = Chunks(served.model, gemma4, req.stop, req.include_usage, job.in_thought, calls=calls)
+            return EventStream(_events(served, ticket, chunks, first))
         done = await _until_done(request, served.scheduler, ticket)
         if done is None:
             return Response(status_code=499)  # the client is gone; nobody reads this
         _raise_failure(done)
-        return JSONResponse(completion(done, served.model, gemma4))
+        return JSONResponse(completion(done, served.model, gemma4, calls=calls))
 
     async def transcriptions(request: Request) -> Response:
         return await _audio(request, translate=False)
@@ -253,6 +262,8 @@ def _api_error(e: GemmaError) -> ApiError:
         return bad(e.message, "messages", "context_length_exceeded")
     if isinstance(e, (MediaError, CapabilityError)):
         return bad(e.message, "messages", "invalid_media")
+    if isinstance(e, GrammarError):
+        return bad(e.message, "grammar", "invalid_grammar")
     return ApiError(500, e.message, kind="server_error")
 
 
@@ -282,20 +293,27 @@ async def _until_done(request: Request, scheduler: Scheduler, ticket: Ticket):
         scheduler.cancel(ticket)  # a no-op once finished: frees the slot of a client that left
 
 
-async def _events(served: Served, ticket: Ticket, chunks: Chunks):
-    """SSE lines of a streamed completion; the slot is freed whenever the stream stops."""
+async def _until_first(request: Request, scheduler: Scheduler, ticket: Ticket):
+    """The ticket's first event (a piece of text, or its Finished), or None when the client left first."""
+    first = await _race(request, asyncio.ensure_future(ticket.events.get()))
+    if first is None or isinstance(first, Finished):
+        scheduler.cancel(ticket)  # a no-op once finished: frees the slot of a client that left
+    return first
+
+
+async def _events(served: Served, ticket: Ticket, chunks: Chunks, first):
+    """SSE lines of a streamed completion from its first event on; the slot is freed whenever the stream stops."""
 
     def line(obj) -> bytes:
         return b"data: " + json.dumps(obj, ensure_ascii=False).encode("utf-8") + b"\n\n"
 
     try:
         yield line(chunks.first())
-        while True:
-            event = await ticket.events.get()
-            if isinstance(event, Finished):
-                break
+        event = first
+        while not isinstance(event, Finished):
             for chunk in chunks.text(event):
                 yield line(chunk)
+            event = await ticket.events.get()
         if event.error is not None:
             try:
                 _raise_failure(event)

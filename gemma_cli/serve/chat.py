@@ -349,12 +349,22 @@ def _calls(calls) -> list[dict]:
              "function": {"name": c.name, "arguments": json.dumps(c.arguments, ensure_ascii=False)}} for c in calls]
 
 
-def completion(done: "Finished", model: str, gemma4: bool) -> dict:
-    """The chat.completion object of a finished job."""
+def spelled(call) -> str:
+    """A tool call the client ruled out (tool_choice "none", no tools declared), as the text the model wrote."""
+    unclosed = any(r.startswith("ended at") for r in call.repairs) if isinstance(call, reply.ToolCall) \
+        else call.message.startswith("unterminated")
+    return reply.CALL_OPEN + call.raw + ("" if unclosed else reply.CALL_CLOSE)
+
+
+def completion(done: "Finished", model: str, gemma4: bool, calls: bool = True) -> dict:
+    """The chat.completion object of a finished job; without `calls` (the client declared no tools or
+    said tool_choice "none") a tool call the model wrote stays text in the answer."""
 
     if gemma4:
-        parsed = reply.parse(done.text, in_thought=done.job.in_thought)
-        answer, thinking, calls = parsed.answer, parsed.thinking, parsed.tool_calls
+        events = reply.collapse(_as_text(_reply_events(done.text, done.job.in_thought), calls))
+        answer = "".join(e.text for e in events if isinstance(e, reply.Answer))
+        thinking = "".join(e.text for e in events if isinstance(e, reply.Thinking))
+        calls = [e for e in events if isinstance(e, reply.ToolCall)]
     else:
         answer, thinking, calls = done.text, "", []
     message: dict = {"role": "assistant", "content": answer if answer or not calls else None}
@@ -369,10 +379,23 @@ def completion(done: "Finished", model: str, gemma4: bool) -> dict:
             "usage": usage(done)}
 
 
+def _reply_events(text: str, in_thought: bool) -> list:
+    parser = reply.ReplyParser(in_thought=in_thought)
+    return parser.feed(text) + parser.close()
+
+
+def _as_text(events, calls: bool) -> list:
+    """`events`, where tool calls are not wanted with each call turned back into the answer's text."""
+    if calls:
+        return list(events)
+    return [reply.Answer(spelled(e)) if isinstance(e, (reply.ToolCall, reply.ToolCallError)) else e for e in events]
+
+
 class Chunks:
     """The chat.completion.chunk objects of a streamed job, from its pieces of text as they come."""
 
-    def __init__(self, model: str, gemma4: bool, stop: tuple[str, ...], include_usage: bool, in_thought: bool = False):
+    def __init__(self, model: str, gemma4: bool, stop: tuple[str, ...], include_usage: bool, in_thought: bool = False,
+                 calls: bool = True):
 
         self.id, self.created, self.model = _id(), int(time.time()), model
         self.parser = reply.ReplyParser(in_thought=in_thought) if gemma4 else None
@@ -383,6 +406,7 @@ class Chunks:
         self.sent = 0  # characters of `raw` handed to the parser
         self.stopped = False  # a stop string appeared: nothing more is sent before the end
         self.calls = 0
+        self.calls_wanted = calls  # False: a tool call is sent as the text the model wrote
 
     def _chunk(self, delta: dict, finish: str | None = None) -> dict:
         out = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
@@ -428,7 +452,7 @@ class Chunks:
 
     def _events(self, events) -> Iterator[dict]:
 
-        for event in events:
+        for event in _as_text(events, self.calls_wanted):
             if isinstance(event, reply.Answer) and event.text:
                 yield self._chunk({"content": event.text})
             elif isinstance(event, reply.Thinking) and event.text:
