@@ -21,15 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gemma_cli.format import prompt  # noqa: E402
-
-REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference"
-FILES = {
-    "2026-04": "gemma4-chat-template.jinja",
-    "older": "gemma4-chat-template.older.jinja",
-    "2026-07-09-large": "gemma4-chat-template-2026-07-09-large.jinja",
-    "2026-07-09-small": "gemma4-chat-template-2026-07-09-small.jinja",
-    "llamacpp-interleaved": "gemma4-chat-template-llamacpp-interleaved.jinja",
-}
+from tests.reference import FILES, REFERENCE  # noqa: E402 - one home: the tests' reference list
 
 
 def tool(name: str, props: dict) -> dict:

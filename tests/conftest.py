@@ -19,9 +19,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest  # noqa: E402
 
 from tests.needs import skip_or_fail  # noqa: E402
+from tests.reference import REFERENCE  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-REFERENCE = REPO.parent / "shared" / "reference"
 
 
 def need_reference(name: str) -> Path:

@@ -100,6 +100,15 @@ def test_bad_lines_become_failures(raw, code, needle):
     assert ln.error.code == code and needle in ln.error.message, ln.error.message
 
 
+def test_a_body_field_that_would_change_the_answer_is_an_error_record_naming_it():
+    for name, value in {"logit_bias": {"1": 2}, "min_p": 0.2, "repeat_penalty": 1.2, "presence_penalty": 0.4,
+                        "functions": [{"name": "f"}], "logprobs": True}.items():
+        ln = line({"custom_id": "a", "body": {"messages": [{"role": "user", "content": "x"}], name: value}})
+        rec = record(ln, failure=ln.error)
+        assert ln.request is None and rec["error"]["code"] == "invalid_line", name
+        assert f"'{name}'" in rec["error"]["message"] and rec["error"]["message"].startswith("line 1:"), rec
+
+
 # ---------------------------------------------------------------- records
 
 
@@ -252,6 +261,8 @@ def test_openai_form_round_trip(e_model, tmp_path):
     lines.append({"custom_id": "json", "body": {"messages": [{"role": "user", "content": "JSON"}],
                                                 "response_format": {"type": "json_object"}, "max_tokens": 60,
                                                 "temperature": 0}})
+    lines.append({"custom_id": "gbnf", "body": {"messages": [{"role": "user", "content": "Say it"}],
+                                                "grammar": 'root ::= "forty two"', "max_tokens": 20}})
     proc, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "3")
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["custom_id"] for r in results) == sorted(x["custom_id"] for x in lines)
@@ -263,6 +274,8 @@ def test_openai_form_round_trip(e_model, tmp_path):
         assert body["choices"][0]["message"]["role"] == "assistant"
     answer = next(r for r in results if r["custom_id"] == "json")["response"]["body"]["choices"][0]["message"]["content"]
     assert isinstance(json.loads(answer), dict)
+    gbnf = next(r for r in results if r["custom_id"] == "gbnf")["response"]["body"]["choices"][0]["message"]
+    assert gbnf["content"] == "forty two"  # llama.cpp's grammar field, as gemma serve takes it
     # the shared system turn was evaluated once: later lines reuse it from the cache
     cached = [r["response"]["body"]["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
               for r in results if r["custom_id"].startswith("req-")]

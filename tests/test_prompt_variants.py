@@ -16,6 +16,7 @@ from gemma_cli.format import prompt
 from gemma_cli.format.prompt import QUOTE as Q
 from gemma_cli.format.prompt import VARIANTS, render, variant_of
 from tests.conftest import need_reference
+from tests.reference import FILES
 from tests.test_prompt import (
     BROKEN_BRANCH,
     CALL_TURN,
@@ -31,13 +32,6 @@ from tests.test_prompt import (
     fn,
 )
 
-FILES = {
-    "2026-04": "gemma4-chat-template.jinja",
-    "older": "gemma4-chat-template.older.jinja",
-    "2026-07-09-large": "gemma4-chat-template-2026-07-09-large.jinja",
-    "2026-07-09-small": "gemma4-chat-template-2026-07-09-small.jinja",
-    "llamacpp-interleaved": "gemma4-chat-template-llamacpp-interleaved.jinja",
-}
 NAMES = list(FILES)
 
 

@@ -301,6 +301,30 @@ def test_bad_requests_are_4xx_with_error_objects_and_the_server_stays_up(server)
     assert ask(server.client(), max_tokens=3).choices[0].message.content is not None  # still serving
 
 
+def test_a_field_that_would_change_the_answer_is_a_400_naming_it(server):
+    # The openai client's own arguments where it has them; llama.cpp-style ones through extra_body.
+    client = server.client()
+    refused = {"logit_bias": {"42": 5}, "presence_penalty": 0.5, "frequency_penalty": 0.5, "logprobs": True,
+               "top_logprobs": 2, "n": 2, "functions": [{"name": "f", "parameters": {"type": "object"}}],
+               "function_call": {"name": "f"}, "modalities": ["text", "audio"],
+               "prediction": {"type": "content", "content": "x"}, "web_search_options": {}}
+    extra = {"min_p": 0.1, "repeat_penalty": 1.3}
+    from gemma_cli.format.request import REFUSED
+
+    assert set(refused) | set(extra) | {"audio"} == set(REFUSED)  # audio needs modalities: refused with it
+    for name, value in [*refused.items(), *((k, {"extra_body": {k: v}}) for k, v in extra.items())]:
+        kw = value if name in extra else {name: value}
+        with pytest.raises(openai.BadRequestError) as info:
+            ask(client, **kw)
+        assert info.value.status_code == 400 and info.value.param == name and name in info.value.message, name
+    # at their neutral values they change nothing, and harmless bookkeeping is accepted
+    ok = ask(client, presence_penalty=0, n=1, logprobs=False, store=False, metadata={"a": "b"}, user="u",
+             parallel_tool_calls=False, tools=[{"type": "function", "function": {"name": "f", "strict": True,
+                                                                                "parameters": {"type": "object"}}}],
+             extra_body={"service_tier": "auto", "prompt_cache_key": "k", "cache_prompt": True})
+    assert ok.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
 def test_errors_known_before_generation_are_4xx_even_when_streaming(server):
     """A streamed request gets its 200 only once generation runs: a prompt over the context, an invalid
     grammar or an unreadable image is the same 400 with or without `stream` (issue 20, item 6)."""

@@ -19,37 +19,26 @@ from gemma_cli.errors import (
     GemmaError,
     MediaError,
 )
-from gemma_cli.format.conversation import ROLES, normalize_message
+from gemma_cli.format.request import (
+    SAMPLING,
+    ChatRequest,
+    RequestError,
+    number,
+    read_chat,
+    read_messages,
+    read_sampling,
+    read_schema,
+    read_stop,
+    read_tools,
+    typed,
+)
 
 SIMPLE_FIELDS = {"id", "prompt", "messages", "system", "images", "videos", "audio", "think", "keep_thinking",
-                 "think_budget", "tools", "schema", "max_tokens",
-                 "temperature", "top_p", "top_k", "seed", "stop"}
+                 "think_budget", "tools", "schema", "max_tokens", "stop", *SAMPLING}
 OPENAI_FIELDS = {"custom_id", "method", "url", "body"}
-# Body fields the local engine honours; others that change the answer are refused, not ignored.
-BODY_FIELDS = {"messages", "model", "tools", "tool_choice", "response_format", "max_tokens", "max_completion_tokens",
-               "temperature", "top_p", "top_k", "seed", "stop", "chat_template_kwargs", "reasoning_effort"}
-BODY_IGNORED = {"user", "metadata", "store", "parallel_tool_calls", "n", "stream", "logprobs", "top_logprobs",
-                "frequency_penalty", "presence_penalty", "stream_options", "service_tier"}
 ENDPOINTS = ("/v1/chat/completions", "/chat/completions")
 
-@dataclass
-class Request:
-    """One line, read and checked: what to ask, in the OpenAI chat shape the prompt builder reads."""
-
-    messages: list[dict]
-    tools: list[dict] | None = None
-    think: bool | None = None  # None: the run's default
-    schema: dict | None = None
-    json_mode: bool = False  # any JSON object (response_format json_object)
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()  # strings that end the answer (not included)
-    body: dict | None = None  # openai form: the body as given (sent as is to an endpoint)
-    keep_thinking: bool = False  # the template's preserve_thinking (chat_template_kwargs.preserve_thinking)
-    think_budget: int | None = None  # close the thought after this many tokens (None: the run's default)
+Request = ChatRequest  # one line, read and checked (format.request documents its fields)
 
 
 @dataclass
@@ -146,99 +135,56 @@ def parse_line(number: int, raw: bytes, base: Path | None = None) -> Line:
     line = Line(number, ident, "openai" if openai else "simple")
     try:
         if ident is not None and (not isinstance(ident, (str, int)) or isinstance(ident, bool)):
-            raise _Invalid(f"{'custom_id' if openai else 'id'} must be a string or an integer, not {type(ident).__name__}")
+            raise RequestError(f"{'custom_id' if openai else 'id'} must be a string or an integer, not {type(ident).__name__}")
         line.request = _openai_request(data) if openai else _simple_request(data, base)
-    except _Invalid as e:
+    except RequestError as e:
         line.error = Failure("invalid_line", f"line {number}: {e}", e.hint)
     return line
-
-
-class _Invalid(Exception):
-    def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
 
 
 def _simple_request(data: dict, base: Path | None) -> Request:
     unknown = sorted(set(data) - SIMPLE_FIELDS)
     if unknown:
-        raise _Invalid(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
-                       f"a simple line has {', '.join(sorted(SIMPLE_FIELDS))}")
+        raise RequestError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+                           unknown[0], f"a simple line has {', '.join(sorted(SIMPLE_FIELDS))}")
     if ("prompt" in data) == ("messages" in data):
-        raise _Invalid('give either "prompt" or "messages"')
-    system = _typed(data, "system", str)
+        raise RequestError('give either "prompt" or "messages"')
+    system = typed(data, "system", str)
     if "prompt" in data:
-        text = _typed(data, "prompt", str)
+        text = typed(data, "prompt", str)
         media = [_media_part("image", s, base) for s in _strings(data, "images")]
         media += [_media_part("video", s, base) for s in _strings(data, "videos")]
         media += [_media_part("audio", s, base) for s in _strings(data, "audio")]
         messages = [{"role": "user", "content": media + [{"type": "text", "text": text}] if media else text}]
     else:
         if data.get("images") or data.get("videos") or data.get("audio"):
-            raise _Invalid('"images", "videos" and "audio" go with "prompt"; with "messages", put them in the message content')
-        messages = _messages(data.get("messages"))
+            raise RequestError('"images", "videos" and "audio" go with "prompt"; with "messages", put them in the message content')
+        messages = read_messages(data.get("messages"), local_parts=True)
     if system is not None:
         messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] not in ("system", "developer")]
-    schema = data.get("schema")
-    if schema is not None and not isinstance(schema, dict):
-        raise _Invalid('"schema" must be a JSON Schema object')
-    return Request(messages, _tools(data.get("tools")), _typed(data, "think", bool), schema, False,
-                   *_sampling_fields(data, "max_tokens"), stop=_stop(data.get("stop")),
-                   keep_thinking=bool(_typed(data, "keep_thinking", bool)), think_budget=_number(data, "think_budget", int, 0))
+    req = Request(messages, read_tools(data.get("tools")), think=typed(data, "think", bool),
+                  keep_thinking=bool(typed(data, "keep_thinking", bool)), think_budget=number(data, "think_budget", int, 0),
+                  schema=read_schema(data.get("schema")), stop=read_stop(data.get("stop")),
+                  max_tokens=number(data, "max_tokens", int, 1))
+    read_sampling(data, req)
+    return req
 
 
 def _openai_request(data: dict) -> Request:
     unknown = sorted(set(data) - OPENAI_FIELDS)
     if unknown:
-        raise _Invalid(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
-                       "an OpenAI batch line has custom_id, method, url and body")
+        raise RequestError(f"unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}",
+                           unknown[0], "an OpenAI batch line has custom_id, method, url and body")
     if data.get("method", "POST") != "POST":
-        raise _Invalid(f"method {data.get('method')!r} is not supported", 'use "POST"')
+        raise RequestError(f"method {data.get('method')!r} is not supported", "method", 'use "POST"')
     if data.get("url", ENDPOINTS[0]) not in ENDPOINTS:
-        raise _Invalid(f"url {data.get('url')!r} is not supported", f'gemma batch runs "{ENDPOINTS[0]}"')
-    body = data.get("body")
-    if not isinstance(body, dict):
-        raise _Invalid('"body" must be a chat completion request object')
-    if body.get("stream"):
-        raise _Invalid("streaming responses are not available in a batch", 'drop "stream"')
-    if body.get("n", 1) != 1:
-        raise _Invalid("only one choice per request (n = 1)", 'drop "n"')
-    unsupported = sorted(set(body) - BODY_FIELDS - BODY_IGNORED)
-    if unsupported:
-        raise _Invalid(f"unsupported body field{'s' if len(unsupported) > 1 else ''} {', '.join(map(repr, unsupported))}",
-                       f"supported: {', '.join(sorted(BODY_FIELDS))}")
-    messages = _messages(body.get("messages"))
-    tools = _tools(body.get("tools"))
-    choice = body.get("tool_choice", "auto")
-    if choice == "none":
-        tools = None
-    elif choice != "auto":  # forcing a call is not something the local engine does: refused, not ignored
-        raise _Invalid(f"tool_choice {json.dumps(choice)[:60]} is not supported", 'use "auto" or "none"')
-    schema, json_mode = _response_format(body.get("response_format"))
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
-    fields = dict(body, max_tokens=max_tokens)
-    return Request(messages, tools, _thinking(body), schema, json_mode, *_sampling_fields(fields, "max_tokens"),
-                   stop=_stop(body.get("stop")), body=body, keep_thinking=_preserve_thinking(body))
-
-
-def _stop(value) -> tuple[str, ...]:
-    """OpenAI's `stop`: a string or a list of up to 4 strings."""
-    if value is None:
-        return ()
-    stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
-        raise _Invalid('"stop" must be a string or a list of up to 4 non-empty strings')
-    return tuple(stops)
-
-
-def _typed(data: dict, key: str, kind: type):
-    value = data.get(key)
-    if value is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
-        raise _Invalid(f'"{key}" must be {_NAMES[kind]}, not {type(value).__name__}')
-    return value
-
-
-_NAMES = {str: "a string", bool: "true or false", int: "an integer", dict: "an object", list: "a list"}
+        raise RequestError(f"url {data.get('url')!r} is not supported", "url", f'gemma batch runs "{ENDPOINTS[0]}"')
+    if not isinstance(data.get("body"), dict):
+        raise RequestError('"body" must be a chat completion request object', "body")
+    req = read_chat(data["body"], strict=True, local_parts=True)
+    if req.stream:
+        raise RequestError("streaming responses are not available in a batch", "stream", 'drop "stream"')
+    return req
 
 
 def _strings(data: dict, key: str) -> list[str]:
@@ -248,88 +194,8 @@ def _strings(data: dict, key: str) -> list[str]:
     if isinstance(value, str):
         return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _Invalid(f'"{key}" must be a list of file paths or URLs')
+        raise RequestError(f'"{key}" must be a list of file paths or URLs', key)
     return value
-
-
-def _number(data: dict, key: str, kind: type, low: float | None = None, high: float | None = None):
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-        raise _Invalid(f'"{key}" must be {"an integer" if kind is int else "a number"}, not {json.dumps(value)[:40]}')
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise _Invalid(f'"{key}" is {value}, outside {low}..{high if high is not None else "∞"}')
-    return kind(value)
-
-
-def _sampling_fields(data: dict, max_key: str) -> tuple:
-    return (_number(data, max_key, int, 1), _number(data, "temperature", float, 0.0), _number(data, "top_p", float, 0.0, 1.0),
-            _number(data, "top_k", int, 0), _number(data, "seed", int))
-
-
-def _messages(value) -> list[dict]:
-    if not isinstance(value, list) or not value:
-        raise _Invalid('"messages" must be a non-empty list of chat messages')
-    for i, m in enumerate(value):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise _Invalid(f"message {i + 1} needs a role ({', '.join(sorted(ROLES))})")
-        content = m.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise _Invalid(f"message {i + 1}: content must be a string or a list of parts")
-        if isinstance(content, list) and not all(isinstance(p, (dict, str)) for p in content):
-            raise _Invalid(f"message {i + 1}: content parts must be objects")
-    try:
-        return [normalize_message(m, "line", i) for i, m in enumerate(value)]
-    except GemmaError as e:
-        raise _Invalid(e.message, e.hint) from None
-
-
-def _tools(value) -> list[dict] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise _Invalid('"tools" must be a list of function declarations')
-    tools = [t if "function" in t else {"type": "function", "function": t} for t in value]
-    for t in tools:
-        if not isinstance(t["function"], dict) or not isinstance(t["function"].get("name"), str):
-            raise _Invalid("each tool needs a function name")
-    return tools or None
-
-
-def _response_format(value) -> tuple[dict | None, bool]:
-    if value is None:
-        return None, False
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind == "text":
-        return None, False
-    if kind == "json_object":
-        return None, True
-    if kind == "json_schema":
-        spec = value.get("json_schema") or {}
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise _Invalid('response_format json_schema needs {"json_schema": {"schema": {...}}}')
-        return schema, False
-    raise _Invalid(f"response_format {json.dumps(value)[:60]} is not supported", "use text, json_object or json_schema")
-
-
-def _preserve_thinking(body: dict) -> bool:
-    kwargs = body.get("chat_template_kwargs")
-    value = kwargs.get("preserve_thinking", False) if isinstance(kwargs, dict) else False
-    if not isinstance(value, bool):
-        raise _Invalid("chat_template_kwargs.preserve_thinking must be true or false")
-    return value
-
-
-def _thinking(body: dict) -> bool | None:
-    kwargs = body.get("chat_template_kwargs")
-    if isinstance(kwargs, dict) and isinstance(kwargs.get("enable_thinking"), bool):
-        return kwargs["enable_thinking"]
-    effort = body.get("reasoning_effort")
-    if isinstance(effort, str):
-        return effort not in ("none", "minimal")
-    return None
 
 
 def _media_part(kind: str, source: str, base: Path | None) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -176,19 +175,10 @@ class Local:
 
     def _sampling(self, r: Request):
         from gemma_cli.engine.core import (
-            schema_to_grammar,  # the engine (llama_cpp): loaded by local runs only
+            request_sampling,  # the engine (llama_cpp): loaded by local runs only
         )
 
-        s = self.defaults.sampling
-        s = replace(s, temperature=s.temperature if r.temperature is None else r.temperature,
-                    top_p=s.top_p if r.top_p is None else r.top_p, top_k=s.top_k if r.top_k is None else r.top_k,
-                    seed=s.seed if r.seed is None else r.seed)
-        if r.schema is not None or r.json_mode:
-            try:
-                s = replace(s, grammar=schema_to_grammar(r.schema))
-            except Exception as e:  # noqa: BLE001 - llama.cpp's converter raises plain exceptions
-                raise GemmaError(f"the schema cannot be turned into a grammar ({e})", "check the JSON Schema") from None
-        return s
+        return request_sampling(self.defaults.sampling, r)
 
     def _load_media(self, messages: list[dict], text: str) -> tuple[str, list]:
         if self.format.kind != "gemma4":

@@ -7,12 +7,13 @@ embedded in them (sandboxed), and base models without a template as plain comple
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from gemma_cli.chat.tools import result_text
+from gemma_cli.chat.tools import ToolOutcome, result_text
 from gemma_cli.errors import CapabilityError, GemmaError
 from gemma_cli.format import prompt as gemma_prompt
 from gemma_cli.format import reply
@@ -339,6 +340,21 @@ class ChatSession:
         self.messages.append({"role": "tool", "tool_call_id": call["id"], "name": call["function"]["name"],
                               "content": value})
 
+    def can_see(self) -> bool:
+        """Whether the model can look at an image (a Gemma 4 with a vision projector, loaded now if needed)."""
+        try:
+            self._ready_for([{"type": "image"}])
+        except GemmaError:
+            return False
+        return True
+
+    def tool_content(self, text, images: list[str]) -> list[dict]:
+        """A tool result with images (data URLs) the model looks at: text first, then each image, decoded now."""
+        body = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False)
+        parts = [{"type": "text", "text": body}] + [{"type": "image", "url": url} for url in images]
+        self._ready_for(parts)
+        return self.media_parts().prepare(parts)
+
     def retry(self) -> Iterator[object]:
         """Drop the last model turn and generate it again."""
         if not any(m["role"] == "user" for m in self.messages):
@@ -383,15 +399,26 @@ class ToolRun:
     call: dict
     approved: bool
     result: object = None
+    server: str | None = None  # an MCP tool's server
+    error: str | None = None  # the tool's own error (an MCP isError, a timeout)
+    seconds: float = 0.0
+    repeated: bool = False  # an identical call earlier in the turn answered it (not run again)
+
+
+REPEAT_NOTE = "this identical call was already made in this turn: this is its first result, it was not run again"
 
 
 def converse(session: ChatSession, events: Iterator[object], toolbox=None, confirm=None,
              max_rounds: int = 8) -> Iterator[object]:
     """Stream a model turn and, while it calls tools that can run, run them and continue.
 
-    `confirm(call) -> bool` asks the user before each call (None: always yes). Declined
-    calls and errors go back to the model as error results, so it can carry on.
+    `confirm(call) -> bool | str` asks the user before each call (None: always yes; a string: not run,
+    and why). Declined
+    calls and errors go back to the model as error results, so it can carry on. A call identical
+    to an earlier one of the same turn (tool and arguments) is answered from the first result,
+    with a note, instead of run again (Gemma 4 can repeat a call forever).
     """
+    seen: dict[str, object] = {}
     for round_no in range(max_rounds + 1):
         result = None
         for event in events:
@@ -405,17 +432,31 @@ def converse(session: ChatSession, events: Iterator[object], toolbox=None, confi
             yield ToolRun({"function": {"name": "", "arguments": {}}}, False, f"stopped after {max_rounds} tool rounds")
             return
         for call in calls:
-            yield _run_call(session, toolbox, call, confirm)
+            yield _run_call(session, toolbox, call, confirm, seen)
         events = session.generate()
 
 
-def _run_call(session: ChatSession, toolbox, call: dict, confirm) -> ToolRun:
+def _run_call(session: ChatSession, toolbox, call: dict, confirm, seen: dict) -> ToolRun:
     fn = call["function"]
-    if confirm is not None and not confirm(call):
-        value = {"error": "the user declined to run this tool"}
+    key = fn["name"] + "\0" + json.dumps(fn.get("arguments"), sort_keys=True, ensure_ascii=False, default=str)
+    if key in seen:
+        value = {"note": REPEAT_NOTE, "result": seen[key]}
+        session.add_tool_result(call, value)
+        return ToolRun(call, True, value, repeated=True)
+    answer = True if confirm is None else confirm(call)  # True, False, or why not (a string)
+    if answer is not True:
+        value = {"error": answer if isinstance(answer, str) and answer else "the user declined to run this tool"}
         session.add_tool_result(call, value)
         return ToolRun(call, False, value)
-    value = result_text(toolbox.run(fn["name"], fn.get("arguments")))
+    out = toolbox.run(fn["name"], fn.get("arguments"))
+    if isinstance(out, ToolOutcome):
+        value = result_text(out.value)
+        seen[key] = value
+        content = session.tool_content(value, out.images) if out.images else value
+        session.add_tool_result(call, content)
+        return ToolRun(call, True, value, server=out.server, error=out.error, seconds=out.seconds)
+    value = result_text(out)
+    seen[key] = value
     session.add_tool_result(call, value)
     return ToolRun(call, True, value)
 

@@ -24,6 +24,18 @@ _JSON_TYPES = {str: "string", int: "integer", float: "number", bool: "boolean", 
 
 
 @dataclass
+class ToolOutcome:
+    """A call's result with what the host knows about it (MCP: the server, the error, the time)."""
+
+    value: Any
+    server: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+    images: list[str] = field(default_factory=list)  # data URLs the model should see with the result
+    arguments: Any = None
+
+
+@dataclass
 class Toolbox:
     declarations: list[dict] = field(default_factory=list)
     functions: dict[str, Callable] = field(default_factory=dict)  # empty for JSON declarations
@@ -31,6 +43,9 @@ class Toolbox:
     @property
     def runnable(self) -> bool:
         return bool(self.functions)
+
+    def serves(self, name: str) -> bool:
+        return name in self.functions
 
     def run(self, name: str, arguments: Any) -> Any:
         """Call a tool; errors become an error result for the model, not an exception."""

@@ -40,6 +40,13 @@ EXIT_FAILED_LINES = 3
 DEFAULT_CONCURRENCY = 8
 
 
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="Model: a name (e4b), a .gguf path or hf:OWNER/REPO/FILE.gguf; with --endpoint, the served model's name.")]
+Ctx = Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each line, prompt and answer (default 8192).")]
+Draft = Annotated[Optional[str], typer.Option("--draft", metavar="off|auto|ngram|PATH", help="Speculative decoding, one line at a time (instead of --parallel): auto, the model's installed MTP drafter; ngram, prompt lookup for copy-heavy lines; PATH, a gemma4-assistant GGUF. Default off: parallel sequences give a batch more throughput.")]
+
+
+@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.MACHINE, *opt.DRAFTING, "yes", "verbose",
+            model=Model, ctx=Ctx, draft=Draft)
 def batch(
     source: Annotated[str, typer.Argument(metavar="INPUT", help="JSON Lines file of prompts; - reads stdin.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="OUT", help="Results file (JSON Lines), appended to and resumed; default stdout (no resume).")] = None,
@@ -52,25 +59,12 @@ def batch(
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=1024, help="Requests in flight with --endpoint.")] = DEFAULT_CONCURRENCY,
     retries: Annotated[int, typer.Option("--retries", min=0, max=1000, help="Retries per request on 429, 5xx, timeouts and a server away (backoff 0.5 s doubling to 8 s, honouring Retry-After up to 120 s): the default waits 2-3 minutes. A server that has never answered fails the run in about 3 s.")] = DEFAULT_RETRIES,
     timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait for one answer from --endpoint.")] = 600.0,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Model: a name (e4b), a .gguf path or hf:OWNER/REPO/FILE.gguf; with --endpoint, the served model's name.")] = None,
-    mmproj: opt.Mmproj = None,
-    image_tokens: opt.ImageTokens = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for lines without one (evaluated once, shared).")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think first, for lines that do not say (default off).")] = None,
     think_budget: Annotated[Optional[int], typer.Option("--think-budget", min=0, metavar="N", help="Close each thought after N tokens and answer (as llama.cpp's --reasoning-budget); a line's \"think_budget\" wins.")] = None,
-    max_tokens: opt.MaxTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    seed: opt.Seed = None,
-    ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each line, prompt and answer (default 8192).")] = None,
-    draft: Annotated[Optional[str], typer.Option("--draft", metavar="off|auto|ngram|PATH", help="Speculative decoding, one line at a time (instead of --parallel): auto, the model's installed MTP drafter; ngram, prompt lookup for copy-heavy lines; PATH, a gemma4-assistant GGUF. Default off: parallel sequences give a batch more throughput.")] = None,
-    draft_max: opt.DraftMax = None,
     deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="CPU matmul kernels that keep each line's greedy or seeded output independent of --parallel and of the lines beside it (off by default: on the CPU they cost about 25 % more CPU time on prompt-heavy lines, none measurable on decode-heavy ones: bench/kernels.py).")] = None,
-    threads: opt.Threads = None,
-    gpu_layers: opt.GpuLayers = None,
-    yes: opt.Yes = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
+    *,
+    o: opt.Common,
 ) -> None:
     """Run a JSONL file of prompts: parallel in one model or against a server, crash-safe and resumable."""
     # lazy: batch, config load only when the command runs; keeps gemma --help fast
@@ -83,31 +77,30 @@ def batch(
     if output is not None and output != "-" and source != "-" and Path(output).resolve() == Path(source).resolve():
         raise UsageError("the results file is the input file", "write results to another file with -o")
     jobs.check_destination(output)  # a bad -o fails now, not after the model has loaded
-    if _drafting(draft) and endpoint:
+    if _drafting(o.draft) and endpoint:
         raise UsageError("--draft runs on the local engine; with --endpoint the server decides how it decodes",
                          "drop --draft (or --endpoint)")
     if think_budget is not None and endpoint:
         raise UsageError("--think-budget runs on the local engine; OpenAI-compatible servers have no field for it",
                          "drop --think-budget (or --endpoint)")
-    if _drafting(draft) and parallel not in (None, 1):
+    if _drafting(o.draft) and parallel not in (None, 1):
         raise UsageError(f"--draft decodes one line at a time, so it does not go with --parallel {parallel}",
                          "drop --parallel (or use --draft off for parallel sequences)")
     settings = config.load()
-    overrides = {k: v for k, v in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k), ("seed", seed),
-                                   ("max_tokens", max_tokens)) if v is not None}
+    overrides = {k: getattr(o, k) for k in opt.SAMPLING if getattr(o, k) is not None}
     # An endpoint samples for itself (it gets the flags as overrides): no engine, so no llama_cpp, on that path.
-    defaults = jobs.Defaults(None if endpoint else sampling_of(settings, temperature, top_p, top_k, seed),
-                             max_tokens=settings.pick("max_tokens", max_tokens), think=bool(think), system=system,
+    defaults = jobs.Defaults(None if endpoint else sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed),
+                             max_tokens=settings.pick("max_tokens", o.max_tokens), think=bool(think), system=system,
                              think_budget=think_budget, overrides=overrides)
     if endpoint:
         # lazy: remote loads only when the command runs; keeps gemma --help fast
         from gemma_cli.batch.remote import Endpoint
 
-        defaults.model = model
-        target = Endpoint(endpoint, api_key, timeout=timeout, retries=retries, model=model)
+        defaults.model = o.model
+        target = Endpoint(endpoint, api_key, timeout=timeout, retries=retries, model=o.model)
     else:
-        engine, n = _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, threads, gpu_layers,
-                          yes, verbose, draft, draft_max)
+        engine, n = _open(settings, o.model, parallel, o.ctx, deterministic, o.mmproj, o.image_tokens, o.threads,
+                          o.gpu_layers, o.yes, o.verbose, o.draft, o.draft_max)
     # Only now: --restart's truncation and the retry of failed lines (their records are dropped)
     # must not happen for a run that cannot start (a wrong model name, a bad URL).
     out = jobs.Output(output, restart=restart)

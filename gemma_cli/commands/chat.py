@@ -31,14 +31,12 @@ Examples:
 """
 
 
+@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.MACHINE, *opt.DRAFTING, "as_json", "yes", "verbose")
 def chat(
     prompt: Annotated[Optional[str], typer.Argument(help="What to ask. Omit it for the interactive chat; piped stdin is read as context.")] = None,
-    model: opt.Model = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="An image to send with the prompt (repeatable; - reads stdin).")] = None,
     audio: Annotated[Optional[list[str]], typer.Option("--audio", "-a", metavar="PATH", help="An audio clip to send with the prompt (repeatable; over 30 s is cut at pauses).")] = None,
     video: Annotated[Optional[list[str]], typer.Option("--video", "-v", metavar="PATH", help="A video clip to send with the prompt (repeatable; 32 frames at 70 tokens each; - reads stdin).")] = None,
-    mmproj: opt.Mmproj = None,
-    image_tokens: opt.ImageTokens = None,
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt.")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think before it answers (default off).")] = None,
     hide_thinking: Annotated[bool, typer.Option("--hide-thinking", help="Do not show the thinking.")] = False,
@@ -51,22 +49,14 @@ def chat(
     grammar: Annotated[Optional[Path], typer.Option("--grammar", help="GBNF grammar file constraining the output (llama.cpp syntax).")] = None,
     load: Annotated[Optional[Path], typer.Option("--load", help="Start from a saved conversation (OpenAI chat JSON).")] = None,
     resume: Annotated[bool, typer.Option("--continue", help="Resume the last conversation.")] = False,
+    mcp_config: Annotated[Optional[Path], typer.Option("--mcp-config", metavar="FILE", help="MCP servers from FILE (mcp.json, or a Claude Desktop, Cursor or Gemini CLI settings file) instead of gemma's mcp.json.")] = None,
+    mcp: Annotated[Optional[list[str]], typer.Option("--mcp", metavar="NAME", help="Start only this MCP server (repeatable; default: every enabled one).")] = None,
+    no_mcp: Annotated[bool, typer.Option("--no-mcp", help="Start no MCP server.")] = False,
     max_tool_rounds: Annotated[int, typer.Option("--max-tool-rounds", min=0, help="Most tool-call rounds per answer.")] = 8,
-    max_tokens: opt.MaxTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    seed: opt.Seed = None,
-    ctx: opt.Ctx = None,
-    threads: opt.Threads = None,
-    gpu_layers: opt.GpuLayers = None,
-    draft: opt.Draft = None,
-    draft_max: opt.DraftMax = None,
     print_prompt: Annotated[bool, typer.Option("--print-prompt", help="Print the exact prompt text and exit (loads no weights).")] = False,
-    as_json: opt.Json = False,
     save: Annotated[bool, typer.Option("--save", help="Keep this one-shot exchange for `gemma chat --continue` (the interactive chat, and a one-shot --continue, always are).")] = False,
-    yes: opt.Yes = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
+    *,
+    o: opt.Common,
 ) -> None:
     """Chat with a model: one answer for a prompt, or an interactive chat on a terminal."""
     # lazy: config loads only when the command runs; keeps gemma --help fast
@@ -76,7 +66,7 @@ def chat(
     # lazy: commands.describe loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands.describe import check_budget
 
-    check_budget(image_tokens)
+    check_budget(o.image_tokens)
     # lazy: media loads only when the command runs; keeps gemma --help fast
     from gemma_cli.media.parts import MediaParts
 
@@ -91,7 +81,7 @@ def chat(
     # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
 
-    resolved = loading.resolve(settings, model or conv.model, yes=yes, mmproj=mmproj, gpu_layers=gpu_layers,
+    resolved = loading.resolve(settings, o.model or conv.model, yes=o.yes, mmproj=o.mmproj, gpu_layers=o.gpu_layers,
                                loads=not print_prompt)
     path = resolved.path
     messages = _with_system(conv.messages, system)
@@ -108,40 +98,51 @@ def chat(
         # lazy: video loads only when the command runs; keeps gemma --help fast
         from gemma_cli.media.video import check_context
 
-        check_context(decoder.videos(parts), settings.pick("ctx", ctx) or 8192)  # before the model loads
+        check_context(decoder.videos(parts), settings.pick("ctx", o.ctx) or 8192)  # before the model loads
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
     if text is None and not interactive:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
+    # lazy: the MCP face, only when the chat runs; keeps gemma --help fast
+    from gemma_cli.commands import mcp as mcp_face
+
+    host = mcp_face.start(mcp_config, mcp, no_mcp, yes=o.yes)  # the servers start while the model loads
 
     # lazy: session loads only when the command runs; keeps gemma --help fast
     from gemma_cli.chat.session import ChatSession, format_of_engine
 
-    engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
-                                 verbose=verbose, load_mmproj=bool(parts), image_tokens=image_tokens)
-    loading.note_context(engine, loading.asked_ctx(settings, ctx))
-    sampling = loading.sampling_of(settings, temperature, top_p, top_k, seed, saved=conv.settings)
+    engine = loading.open_engine(resolved, ctx=settings.pick("ctx", o.ctx), threads=settings.pick("threads", o.threads),
+                                 verbose=o.verbose, load_mmproj=bool(parts), image_tokens=o.image_tokens)
+    loading.note_context(engine, loading.asked_ctx(settings, o.ctx))
+    sampling = loading.sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed, saved=conv.settings)
     sampling.grammar = _constraint(schema, fmt, grammar)
     session = ChatSession(engine, format_of_engine(engine, override), sampling=sampling, think=think, tools=declarations,
-                          max_tokens=settings.pick("max_tokens", max_tokens or conv.settings.get("max_tokens")),
+                          max_tokens=settings.pick("max_tokens", o.max_tokens or conv.settings.get("max_tokens")),
                           media=decoder, keep_thinking=keep_thinking, think_budget=think_budget)
     session.messages = messages
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
-    loading.attach_draft(engine, resolved, draft, draft_max)
-    confirm = None if yes else _confirm
-    if interactive:
-        return _interactive(session, path, toolbox, confirm, parts, show_thinking=not hide_thinking,
-                            max_tool_rounds=max_tool_rounds)
-    keep = save or resume  # a one-shot --continue is a turn of the saved conversation
+    loading.attach_draft(engine, resolved, o.draft, o.draft_max)
+    confirm = None if o.yes else _confirm
+    if host is not None:
+        toolbox = mcp_face.ready(host, session, toolbox)  # MCP declarations beside --tools ones, within budget
+        confirm = toolbox.confirm(confirm)
     try:
-        _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds,
-                  show_thinking=not hide_thinking, as_json=as_json)
-    except SystemExit:  # Ctrl-C: the partial answer is kept too (an error saves nothing)
+        if interactive:
+            return _interactive(session, path, toolbox, confirm, parts, show_thinking=not hide_thinking,
+                                max_tool_rounds=max_tool_rounds)
+        keep = save or resume  # a one-shot --continue is a turn of the saved conversation
+        try:
+            _one_shot(session, _with_media(parts, text), toolbox, confirm, max_tool_rounds,
+                      show_thinking=not hide_thinking, as_json=o.as_json)
+        except SystemExit:  # Ctrl-C: the partial answer is kept too (an error saves nothing)
+            if keep:
+                _autosave(session, path)
+            raise
         if keep:
             _autosave(session, path)
-        raise
-    if keep:
-        _autosave(session, path)
+    finally:
+        if host is not None:
+            host.close()
 
 
 def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
@@ -383,7 +384,8 @@ def _write_json(session, results: list, runs: list) -> None:
 
 
 def _as_json(results: list, runs: list, drafter=None) -> dict:
-    # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
+    # lazy: commands.loading, commands.mcp load only when the command runs; keeps gemma --help fast
+    from gemma_cli.commands import mcp as mcp_face
     from gemma_cli.commands.loading import draft_stats
 
     last = results[-1]
@@ -393,7 +395,7 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
         "thinking": "".join(r.thinking for r in results),
         "tool_calls": [{"name": c.name, "arguments": c.arguments, **({"repairs": c.repairs} if c.repairs else {})}
                        for r in results for c in r.tool_calls],
-        "tool_results": [{"name": t.call["function"]["name"], "ran": t.approved, "result": t.result} for t in runs],
+        "tool_results": [mcp_face.json_of(t) for t in runs],
         "errors": [e for r in results for e in r.errors],
         "stats": {
             "prompt_tokens": sum(r.stats.prompt_tokens for r in results),

@@ -28,52 +28,39 @@ DEFAULT_PROMPT_MANY = "Describe these images in detail."
 
 
 
+@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.MACHINE, *opt.DRAFTING, "as_json", "yes", "verbose")
 def describe_image(
     images: Annotated[List[str], typer.Argument(metavar="IMAGE", help="Image files (PNG, JPEG, WebP, GIF, BMP, TIFF); - reads one from stdin.")],
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about each image.")] = None,
     together: Annotated[bool, typer.Option("--together", help="All images in one turn, one answer.")] = False,
-    image_tokens: opt.ImageTokens = None,
-    model: opt.Model = None,
-    mmproj: opt.Mmproj = None,
-    max_tokens: opt.MaxTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    seed: opt.Seed = None,
-    ctx: opt.Ctx = None,
-    threads: opt.Threads = None,
-    gpu_layers: opt.GpuLayers = None,
-    draft: opt.Draft = None,
-    draft_max: opt.DraftMax = None,
-    as_json: opt.Json = False,
-    yes: opt.Yes = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
+    *,
+    o: opt.Common,
 ) -> None:
     """Describe images: a description per image, streamed as it is written."""
     # lazy: config, commands.loading load only when the command runs; keeps gemma --help fast
     from gemma_cli.commands.loading import sampling_of
     from gemma_cli.store import config
 
-    check_budget(image_tokens)
+    check_budget(o.image_tokens)
     if sum(1 for i in images if i == "-") > 1:
         raise UsageError("stdin ('-') can hold only one image", "save the others to files")
     loaded, failed = _decode_all(images, together)  # bad files are reported now, before the model loads
     settings = config.load()
-    engine, session_for = open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_layers, yes, verbose,
-                                         sampling=sampling_of(settings, temperature, top_p, top_k, seed),
-                                         max_tokens=settings.pick("max_tokens", max_tokens), need="image",
-                                         draft=draft, draft_max=draft_max)
+    engine, session_for = open_for_media(settings, o.model, o.mmproj, o.image_tokens, o.ctx, o.threads, o.gpu_layers,
+                                         o.yes, o.verbose, sampling=sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed),
+                                         max_tokens=settings.pick("max_tokens", o.max_tokens), need="image",
+                                         draft=o.draft, draft_max=o.draft_max)
     groups = [loaded] if together else [[m] for m in loaded]
     question = prompt or (DEFAULT_PROMPT_MANY if len(groups[0]) > 1 else DEFAULT_PROMPT)
     results = []
     for n, group in enumerate(groups):
-        if not as_json and len(groups) > 1:
+        if not o.as_json and len(groups) > 1:
             sys.stdout.write(("\n" if n else "") + f"{group[0].name}:\n")
             sys.stdout.flush()
-        result = _describe(session_for(), group, question, stream=not as_json)
+        result = _describe(session_for(), group, question, stream=not o.as_json)
         results.append({"images": [m.name for m in group], "image_tokens": [engine.media_tokens(m) for m in group],
                         "description": result.answer.strip(), "stats": _stats(result.stats)})
-    if as_json:
+    if o.as_json:
         # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
         from gemma_cli.commands.loading import draft_stats
 
@@ -214,27 +201,15 @@ Examples:
 DEFAULT_VIDEO_PROMPT = "Describe what happens in this video."
 
 
+@opt.shared("model", "mmproj", *opt.SAMPLING, *opt.MACHINE, *opt.DRAFTING, "as_json", "yes", "verbose")
 def describe_video(
     videos: Annotated[List[str], typer.Argument(metavar="VIDEO", help="Video files (MP4, WebM, MKV, MOV, AVI, GIF); - reads one from stdin.")],
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about each video.")] = None,
     frames: Annotated[Optional[int], typer.Option("--frames", min=1, max=32, help="Frames to take, evenly over the clip (default 32, the most Gemma 4 was trained with).")] = None,
     fps: Annotated[Optional[float], typer.Option("--fps", min=0.001, help="Frames a second of the clip instead (still at most 32).")] = None,
     frame_tokens: Annotated[int, typer.Option("--frame-tokens", metavar="70|140|280", help="Visual tokens per frame (Gemma 4 was trained on 70).")] = 70,
-    model: opt.Model = None,
-    mmproj: opt.Mmproj = None,
-    max_tokens: opt.MaxTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    seed: opt.Seed = None,
-    ctx: opt.Ctx = None,
-    threads: opt.Threads = None,
-    gpu_layers: opt.GpuLayers = None,
-    draft: opt.Draft = None,
-    draft_max: opt.DraftMax = None,
-    as_json: opt.Json = False,
-    yes: opt.Yes = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
+    *,
+    o: opt.Common,
 ) -> None:
     """Describe videos: 32 frames sampled evenly (70 tokens each, timestamped), as Gemma 4 was trained."""
     # lazy: config, commands.loading, media, video load only when the command runs; keeps gemma --help fast
@@ -255,23 +230,23 @@ def describe_video(
     parts = [decoder.attach("video", v, frames=frames, fps=fps, frame_tokens=frame_tokens) for v in videos]
     clips = decoder.videos(parts)  # decoded now: a bad file or a clip too long fails before the model loads
     for clip in clips:
-        check_context([clip], settings.pick("ctx", ctx) or 8192)
-    engine, session_for = open_for_media(settings, model, mmproj, frame_tokens, ctx, threads, gpu_layers, yes, verbose,
-                                         sampling=sampling_of(settings, temperature, top_p, top_k, seed),
-                                         max_tokens=settings.pick("max_tokens", max_tokens), need="video",
-                                         draft=draft, draft_max=draft_max)
+        check_context([clip], settings.pick("ctx", o.ctx) or 8192)
+    engine, session_for = open_for_media(settings, o.model, o.mmproj, frame_tokens, o.ctx, o.threads, o.gpu_layers,
+                                         o.yes, o.verbose, sampling=sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed),
+                                         max_tokens=settings.pick("max_tokens", o.max_tokens), need="video",
+                                         draft=o.draft, draft_max=o.draft_max)
     question = prompt or DEFAULT_VIDEO_PROMPT
     results = []
     for n, (part, clip) in enumerate(zip(parts, clips)):
-        if not as_json and len(parts) > 1:
+        if not o.as_json and len(parts) > 1:
             sys.stdout.write(("\n" if n else "") + f"{clip.name}:\n")
             sys.stdout.flush()
-        result = _describe(session_for(decoder), [part], question, stream=not as_json)
+        result = _describe(session_for(decoder), [part], question, stream=not o.as_json)
         results.append({"video": clip.name, "duration_s": round(clip.duration, 3), "frames_in_clip": clip.total_frames,
                         "frames": len(clip.frames), "timestamps": clip.stamps,
                         "frame_tokens": [engine.media_tokens(f) for f in clip.frames],
                         "description": result.answer.strip(), "stats": _stats(result.stats)})
-    if as_json:
+    if o.as_json:
         # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
         from gemma_cli.commands.loading import draft_stats
 

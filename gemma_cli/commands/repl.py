@@ -27,6 +27,8 @@ HELP = """Commands:
   /set NAME VALUE            temperature, top_p, top_k, max_tokens, seed, think_budget (off: none)
   /show                      model, parameters, system prompt, tools, template
   /show template             the chat template in use (release and size)
+  /tools                     the tools the model has, with their token cost
+  /mcp                       the MCP servers and their state
   /stats                     numbers of the last reply
   /clear                     forget the conversation (keeps the system prompt)
   /retry                     generate the last answer again
@@ -38,7 +40,7 @@ HELP = """Commands:
 Multi-line input: a line with \"\"\" starts and ends it. Ctrl-C stops a reply."""
 
 COMMANDS = ["/help", "/think", "/system", "/set", "/show", "/stats", "/clear", "/retry", "/save", "/load",
-            "/image", "/audio", "/video", "/exit", "/bye", "/quit"]
+            "/image", "/audio", "/video", "/tools", "/mcp", "/exit", "/bye", "/quit"]
 SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "seed": int, "think_budget": int}
 
 
@@ -153,6 +155,22 @@ class Repl:
 
     # ---- commands
 
+    def _tools(self) -> None:
+        # lazy: the MCP face, only when asked; keeps gemma --help fast
+        from gemma_cli.commands import mcp
+
+        host = getattr(self.toolbox, "host", None)
+        text = mcp.tools_table(host, mcp.tool_costs(self.session, host), self.session.tools or [])
+        self.err.print(text, markup=False, highlight=False)
+
+    def _mcp(self) -> None:
+        # lazy: the MCP face, only when asked; keeps gemma --help fast
+        from gemma_cli.commands import mcp
+
+        host = getattr(self.toolbox, "host", None)
+        text = mcp.servers_table(host) if host is not None else "no MCP servers (gemma mcp add NAME -- COMMAND…)"
+        self.err.print(text, markup=False, highlight=False)
+
     def command(self, line: str) -> str | None:
         name, _, arg = line.strip().partition(" ")
         arg = arg.strip()
@@ -170,6 +188,8 @@ class Repl:
             "/image": lambda: self._attach("image", arg),
             "/audio": lambda: self._attach("audio", arg),
             "/video": lambda: self._attach("video", arg),
+            "/tools": self._tools,
+            "/mcp": self._mcp,
         }.get(name)
         if name in ("/exit", "/bye", "/quit"):
             return "exit"

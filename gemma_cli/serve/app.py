@@ -1,12 +1,17 @@
 """The Starlette application: OpenAI-shaped routes over one Scheduler.
 
     POST /v1/chat/completions        streamed (SSE) or not
+    POST /v1/responses               OpenAI's Responses API, streamed or not (serve/responses.py)
+    POST /v1/messages                Anthropic's Messages API, streamed or not (serve/messages.py)
+    POST /v1/messages/count_tokens   the prompt's tokens
     POST /v1/audio/transcriptions    multipart upload; json, text, srt, vtt, verbose_json
     POST /v1/audio/translations      the same, into English
     GET  /v1/models                  the one model served (and /v1/models/ID)
     GET  /health                     {"status": "ok", ...}; never needs the key
 
-Every failure is an OpenAI error object with a 4xx/5xx status, never a traceback or a dropped
+The Responses and Messages bodies are rewritten as Chat Completions bodies and read by the one reader
+(`chat.read_request`); their answers are written from the same reply events (`replies.Replies`).
+Every failure is an error object in the route's API's shape (OpenAI's; Anthropic's on /v1/messages) with a 4xx/5xx status, never a traceback or a dropped
 connection. A request body over `max_body` bytes is refused (413) before it is read whole.
 """
 
@@ -28,7 +33,10 @@ from starlette.routing import Route
 from gemma_cli.engine.parallel import Finished
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, GrammarError, MediaError
 from gemma_cli.serve import audio
+from gemma_cli.serve import messages as messages_api
+from gemma_cli.serve import responses as responses_api
 from gemma_cli.serve.chat import ApiError, Builder, Chunks, bad, completion, read_request
+from gemma_cli.serve.replies import Replies
 from gemma_cli.serve.scheduler import Busy, Scheduler, Ticket
 
 
@@ -45,8 +53,8 @@ class Served:
     started: int = field(default_factory=lambda: int(time.time()))
 
 
-def error(e: ApiError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+def error(e: ApiError, shape=ApiError.body) -> JSONResponse:
+    return JSONResponse(shape(e), status_code=e.status, headers=e.headers)
 
 
 def create_app(served: Served) -> Starlette:
@@ -70,6 +78,7 @@ def create_app(served: Served) -> Starlette:
         _check_model(served, body.get("model") if isinstance(body, dict) else None)
         req = read_request(body, served.builder.settings)
         job = await asyncio.to_thread(served.builder.job, req)  # tokenizing and decoding media: off the loop
+        _check_fits(served, job)
         ticket = Ticket(job, asyncio.get_running_loop())
         _submit(served.scheduler, ticket)
         gemma4 = served.builder.gemma4
@@ -89,6 +98,56 @@ def create_app(served: Served) -> Starlette:
             return Response(status_code=499)  # the client is gone; nobody reads this
         _raise_failure(done)
         return JSONResponse(completion(done, served.model, gemma4, calls=calls))
+
+    async def responses(request: Request) -> Response:
+        body = await _json_body(request, served.max_body)
+        chat_body = responses_api.to_chat(body)
+        _check_model(served, body.get("model"))
+        return await _answer(request, chat_body, responses_api.Writer(served.model, body), responses_api.sse)
+
+    async def messages(request: Request) -> Response:
+        body = await _json_body(request, served.max_body)
+        chat_body = messages_api.to_chat(body)
+        _check_model(served, body.get("model"))
+        return await _answer(request, chat_body, messages_api.Writer(served.model), messages_api.sse)
+
+    async def count_tokens(request: Request) -> Response:
+        body = await _json_body(request, served.max_body)
+        chat_body = messages_api.to_chat(body, count_only=True)
+        _check_model(served, body.get("model"))
+        job = await asyncio.to_thread(served.builder.job, read_request(chat_body, served.builder.settings))
+        return JSONResponse({"input_tokens": len(job.prompt)})
+
+    async def _answer(request: Request, chat_body: dict, writer, sse) -> Response:
+        """A Responses or Messages request, read as the Chat Completions request it was rewritten to."""
+        req = read_request(chat_body, served.builder.settings)
+        job = await asyncio.to_thread(served.builder.job, req)
+        _check_fits(served, job)
+        ticket = Ticket(job, asyncio.get_running_loop())
+        _submit(served.scheduler, ticket)
+        replies = Replies(served.builder.gemma4, req.stop, job.in_thought, req.tools, calls=req.tools is not None)
+        writer.prompt_tokens = len(job.prompt)
+        if req.stream:  # the 200 waits for the first piece: a failure before generation is a 4xx, as unstreamed
+            first = await _until_first(request, served.scheduler, ticket)
+            if first is None:
+                return Response(status_code=499)
+            if isinstance(first, Finished):
+                _raise_failure(first)
+            return EventStream(_api_events(served, ticket, replies, writer, sse, first))
+        try:
+            got = await _race(request, asyncio.ensure_future(_collect(ticket)))
+        finally:
+            served.scheduler.cancel(ticket)
+        if got is None:
+            return Response(status_code=499)
+        pieces, done = got
+        _raise_failure(done)
+        writer.start()
+        for piece in pieces:
+            writer.feed(replies.text(piece))
+        writer.feed(replies.done(done))
+        writer.finish(done, replies.stop_hit)
+        return JSONResponse(writer.result)
 
     async def transcriptions(request: Request) -> Response:
         return await _audio(request, translate=False)
@@ -148,18 +207,18 @@ def create_app(served: Served) -> Starlette:
             return JSONResponse(out)
         return PlainTextResponse(out, media_type=media_type)
 
-    def guarded(handler):
+    def guarded(handler, shape=ApiError.body):
         async def run(request: Request) -> Response:
             try:
                 if served.api_key is not None:
                     _check_key(request, served.api_key)
                 return await handler(request)
             except ApiError as e:
-                return error(e)
+                return error(e, shape)
             except ClientDisconnect:
                 return Response(status_code=499)
             except Exception as e:  # noqa: BLE001 - the boundary: an error object, never a traceback
-                return error(ApiError(500, f"internal error ({type(e).__name__}: {e})", kind="server_error"))
+                return error(ApiError(500, f"internal error ({type(e).__name__}: {e})", kind="server_error"), shape)
         return run
 
     async def not_found(request: Request, exc) -> Response:
@@ -175,6 +234,9 @@ def create_app(served: Served) -> Starlette:
         Route("/v1/models", guarded(models), methods=["GET"]),
         Route("/v1/models/{name:path}", guarded(model), methods=["GET"]),
         Route("/v1/chat/completions", guarded(chat_completions), methods=["POST"]),
+        Route("/v1/responses", guarded(responses), methods=["POST"]),
+        Route("/v1/messages", guarded(messages, messages_api.error_body), methods=["POST"]),
+        Route("/v1/messages/count_tokens", guarded(count_tokens, messages_api.error_body), methods=["POST"]),
         Route("/v1/audio/transcriptions", guarded(transcriptions), methods=["POST"]),
         Route("/v1/audio/translations", guarded(translations), methods=["POST"]),
     ]
@@ -240,6 +302,16 @@ def _check_model(served: Served, name) -> None:
     if name != served.model and name not in served.aliases:
         raise ApiError(404, f"the model {name!r} is not served here; this server serves {served.model!r}",
                        param="model", code="model_not_found")
+
+
+def _check_fits(served: Served, job) -> None:
+    """A prompt longer than a sequence holds is a 400 before any stream starts (one with media is counted by
+    the engine, once its media are expanded)."""
+    room = getattr(served.builder.engine, "n_ctx_seq", None)
+    if not job.media and isinstance(room, int) and len(job.prompt) >= room:
+        raise bad(f"the prompt is {len(job.prompt)} tokens but each of the server's {served.scheduler.n} parallel "
+                  f"sequences holds {room}; shorten the input, or restart gemma serve with a larger --ctx",
+                  "messages", "context_length_exceeded")
 
 
 def _submit(scheduler: Scheduler, ticket: Ticket) -> None:
@@ -323,6 +395,37 @@ async def _events(served: Served, ticket: Ticket, chunks: Chunks, first):
             for chunk in chunks.done(event):
                 yield line(chunk)
         yield b"data: [DONE]\n\n"
+    finally:
+        served.scheduler.cancel(ticket)
+
+
+async def _collect(ticket: Ticket) -> tuple[list[str], Finished]:
+    """A job's pieces of text and its outcome (a non-streamed answer is read from the same pieces)."""
+    pieces = []
+    while True:
+        event = await ticket.events.get()
+        if isinstance(event, Finished):
+            return pieces, event
+        pieces.append(event)
+
+
+async def _api_events(served: Served, ticket: Ticket, replies: Replies, writer, sse, first):
+    """SSE events of a streamed Responses or Messages answer from the job's first event on; the slot is freed
+    whenever the stream stops."""
+    try:
+        for event in writer.start():
+            yield sse(event)
+        piece = first
+        while not isinstance(piece, Finished):
+            for event in writer.feed(replies.text(piece)):
+                yield sse(event)
+            piece = await ticket.events.get()
+        done = piece
+        if done.error is None:
+            for event in writer.feed(replies.done(done)):
+                yield sse(event)
+        for event in writer.finish(done, replies.stop_hit):
+            yield sse(event)
     finally:
         served.scheduler.cancel(ticket)
 

@@ -12,16 +12,16 @@ import json
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Iterator
 
 from gemma_cli.chat.session import format_of_engine
-from gemma_cli.engine.core import schema_to_grammar
+from gemma_cli.engine.core import request_sampling
 from gemma_cli.engine.parallel import Finished, Job
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError
 from gemma_cli.format import reply
-from gemma_cli.format.conversation import ROLES, normalize_message
 from gemma_cli.format.prompt import ends_in_thought
+from gemma_cli.format.request import ChatRequest, RequestError, read_chat
 from gemma_cli.media.parts import MediaParts, media_parts, prompt_order
 
 
@@ -53,115 +53,27 @@ class Settings:
     max_media_bytes: int = 25 * 1024 * 1024  # each image or audio, decoded
 
 
-@dataclass
-class ChatRequest:
-    """A validated body."""
-
-    messages: list[dict]
-    stream: bool = False
-    include_usage: bool = False
-    tools: list[dict] | None = None
-    think: bool = False
-    schema: dict | None = None
-    json_mode: bool = False
-    stop: tuple[str, ...] = ()
-    max_tokens: int | None = None
-    sampling: dict = field(default_factory=dict)  # temperature, top_p, top_k, seed given in the body
-    grammar: str | None = None  # llama-server's extension: a GBNF grammar for the whole reply
-
-
 # ---------------------------------------------------------------- reading a request
 
 
 def read_request(body, settings: Settings) -> ChatRequest:
-    if not isinstance(body, dict):
-        raise bad("the request body must be a JSON object")
-
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad("'messages' must be a non-empty array of messages", "messages")
-    out = []
-    for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise bad(f"{where} must be an object", where)
-        if m.get("role") not in ROLES:
-            raise bad(f"{where}.role must be one of {', '.join(sorted(ROLES))}", f"{where}.role")
+    """The body read by the one OpenAI reader (`format.request`), then what only the server checks:
+    where media may come from and how large it may be. The thinking default is the server's."""
+    try:
+        req = read_chat(body)
+    except RequestError as e:
+        raise bad(e.message, e.param, e.code) from None
+    if req.think is None:
+        req.think = settings.think
+    for i, m in enumerate(req.messages):
         content = m.get("content")
-        if content is not None and not isinstance(content, (str, list)):
-            raise bad(f"{where}.content must be a string or an array of parts", f"{where}.content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                _check_part(part, f"{where}.content[{j}]", settings)
-        if m.get("tool_calls") is not None and not isinstance(m["tool_calls"], list):
-            raise bad(f"{where}.tool_calls must be an array", f"{where}.tool_calls")
-        try:
-            out.append(normalize_message(m, "request", i))
-        except (GemmaError, AttributeError, TypeError) as e:
-            raise bad(f"{where} is not a chat message ({getattr(e, 'message', e)})", where) from None
-    req = ChatRequest(out)
-    req.stream = _typed(body, "stream", bool) or False
-    options = body.get("stream_options")
-    if options is not None:
-        if not isinstance(options, dict):
-            raise bad("'stream_options' must be an object", "stream_options")
-        req.include_usage = bool(options.get("include_usage"))
-    if body.get("n", 1) not in (1, None):
-        raise bad("only one choice per request is supported (n = 1)", "n")
-    if body.get("logprobs") or body.get("top_logprobs"):
-        raise bad("logprobs are not available from this server", "logprobs")
-    for name in ("frequency_penalty", "presence_penalty"):  # refused, not silently ignored
-        value = _number(body, name, float, -2.0, 2.0)
-        if value:
-            raise bad(f"'{name}' is not supported by this server (send 0 or leave it out)", name)
-    req.tools = _tools(body.get("tools"))
-    choice = body.get("tool_choice", "auto")
-    if choice == "none":
-        req.tools = None
-    elif choice not in ("auto", None):
-        raise bad(f"tool_choice {json.dumps(choice)[:60]} is not supported: the model decides whether to call a tool",
-                  "tool_choice")
-    req.think = _thinking(body, settings.think)
-    req.schema, req.json_mode = _response_format(body.get("response_format"))
-    req.stop = _stop(body.get("stop"))
-    req.grammar = _typed(body, "grammar", str) or None
-    if req.grammar and (req.schema is not None or req.json_mode):
-        raise bad("give either 'grammar' or a JSON response_format, not both", "grammar")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    req.max_tokens = _number(body, key, int, 1)
-    for name, kind, low, high in (("temperature", float, 0.0, 2.0), ("top_p", float, 0.0, 1.0),
-                                  ("top_k", int, 0, None), ("seed", int, None, None)):
-        value = _number(body, name, kind, low, high)
-        if value is not None:
-            req.sampling[name] = value
+        for j, part in enumerate(content if isinstance(content, list) else ()):
+            where = f"messages[{i}].content[{j}]"
+            if part.get("type") in ("image", "video"):
+                _check_url(part["url"], where, part["type"], settings)
+            elif part.get("type") == "audio":
+                _check_size(len(part["data"]) * 3 // 4, where, settings)
     return req
-
-
-_URL_PARTS = {"image_url": "image", "video_url": "video"}  # part type -> what its URL holds
-
-
-def _check_part(part, where: str, settings: Settings) -> None:
-    if isinstance(part, str):
-        return
-    if not isinstance(part, dict):
-        raise bad(f"{where} must be an object", where)
-    kind = part.get("type")
-    if kind == "text":
-        if not isinstance(part.get("text"), str):
-            raise bad(f"{where}.text must be a string", f"{where}.text")
-    elif kind in _URL_PARTS:  # image_url, video_url: {"url": …} or the URL itself
-        url = part.get(kind)
-        url = url.get("url") if isinstance(url, dict) else url
-        if not isinstance(url, str) or not url:
-            raise bad(f"{where}.{kind}.url must be a data: URL", f"{where}.{kind}")
-        _check_url(url, where, _URL_PARTS[kind], settings)
-    elif kind == "input_audio":
-        audio = part.get("input_audio")
-        if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or not audio["data"]:
-            raise bad(f"{where}.input_audio.data must be base64 audio", f"{where}.input_audio")
-        _check_size(len(audio["data"]) * 3 // 4, where, settings)
-    else:
-        raise bad(f"{where}.type {kind!r} is not supported (text, image_url, input_audio, video_url)", f"{where}.type")
 
 
 def _check_url(url: str, where: str, what: str, settings: Settings) -> None:
@@ -184,82 +96,6 @@ def _check_size(n: int, where: str, settings: Settings) -> None:
                        f"{settings.max_media_bytes // 1024 // 1024} MiB", param=where, code="media_too_large")
 
 
-def _typed(body: dict, key: str, kind: type):
-    value = body.get(key)
-    if value is not None and not isinstance(value, kind):
-        raise bad(f"'{key}' must be {'a boolean' if kind is bool else kind.__name__}, not {json.dumps(value)[:40]}", key)
-    return value
-
-
-def _number(body: dict, key: str, kind: type, low=None, high=None):
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not float(value).is_integer()):
-        raise bad(f"'{key}' must be {'an integer' if kind is int else 'a number'}, not {json.dumps(value)[:40]}", key)
-    if (low is not None and value < low) or (high is not None and value > high):
-        raise bad(f"'{key}' is {value}, outside {low}..{high if high is not None else '∞'}", key)
-    return kind(value)
-
-
-def _tools(value) -> list[dict] | None:
-    if value is None:
-        return None
-    if not isinstance(value, list):
-        raise bad("'tools' must be an array of function tools", "tools")
-    tools = []
-    for i, t in enumerate(value):
-        fn = t.get("function") if isinstance(t, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise bad(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\": …}}}}", f"tools[{i}]")
-        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
-            raise bad(f"tools[{i}].function.parameters must be a JSON Schema object", f"tools[{i}].function.parameters")
-        tools.append({"type": "function", "function": fn})
-    return tools or None
-
-
-def _thinking(body: dict, default: bool) -> bool:
-    kwargs = body.get("chat_template_kwargs")
-    if kwargs is not None and not isinstance(kwargs, dict):
-        raise bad("'chat_template_kwargs' must be an object", "chat_template_kwargs")
-    if isinstance(kwargs, dict) and "enable_thinking" in kwargs:
-        if not isinstance(kwargs["enable_thinking"], bool):
-            raise bad("'chat_template_kwargs.enable_thinking' must be a boolean", "chat_template_kwargs")
-        return kwargs["enable_thinking"]
-    effort = body.get("reasoning_effort")
-    if effort is not None:
-        if effort not in ("none", "minimal", "low", "medium", "high"):
-            raise bad("'reasoning_effort' must be none, minimal, low, medium or high", "reasoning_effort")
-        return effort not in ("none", "minimal")
-    return default
-
-
-def _response_format(value) -> tuple[dict | None, bool]:
-    if value is None:
-        return None, False
-    kind = value.get("type") if isinstance(value, dict) else None
-    if kind == "text":
-        return None, False
-    if kind == "json_object":
-        return None, True
-    if kind == "json_schema":
-        spec = value.get("json_schema")
-        schema = spec.get("schema") if isinstance(spec, dict) else None
-        if not isinstance(schema, dict):
-            raise bad("response_format json_schema needs {\"json_schema\": {\"schema\": {…}}}", "response_format")
-        return schema, False
-    raise bad("response_format must be text, json_object or json_schema", "response_format")
-
-
-def _stop(value) -> tuple[str, ...]:
-    if value is None:
-        return ()
-    stops = [value] if isinstance(value, str) else value
-    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
-        raise bad("'stop' must be a string or an array of up to 4 non-empty strings", "stop")
-    return tuple(stops)
-
-
 # ---------------------------------------------------------------- the job
 
 
@@ -280,14 +116,10 @@ class Builder:
 
     def job(self, req: ChatRequest) -> "Job":
 
-        sampling = replace(self.settings.sampling, **req.sampling)
-        if req.grammar:
-            sampling = replace(sampling, grammar=req.grammar)
-        if req.schema is not None or req.json_mode:
-            try:
-                sampling = replace(sampling, grammar=schema_to_grammar(req.schema))
-            except Exception as e:  # noqa: BLE001 - llama.cpp's converter raises plain exceptions
-                raise bad(f"the JSON schema cannot be turned into a grammar ({e})", "response_format") from None
+        try:
+            sampling = request_sampling(self.settings.sampling, req)
+        except RequestError as e:
+            raise bad(e.message, e.param) from None
         try:
             text = self.format.render(req.messages, req.tools, thinking=req.think)
         except GemmaError as e:

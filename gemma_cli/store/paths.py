@@ -41,3 +41,20 @@ def last_conversation() -> Path:
 def history_file() -> Path:
     """Up-arrow history of the interactive chat, kept across sessions."""
     return data_dir() / "chat_history"
+
+
+def cache_dir() -> Path:
+    home = _home()
+    if home:
+        return home / "cache"
+    return Path(platformdirs.user_cache_dir(APP))
+
+
+def mcp_config() -> Path:
+    """The MCP servers `gemma chat` starts (`{"mcpServers": {...}}`, the Claude Desktop / Cursor form)."""
+    return config_dir() / "mcp.json"
+
+
+def mcp_logs() -> Path:
+    """Where each MCP server's stderr goes (one file per server)."""
+    return cache_dir() / "mcp-logs"

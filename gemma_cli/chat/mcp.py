@@ -1,0 +1,770 @@
+"""Tools from Model Context Protocol servers in a chat: the host side (the official `mcp` SDK 2.x as client).
+
+- **Config**: `mcp.json` in gemma's config dir, `{"mcpServers": {NAME: {...}}}` in the Claude Desktop /
+  Cursor form (`command`, `args`, `env`, `cwd`; `url` + `headers` with `type` http or sse; Gemini CLI's
+  `httpUrl`), `${VAR}` / `${VAR:-default}` expanded, per server `disabled`, `timeout` (seconds per call;
+  Gemini CLI's milliseconds are read as such), `startupTimeout`, `includeTools` / `excludeTools`, `trust`,
+  `alwaysAllow`. Remembered approvals are kept in gemma's own file under `approvals`.
+- **Lifecycle**: every server starts at once on one asyncio loop in a background thread (each its own task
+  that holds its session open until the chat ends), with a startup timeout; one that fails is a line saying
+  why and the chat goes on without it. A server that dies is restarted once, at its next call. Calls have a
+  timeout that progress notifications extend; `close()` stops every process (the SDK's shutdown, then a
+  kill of any process group still alive).
+- **The model's side**: declarations under names Gemma 4's call syntax carries (`[A-Za-z0-9_]`), `server__tool`
+  on a clash; results turned into tool responses (`convert`).
+
+The SDK is imported only here and only when a server is configured, so `gemma --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from gemma_cli.chat.tools import ToolOutcome
+from gemma_cli.errors import ConfigError, GemmaError
+from gemma_cli.store import paths
+
+DEFAULT_CALL_TIMEOUT = 60.0
+DEFAULT_STARTUP_TIMEOUT = 30.0
+CONTEXT_SHARE = 0.5  # the declarations may take at most this share of the context
+RESULT_SHARE = 0.25  # one result may take at most this share of the context
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+# ---------------------------------------------------------------- config
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    command: str | None = None
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str | None = None
+    url: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    transport: str = "stdio"  # stdio | http | sse
+    disabled: bool = False
+    timeout: float = DEFAULT_CALL_TIMEOUT
+    startup_timeout: float = DEFAULT_STARTUP_TIMEOUT
+    include: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)
+    trust: bool = False
+    always_allow: list[str] = field(default_factory=list)
+    auto_read_only: bool = False  # tools with readOnlyHint run without asking
+    problem: str | None = None  # a ${VAR} not set, a field of the wrong type: the server cannot start
+
+
+@dataclass
+class McpConfig:
+    path: Path
+    servers: dict[str, ServerSpec]
+    approvals: dict[str, list[str]] = field(default_factory=dict)  # server -> tools ("*": the whole server)
+
+
+def read_config(path: Path | None = None) -> McpConfig:
+    """The servers of `path` (default: gemma's mcp.json; absent: none), with gemma's remembered approvals."""
+    own = paths.mcp_config()
+    chosen = Path(path).expanduser() if path is not None else own
+    if path is not None and not chosen.is_file():
+        raise ConfigError(f"MCP config {chosen} not found", "pass a JSON file with an \"mcpServers\" object")
+    data = _read_json(chosen) if chosen.is_file() else {}
+    servers_data = data.get("mcpServers")
+    if servers_data is None and isinstance(data.get("mcp"), dict):
+        servers_data = data["mcp"].get("servers")  # VS Code settings.json
+    if servers_data is None:
+        servers_data = data.get("servers", {}) if path is None or "servers" in data else None
+    if servers_data is None:
+        raise ConfigError(f"{chosen} has no \"mcpServers\" object",
+                          'the form is {"mcpServers": {"NAME": {"command": "...", "args": [...]}}}')
+    if not isinstance(servers_data, dict):
+        raise ConfigError(f"{chosen}: \"mcpServers\" must be an object of NAME: server",
+                          '{"mcpServers": {"time": {"command": "uvx", "args": ["mcp-server-time"]}}}')
+    auto = bool(data.get("autoApproveReadOnly", False))
+    servers = {name: _server(name, spec, chosen, auto) for name, spec in servers_data.items()}
+    own_data = data if chosen == own else (_read_json(own) if own.is_file() else {})
+    approvals = own_data.get("approvals") if isinstance(own_data.get("approvals"), dict) else {}
+    return McpConfig(chosen, servers, {k: list(v) for k, v in approvals.items() if isinstance(v, list)})
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8") or "{}")
+    except OSError as e:
+        raise ConfigError(f"cannot read MCP config {path}: {e.strerror or e}", "check the path") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
+        raise ConfigError(f"MCP config {path} is not valid JSON ({where})", "fix the file") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"MCP config {path} holds no JSON object", '{"mcpServers": {...}}')
+    return data
+
+
+def _server(name: str, raw: Any, path: Path, auto_read_only: bool) -> ServerSpec:
+    spec = ServerSpec(name, auto_read_only=auto_read_only)
+    if not isinstance(raw, dict):
+        spec.problem = f"{path}: server {name!r} is not an object"
+        return spec
+    try:
+        kind = str(raw.get("type") or raw.get("transport") or "").lower()
+        url = raw.get("httpUrl") or raw.get("url") or raw.get("serverUrl")
+        spec.disabled = bool(raw.get("disabled", False))
+        spec.trust = bool(raw.get("trust", False))
+        spec.auto_read_only = bool(raw.get("autoApproveReadOnly", auto_read_only))
+        spec.always_allow = [str(t) for t in raw.get("alwaysAllow") or []]
+        spec.include = [str(t) for t in raw["includeTools"]] if raw.get("includeTools") is not None else None
+        spec.exclude = [str(t) for t in raw.get("excludeTools") or []]
+        if raw.get("timeout") is not None:
+            t = float(raw["timeout"])
+            spec.timeout = t / 1000 if t > 1000 else t  # Gemini CLI writes milliseconds
+        if raw.get("startupTimeout") is not None:
+            spec.startup_timeout = float(raw["startupTimeout"])
+        if url:
+            spec.url = expand(str(url))
+            spec.transport = "sse" if kind == "sse" else "http"
+            spec.headers = {str(k): expand(str(v)) for k, v in (raw.get("headers") or {}).items()}
+        elif raw.get("command"):
+            spec.command = expand(str(raw["command"]))
+            spec.args = [expand(str(a)) for a in raw.get("args") or []]
+            spec.env = {str(k): expand(str(v)) for k, v in (raw.get("env") or {}).items()}
+            spec.cwd = expand(str(raw["cwd"])) if raw.get("cwd") else None
+        else:
+            spec.problem = f"server {name!r} in {path} has neither \"command\" nor \"url\""
+    except (TypeError, ValueError, AttributeError) as e:
+        spec.problem = f"server {name!r} in {path}: {e}"
+    return spec
+
+
+def expand(text: str) -> str:
+    """`${VAR}` and `${VAR:-default}` from the environment; an unset `${VAR}` without a default is an error."""
+
+    def one(m: re.Match) -> str:
+        value = os.environ.get(m.group(1))
+        if value is None or (value == "" and m.group(2) is not None):
+            if m.group(2) is None:
+                raise ValueError(f"${{{m.group(1)}}} is not set")
+            return m.group(2)
+        return value
+
+    return _VAR.sub(one, text)
+
+
+def save_servers(edit: Callable[[dict], None], path: Path | None = None) -> Path:
+    """Change gemma's own mcp.json (the face adds and removes servers, remembers approvals), atomically."""
+    target = path or paths.mcp_config()
+    data = _read_json(target) if target.is_file() else {}
+    data.setdefault("mcpServers", {})
+    edit(data)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(target)
+    return target
+
+
+def select(config: McpConfig, names: list[str] | None) -> list[ServerSpec]:
+    """The servers to start: those named (`--mcp NAME`, even if disabled), else every enabled one."""
+    if names:
+        unknown = [n for n in names if n not in config.servers]
+        if unknown:
+            known = ", ".join(config.servers) or "none"
+            raise ConfigError(f"no MCP server named {unknown[0]!r} in {config.path} (configured: {known})",
+                              "add it with `gemma mcp add NAME -- COMMAND ARGS…`")
+        return [config.servers[n] for n in dict.fromkeys(names)]
+    return [s for s in config.servers.values() if not s.disabled]
+
+
+# ---------------------------------------------------------------- tools and names
+
+
+@dataclass
+class McpTool:
+    server: str
+    name: str  # the server's own name
+    public: str  # the name the model sees and calls
+    description: str
+    schema: dict
+    read_only: bool = False
+
+    def declaration(self) -> dict:
+        schema = self.schema if isinstance(self.schema, dict) and self.schema else {"type": "object", "properties": {}}
+        return {"type": "function", "function": {"name": self.public, "description": self.description,
+                                                 "parameters": schema}}
+
+
+def callable_name(name: str) -> str:
+    """A name Gemma 4's call syntax carries intact: letters, digits and `_`, not starting with a digit."""
+    out = re.sub(r"[^A-Za-z0-9_]", "_", name) or "tool"
+    return "t_" + out if out[0].isdigit() else out
+
+
+def assign_names(tools: list[McpTool], taken: set[str]) -> None:
+    """Each tool's public name: its own (made callable), or `server__tool` when two would share one."""
+    counts: dict[str, int] = {}
+    for t in tools:
+        counts[callable_name(t.name)] = counts.get(callable_name(t.name), 0) + 1
+    used = set(taken)
+    for t in tools:
+        base = callable_name(t.name)
+        name = base if counts[base] == 1 and base not in taken else callable_name(f"{t.server}__{t.name}")
+        while name in used:
+            name += "_"
+        used.add(name)
+        t.public = name
+
+
+def filtered(spec: ServerSpec, names: list[str]) -> list[str]:
+    keep = [n for n in names if spec.include is None or n in spec.include]
+    return [n for n in keep if n not in spec.exclude]
+
+
+# ---------------------------------------------------------------- results
+
+
+def convert(result, *, vision: bool, budget_tokens: int | None = None, count: Callable[[str], int] | None = None):
+    """An MCP CallToolResult as (what the model reads, images as data URLs, the error text or None).
+
+    Text is joined; `structuredContent` goes as compact JSON; `isError` becomes an error result;
+    images go as images when the model can see them, else a short placeholder, as other content does.
+    A text longer than `budget_tokens` is cut with a marker saying so."""
+    texts, images = [], []
+    for block in result.content or []:
+        kind = getattr(block, "type", "")
+        if kind == "text":
+            texts.append(block.text)
+        elif kind == "image":
+            size = len(block.data) * 3 // 4
+            if vision:
+                images.append(f"data:{block.mime_type};base64,{block.data}")
+                texts.append(f"[image {block.mime_type}, {size} bytes: attached]")
+            else:
+                texts.append(f"[image {block.mime_type}, {size} bytes: not shown, this model has no vision projector]")
+        elif kind == "audio":
+            texts.append(f"[audio {block.mime_type}: not shown]")
+        elif kind == "resource_link":
+            texts.append(f"[resource {block.uri}" + (f": {block.name}" if getattr(block, "name", None) else "") + "]")
+        elif kind == "resource":
+            res = block.resource
+            text = getattr(res, "text", None)
+            texts.append(text if text is not None else f"[resource {res.uri}: {getattr(res, 'mime_type', None) or 'binary'}]")
+        else:
+            texts.append(f"[{kind or 'unknown'} content: not shown]")
+    structured = getattr(result, "structured_content", None)
+    text = "\n".join(texts)
+    if structured is not None and not result.is_error and (not texts or _same_json(text, structured)):
+        text = json.dumps(structured, ensure_ascii=False, separators=(",", ":"))
+    if budget_tokens is not None and count is not None:
+        text = cut(text, budget_tokens, count)
+    if result.is_error:
+        return {"error": text or "the tool reported an error"}, [], text or "the tool reported an error"
+    return text, images, None
+
+
+def _same_json(text: str, value) -> bool:
+    try:
+        return json.loads(text) == value
+    except ValueError:
+        return False
+
+
+def cut(text: str, budget: int, count: Callable[[str], int]) -> str:
+    """`text` within `budget` tokens, cut at the end with a visible marker when it is longer."""
+    total = count(text)
+    if total <= budget:
+        return text
+    keep = len(text) * budget // max(total, 1)
+    while keep > 0 and count(text[:keep]) > budget - 40:
+        keep = keep * 9 // 10
+    return (text[:keep] + f"\n[… cut: the result was {total} tokens, over the budget of {budget}; "
+            f"{len(text) - keep} characters left out]")
+
+
+# ---------------------------------------------------------------- the host
+
+
+class ServerFailed(GemmaError):
+    pass
+
+
+@dataclass
+class Server:
+    spec: ServerSpec
+    status: str = "starting"  # starting | ready | failed | dead | stopped
+    why: str | None = None
+    tools: list[McpTool] = field(default_factory=list)
+    all_tools: list[str] = field(default_factory=list)  # before includeTools/excludeTools
+    started_s: float = 0.0  # how long its start took
+    restarts: int = 0
+    client: Any = None
+    pids: set[int] = field(default_factory=set)
+    task: Any = None
+    stop: Any = None  # asyncio.Event
+    ready: Any = None  # asyncio.Future
+
+    @property
+    def log(self) -> Path:
+        return paths.mcp_logs() / f"{callable_name(self.spec.name)}.log"
+
+
+class Host:
+    """The MCP servers of one chat: started together, kept open, stopped at the end.
+
+    `ask(tool, server, arguments) -> "yes" | "tool" | "server" | "no" | None` is the face's question
+    (None: there is no terminal to ask on); `approve_all` is `--yes`."""
+
+    def __init__(self, config: McpConfig, specs: list[ServerSpec], *, approve_all: bool = False, ask=None):
+        self.config = config
+        self.servers = {s.name: Server(s) for s in specs}
+        self.approve_all = approve_all
+        self.ask = ask
+        self.vision = False
+        self.result_budget: int | None = None
+        self.count: Callable[[str], int] | None = None
+        self.costs: dict[str, int] = {}  # tokens of each declaration (the face counts them)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gemma-mcp", daemon=True)
+        self._thread.start()
+        self._started = False
+        self._closed = False
+        self._known_children: set[int] = set()
+        _quiet_sdk_log()
+
+    # ---- lifecycle
+
+    def begin(self) -> None:
+        """Start every server now (they come up while the model loads); `wait()` collects them."""
+        self._started = True
+        for server in self.servers.values():
+            self._submit(self._begin(server))
+
+    def wait(self) -> list[Server]:
+        """Block until each server is ready or failed (its startup timeout at most); the servers."""
+        if not self._started:
+            self.begin()
+        for server in self.servers.values():
+            self._submit(self._await_ready(server)).result()
+        self._assign()
+        return list(self.servers.values())
+
+    def _submit(self, coro):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    async def _begin(self, server: Server) -> None:
+        server.ready = self._loop.create_future()
+        server.stop = asyncio.Event()
+        server.status, server.why = "starting", None
+        if server.spec.problem:
+            server.status, server.why = "failed", server.spec.problem
+            server.ready.set_result(None)
+            return
+        server.task = asyncio.ensure_future(self._hold(server))
+
+    async def _await_ready(self, server: Server) -> None:
+        if server.ready is None:
+            await self._begin(server)
+        try:
+            await asyncio.wait_for(asyncio.shield(server.ready), server.spec.startup_timeout)
+        except asyncio.TimeoutError:
+            server.status = "failed"
+            server.why = (f"did not finish its handshake within {server.spec.startup_timeout:g} s "
+                          f"(startupTimeout in the config; its log: {server.log})")
+            await self._stop(server)
+
+    async def _hold(self, server: Server) -> None:
+        """One server's session, open from its start until the chat ends (or it dies)."""
+        # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
+        from mcp import Client
+
+        t0 = time.perf_counter()
+        spec, stop, ready = server.spec, server.stop, server.ready
+        server.log.parent.mkdir(parents=True, exist_ok=True)
+        client = None
+        try:
+            with open(server.log, "a", encoding="utf-8") as errlog:
+                errlog.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {spec.name}\n")
+                errlog.flush()
+                transport = self._transport(spec, errlog)
+                before = _children()
+                async with Client(transport, client_info=_client_info()) as client:
+                    server.pids |= _children() - before
+                    self._known_children |= server.pids
+                    names, tools = await _list_tools(client)
+                    server.all_tools = names
+                    keep = set(filtered(spec, names))
+                    server.tools = [t for t in tools if t.name in keep]
+                    for t in server.tools:
+                        t.server = spec.name
+                    server.client = client
+                    server.status = "ready"
+                    server.started_s = time.perf_counter() - t0
+                    if not ready.done():
+                        ready.set_result(None)
+                    await stop.wait()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # noqa: BLE001 - any failure of a server is a line about it, never the chat's end
+            if server.stop is stop:
+                if server.status == "ready":
+                    server.status, server.why = "dead", f"exited: {_why(e, server)}"
+                else:
+                    server.status, server.why = "failed", _why(e, server)
+        finally:
+            if server.client is client:
+                server.client = None
+            if not ready.done():
+                ready.set_result(None)
+
+    def _transport(self, spec: ServerSpec, errlog):
+        if spec.transport == "stdio":
+            # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
+            from mcp.client.stdio import StdioServerParameters, stdio_client
+
+            env = {k: v for k, v in os.environ.items()} | spec.env
+            found = shutil.which(spec.command, path=env.get("PATH"))
+            if found is None:
+                raise ServerFailed(f"command {spec.command!r} not found (searched PATH={env.get('PATH', '')})")
+            if spec.cwd and not Path(spec.cwd).expanduser().is_dir():
+                raise ServerFailed(f"cwd {spec.cwd} is not a directory")
+            params = StdioServerParameters(command=found, args=spec.args, env=env,
+                                           cwd=str(Path(spec.cwd).expanduser()) if spec.cwd else None)
+            return stdio_client(params, errlog=errlog)
+        if spec.transport == "sse":
+            # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
+            from mcp.client.sse import sse_client
+
+            return sse_client(spec.url, headers=spec.headers or None)
+        # lazy: the MCP SDK and its HTTP client, only when a server is configured; keeps gemma --help fast
+        import httpx2
+        from mcp.client.streamable_http import streamable_http_client
+
+        client = httpx2.AsyncClient(headers=spec.headers or None, timeout=httpx2.Timeout(30.0, read=None))
+        return streamable_http_client(spec.url, http_client=client)
+
+    def _assign(self) -> None:
+        tools = [t for s in self.servers.values() for t in s.tools]
+        assign_names(tools, self._taken)
+
+    _taken: set[str] = set()
+
+    def reserve(self, names) -> None:
+        """Names already used by `--tools` functions: an MCP tool of the same name gets `server__tool`."""
+        self._taken = set(names)
+
+    @property
+    def tools(self) -> list[McpTool]:
+        return [t for s in self.servers.values() if s.status in ("ready", "dead") for t in s.tools]
+
+    def declarations(self) -> list[dict]:
+        return [t.declaration() for t in self.tools]
+
+    def tool(self, public: str) -> McpTool | None:
+        return next((t for t in self.tools if t.public == public), None)
+
+    def close(self) -> None:
+        """Stop every server: the SDK's shutdown (stdin closed, SIGTERM, kill), then a kill of any
+        process group still alive, and the loop."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._submit(self._stop_all()).result(timeout=15)
+        except BaseException:  # noqa: BLE001 - a stop that fails or is interrupted still ends with the kill below
+            pass
+        for pid in sorted(self._known_children):
+            _kill_group(pid)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    async def _stop_all(self) -> None:
+        await asyncio.gather(*(self._stop(s) for s in self.servers.values()), return_exceptions=True)
+
+    async def _stop(self, server: Server) -> None:
+        if server.stop is not None:
+            server.stop.set()
+        task = server.task
+        if task is None or task.done():
+            return
+        if server.status != "ready":
+            task.cancel()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 8)
+        except (asyncio.TimeoutError, asyncio.CancelledError, Exception):  # noqa: BLE001
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        if server.status == "ready":
+            server.status = "stopped"
+
+    # ---- calls
+
+    def needs_asking(self, tool: McpTool) -> bool:
+        spec = self.servers[tool.server].spec
+        remembered = self.config.approvals.get(tool.server, [])
+        return not (self.approve_all or spec.trust or tool.name in spec.always_allow or "*" in remembered
+                    or tool.name in remembered or (spec.auto_read_only and tool.read_only))
+
+    def approve(self, tool: McpTool, arguments) -> bool | str:
+        """True when a call may run (remembered, or asked: "always" answers are kept in gemma's mcp.json),
+        else why not, for the model."""
+        if not self.needs_asking(tool):
+            return True
+        answer = self.ask(tool, tool.server, arguments) if self.ask is not None else None
+        if answer is None:
+            return ("not run: gemma has no terminal to ask the user on, and the user did not approve this tool "
+                    "beforehand (--yes, or \"trust\" in the MCP config)")
+        if answer in ("tool", "server"):
+            key = "*" if answer == "server" else tool.name
+            self.config.approvals.setdefault(tool.server, [])
+            if key not in self.config.approvals[tool.server]:
+                self.config.approvals[tool.server].append(key)
+            remembered = dict(self.config.approvals)
+            save_servers(lambda data: data.__setitem__("approvals", remembered))
+        return True if answer in ("yes", "tool", "server") else "the user declined to run this tool"
+
+    def call(self, public: str, arguments) -> ToolOutcome:
+        """Run one call (the approval is the caller's); errors come back as an error result, never raised.
+        Ctrl-C cancels this call only: the model is told."""
+        tool = self.tool(public)
+        if tool is None:
+            return ToolOutcome({"error": f"unknown tool {public!r}"}, error=f"unknown tool {public!r}")
+        args = arguments if isinstance(arguments, dict) else {}
+        t0 = time.perf_counter()
+        future = self._submit(self._call(self.servers[tool.server], tool, args))
+        try:
+            result = future.result()
+        except KeyboardInterrupt:
+            future.cancel()
+            err = "the user cancelled this call (Ctrl-C)"
+            return ToolOutcome({"error": err}, server=tool.server, error=err, seconds=time.perf_counter() - t0,
+                               arguments=args)
+        except ServerFailed as e:
+            return ToolOutcome({"error": e.message}, server=tool.server, error=e.message,
+                               seconds=time.perf_counter() - t0, arguments=args)
+        value, images, error = convert(result, vision=self.vision, budget_tokens=self.result_budget, count=self.count)
+        return ToolOutcome(value, server=tool.server, error=error, seconds=time.perf_counter() - t0, images=images,
+                           arguments=args)
+
+    async def _call(self, server: Server, tool: McpTool, args: dict):
+        # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
+        from mcp import MCPError
+
+        if server.client is None:
+            if server.restarts >= 1 or server.status not in ("dead",):
+                raise ServerFailed(f"MCP server {server.spec.name} is not running ({server.why or server.status})")
+            server.restarts += 1
+            await self._begin(server)
+            await self._await_ready(server)
+            if server.client is None:
+                raise ServerFailed(f"MCP server {server.spec.name} could not be restarted: {server.why}")
+        activity = asyncio.Event()
+
+        async def progress(_progress, _total, _message) -> None:
+            activity.set()
+
+        task = asyncio.ensure_future(server.client.call_tool(tool.name, args, progress_callback=progress))
+        try:
+            while True:
+                waiter = asyncio.ensure_future(activity.wait())
+                done, _ = await asyncio.wait({task, waiter}, timeout=server.spec.timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if task in done:
+                    return task.result()
+                if not done:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    raise ServerFailed(f"MCP tool {tool.name} on {server.spec.name} gave no result or progress "
+                                       f"within {server.spec.timeout:g} s (the server's \"timeout\" in the config)")
+                activity.clear()
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        except MCPError as e:
+            if server.client is None or server.status == "dead" or _closed(e):
+                server.status, server.why, server.client = "dead", "exited during a call", None
+                server.stop.set()  # its session task ends; the next call starts a new one
+                again = "it is restarted once, at its next call" if server.restarts == 0 else "it is not restarted again"
+                raise ServerFailed(f"MCP server {server.spec.name} exited during the call ({again}; "
+                                   f"its log: {server.log})") from None
+            raise ServerFailed(f"MCP error {e.code}: {e}") from None
+
+
+def _quiet_sdk_log() -> None:
+    """The SDK logs a server's bad stdout lines with tracebacks: into a log file, not over the chat."""
+    import logging  # lazy: only when MCP servers run
+
+    log = logging.getLogger("mcp")
+    if log.propagate:
+        paths.mcp_logs().mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(paths.mcp_logs() / "client.log", encoding="utf-8", delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+
+
+def _closed(error) -> bool:
+    # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
+    from mcp.types import CONNECTION_CLOSED
+
+    return getattr(error, "code", None) == CONNECTION_CLOSED
+
+
+async def _list_tools(client) -> tuple[list[str], list[McpTool]]:
+    tools, cursor = [], None
+    while True:
+        page = await client.list_tools(cursor=cursor) if cursor else await client.list_tools()
+        for t in page.tools:
+            hints = getattr(t, "annotations", None)
+            tools.append(McpTool("", t.name, t.name, t.description or t.title or "", t.input_schema or {},
+                                 bool(getattr(hints, "read_only_hint", False))))
+        cursor = getattr(page, "next_cursor", None)
+        if not cursor:
+            return [t.name for t in tools], tools
+
+
+def _client_info():
+    # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
+    from mcp.types import Implementation
+
+    return Implementation(name="gemma-cli", version="0")
+
+
+def _why(error: BaseException, server: Server) -> str:
+    """One line for a server that failed: the cause, and the end of its stderr."""
+    inner = error
+    while isinstance(inner, BaseExceptionGroup) and inner.exceptions:
+        inner = inner.exceptions[0]
+    if isinstance(inner, GemmaError):
+        return inner.message
+    if isinstance(inner, FileNotFoundError):
+        return f"command {server.spec.command!r} not found"
+    text = str(inner).strip() or type(inner).__name__
+    if server.spec.transport != "stdio":
+        return f"{server.spec.url}: {text}"
+    tail = _tail(server.log)
+    return f"{text}; its stderr ends: {tail}" if tail else text
+
+
+def _tail(log: Path, lines: int = 3) -> str:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    body = text.rsplit("\n--- ", 1)[-1].splitlines()[1:]
+    return " | ".join(line.strip() for line in body[-lines:] if line.strip())
+
+
+def _children() -> set[int]:
+    """Our direct children (Linux /proc); the MCP processes are each a process group of their own."""
+    me, out = os.getpid(), set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 1 and fields[1] == str(me):
+            out.add(int(entry))
+    return out
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL a server's process group if anything of it is still alive (the SDK starts each in its own)."""
+    try:
+        if os.getpgid(pid) == pid:
+            os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError, OSError):
+        return
+
+
+# ---------------------------------------------------------------- the chat's side
+
+
+class McpToolbox:
+    """`--tools` functions and MCP tools as one toolbox for `session.converse`."""
+
+    def __init__(self, host: Host, user=None):
+        self.host = host
+        self.user = user
+
+    @property
+    def declarations(self) -> list[dict]:
+        return list(self.user.declarations if self.user else []) + self.host.declarations()
+
+    @property
+    def runnable(self) -> bool:
+        return True
+
+    def run(self, name: str, arguments):
+        if self.host.tool(name) is not None:
+            return self.host.call(name, arguments)
+        if self.user is not None and self.user.runnable:
+            return self.user.run(name, arguments)
+        if self.user is not None and any(d["function"]["name"] == name for d in self.user.declarations):
+            return {"error": f"{name} is only declared (--tools FILE.json): gemma cannot run it"}
+        return {"error": f"unknown tool {name!r}"}
+
+    def confirm(self, fallback):
+        """The question before a call: MCP tools through the host's approvals, others through `fallback`."""
+
+        def ask(call: dict) -> bool:
+            fn = call["function"]
+            tool = self.host.tool(fn["name"])
+            if tool is not None:
+                return self.host.approve(tool, fn.get("arguments"))
+            return fallback is None or fallback(call)
+
+        return ask
+
+
+def declaration_costs(render: Callable[[list[dict] | None], str], tokenize: Callable[[str], list],
+                      declarations: list[dict]) -> list[int]:
+    """Tokens each declaration adds to the prompt, counted with the loaded model's tokenizer."""
+    base = len(tokenize(render(None)))
+    return [max(0, len(tokenize(render([d]))) - base) for d in declarations]
+
+
+def check_budget(host: Host, costs: dict[str, int], n_ctx: int, other: int = 0) -> None:
+    """Refuse before the first turn when the MCP declarations take more than half the context."""
+    total = sum(costs.values()) + other
+    if total <= n_ctx * CONTEXT_SHARE:
+        return
+    per_server = {}
+    for t in host.tools:
+        per_server[t.server] = per_server.get(t.server, 0) + costs.get(t.public, 0)
+    detail = ", ".join(f"{name} {n}" for name, n in sorted(per_server.items(), key=lambda kv: -kv[1]))
+    raise ContextBudgetError(
+        f"the tool declarations take {total} tokens, {100 * total // n_ctx} % of the {n_ctx}-token context "
+        f"(at most {int(CONTEXT_SHARE * 100)} %); by server: {detail}",
+        "pick servers with --mcp NAME, keep fewer tools with \"includeTools\" in mcp.json, or raise --ctx")
+
+
+class ContextBudgetError(GemmaError):
+    pass
+
+
+def escaped(value) -> str:
+    """Arguments as the user must see them before approving: full JSON, control characters escaped."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return re.sub("[\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]", lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def data_size(url: str) -> int:
+    return len(base64.b64decode(url.split(",", 1)[1])) if "," in url else 0

@@ -1,0 +1,341 @@
+"""The OpenAI request reader: one Chat Completions body, checked field by field, into a `ChatRequest`.
+
+Pure: no engine, no server. `gemma batch` turns a `RequestError` into an error record, `gemma serve`
+into an OpenAI 400 naming `param`. The Responses and Messages APIs translate their bodies into the same
+`ChatRequest` (build one directly, or a Chat Completions body for `read_chat`), so every API honours
+or refuses the same things.
+
+The field table below is the one place that says what a body field does:
+- `SUPPORTED`: read onto the `ChatRequest` (sampling ones through `SAMPLING`);
+- `IGNORED`: harmless to drop (bookkeeping that does not change the answer);
+- `REFUSED`: would change the answer and the engine cannot honour it: a value other than its neutral
+  one is an error naming the field, never silently ignored.
+To support a refused field: move it to `SUPPORTED` (a sampling number: one line in `SAMPLING`), add its
+field to `ChatRequest` and read it in `read_chat`. Unknown fields are ignored by a loose reader
+(`strict=False`, the server: clients send extras) and refused by a strict one (batch lines).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from gemma_cli.errors import GemmaError
+from gemma_cli.format.conversation import ROLES, normalize_message
+
+# Sampling numbers: body field -> (type, lowest, highest). One line here adds one (plus its field on
+# engine.Sampling, which both the server and the batch runner apply by name).
+SAMPLING: dict[str, tuple[type, float | None, float | None]] = {
+    "temperature": (float, 0.0, 2.0),
+    "top_p": (float, 0.0, 1.0),
+    "top_k": (int, 0, None),
+    "seed": (int, None, None),
+}
+SUPPORTED = {"messages", "model", "tools", "tool_choice", "parallel_tool_calls", "response_format", "grammar",
+             "max_tokens", "max_completion_tokens", "stop", "stream", "stream_options", "chat_template_kwargs",
+             "reasoning_effort", *SAMPLING}
+IGNORED = {"store", "metadata", "user", "service_tier", "prompt_cache_key", "safety_identifier"}
+# Refused unless neutral: field -> (values that change nothing, the message when another is given).
+REFUSED: dict[str, tuple[tuple, str | None]] = {
+    "n": ((1,), "only one choice per request (n = 1)"),
+    "logprobs": ((False,), None),
+    "top_logprobs": ((0,), None),
+    "presence_penalty": ((0,), None),
+    "frequency_penalty": ((0,), None),
+    "repeat_penalty": ((1,), None),
+    "logit_bias": ((), None),
+    "min_p": ((0,), None),
+    "functions": (([],), "the legacy 'functions' field is not supported; send them as 'tools'"),
+    "function_call": (("auto", "none"), "the legacy 'function_call' field is not supported; use 'tool_choice'"),
+    "modalities": ((["text"],), None),
+    "audio": ((), None),
+    "prediction": ((), None),
+    "web_search_options": ((), None),
+}
+OPENAI_PARTS = ("text", "image_url", "input_audio", "video_url")  # content part types a client may send
+LOCAL_PARTS = ("image", "audio", "video")  # gemma's own parts ({"type", "path" | "url"}): local runs only
+_NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number", dict: "an object",
+          list: "a list"}
+
+
+class RequestError(GemmaError):
+    """A request field that cannot be read or honoured. `param` names it (`messages[0].content[1]`)."""
+
+    def __init__(self, message: str, param: str | None = None, hint: str | None = None, code: str | None = None):
+        super().__init__(message, hint)
+        self.param = param
+        self.code = code
+
+
+@dataclass
+class ChatRequest:
+    """One chat request, read and checked: what every API (Chat Completions, Responses, Messages, batch
+    lines) hands the job runners.
+
+    messages: OpenAI chat messages, each normalized (`conversation.normalize_message`): roles system,
+        developer, user, assistant, tool; content a string or parts `{"type": "text", "text"}`,
+        `{"type": "image" | "video", "url" | "path"}`, `{"type": "audio", "data", "format"}` or `"path"`;
+        assistant `tool_calls` with `function.arguments` as a mapping where it parsed.
+    tools: function tools `{"type": "function", "function": {"name", "description", "parameters"}}`, or
+        None. `tool_choice "none"` leaves None here.
+    tool_choice: "auto" (the model decides) or "none".
+    parallel_tool_calls: as given (None: not said). Gemma writes calls one after another either way.
+    think: thinking on or off; None: the caller's default (`--think`).
+    keep_thinking: the template's preserve_thinking (earlier turns keep their thought).
+    think_budget: close the thought after this many tokens; None: the caller's default.
+    schema / json_mode: constrain the answer to this JSON Schema / to any JSON object.
+    grammar: llama.cpp's GBNF for the whole reply (never together with schema or json_mode).
+    stop: strings that end the answer (not included), up to 4.
+    max_tokens: the answer's limit; None: the caller's default.
+    temperature, top_p, top_k, seed: sampling given in the request; None: the caller's default
+        (`sampling()` gives the ones set, by their `engine.Sampling` names).
+    stream / include_usage: send chunks as they come / end the stream with a usage chunk.
+    body: the body as given, when it came as a Chat Completions body (batch sends it on as is).
+    """
+
+    messages: list[dict]
+    tools: list[dict] | None = None
+    tool_choice: str = "auto"
+    parallel_tool_calls: bool | None = None
+    think: bool | None = None
+    keep_thinking: bool = False
+    think_budget: int | None = None
+    schema: dict | None = None
+    json_mode: bool = False
+    grammar: str | None = None
+    stop: tuple[str, ...] = ()
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    seed: int | None = None
+    stream: bool = False
+    include_usage: bool = False
+    body: dict | None = field(default=None, repr=False)
+
+    def sampling(self) -> dict:
+        """The sampling fields this request set (names as on `engine.Sampling`)."""
+        return {name: getattr(self, name) for name in SAMPLING if getattr(self, name) is not None}
+
+
+def read_chat(body, *, strict: bool = False, local_parts: bool = False) -> ChatRequest:
+    """A Chat Completions body into a ChatRequest, or a RequestError naming the first bad field.
+
+    strict: refuse fields the table does not know (batch lines) instead of ignoring them (the server).
+    local_parts: accept gemma's own `{"type": "image", "path": …}` parts (a local run of the user's files).
+    """
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    given = {k: v for k, v in body.items() if v is not None}  # a null field is an absent one
+    refuse_fields(given, strict)
+    req = ChatRequest(read_messages(given.get("messages"), local_parts=local_parts), body=body)
+    req.stream = bool(typed(given, "stream", bool))
+    options = typed(given, "stream_options", dict)
+    req.include_usage = bool(options and options.get("include_usage"))
+    req.tools = read_tools(given.get("tools"))
+    req.tool_choice = read_tool_choice(given.get("tool_choice"))
+    if req.tool_choice == "none":
+        req.tools = None
+    req.parallel_tool_calls = typed(given, "parallel_tool_calls", bool)
+    req.think = read_thinking(given)
+    req.keep_thinking = read_keep_thinking(given)
+    req.schema, req.json_mode = read_response_format(given.get("response_format"))
+    req.grammar = typed(given, "grammar", str) or None
+    if req.grammar and (req.schema is not None or req.json_mode):
+        raise RequestError('give either "grammar" or a JSON response_format, not both', "grammar")
+    req.stop = read_stop(given.get("stop"))
+    key = "max_completion_tokens" if "max_completion_tokens" in given else "max_tokens"
+    req.max_tokens = number(given, key, int, 1)
+    read_sampling(given, req)
+    return req
+
+
+def refuse_fields(body: dict, strict: bool) -> None:
+    """Refuse each field that would change the answer and cannot be honoured (and, strict, unknown ones)."""
+    for name, (neutral, message) in REFUSED.items():
+        if name in body and not any(_same(body[name], v) for v in neutral):
+            raise RequestError(message or f"unsupported body field {name!r}: the local engine cannot honour it, "
+                               "and ignoring it would change the answer", name,
+                               f"leave {name!r} out" + (f" or send {json.dumps(neutral[0])}" if neutral else ""),
+                               "unsupported_field")
+    if strict:
+        unknown = sorted(set(body) - SUPPORTED - IGNORED - set(REFUSED))
+        if unknown:
+            raise RequestError(f"unsupported body field{'s' if len(unknown) > 1 else ''} "
+                               f"{', '.join(map(repr, unknown))}", unknown[0],
+                               f"supported: {', '.join(sorted(SUPPORTED))}", "unsupported_field")
+
+
+def read_messages(value, *, local_parts: bool = False) -> list[dict]:
+    """`messages`: a non-empty list of chat messages, each checked and normalized."""
+    if not isinstance(value, list) or not value:
+        raise RequestError('"messages" must be a non-empty list of chat messages', "messages")
+    kinds = OPENAI_PARTS + LOCAL_PARTS if local_parts else OPENAI_PARTS
+    out = []
+    for i, m in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            raise RequestError(f"{where} needs a role ({', '.join(sorted(ROLES))})", f"{where}.role")
+        content = m.get("content")
+        if content is not None and not isinstance(content, (str, list)):
+            raise RequestError(f"{where}.content must be a string or a list of parts", f"{where}.content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                _check_part(part, f"{where}.content[{j}]", kinds)
+        if m.get("tool_calls") is not None and not isinstance(m["tool_calls"], list):
+            raise RequestError(f"{where}.tool_calls must be a list", f"{where}.tool_calls")
+        try:
+            out.append(normalize_message(m, "request", i))
+        except (GemmaError, AttributeError, TypeError) as e:
+            raise RequestError(f"{where} is not a chat message ({getattr(e, 'message', e)})", where) from None
+    return out
+
+
+def _check_part(part, where: str, kinds: tuple[str, ...]) -> None:
+    if isinstance(part, str):
+        return
+    if not isinstance(part, dict):
+        raise RequestError(f"{where} must be an object", where)
+    kind = part.get("type")
+    if kind not in kinds:
+        raise RequestError(f"{where}.type {kind!r} is not supported ({', '.join(kinds)})", f"{where}.type")
+    if kind == "text":
+        if not isinstance(part.get("text"), str):
+            raise RequestError(f"{where}.text must be a string", f"{where}.text")
+    elif kind in ("image_url", "video_url"):  # {"url": …} or the URL itself
+        url = part.get(kind)
+        url = url.get("url") if isinstance(url, dict) else url
+        if not isinstance(url, str) or not url:
+            raise RequestError(f"{where}.{kind}.url must be a data: URL", f"{where}.{kind}")
+    elif kind == "input_audio":
+        audio = part.get("input_audio")
+        if not isinstance(audio, dict) or not isinstance(audio.get("data"), str) or not audio["data"]:
+            raise RequestError(f"{where}.input_audio.data must be base64 audio", f"{where}.input_audio")
+    elif kind in LOCAL_PARTS and not any(isinstance(part.get(k), str) and part[k] for k in ("path", "url", "data")):
+        raise RequestError(f"{where} needs a \"path\" or \"url\"", where)
+
+
+def read_tools(value) -> list[dict] | None:
+    """`tools`: function tools; a bare declaration `{"name", "parameters"}` is wrapped. None when none."""
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise RequestError('"tools" must be a list of function tools', "tools")
+    tools = []
+    for i, t in enumerate(value):
+        fn = (t.get("function") if "function" in t else t) if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise RequestError(f'tools[{i}] needs a function name ({{"type": "function", "function": {{"name": …}}}})',
+                               f"tools[{i}]")
+        if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
+            raise RequestError(f"tools[{i}].function.parameters must be a JSON Schema object",
+                               f"tools[{i}].function.parameters")
+        tools.append({"type": "function", "function": fn})
+    return tools or None
+
+
+def read_tool_choice(value) -> str:
+    if value is None or value in ("auto", "none"):
+        return value or "auto"
+    # forcing a call is not something the local engine does: refused, not ignored
+    raise RequestError(f"tool_choice {json.dumps(value)[:60]} is not supported: the model decides whether to call "
+                       "a tool", "tool_choice", 'use "auto" or "none"')
+
+
+def read_thinking(body: dict) -> bool | None:
+    """chat_template_kwargs.enable_thinking, else reasoning_effort; None when neither says."""
+    kwargs = typed(body, "chat_template_kwargs", dict)
+    if kwargs and kwargs.get("enable_thinking") is not None:
+        if not isinstance(kwargs["enable_thinking"], bool):
+            raise RequestError('"chat_template_kwargs.enable_thinking" must be true or false', "chat_template_kwargs")
+        return kwargs["enable_thinking"]
+    effort = body.get("reasoning_effort")
+    if effort is not None:
+        if effort not in ("none", "minimal", "low", "medium", "high"):
+            raise RequestError('"reasoning_effort" must be none, minimal, low, medium or high', "reasoning_effort")
+        return effort not in ("none", "minimal")
+    return None
+
+
+def read_keep_thinking(body: dict) -> bool:
+    """chat_template_kwargs.preserve_thinking (the template's own variable)."""
+    kwargs = typed(body, "chat_template_kwargs", dict) or {}
+    value = kwargs.get("preserve_thinking")
+    if value is not None and not isinstance(value, bool):
+        raise RequestError('"chat_template_kwargs.preserve_thinking" must be true or false', "chat_template_kwargs")
+    return bool(value)
+
+
+def read_response_format(value) -> tuple[dict | None, bool]:
+    """`response_format` -> (JSON Schema or None, any-JSON-object mode). `strict` and `name` are accepted."""
+    if value is None:
+        return None, False
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "text":
+        return None, False
+    if kind == "json_object":
+        return None, True
+    if kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError('response_format json_schema needs {"json_schema": {"schema": {...}}}',
+                               "response_format")
+        return schema, False
+    raise RequestError(f"response_format {json.dumps(value)[:60]} is not supported", "response_format",
+                       "use text, json_object or json_schema")
+
+
+def read_schema(value, name: str = "schema") -> dict | None:
+    """A bare JSON Schema field (batch's `schema`)."""
+    if value is not None and not isinstance(value, dict):
+        raise RequestError(f'"{name}" must be a JSON Schema object', name)
+    return value
+
+
+def read_stop(value, name: str = "stop") -> tuple[str, ...]:
+    """OpenAI's `stop`: a string or a list of up to 4 non-empty strings."""
+    if value is None:
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(s, str) and s for s in stops):
+        raise RequestError(f'"{name}" must be a string or a list of up to 4 non-empty strings', name)
+    return tuple(stops)
+
+
+def read_sampling(body: dict, req: ChatRequest) -> None:
+    """The `SAMPLING` numbers given in `body`, onto `req`."""
+    for name, (kind, low, high) in SAMPLING.items():
+        value = number(body, name, kind, low, high)
+        if value is not None:
+            setattr(req, name, value)
+
+
+def typed(data: dict, key: str, kind: type):
+    """data[key] if it is of `kind` (or absent/null: None); else a RequestError naming it."""
+    value = data.get(key)
+    if value is not None and (not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))):
+        raise RequestError(f'"{key}" must be {_NAMES[kind]}, not {json.dumps(value)[:40]}', key)
+    return value
+
+
+def number(data: dict, key: str, kind: type, low: float | None = None, high: float | None = None):
+    """data[key] as an int or float within low..high (None when absent or null)."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not _is_number(value) or (kind is int and not float(value).is_integer()):
+        raise RequestError(f'"{key}" must be {_NAMES[kind]}, not {json.dumps(value)[:40]}', key)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise RequestError(f'"{key}" is {value}, outside {low}..{high if high is not None else "∞"}', key)
+    return kind(value)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _same(value, neutral) -> bool:
+    if _is_number(value) and _is_number(neutral):
+        return value == neutral
+    return type(value) is type(neutral) and value == neutral
