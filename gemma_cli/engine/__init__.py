@@ -1,6 +1,7 @@
 """The engine: the only package that imports llama_cpp.
 
-`core` holds the model, context, sampling and KV reuse; `media` (images/audio through
+`core` holds the model, context, sampling and decoding; `kv` the KV cache bookkeeping
+(prefix reuse, SWA checkpoints, cut, resync); `projector` (images/audio through
 mtmd), `parallel` (several sequences in one context) and `draft` (speculative decoding)
 build on it.
 """

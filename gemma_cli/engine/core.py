@@ -4,12 +4,9 @@ It loads a GGUF, keeps one llama.cpp context, and streams generated text token b
 through llama.cpp's C API (not llama-cpp-python's high-level `Llama`, which re-evaluates
 more than it needs and hides the KV cache we want to reuse).
 
-KV reuse: the engine remembers which tokens sit in the KV cache. A new prompt that shares
-a prefix with them evaluates only the rest. Sliding-window (SWA) layers keep only the last
-`n_swa` positions (plus one batch), so cutting the cache back to a prefix is only valid
-while the SWA cache still holds the window before that prefix; otherwise the engine
-restores a checkpoint of the SWA cache taken while the prompt was evaluated, or, lacking
-one, evaluates the prompt from the start (as llama-server does).
+KV reuse: `self.kv` (engine.kv.KVCache) remembers what sits in sequence 0's KV cache; a
+new prompt that shares a prefix with it evaluates only the rest (SWA windows, checkpoints,
+cut and resync are engine.kv's).
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ import llama_cpp as ll
 import llama_cpp.llama_cpp as llama_api
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
+from gemma_cli.engine.kv import KVCache, common_prefix
 from gemma_cli.engine.log import captured_stderr, clear_log, on_log, recent_log, replay, set_verbose
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, GrammarError, ModelError
 from gemma_cli.format.request import RequestError
@@ -136,14 +134,6 @@ class TokenLogprob:
 
 
 @dataclass
-class _Checkpoint:
-    """A copy of the SWA part of the KV cache when `n_tokens` tokens had been evaluated."""
-
-    n_tokens: int
-    data: bytes
-
-
-@dataclass
 class ModelInfo:
     path: Path
     architecture: str
@@ -233,15 +223,10 @@ class Engine:
         if self.info.n_ctx_train:
             n_ctx = min(n_ctx, self.info.n_ctx_train * max(1, n_seq))
         self._context_args = (n_ctx, n_seq, swa_full)
-        self._open_context(n_batch, n_ubatch or n_batch)
         self._swa = self.info.n_swa > 0 and not swa_full
-        # What sits in the KV cache of sequence 0, position i = index i: token ids, and for
-        # image/audio positions hashable keys (kind, sha256, i, n) (see engine.projector).
-        self._cached: list = []
-        self._checkpoints: list[_Checkpoint] = []
+        self._open_context(n_batch, n_ubatch or n_batch)
         self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
         self.draft = None  # a draft.Drafter once attach_draft() is called: speculative decoding
-        self._state = (ctypes.c_uint8 * 0)()  # copy_sequence's buffer, grown as needed
 
     # ---- lifecycle
 
@@ -255,6 +240,9 @@ class Engine:
         self.n_seq = ll.llama_n_seq_max(self._ctx)
         self.n_ctx_seq = ll.llama_n_ctx_seq(self._ctx)  # each sequence's own KV stream (non-unified cache)
         self._mem = ll.llama_get_memory(self._ctx)
+        # What sits in the KV cache of sequence 0, position i = index i: token ids, and for
+        # image/audio positions hashable keys (kind, sha256, i, n) (see engine.projector).
+        self.kv = KVCache(self._ctx, self.info.n_swa if self._swa else 0)
         self._batch = ll.llama_batch_init(self.n_batch, 0, max(1, n_seq))
 
     def _open_projector(self, path, image_tokens: int | None):
@@ -284,8 +272,6 @@ class Engine:
                                       f"{self.n_ubatch} allow", f"raise --ctx to at least {need}")
             ll.llama_batch_free(self._batch)
             ll.llama_free(self._ctx)
-            self._cached.clear()
-            self._checkpoints.clear()
             self._open_context(max(self.n_batch, need), need)
         if self.media is not None:
             self.media.close()
@@ -485,63 +471,13 @@ class Engine:
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Cut the KV cache back to the longest prefix it shares with `tokens`; return its length."""
-        self._resync()
-        n = common_prefix(self._cached, tokens)
-        if n == len(tokens):
-            n -= 1  # at least one token must be evaluated to get logits for the next one
+        n = self.kv.shared(tokens)
         if self._spans:
             # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
             from gemma_cli.engine.projector import span_start
 
             n = span_start(tokens, n)  # an image or clip is evaluated whole
-        if n < len(self._cached):
-            n = self._cut(n)
-        return n
-
-    def _resync(self) -> None:
-        # An interrupt (Ctrl-C) can land between a decode and our bookkeeping, leaving one
-        # side a batch ahead: keep only what both agree on.
-        n_kv = ll.llama_memory_seq_pos_max(self._mem, 0) + 1
-        if n_kv < len(self._cached):
-            del self._cached[n_kv:]
-        elif n_kv > len(self._cached):
-            ll.llama_memory_seq_rm(self._mem, 0, len(self._cached), -1)
-
-    def _cut(self, n: int) -> int:
-        """Remove positions >= n; returns how many tokens really remain usable."""
-        if self._swa and n > 0 and not self._swa_window_kept(n):
-            n = self._restore_checkpoint(n)
-        ll.llama_memory_seq_rm(self._mem, 0, n, -1)
-        del self._cached[n:]
-        self._checkpoints = [c for c in self._checkpoints if c.n_tokens <= n]
-        return n
-
-    def _swa_window_kept(self, n: int) -> bool:
-        # The next token (position n) attends to positions > n - n_swa in SWA layers;
-        # they must all still be in the SWA cache (llama-server's pos_min test).
-        pos_min = ll.llama_memory_seq_pos_min(self._mem, 0)
-        return pos_min == 0 or pos_min < max(0, n - self.info.n_swa)
-
-    def _restore_checkpoint(self, n: int) -> int:
-        usable = [c for c in self._checkpoints if c.n_tokens <= n]
-        if not usable:
-            ll.llama_memory_seq_rm(self._mem, 0, -1, -1)
-            return 0
-        cp = usable[-1]
-        ll.llama_memory_seq_rm(self._mem, 0, cp.n_tokens, -1)
-        buf = (ctypes.c_uint8 * len(cp.data)).from_buffer_copy(cp.data)
-        if ll.llama_state_seq_set_data_ext(self._ctx, buf, len(cp.data), 0, ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY) == 0:
-            ll.llama_memory_seq_rm(self._mem, 0, -1, -1)
-            return 0
-        return cp.n_tokens
-
-    def _save_checkpoint(self) -> None:
-        flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
-        size = ll.llama_state_seq_get_size_ext(self._ctx, 0, flags)
-        buf = (ctypes.c_uint8 * size)()
-        written = ll.llama_state_seq_get_data_ext(self._ctx, buf, size, 0, flags)
-        self._checkpoints.append(_Checkpoint(len(self._cached), bytes(buf[:written])))
-        del self._checkpoints[:-4]  # a few recent ones are all a chat needs
+        return self.kv.cut(n)
 
     def prefill(self, tokens: Sequence, checkpoint_at: int | None = None) -> tuple[int, int]:
         """Evaluate prompt items (prompt_items()) into sequence 0, reusing what its KV cache shares.
@@ -559,7 +495,7 @@ class Engine:
         if self._swa and checkpoint_at and reused < checkpoint_at < len(tokens):
             split = checkpoint_at - reused
             self.evaluate(todo[:split])
-            self._save_checkpoint()
+            self.kv.checkpoint()
             todo = todo[split:]
         self.evaluate(todo, logits_last=True)
         self.last_prefill = (len(tokens) - reused, reused)
@@ -594,8 +530,8 @@ class Engine:
             if part.kind == "text":
                 self._eval(part.tokens, logits_last=logits_last and last, keys=keys[pos : pos + part.n_pos])
             else:
-                n_pos = self.media.decode(span, index, self._ctx, len(self._cached), self.n_batch)
-                self._cached.extend(keys[pos : pos + n_pos])
+                n_pos = self.media.decode(span, index, self._ctx, len(self.kv), self.n_batch)
+                self.kv.book(keys[pos : pos + n_pos])
             pos += part.n_pos
         self.media.release(span)
 
@@ -607,7 +543,7 @@ class Engine:
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             last = start + len(chunk) == len(tokens)
-            pos0, n = len(self._cached), len(chunk)
+            pos0, n = len(self.kv), len(chunk)
             rows = [(tok, pos0 + i, 0, False) for i, tok in enumerate(chunk)]
             if logits_last and last:
                 rows[-1] = (chunk[-1], pos0 + n - 1, 0, True)
@@ -617,15 +553,15 @@ class Engine:
                     f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})",
                     "the context may be full: raise --ctx or shorten the conversation",
                 )
-            self._cached.extend(chunk if keys is None else keys[start : start + len(chunk)])
+            self.kv.book(chunk if keys is None else keys[start : start + len(chunk)])
 
     def swa_pos_min(self) -> int:
         """The oldest position the (sliding-window) KV cache of sequence 0 still holds."""
-        return ll.llama_memory_seq_pos_min(self._mem, 0)
+        return self.kv.pos_min()
 
     def cache_contents(self, start: int = 0, stop: int | None = None) -> list:
         """What the KV cache of sequence 0 holds, position by position (a copy; of [start, stop))."""
-        return self._cached[start:stop]
+        return self.kv.contents(start, stop)
 
     def truncate(self, n: int) -> None:
         """Keep the first `n` positions of sequence 0's cache (speculative decoding's rejected drafts).
@@ -633,20 +569,18 @@ class Engine:
         Unlike reuse_prefix() no SWA checkpoint is consulted: valid only for positions the
         kept ones do not need in the sliding window (just-decoded drafts).
         """
-        if n < len(self._cached):
-            ll.llama_memory_seq_rm(self._mem, 0, n, -1)
-            del self._cached[n:]
+        self.kv.truncate(n)
 
     def decode_all(self, tokens: Sequence[int]) -> int:
         """Decode `tokens` after sequence 0's cache in one batch, with logits for every row.
 
         Booked before the decode: a Ctrl-C can only land between bytecodes, and a booking
-        ahead of the cache is what _resync repairs. Returns llama_decode's code; on failure
+        ahead of the cache is what KVCache.resync repairs. Returns llama_decode's code; on failure
         the rows are dropped again.
         """
-        pos0 = len(self._cached)
+        pos0 = len(self.kv)
         rows = [(tok, pos0 + i, 0, True) for i, tok in enumerate(tokens)]
-        self._cached.extend(tokens)
+        self.kv.book(tokens)
         rc = self.decode_rows(rows)
         if rc != 0:
             self.truncate(pos0)
@@ -654,12 +588,10 @@ class Engine:
 
     @property
     def cached_tokens(self) -> int:
-        return len(self._cached)
+        return len(self.kv)
 
     def reset(self) -> None:
-        ll.llama_memory_clear(self._mem, True)
-        self._cached.clear()
-        self._checkpoints.clear()
+        self.kv.clear()
 
     # ---- rows, sequences and samplers: the API engine.parallel and engine.draft build on
 
@@ -727,11 +659,7 @@ class Engine:
         Through the state API rather than llama_memory_seq_cp: across streams that copies a
         whole stream, and only at the next decode, by which time `src` may have changed.
         """
-        size = ll.llama_state_seq_get_size_ext(self._ctx, src, 0)
-        if len(self._state) < size:
-            self._state = (ctypes.c_uint8 * size)()
-        written = ll.llama_state_seq_get_data_ext(self._ctx, self._state, size, src, 0)
-        return ll.llama_state_seq_set_data_ext(self._ctx, self._state, written, dst, 0) != 0
+        return self.kv.copy(src, dst)
 
     @property
     def swa_full(self) -> bool:
@@ -745,15 +673,6 @@ class Engine:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def common_prefix(a: Sequence, b: Sequence) -> int:
-    """How many leading items `a` and `b` share."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 _common_prefix = common_prefix  # its former name (tests/test_conversation.py)
