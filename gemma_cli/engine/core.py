@@ -487,17 +487,23 @@ class Engine:
         """
         reused = self.reuse_prefix(tokens)
         todo = list(tokens[reused:])
-        if self._spans and checkpoint_at is not None:
+        if self._spans:
             # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-            from gemma_cli.engine.projector import span_start
+            from gemma_cli.engine.projector import count_places, span_start
 
-            checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at) == checkpoint_at else None
-        if self._swa and checkpoint_at and reused < checkpoint_at < len(tokens):
-            split = checkpoint_at - reused
-            self.evaluate(todo[:split])
-            self.kv.checkpoint()
-            todo = todo[split:]
-        self.evaluate(todo, logits_last=True)
+            if checkpoint_at is not None:
+                checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at) == checkpoint_at else None
+            count_places(todo, self._spans)
+        try:
+            if self._swa and checkpoint_at and reused < checkpoint_at < len(tokens):
+                split = checkpoint_at - reused
+                self.evaluate(todo[:split])
+                self.kv.checkpoint()
+                todo = todo[split:]
+            self.evaluate(todo, logits_last=True)
+        finally:
+            for span in self._spans.values():  # evaluated (or given up): pixels and embeddings go
+                self.media.release(span)
         self.last_prefill = (len(tokens) - reused, reused)
         return self.last_prefill
 
@@ -533,7 +539,6 @@ class Engine:
                 n_pos = self.media.decode(span, index, self._ctx, len(self.kv), self.n_batch)
                 self.kv.book(keys[pos : pos + n_pos])
             pos += part.n_pos
-        self.media.release(span)
 
     def _eval(self, tokens: Sequence[int], *, logits_last: bool, keys: Sequence | None = None) -> None:
         """Decode `tokens` into sequence 0 in batches of n_batch, after what is cached.
