@@ -149,9 +149,10 @@ def chat_json(e_model, vision_mmproj, home, *args):
 
 def test_chat_with_the_same_image_twice_and_a_b_a(e_model, vision_mmproj, pictures, tmp_path):
     a, b = pictures
-    one = chat_json(e_model, vision_mmproj, tmp_path, "-i", a)
-    twice = chat_json(e_model, vision_mmproj, tmp_path, "-i", a, "-i", a)
-    aba = chat_json(e_model, vision_mmproj, tmp_path, "-i", a, "-i", b, "-i", a)
+    # a home each: nothing comes from another run's prompt cache on disk
+    one = chat_json(e_model, vision_mmproj, tmp_path / "one", "-i", a)
+    twice = chat_json(e_model, vision_mmproj, tmp_path / "twice", "-i", a, "-i", a)
+    aba = chat_json(e_model, vision_mmproj, tmp_path / "aba", "-i", a, "-i", b, "-i", a)
     with Engine(e_model, n_ctx=512, n_threads=1, mmproj=vision_mmproj, image_tokens=70) as e:
         from gemma_cli.media.images import load_image
 
