@@ -250,8 +250,21 @@ def test_image_command_uses_the_image_token_budget(e_model, vision_mmproj, tmp_p
     assert "will go with your next message" in command(child, f"/image {tmp_path / 'blue.png'}")
     say(child, "What colour?")
     evaluated = int(re.search(r"prompt tokens evaluated\s+(\d+)", command(child, "/stats")).group(1))
-    assert 63 < evaluated < 150  # 63 image tokens at budget 70 (280 would give about 300)
     leave(child)
+    # The oracle: the model's own template rendered by jinja2, llama.cpp's tokenizer, and mtmd's count of a
+    # 64x48 picture at budget 70 (the default 280 would give several times as many).
+    import synthetic
+
+    from tests.media_tokens import image_tokens, text_tokens
+    from tests.test_prompt import compile_reference
+
+    template = compile_reference(synthetic.REFERENCE_TEMPLATE.read_text(encoding="utf-8"))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour?"}]}]
+    prompt = template.render(messages=messages, tools=None, enable_thinking=False, add_generation_prompt=True,
+                             bos_token="<bos>")
+    n = image_tokens(e_model, vision_mmproj, 64, 48, budget=70)
+    assert n < image_tokens(e_model, vision_mmproj, 64, 48, budget=280)
+    assert evaluated == text_tokens(e_model, prompt) - 1 + (n + 2)  # <|image|>: <|image>, n embeddings, <image|>
 
 
 def test_video_command_sends_the_clip_as_timestamped_frames(e_model, vision_mmproj, tmp_path):
