@@ -736,7 +736,6 @@ class Engine:
 # ---------------------------------------------------------------- helpers
 
 
-_common_prefix = common_prefix  # its former name (tests/test_conversation.py)
 
 
 def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool, repack: bool = True):
