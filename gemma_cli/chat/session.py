@@ -153,7 +153,7 @@ def _text_of(message: dict) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
     return json.dumps(content, ensure_ascii=False)  # a tool's result given as JSON
 
 
@@ -471,7 +471,8 @@ def converse(session: ChatSession, events: Iterator[object], toolbox=None, confi
             if result is None or not calls or toolbox is None or not toolbox.runnable:
                 return
             if round_no == max_rounds:
-                yield ToolRun({"function": {"name": "", "arguments": {}}}, False, f"stopped after {max_rounds} tool rounds")
+                yield ToolRun({"function": {"name": "", "arguments": {}}}, False,
+                              f"stopped after {max_rounds} tool rounds")
                 return
             for call in calls:
                 yield _run_call(session, toolbox, call, confirm, seen)

@@ -326,7 +326,9 @@ def _confirm(call: dict) -> bool:
     return confirm_on_terminal(call)
 
 
-def _one_shot(session, text: "str | list | None", toolbox, confirm, max_rounds: int, *, show_thinking: bool, as_json: bool) -> None:
+def _one_shot(session, text: "str | list | None", toolbox, confirm, max_rounds: int, *, show_thinking: bool,
+              as_json: bool) -> None:
+    """One answer (`text` None: the model's next turn after the loaded history, which ends in a tool's result)."""
     # lazy: reply, render, session load only when the command runs; keeps gemma --help fast
     from gemma_cli.chat.session import Done, ToolRun, converse
     from gemma_cli.format import reply
