@@ -437,12 +437,11 @@ REAL_SERVERS = ["mcp-server-time", "mcp-server-git"]
 @pytest.fixture(scope="session")
 def real_servers(request, tmp_path_factory) -> Path:
     """A virtualenv holding mcp-server-time and mcp-server-git, made once under pytest's cache and reused."""
-    import hashlib
     import venv
 
-    key = hashlib.sha256(" ".join(REAL_SERVERS).encode()).hexdigest()[:12]
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir(f"mcp-servers-{key}")) if cache is not None else tmp_path_factory.mktemp("mcp-servers")
+    from tests.needs import cached_folder
+
+    root = cached_folder(request, tmp_path_factory, "mcp-servers", *REAL_SERVERS)
     bin_dir = root / "venv" / "bin"
     if all((bin_dir / name).is_file() for name in REAL_SERVERS):
         return bin_dir
