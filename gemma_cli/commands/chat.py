@@ -103,7 +103,9 @@ def chat(
         check_context(decoder.videos(parts), resolved.context(settings.pick("ctx", o.ctx)),  # before the model loads
                       resolved.trained_context)
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
-    if text is None and not interactive:
+    # a saved conversation that ends in a tool's result, with no prompt: the model's next turn answers it
+    answers_tool = text is None and not parts and not interactive and bool(messages) and messages[-1]["role"] == "tool"
+    if text is None and not interactive and not answers_tool:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
     # lazy: the MCP face, only when the chat runs; keeps gemma --help fast
     from gemma_cli.commands import mcp as mcp_face
@@ -339,7 +341,9 @@ def _confirm(call: dict) -> bool:
     return confirm_on_terminal(call)
 
 
-def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thinking: bool, as_json: bool) -> None:
+def _one_shot(session, text: "str | list | None", toolbox, confirm, max_rounds: int, *, show_thinking: bool,
+              as_json: bool) -> None:
+    """One answer (`text` None: the model's next turn after the loaded history, which ends in a tool's result)."""
     # lazy: reply, render, session load only when the command runs; keeps gemma --help fast
     from gemma_cli.chat.session import Done, ToolRun, converse
     from gemma_cli.format import reply
@@ -349,7 +353,7 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
     if session.format.notice:
         printer.note(session.format.notice)
     results, runs = [], []
-    events = converse(session, session.send(text), toolbox, confirm, max_rounds)
+    events = converse(session, session.answer() if text is None else session.send(text), toolbox, confirm, max_rounds)
     try:
         for event in events:
             if isinstance(event, Done):
@@ -390,7 +394,12 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
         printer.note(f"the model used all its tokens thinking and gave no answer: {fix}, "
                      "set --think-budget N, or use --no-think")
     elif last.stats.limit == "context":
-        printer.note(f"the answer was cut off: the context of {session.engine.n_ctx} tokens is full; raise --ctx")
+        # lazy: the engine (llama_cpp), loaded already by the model that answered
+        from gemma_cli.engine.core import context_hint
+
+        engine = session.engine
+        printer.note(f"the answer was cut off: the context of {engine.n_ctx} tokens is full; "
+                     + context_hint(engine.n_ctx, engine.info.n_ctx_train, "ask for a shorter answer"))
 
 
 def _write_json(session, results: list, runs: list) -> None:

@@ -120,12 +120,13 @@ class Repl:
         media, self.pending_media = self.pending_media, []
         if media:
             content = media + [{"type": "text", "text": text}]
-        if not self.stream(lambda: self.session.send(content)) and media:
+        unsent = "the message was not sent: the conversation is as it was (Up-arrow brings the message back)"
+        if not self.stream(lambda: self.session.send(content), unsent) and media:
             self.pending_media = media  # not sent: the attachments wait for the next message
-            self.err.print("[dim](the message was not sent; Up-arrow brings it back)[/dim]")
 
-    def stream(self, start: Callable) -> bool:
-        """Run a model turn and show it; False when it never started (the message was not sent)."""
+    def stream(self, start: Callable, undone: str = "the conversation is as it was") -> bool:
+        """Run a model turn and show it; False when it failed (an error): the session then holds the
+        conversation as it was before the turn, and `undone` says so in one line."""
         printer = printer_for_repl(show_thinking=self.show_thinking)
         events = None
         quiet = _no_ctrl_echo()
@@ -141,11 +142,13 @@ class Repl:
         except GemmaError as e:
             printer.finish()
             self.err.print(f"[red]error:[/red] {e.message}" + (f"\n[dim]hint: {e.hint}[/dim]" if e.hint else ""))
+            self.err.print(f"[dim]({undone})[/dim]")
+            return False
         finally:
             printer.finish()
             quiet.restore()
             self.save_auto()
-        return events is not None
+        return True
 
     def _show(self, event, printer) -> None:
         if isinstance(event, reply.Thinking):
