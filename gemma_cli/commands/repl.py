@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +42,15 @@ Multi-line input: a line with \"\"\" starts and ends it. Ctrl-C stops a reply.""
 
 COMMANDS = ["/help", "/think", "/system", "/set", "/show", "/stats", "/clear", "/retry", "/save", "/load",
             "/image", "/audio", "/video", "/tools", "/mcp", "/exit", "/bye", "/quit"]
+def _in_range(key: str, value) -> bool:
+    """A /set value gemma can use: a finite number, a budget not below 0, a seed within 64 bits."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if key == "think_budget":
+        return value >= 0
+    return -(2 ** 63) <= value < 2 ** 64 if key == "seed" else True
+
+
 SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "seed": int, "think_budget": int}
 
 
@@ -236,7 +246,7 @@ class Repl:
             return
         try:
             parsed = SETTABLE[key](value.strip())
-            if key == "think_budget" and parsed < 0:
+            if not _in_range(key, parsed):
                 raise ValueError(parsed)
         except ValueError:
             self.err.print(f"{key} needs a {SETTABLE[key].__name__}, not {value.strip()!r}", markup=False)
