@@ -482,3 +482,27 @@ def test_an_image_too_big_for_a_small_context_fails_its_line_not_the_run(e_model
     got = {r["id"]: r for r in results}
     assert got["img"]["error"]["code"] == "media" and "--ctx" in got["img"]["error"]["hint"]
     assert all(got[k]["error"] is None for k in ("t1", "t2", "t3"))
+
+
+def test_a_reply_cut_inside_a_spelled_out_tool_call_marker_does_not_end_with_it(e_model, tmp_path):
+    # The grammar makes the model write "<|tool_call>"; the bias bans the control tokens, so it is spelled
+    # out piece by piece ("<", "|", "tool", ...). Every max_tokens that cuts inside it: no "<|tool_ca" in content.
+    from gemma_cli.engine import Engine
+
+    with Engine(e_model, n_ctx=256, n_threads=1) as engine:
+        banned = {str(t): -100 for t in engine.tokenize("<|tool_call><tool_call|>")}
+    assert len(banned) == 2  # each one control token
+
+    def line(k):
+        return {"custom_id": str(k), "body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": k,
+                                             "grammar": 'root ::= "Checking.<|tool_call>"', "logit_bias": banned}}
+
+    proc, results = run_batch(tmp_path, [line(k) for k in range(1, 40)], "-m", e_model, "--ctx", "256", "-t", "0")
+    assert proc.returncode == 0, proc.stderr
+    bodies = {int(r["custom_id"]): r["response"]["body"] for r in results}
+    whole = max(b["usage"]["completion_tokens"] for b in bodies.values())  # the whole forced text
+    contents = [bodies[k]["choices"][0]["message"]["content"] for k in range(1, whole)]
+    assert all(bodies[k]["choices"][0]["finish_reason"] == "length" for k in range(1, whole))
+    assert all("Checking.".startswith(c) for c in contents), repr(contents)
+    # "Checking." itself is one cut; each later one fell inside the spelled-out marker
+    assert contents.count("Checking.") >= 3, contents
