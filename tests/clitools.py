@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+BOUND = 120.0  # seconds: only a safety net for a wait on an event, long enough for a loaded CI machine
 
 
 def gemma_env(home: Path, **extra: str) -> dict:
@@ -36,3 +39,13 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle in lines[0], lines[0]
+
+
+def wait_for(predicate, what: str, bound: float = BOUND) -> None:
+    """Wait for an event (a file, a line, a process gone, a server's state), polling `predicate`; the bound
+    is only a safety net on a loaded machine, never what a test relies on."""
+    end = time.monotonic() + bound
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up waiting for {what} after {bound:g} s")
+        time.sleep(0.02)

@@ -3,7 +3,9 @@ so that nothing is silently skipped in CI."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,14 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+def cached_folder(request, tmp_path_factory, prefix: str, *what: str) -> Path:
+    """A folder under pytest's cache keyed by `what` (package names and versions), reused by later runs;
+    a temp folder when the cache is off (-p no:cacheprovider)."""
+    key = hashlib.sha256(" ".join(what).encode()).hexdigest()[:12]
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir(f"{prefix}-{key}")) if cache is not None else tmp_path_factory.mktemp(prefix)
+
+
 def virtualenv(request, tmp_path_factory, label: str, requirements: list[str], timeout: float = 1200):
     """The bin/ folder of a virtualenv holding `requirements` (pip names), made once and reused.
 
@@ -22,14 +32,10 @@ def virtualenv(request, tmp_path_factory, label: str, requirements: list[str], t
     requirement list, and counts as made once pip has finished (a `ready` file), so an install that
     was cut short is redone. Skips with pip's last line where it cannot be made (fails under CI=true).
     """
-    import hashlib
     import subprocess
     import venv
-    from pathlib import Path
 
-    key = hashlib.sha256(" ".join(requirements).encode()).hexdigest()[:12]
-    cache = getattr(request.config, "cache", None)
-    root = Path(cache.mkdir(f"{label}-{key}")) if cache is not None else tmp_path_factory.mktemp(label)
+    root = cached_folder(request, tmp_path_factory, label, *requirements)
     bin_dir, ready = root / "venv" / "bin", root / "ready"
     if ready.is_file():
         return bin_dir

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -162,6 +163,7 @@ class Stats:
     drafted: int = 0  # speculative decoding: tokens proposed by the drafter
     accepted: int = 0  # ... and kept by the model
     limit: str | None = None  # with finish_reason "length": what ran out, "max_tokens" or "context"
+    disk_tokens: int = 0  # prompt tokens restored from the prompt cache on disk (part of reused_tokens)
 
     @classmethod
     def of(cls, step: "Step") -> "Stats":
@@ -214,6 +216,7 @@ class ChatSession:
         self.last_result: Result | None = None  # of the latest generate(), finished or interrupted
         # gemma_cli.media.parts.MediaParts: the decoder of this conversation's media (given, or made at the first part)
         self._media = media
+        self.documents: list[str] = []  # texts of the conversation (piped stdin) whose end is a save point
         if system:
             self.messages.append({"role": "system", "content": system})
 
@@ -231,16 +234,55 @@ class ChatSession:
 
         return with_frames(text, self.media_parts().videos(prompt_order(self.messages)))
 
-    def _prompt_tokens(self) -> tuple[list[int], int | None, bool]:
-        """The prompt's tokens, where its generation prompt starts (a KV checkpoint spot), and
-        whether it ends inside an open thought (the reply then starts as thinking)."""
+    def _prompt_tokens(self) -> tuple[list[int], int | None, bool, list[int]]:
+        """The prompt's tokens, where its generation prompt starts (a KV checkpoint spot), whether it
+        ends inside an open thought (the reply then starts as thinking), and its save points."""
         full = self.prompt_text()
         head = self.prompt_text(add_generation_prompt=False)
         tokens = self.engine.tokenize(full)
         in_thought = self.format.kind == GEMMA4 and gemma_prompt.ends_in_thought(full)
+        points = self._save_points(full, tokens)
         if not full.startswith(head) or len(full) == len(head):
-            return tokens, None, in_thought
-        return tokens, len(tokens) - len(self.engine.tokenize(full[len(head):])), in_thought
+            return tokens, None, in_thought, points
+        return tokens, len(tokens) - len(self.engine.tokenize(full[len(head):])), in_thought, points
+
+    def _save_points(self, full: str, tokens: list[int]) -> list[int]:
+        """Where later prompts are likely to share this one's tokens (the prompt cache's restart points,
+        see engine.disk): the end of the system prompt and tool declarations, of each piped document, and
+        of each complete turn. Each as a token position, so far as its text tokenizes the same alone."""
+        heads = []
+        n_system = next((i for i, m in enumerate(self.messages) if m.get("role") != "system"), len(self.messages))
+        if n_system:
+            heads.append(self._render(self.messages[:n_system]))
+        for i, m in enumerate(self.messages):
+            following = self.messages[i + 1] if i + 1 < len(self.messages) else None
+            if m.get("role") == "assistant" and (following is None or following.get("role") == "user"):
+                heads.append(self._render(self.messages[: i + 1]))
+        ends = [len(h) for h in heads if full.startswith(h)]
+        ends += [full.rfind(doc) + len(doc) for doc in self.documents if doc and doc in full]
+        points = set()
+        for end in ends:
+            if 0 < end < len(full):
+                head = self.engine.tokenize(full[:end])
+                n = next((i for i, (a, b) in enumerate(zip(head, tokens)) if a != b), min(len(head), len(tokens)))
+                if 0 < n < len(tokens):
+                    points.add(n)
+        return sorted(points)
+
+    def _render(self, messages: list[dict]) -> str:
+        return self._with_frames(self.format.render(messages, self.tools, thinking=self.think,
+                                                    add_generation_prompt=False, preserve_thinking=self.keep_thinking))
+
+    def keep(self) -> None:
+        """Evaluate the conversation as it stands (its last turn closed) and keep that state in the prompt
+        cache on disk, so `gemma chat --continue` in a new process starts from it (no-op without one)."""
+        if getattr(self.engine, "prompt_cache", None) is None or not self.messages:
+            return
+        text = self._render(self.messages)
+        tokens = self.engine.tokenize(text)
+        items, _, points = self.engine.prompt_items(tokens, self._prompt_media() or None, None,
+                                                    self._save_points(text, tokens))
+        self.engine.keep(items, points)
 
     # ---- turns
 
@@ -289,7 +331,7 @@ class ChatSession:
         return self.media_parts().for_engine(parts)
 
     def generate(self) -> Iterator[object]:
-        tokens, checkpoint, in_thought = self._prompt_tokens()
+        tokens, checkpoint, in_thought, points = self._prompt_tokens()
         parse = self.format.kind == GEMMA4
         parser = reply.ReplyParser(in_thought=in_thought, tools=self.tools)
         result = self.last_result = Result()  # the partial one stays readable after a Ctrl-C
@@ -297,7 +339,7 @@ class ChatSession:
         free = bool(self.sampling.grammar and self.think and self.format.kind == GEMMA4)
         budget = self.think_budget if self.think and parse else None
         stream = turn_steps(self.engine, tokens, media or None, self.max_tokens, self.sampling, checkpoint,
-                            free_thought=free, in_thought=in_thought, think_budget=budget)
+                            free_thought=free, in_thought=in_thought, think_budget=budget, save_at=points)
         try:
             for step in stream:
                 result.stats = Stats.of(step)
@@ -311,6 +353,7 @@ class ChatSession:
             stream.close()
             self._record(result)
             raise
+        result.stats.disk_tokens = getattr(self.engine, "from_disk", 0)
         if result.stats.finish_reason == "length":
             full = self.max_tokens is None or result.stats.generated_tokens < self.max_tokens
             result.stats.limit = "context" if full else "max_tokens"
@@ -462,7 +505,8 @@ def _run_call(session: ChatSession, toolbox, call: dict, confirm, seen: dict) ->
 
 
 def turn_steps(engine, tokens: list, media, max_tokens: int | None, s, checkpoint: int | None = None, *,
-               free_thought: bool = False, in_thought: bool = False, think_budget: int | None = None) -> Iterator["Step"]:
+               free_thought: bool = False, in_thought: bool = False, think_budget: int | None = None,
+               save_at: list[int] | None = None) -> Iterator["Step"]:
     """Engine steps for one model turn; with `free_thought` (a grammar and thinking), the thought runs free.
 
     The grammar constrains the answer only: the thought is generated without it, up to
@@ -472,7 +516,7 @@ def turn_steps(engine, tokens: list, media, max_tokens: int | None, s, checkpoin
     is closed (`<channel|>` appended, as llama.cpp's --reasoning-budget) and the model answers;
     the closing text comes as a step of its own (token None).
     """
-    run = engine.stream_generate
+    run = engine.stream_generate if not save_at else partial(engine.stream_generate, save_at=save_at)
     grammar_later = bool(s.grammar and free_thought)
     if not (grammar_later or think_budget is not None):
         yield from run(tokens, media=media, max_tokens=max_tokens, sampling=s, checkpoint_at=checkpoint)

@@ -32,7 +32,7 @@ Examples:
 
 
 @opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, *opt.DRAFTING, "as_json",
-            "yes", "verbose")
+            "yes", "no_cache", "verbose")
 def chat(
     prompt: Annotated[Optional[str], typer.Argument(help="What to ask. Omit it for the interactive chat; piped stdin is read as context.")] = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="An image to send with the prompt (repeatable; - reads stdin).")] = None,
@@ -74,7 +74,7 @@ def chat(
     decoder = MediaParts()  # -i/-a are read and decoded now, before the model loads
     parts = _media_parts(decoder, image, audio, video)  # before stdin is read as text: `-i -` reads it
     prompt, system = _utf8(prompt, "the prompt"), _utf8(system, "--system")
-    text = _read_input(prompt) if not any(p.get("url") for p in parts) else prompt
+    text, document = _read_input(prompt) if not any(p.get("url") for p in parts) else (prompt, None)
     conv = _start_conversation(load, resume)
     think = think if think is not None else bool(conv.settings.get("think", False))
     toolbox = _load_tools(tools)
@@ -114,6 +114,7 @@ def chat(
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", o.ctx), threads=settings.pick("threads", o.threads),
                                  verbose=o.verbose, load_mmproj=bool(parts), image_tokens=o.image_tokens)
     loading.note_context(engine, loading.asked_ctx(settings, o.ctx))
+    loading.attach_prompt_cache(engine, settings, not o.no_cache)
     sampling = loading.sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed, saved=conv.settings,
                                    **opt.given(o, opt.PENALTIES))
     sampling.grammar = _constraint(schema, fmt, grammar)
@@ -121,6 +122,7 @@ def chat(
                           max_tokens=settings.pick("max_tokens", o.max_tokens or conv.settings.get("max_tokens")),
                           media=decoder, keep_thinking=keep_thinking, think_budget=think_budget)
     session.messages = messages
+    session.documents = [document] if document else []
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
     loading.attach_draft(engine, resolved, o.draft, o.draft_max)
@@ -142,6 +144,7 @@ def chat(
             raise
         if keep:
             _autosave(session, path)
+            session.keep()  # the state at the end of this turn, for the next --continue
     finally:
         if host is not None:
             host.close()
@@ -209,14 +212,15 @@ def _read_stdin() -> str:
         return data.decode("utf-8", "replace")
 
 
-def _read_input(prompt: str | None) -> str | None:
-    """The user's message: the argument, stdin, or both (stdin as context before the prompt)."""
+def _read_input(prompt: str | None) -> tuple[str | None, str | None]:
+    """The user's message: the argument, stdin, or both (stdin as context before the prompt); and the
+    piped document in it (its end is a save point of the prompt cache)."""
     piped = None if sys.stdin is None or sys.stdin.isatty() else _read_stdin()
     if piped is not None and not piped.strip():
         piped = None
     if piped and prompt:
-        return f"{piped.rstrip()}\n\n{prompt}"
-    return prompt if prompt is not None else piped
+        return f"{piped.rstrip()}\n\n{prompt}", piped.rstrip()
+    return (prompt, None) if prompt is not None else (piped, None)
 
 
 def _start_conversation(load: Path | None, resume: bool):
@@ -403,6 +407,7 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
             "prompt_tokens": sum(r.stats.prompt_tokens for r in results),
             "reused_tokens": sum(r.stats.reused_tokens for r in results),
             "generated_tokens": sum(r.stats.generated_tokens for r in results),
+            "disk_cached_tokens": sum(r.stats.disk_tokens for r in results),  # restored from the prompt cache
             "ttft_s": round(results[0].stats.ttft, 4),
             "tokens_per_s": round(s.tps, 2),
             "finish_reason": s.finish_reason,

@@ -69,6 +69,8 @@ ImageTokens = Annotated[
     typer.Option("--image-tokens", metavar="70|140|280|560|1120",
                  help="Visual token budget per image: 70 fast, 140 captions, 280 general (default), 560 charts, 1120 OCR/fine detail."),
 ]
+NoCache = Annotated[bool, typer.Option(
+    "--no-cache", help="Neither restore from nor write to the prompt cache on disk for this call (`gemma cache`).")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")]
 
 
@@ -78,7 +80,7 @@ SHARED = {"model": Model, "mmproj": Mmproj, "image_tokens": ImageTokens, "max_to
           "repeat_penalty": RepeatPenalty, "presence_penalty": PresencePenalty, "frequency_penalty": FrequencyPenalty,
           "ctx": Ctx, "threads": Threads,
           "gpu_layers": GpuLayers, "draft": Draft, "draft_max": DraftMax, "as_json": Json, "yes": Yes,
-          "verbose": Verbose}
+          "no_cache": NoCache, "verbose": Verbose}
 
 
 def _default(alias):

@@ -87,6 +87,10 @@ class Repl:
                 continue
             self.turn(line)
         self.save_auto()
+        try:
+            self.session.keep()  # the prompt cache keeps where the conversation ends, for `gemma chat --continue`
+        except KeyboardInterrupt:
+            pass
 
     def _read(self) -> str | None:
         line = input(">>> ")

@@ -48,6 +48,7 @@ def serve(
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MiB.")] = 64.0,
     max_media_mb: Annotated[float, typer.Option("--max-media-mb", min=0.001, help="Largest image or audio in a request, in MiB (decoded).")] = 25.0,
     think: Annotated[bool, typer.Option("--think/--no-think", help="Thinking for requests that do not say (reasoning_effort, chat_template_kwargs.enable_thinking).")] = False,
+    grace: Annotated[float, typer.Option("--grace", min=0, max=3600, help="On Ctrl-C or SIGTERM, seconds the requests in flight get to finish; then they end with an error (a second Ctrl-C ends them at once).")] = 5.0,
     *,
     o: opt.Common,
 ) -> None:
@@ -76,7 +77,7 @@ def serve(
         sys.stderr.write(f"WARNING: serving on {host} WITHOUT an API key (--insecure-no-key): anyone who can reach "
                          "this port can use the model\n")
     serve_engine(engine, n, limits, sock, host=host, model=name or label, api_key=api_key, queue=queue,
-                 max_body=int(max_body_mb * 1024 * 1024), verbose=o.verbose)
+                 max_body=int(max_body_mb * 1024 * 1024), verbose=o.verbose, grace=grace)
 
 
 def default_parallel(gpu: bool, ctx: int) -> int:

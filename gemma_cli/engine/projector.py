@@ -344,16 +344,17 @@ def _free_chunks(span: Span) -> None:
 
 
 def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, placeholders: dict[int, str],
-           checkpoint_at: int | None) -> tuple[list, int | None, dict[tuple, Span]]:
+           points: Sequence[int | None]) -> tuple[list, list, dict[tuple, Span], list[int]]:
     """Replace each placeholder token with its media's span keys, in order.
 
-    Returns the prompt items (token ids and span keys), `checkpoint_at` moved to match, and
-    the spans by (kind, digest) for evaluation.
+    Returns the prompt items (token ids and span keys), `points` (token positions, None kept)
+    moved to match, the spans by (kind, digest) for evaluation, and where each span ends.
     """
     items: list = []
     spans: dict[tuple, Span] = {}
     queue = list(media)
-    moved = checkpoint_at
+    moved = list(points)
+    ends = []
     for i, tok in enumerate(tokens):
         kind = placeholders.get(tok)
         if kind is None:
@@ -368,10 +369,10 @@ def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, 
                              "pass media in the order of their placeholders")
         span = projector.span(m)
         spans[(m.kind, m.digest)] = span
-        if checkpoint_at is not None and i < checkpoint_at:
-            moved += span.n_pos - 1
+        moved = [p + span.n_pos - 1 if p is not None and i < orig else p for p, orig in zip(moved, points)]
         items.extend(span.keys())
+        ends.append(len(items))
     if queue:
         raise GemmaError(f"{len(queue)} media given without a placeholder in the prompt",
                          "each image needs <|image|> and each clip <|audio|> where it goes")
-    return items, moved, spans
+    return items, moved, spans, ends

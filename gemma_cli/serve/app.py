@@ -37,7 +37,7 @@ from gemma_cli.serve import messages as messages_api
 from gemma_cli.serve import responses as responses_api
 from gemma_cli.serve.chat import ApiError, Builder, Chunks, bad, completion, read_request, usage
 from gemma_cli.serve.replies import Replies
-from gemma_cli.serve.scheduler import Busy, Scheduler, Ticket
+from gemma_cli.serve.scheduler import Busy, Scheduler, ShuttingDown, Ticket
 
 
 @dataclass
@@ -325,6 +325,8 @@ def _submit(scheduler: Scheduler, ticket: Ticket) -> None:
     except Busy as e:
         raise ApiError(503, f"{e}; try again shortly", kind="server_error", code="server_busy",
                        headers={"Retry-After": "1"}) from None
+    except ShuttingDown as e:
+        raise _api_error(e) from None
 
 
 def _raise_failure(done) -> None:
@@ -341,6 +343,8 @@ def _api_error(e: GemmaError) -> ApiError:
         return bad(e.message, "messages", "invalid_media")
     if isinstance(e, GrammarError):
         return bad(e.message, "grammar", "invalid_grammar")
+    if isinstance(e, ShuttingDown):
+        return ApiError(503, e.message, kind="server_error", code="server_shutting_down")
     return ApiError(500, e.message, kind="server_error")
 
 

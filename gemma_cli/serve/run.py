@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -10,7 +11,8 @@ import threading
 
 from gemma_cli.errors import GemmaError
 
-GRACE_SECONDS = 5  # on SIGINT/SIGTERM, running requests get this long to finish; then they are cancelled
+GRACE_SECONDS = 5.0  # on SIGINT/SIGTERM, running requests get this long to finish; then they end with an error
+ENDING_SECONDS = 10.0  # then their answers get this long to be sent before uvicorn cancels what is left
 
 
 def listen(host: str, port: int):
@@ -31,7 +33,7 @@ def listen(host: str, port: int):
 
 
 def serve_engine(engine, n: int, settings, sock, *, host: str, model: str, api_key: str | None, queue: int,
-                 max_body: int, verbose: bool = False) -> None:
+                 max_body: int, verbose: bool = False, grace: float = GRACE_SECONDS) -> None:
     # lazy: uvicorn, only once the socket is bound (a port in use is said at once)
     import uvicorn
 
@@ -47,8 +49,8 @@ def serve_engine(engine, n: int, settings, sock, *, host: str, model: str, api_k
     app = create_app(served)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=verbose,
-                            timeout_graceful_shutdown=GRACE_SECONDS, lifespan="off", server_header=False)
-    server = _quiet_exit_server(config)
+                            timeout_graceful_shutdown=grace + ENDING_SECONDS, lifespan="off", server_header=False)
+    server = _quiet_exit_server(config, scheduler, grace)
     scheduler.start()
     shown = f"[{host}]" if ":" in host else host
     media = engine.media
@@ -59,15 +61,19 @@ def serve_engine(engine, n: int, settings, sock, *, host: str, model: str, api_k
     try:
         server.run(sockets=[sock])
     finally:
-        scheduler.close()
+        scheduler.close()  # already done by the server's shutdown, unless it failed to start
         sock.close()
         sys.stderr.write("gemma serve: stopped\n")
 
 
-def _quiet_exit_server(config):
-    """uvicorn's server, except that a SIGINT/SIGTERM ends `run()` instead of being raised again after it
-    (which would kill the process before the scheduler is closed): the command then exits 0. A second
-    Ctrl-C still forces the exit."""
+def _quiet_exit_server(config, scheduler, grace: float):
+    """uvicorn's server, with a shutdown that gives every client an answer.
+
+    On SIGINT/SIGTERM it stops listening, says so on stderr, and lets the requests in flight run for `grace`
+    seconds; then the scheduler fails what still runs or waits (`Scheduler.end_all`): a stream gets an error
+    event and its end, a plain request a 503 error object, and uvicorn never has to cancel a request's task.
+    A second signal ends them at once. The signal ends `run()` instead of being raised again after it (which
+    would kill the process before the scheduler is closed): the command then exits 0."""
 
     # lazy: uvicorn, only once the socket is bound (a port in use is said at once)
     import uvicorn
@@ -85,5 +91,24 @@ def _quiet_exit_server(config):
             finally:
                 for sig, handler in original.items():
                     signal.signal(sig, handler)
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.should_exit:  # a second signal: no more grace
+                scheduler.end_all()
+            self.should_exit = True
+
+        async def shutdown(self, sockets=None) -> None:
+            running = scheduler.running + scheduler.waiting
+            if running:
+                then = f"get {grace:g} s to finish (Ctrl-C again ends them now)" if grace else "end now"
+                sys.stderr.write(f"gemma serve: stopping; {running} request(s) in flight {then}\n")
+                sys.stderr.flush()
+            cut = asyncio.get_running_loop().call_later(grace, scheduler.end_all)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                cut.cancel()
+                # the decoding thread stops while the event loop still runs: its last events find a loop to go to
+                await asyncio.to_thread(scheduler.close)
 
     return Server(config)

@@ -5,12 +5,14 @@ The HTTP side (asyncio) submits `Ticket`s; the decoding thread runs them through
 frees (continuous batching), a client continuing its conversation gets the slot that holds
 its earlier turns (`keep_slots`), and a cancelled ticket (its client went away) ends at the
 next step and frees its slot. At most `max_waiting` tickets wait for a slot; more is `Busy`
-(the server answers 503 with Retry-After).
+(the server answers 503 with Retry-After). On shutdown, `end_all` fails what still runs or waits
+with `ShuttingDown`, so that every client gets an answer of its own before the process exits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections import deque
 from typing import TYPE_CHECKING
@@ -30,6 +32,15 @@ class Busy(Exception):
         self.waiting = waiting
 
 
+class ShuttingDown(GemmaError):
+    """The server stopped before the job ended (its grace period was over)."""
+
+    def __init__(self, generated: int = 0):
+        cut = f" after {generated} tokens" if generated else " before its answer started"
+        super().__init__(f"the server is shutting down: this answer was cut{cut}", "send the request again "
+                         "once the server is back")
+
+
 class Ticket:
     """One job on its way through the scheduler; its text and outcome arrive on an asyncio queue."""
 
@@ -44,10 +55,16 @@ class Ticket:
             job.on_logprob = self._text
 
     def _text(self, piece) -> None:  # on the decoding thread
-        self.loop.call_soon_threadsafe(self.events.put_nowait, piece)
+        self._put(piece)
 
     def finish(self, done: "Finished") -> None:  # on the decoding thread
-        self.loop.call_soon_threadsafe(self.events.put_nowait, done)
+        self._put(done)
+
+    def _put(self, event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: the server has stopped and nobody reads this
+            pass
 
     async def result(self) -> "Finished":
         """Wait for the outcome (the pieces are skipped)."""
@@ -69,6 +86,7 @@ class Scheduler:
         self._active: set[Ticket] = set()  # handed to the runner, not finished
         self._cond = threading.Condition()
         self._closing = False
+        self._ending = False  # end_all was called: new tickets are refused, cancelled ones failed with ShuttingDown
         self._thread = threading.Thread(target=self._work, name="gemma-serve-decode", daemon=True)
         self.completed = 0  # jobs finished (any way)
         self.cancelled = 0  # ... of which cancelled: their clients went away
@@ -80,8 +98,8 @@ class Scheduler:
 
     def submit(self, ticket: Ticket) -> None:
         with self._cond:
-            if self._closing:
-                raise Busy(len(self._waiting))
+            if self._closing or self._ending:
+                raise ShuttingDown()
             if len(self._waiting) >= self.max_waiting:
                 raise Busy(len(self._waiting))
             self._waiting.append(ticket)
@@ -106,18 +124,27 @@ class Scheduler:
     def running(self) -> int:
         return len(self._active)
 
-    def close(self, timeout: float = 10.0) -> None:
-        """Cancel what runs, drop what waits, and stop the decoding thread."""
+    def end_all(self) -> None:
+        """Shutdown: refuse new tickets, fail the waiting ones now and the running ones at the next step, each
+        with `ShuttingDown` (their clients get an error, not a dropped connection). From any thread."""
 
         with self._cond:
-            self._closing = True
+            self._ending = True
             dropped = list(self._waiting)
             self._waiting.clear()
             for ticket in self._active:
                 self.runner.cancel(ticket.job)
             self._cond.notify_all()
         for ticket in dropped:
-            ticket.finish(Finished(ticket.job, error=GemmaError("the server is shutting down")))
+            ticket.finish(Finished(ticket.job, error=ShuttingDown()))
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End every ticket (`end_all`) and stop the decoding thread."""
+
+        self.end_all()
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
         self.runner.stop()
         if self._thread.is_alive():
             self._thread.join(timeout)
@@ -145,6 +172,8 @@ class Scheduler:
                     ticket = done.job.key
                     with self._cond:
                         self._active.discard(ticket)
+                    if done.finish_reason == "cancelled" and self._ending:  # cut by the shutdown, not by its client
+                        done = dataclasses.replace(done, finish_reason=None, error=ShuttingDown(done.generated_tokens))
                     self.completed += 1
                     self.cancelled += done.finish_reason == "cancelled"
                     ticket.finish(done)
@@ -160,4 +189,4 @@ class Scheduler:
             self._active.clear()
             self._waiting.clear()
         for ticket in failed:
-            ticket.finish(Finished(ticket.job, finish_reason="cancelled"))
+            ticket.finish(Finished(ticket.job, error=ShuttingDown()))

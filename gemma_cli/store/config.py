@@ -50,6 +50,8 @@ KEYS: dict[str, Key] = {
     "frequency_penalty": Key("float", 0.0, "lower tokens by this times their count in the last 64 (0 = off)",
                              lo=-2.0, hi=2.0, nullable=False),
     "max_tokens": Key("int", None, "most tokens per answer (null: the engine's limit)", lo=1),
+    "prompt_cache_mb": Key("int", None, "most megabytes the prompt cache on disk keeps (null: the smaller of 4 GB "
+                           "and 10 % of the free disk; 0: no prompt cache)", lo=0),
     "model_dir": Key("path", None, "where downloaded models are kept (null: the user data folder)"),
     "endpoint": Key("url", None, "Hugging Face Hub endpoint or mirror for downloads (HF_ENDPOINT also works)"),
 }
