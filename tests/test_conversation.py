@@ -285,3 +285,30 @@ def test_follow_up_retry_and_system_change_evaluate_only_what_changed(e_model):
         size, need = lacking()
         assert 1 < need < size
         assert turn(session.generate) == (need, size - need)  # from where the system text changed on
+
+
+def test_a_tool_round_that_fails_undoes_the_whole_turn(e_model, tmp_path):
+    # The model calls a tool (a grammar makes it); the result is too long for the context, so the round
+    # after it fails: the turn goes, call and result included, and the chat goes on (issue 20 item 3).
+    from gemma_cli.chat.session import ChatSession, Done, converse, format_of_engine
+    from gemma_cli.engine import Engine, Sampling
+    from gemma_cli.errors import ContextOverflowError
+    from gemma_cli.format import reply
+
+    (tmp_path / "big.py").write_text('def big() -> str:\n    """A long text."""\n    return "word " * 400\n')
+    toolbox = tools.load(tmp_path / "big.py")
+    with Engine(e_model, n_ctx=256, n_threads=1) as engine:
+        grammar = 'root ::= "<|tool_call>call:big{}<tool_call|>"'
+        session = ChatSession(engine, format_of_engine(engine), sampling=Sampling(temperature=0, grammar=grammar),
+                              max_tokens=32, tools=toolbox.declarations)
+        session.messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+        before = [dict(m) for m in session.messages]
+        events = converse(session, session.send("call big"), toolbox)
+        assert isinstance(next(events), reply.ToolCall)  # the first round: the model calls big()
+        with pytest.raises(ContextOverflowError):
+            list(events)  # its result, then the next round: over the context
+        assert session.messages == before
+        session.sampling.grammar, session.tools = None, None
+        result = next(e for e in session.send("and now?") if isinstance(e, Done)).result
+        assert result.stats.generated_tokens > 0
+        assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]

@@ -330,3 +330,50 @@ def test_show_template_and_set_think_budget(tiny_chat):
     assert "think_budget = off" in command(tiny_chat, "/set think_budget off")
     assert "budget" not in command(tiny_chat, "/show")
     leave(tiny_chat)
+
+
+# ---- a failed turn (issue 20 item 3)
+
+
+def failing(child: pexpect.spawn, text: str) -> str:
+    """Send a message the model cannot take; what the chat said about it."""
+    child.sendline(text)
+    child.expect_exact("error:")
+    child.expect_exact(PROMPT)
+    return child.before
+
+
+def answered(child: pexpect.spawn, text: str) -> None:
+    """Send a message (or /retry) that must be answered; fails at once on an error instead of waiting."""
+    child.sendline(text)
+    assert child.expect([STATUS, "error:"]) == 0, child.before + child.read_nonblocking(2000, timeout=5)
+    child.expect_exact(PROMPT)
+
+
+def test_a_failed_turn_leaves_the_conversation_as_it_was(e_model, tmp_path):
+    from tests.clitools import run_gemma
+
+    opts = ["--model", e_model, "--ctx", "256", "--max-tokens", "8", "--temperature", "0"]
+    child = spawn(tmp_path, *opts)
+    answered(child, "hello there")
+    before = saved(tmp_path, child, "before.json")["messages"]
+    shown = failing(child, "word " * 400)  # longer than the whole context
+    assert saved(tmp_path, child, "after_error.json")["messages"] == before  # /save writes no failed message
+    assert "the message was not sent: the conversation is as it was" in " ".join(shown.split())
+    answered(child, "and again")
+    answered(child, "/retry")
+    after = saved(tmp_path, child, "after.json")["messages"]
+    assert after[:2] == before and after[2] == {"role": "user", "content": "and again"} and len(after) == 4
+    # the KV cache is consistent with the history: a fresh process given the same history answers the same
+    fresh = run_gemma("chat", "--load", tmp_path / "before.json", "and again", "--json", *opts, home=tmp_path / "fresh")
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["answer"] == after[3]["content"]
+    command(child, "/system " + "rule " * 400)  # now even a retry of the last answer is too long
+    failing(child, "/retry")
+    assert saved(tmp_path, child, "after_retry.json")["messages"][1:] == after  # the answer it was to replace is kept
+    command(child, "/system")
+    leave(child)  # the autosave: `--continue` picks up the good conversation, without the failed message
+    prompt = run_gemma("chat", "--continue", "one more", "--print-prompt", *opts, home=tmp_path)
+    assert "and again" in prompt.stdout and "word word" not in prompt.stdout
+    resumed = run_gemma("chat", "--continue", "one more", *opts, home=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
