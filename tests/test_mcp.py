@@ -437,26 +437,9 @@ REAL_SERVERS = ["mcp-server-time", "mcp-server-git"]
 @pytest.fixture(scope="session")
 def real_servers(request, tmp_path_factory) -> Path:
     """A virtualenv holding mcp-server-time and mcp-server-git, made once under pytest's cache and reused."""
-    import venv
+    from tests.needs import virtualenv
 
-    from tests.needs import cached_folder
-
-    root = cached_folder(request, tmp_path_factory, "mcp-servers", *REAL_SERVERS)
-    bin_dir = root / "venv" / "bin"
-    if all((bin_dir / name).is_file() for name in REAL_SERVERS):
-        return bin_dir
-    try:
-        venv.EnvBuilder(with_pip=True, clear=True).create(root / "venv")
-        proc = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", *REAL_SERVERS],
-                              capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as e:
-        proc = subprocess.CompletedProcess([], 1, "", str(e))
-    if proc.returncode != 0 or not all((bin_dir / name).is_file() for name in REAL_SERVERS):
-        from tests.needs import skip_or_fail
-
-        skip_or_fail(f"cannot install {', '.join(REAL_SERVERS)} into a virtualenv: "
-                     f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:] or 'pip failed'}")
-    return bin_dir
+    return virtualenv(request, tmp_path_factory, "mcp-servers", REAL_SERVERS, timeout=600)
 
 
 def test_real_mcp_server_time_through_gemma_chat(home, e_model, real_servers):
