@@ -437,18 +437,34 @@ def test_describe_image_drafts_and_reports_it_in_json(e_model, drafter, vision_m
     assert fast["results"][0]["stats"]["drafted"] > 0
 
 
-def test_transcribe_takes_draft(e_model, drafter, audio_mmproj, tmp_path):
+def test_transcribe_takes_draft(e_model, drafter, audio_mmproj, tmp_path, gemma_home, monkeypatch):
     import soundfile as sf
     from clitools import run_gemma
+
+    from gemma_cli.engine.core import Engine
+    from tests.fakeengine import run_in_process
 
     t = np.arange(16000 * 2) / 16000
     sf.write(tmp_path / "tone.wav", 0.3 * np.sin(2 * np.pi * 440 * t), 16000)
     base = ["transcribe", tmp_path / "tone.wav", "-m", e_model, "--mmproj", audio_mmproj, "-n", "16",
             "--no-vad"]  # a tone is no speech: VAD would send nothing to draft for
     plain = run_gemma(*base, "--draft", "off", home=tmp_path)
-    fast = run_gemma(*base, "--draft", drafter, home=tmp_path)
-    assert plain.returncode == 0 and fast.returncode == 0, fast.stderr
+    assert plain.returncode == 0, plain.stderr
+    # transcribe prints no draft counts: the real engine's last step of each request says them (run in-process).
+    ends, real = [], Engine.stream_generate
+
+    def stream_generate(self, *args, **kw):
+        for step in real(self, *args, **kw):
+            if step.finish_reason:
+                ends.append(step)
+            yield step
+
+    monkeypatch.setattr(Engine, "stream_generate", stream_generate)
+    fast = run_in_process(*base, "--draft", drafter)
+    assert fast.exit_code == 0, fast.stderr
     assert fast.stdout == plain.stdout and "warning" not in fast.stderr
+    assert ends and all(step.drafted > 0 for step in ends)  # the MTP drafter drafts every round
+    assert all(0 <= step.accepted <= step.drafted for step in ends)
 
 
 def test_batch_drafts_one_line_at_a_time_with_the_same_answers(e_model, drafter, tmp_path):

@@ -312,7 +312,7 @@ def test_a_conversation_file_with_a_video_url_part(e_model, vision_mmproj, clip,
 def test_videos_in_batch_lines_simple_messages_and_openai(e_model, vision_mmproj, tmp_path):
     import base64
 
-    from tests.test_batch import run_batch
+    from tests.clitools import run_batch
 
     write_clip(tmp_path / "clip.mp4", n=6)
     (tmp_path / "notes.mp4").write_text("not a video\n" * 30)
@@ -332,8 +332,7 @@ def test_videos_in_batch_lines_simple_messages_and_openai(e_model, vision_mmproj
     openai = [{"custom_id": "o1", "method": "POST", "url": "/v1/chat/completions",
                "body": {"max_tokens": 2, "messages": [{"role": "user", "content": [
                    {"type": "video_url", "video_url": {"url": data_url}}, {"type": "text", "text": "What happens?"}]}]}}]
-    proc, results = run_batch(tmp_path, openai, "-m", e_model, "--mmproj", vision_mmproj, name="o.jsonl",
-                              out="o-out.jsonl")
+    proc, results = run_batch(tmp_path, openai, "-m", e_model, "--mmproj", vision_mmproj, name="o")
     assert proc.returncode == 0, proc.stderr
     body = results[0]["response"]["body"]
     assert body["usage"]["prompt_tokens"] > 6 * 80

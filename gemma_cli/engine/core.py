@@ -488,11 +488,8 @@ class Engine:
         if not tokens:
             raise GemmaError("the prompt is empty", "give a prompt as an argument or on stdin")
         if len(tokens) >= self.n_ctx:
-            limit = self.info.n_ctx_train
-            raise ContextOverflowError(
-                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
-                f"raise --ctx (this model supports up to {limit}) or shorten the input",
-            )
+            raise ContextOverflowError(f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
+                                       context_hint(self.n_ctx, self.info.n_ctx_train, "shorten the input"))
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Cut the KV cache back to the longest prefix it shares with `tokens`; return its length."""
@@ -745,7 +742,6 @@ class Engine:
 # ---------------------------------------------------------------- helpers
 
 
-_common_prefix = common_prefix  # its former name (tests/test_conversation.py)
 
 
 def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool, repack: bool = True):
@@ -817,6 +813,15 @@ def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
         detail = recent_log("failed") or "out of memory?"
         raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens ({detail.strip()})", "lower --ctx")
     return ctx
+
+
+def context_hint(n_ctx: int, n_ctx_train: int, otherwise: str) -> str:
+    """Advice for a full context: raise --ctx while the model allows more, else only `otherwise`."""
+    if n_ctx_train and n_ctx >= n_ctx_train:
+        return f"{otherwise}: {n_ctx} tokens is the most this model supports"
+    if n_ctx_train:
+        return f"raise --ctx (this model supports up to {n_ctx_train}) or {otherwise}"
+    return f"raise --ctx or {otherwise}"
 
 
 def schema_to_grammar(schema: dict | None) -> str:

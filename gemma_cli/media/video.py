@@ -107,17 +107,25 @@ def tokens_needed(video: Video) -> int:
     return len(video.frames) * (video.budget + video.budget * 3 // 20 + 8)
 
 
-def check_context(videos: list[Video], n_ctx: int) -> None:
-    """Clips too long for the context fail before the model loads, with the numbers."""
+def check_context(videos: list[Video], n_ctx: int, most: int = 0) -> None:
+    """Clips too long for the context fail before the model loads, with the numbers. `most`: the longest
+    context the model takes (its trained length; 0: not known), so the hint never asks for more."""
     need = sum(tokens_needed(v) for v in videos)
     if need < n_ctx:
         return
     v = videos[0]
     what = (f"{v.name}: {len(v.frames)} frames x ~{v.budget} tokens" if len(videos) == 1
             else f"{len(videos)} videos: {sum(len(x.frames) for x in videos)} frames x ~{v.budget} tokens")
-    raise ContextOverflowError(f"{what} = about {need} tokens, more than the context's {n_ctx} (--ctx)",
-                               f"raise --ctx to {_round_up(need + 512)}, or take fewer frames (--frames) or "
-                               "fewer tokens a frame (--frame-tokens 70)")
+    fewer = "take fewer frames (--frames) or fewer tokens a frame (--frame-tokens 70)"
+    wanted = _round_up(need + 512)
+    if most and wanted > most:
+        per_frame = tokens_needed(v) // max(len(v.frames), 1)
+        fit = max(1, (most - 512) // per_frame // len(videos))
+        hint = (f"this model takes at most {most} tokens of context, so a larger --ctx cannot help: "
+                f"take fewer frames (--frames {fit} fits) or fewer tokens a frame (--frame-tokens 70)")
+    else:
+        hint = f"raise --ctx to {wanted}, or {fewer}"
+    raise ContextOverflowError(f"{what} = about {need} tokens, more than the context's {n_ctx} (--ctx)", hint)
 
 
 def _round_up(n: int) -> int:
