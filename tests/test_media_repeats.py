@@ -21,8 +21,7 @@ from gemma_cli.engine import Engine, Sampling
 from gemma_cli.engine.parallel import Job, Parallel
 from gemma_cli.engine.projector import Media
 from gemma_cli.media import video as vid
-from tests.clitools import assert_one_line_error, run_gemma
-from tests.test_batch import run_batch
+from tests.clitools import assert_one_line_error, run_batch, run_gemma
 from tests.test_media import image_media, noise_image
 from tests.test_serve import FAST, Server, png_data_url
 from tests.test_video import write_clip
@@ -255,12 +254,9 @@ def test_batch_endpoint_with_video_lines_answers_at_once(server, tmp_path):
                 {"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": "What happens?"}]}]}}
 
     broken = "data:video/mp4;base64," + base64.b64encode(b"x" * 600).decode()
-    source = tmp_path / "in.jsonl"
-    source.write_text("".join(json.dumps(x) + "\n" for x in (line("good", video_url(tmp_path / "clip.mp4")),
-                                                              line("bad", broken))))
-    proc = run_gemma("batch", source, "-o", tmp_path / "out.jsonl", "--endpoint", server.url + "/v1",
-                     home=tmp_path, timeout=120)
-    records = {r["custom_id"]: r for r in map(json.loads, (tmp_path / "out.jsonl").read_text().splitlines())}
+    proc, results = run_batch(tmp_path, [line("good", video_url(tmp_path / "clip.mp4")), line("bad", broken)],
+                              "--endpoint", server.url + "/v1")
+    records = {r["custom_id"]: r for r in results}
     assert records["good"]["error"] is None, records["good"]
     assert records["good"]["response"]["body"]["usage"]["prompt_tokens"] > 6 * 70
     assert "400" in records["bad"]["error"]["message"] and "not a video" in records["bad"]["error"]["message"]
