@@ -411,12 +411,19 @@ def test_chat_json_reports_draft_stats(e_model, tmp_path):
 
     from clitools import run_gemma
 
-    proc = run_gemma("chat", "-m", e_model, "--draft", "ngram", "--temperature", "0", "-n", "40", "--json",
-                     "say abc abc abc abc abc", home=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    stats = json.loads(proc.stdout)["stats"]
-    assert stats["draft"] == "ngram"
-    assert {"drafted", "accepted", "acceptance_rate"} <= set(stats)
+    # A grammar makes the answer repeat the prompt, so the n-gram drafter finds drafts (the random model
+    # alone rarely does): the counts are of real drafting, and the answer is the model's own.
+    (tmp_path / "abc.gbnf").write_text('root ::= "abc abc abc abc abc abc abc abc"\n')
+    base = ["chat", "-m", e_model, "--temperature", "0", "-n", "40", "--json", "--grammar", tmp_path / "abc.gbnf",
+            "say abc abc abc abc abc"]
+    plain = run_gemma(*base, "--draft", "off", home=tmp_path)
+    proc = run_gemma(*base, "--draft", "ngram", home=tmp_path)
+    assert proc.returncode == 0 and plain.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    stats = out["stats"]
+    assert stats["draft"] == "ngram" and out["answer"] == json.loads(plain.stdout)["answer"]
+    assert 0 < stats["accepted"] <= stats["drafted"]
+    assert stats["acceptance_rate"] == pytest.approx(stats["accepted"] / stats["drafted"], abs=0.01)
 
 
 def test_describe_image_drafts_and_reports_it_in_json(e_model, drafter, vision_mmproj, tmp_path):
