@@ -349,11 +349,11 @@ def test_wrong_projector_files_are_clean_errors(e_model, dense_vision_mmproj):
 
 
 def test_placeholders_and_media_must_match(av_engine):
-    with pytest.raises(GemmaError, match="more <|image|> placeholders"):
+    with pytest.raises(MediaError, match="more <|image|> placeholders"):
         list(av_engine.stream_generate("<bos><|image|><|image|>", media=[image_media()], max_tokens=1))
-    with pytest.raises(GemmaError, match="out of order"):
+    with pytest.raises(MediaError, match="out of order"):
         list(av_engine.stream_generate("<bos><|image|>", media=[clip()], max_tokens=1))
-    with pytest.raises(GemmaError, match="without a placeholder"):
+    with pytest.raises(MediaError, match="without a placeholder"):
         list(av_engine.stream_generate("<bos>Hi", media=[clip()], max_tokens=1))
 
 
@@ -425,7 +425,7 @@ def test_prompt_order_follows_the_renderer():
 
     img = lambda n: {"type": "image", "path": n}  # noqa: E731
     messages = [
-        {"role": "system", "content": [img("sys"), {"type": "text", "text": "Be brief."}]},  # dropped by the renderer
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
         {"role": "user", "content": [img("u1"), {"type": "text", "text": "Look"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "ok"}, img("a1")],
          "tool_calls": [{"id": "c", "function": {"name": "snap", "arguments": {}}}]},
@@ -434,6 +434,11 @@ def test_prompt_order_follows_the_renderer():
     ]
     assert [p["path"] for p in prompt_order(messages)] == ["u1", "t1", "a1", "u2", "u3"]
     assert prompt.render(messages).count("<|image|>") == 5
+    # the renderer writes only the text of the system message: an image there is refused, not dropped
+    messages[0]["content"].insert(0, img("sys"))
+    assert prompt.render(messages).count("<|image|>") == 5
+    with pytest.raises(MediaError, match="system message holds an image"):
+        prompt_order(messages)
 
 
 def test_a_projector_is_loaded_at_the_first_image(e_model, vision_mmproj, tmp_path):

@@ -535,10 +535,20 @@ class Engine:
         state at `start`) and an SWA checkpoint; `logits`: for the last item (a prompt's)."""
         if self._spans:
             # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-            from gemma_cli.engine.projector import span_start
+            from gemma_cli.engine.projector import count_places, span_start
 
             save_at = [p for p in save_at if span_start(tokens, p) == p]
             checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at or 0) == checkpoint_at else None
+            count_places(tokens[start:], self._spans)  # a picture at several places is encoded once
+        try:
+            self._evaluate_split(tokens, start, checkpoint_at, save_at, logits)
+        finally:
+            for span in self._spans.values():  # evaluated (or given up): pixels and embeddings go
+                self.media.release(span)
+
+    def _evaluate_split(self, tokens: Sequence, start: int, checkpoint_at: int | None, save_at: Sequence[int],
+                        logits: bool) -> None:
+        """_evaluate_from's evaluation proper, its media ready."""
         n = len(tokens)
         splits = {p for p in save_at if start < p < n} | ({checkpoint_at} if self._swa and checkpoint_at else set())
         ends = sorted(p for p in splits if start < p < n) + ([] if logits else [n])
@@ -591,7 +601,6 @@ class Engine:
                 n_pos = self.media.decode(span, index, self._ctx, len(self.kv), self.n_batch)
                 self.kv.book(keys[pos : pos + n_pos])
             pos += part.n_pos
-        self.media.release(span)
 
     def _eval(self, tokens: Sequence[int], *, logits_last: bool, keys: Sequence | None = None) -> None:
         """Decode `tokens` into sequence 0 in batches of n_batch, after what is cached.
