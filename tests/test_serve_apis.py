@@ -157,6 +157,12 @@ MESSAGES_TO_CHAT = [
                                                                    "description": "d"}}],
       "tool_choice": "required", "parallel_tool_calls": False, "chat_template_kwargs": {"enable_thinking": True},
       "think_budget": 1024}),
+    ("a system message among the messages, as Claude Code sends its environment",
+     {"max_tokens": 5, "system": "rules", "messages": [
+         {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+         {"role": "system", "content": [{"type": "text", "text": "# Environment"}, {"type": "text", "text": "cwd"}]}]},
+     {"messages": [{"role": "system", "content": "rules"}, {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                   {"role": "system", "content": "# Environment\n\ncwd"}], "max_tokens": 5}),
     ("tool_choice tool and none, thinking disabled",
      {"max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "tool", "name": "f"},
       "thinking": {"type": "disabled"}},
@@ -173,7 +179,9 @@ def test_messages_body_as_chat_completions(name, body, chat):
 MESSAGES_REFUSED = [
     ({"messages": [{"role": "user", "content": "x"}]}, "max_tokens", "required"),
     ({"max_tokens": 5, "messages": []}, "messages", "non-empty"),
-    ({"max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role", "user or assistant"),
+    ({"max_tokens": 5, "messages": [{"role": "robot", "content": "x"}]}, "messages[0].role", "user, assistant"),
+    ({"max_tokens": 5, "messages": [{"role": "system", "content": [{"type": "image"}]}]}, "messages[0].content[0]",
+     "text block"),
     ({"max_tokens": 5, "messages": [{"role": "user", "content": 7}]}, "messages[0].content", "string or an array"),
     ({"max_tokens": 5, "messages": [{"role": "user", "content": [{"type": "document"}]}]},
      "messages[0].content[0].type", "not supported"),

@@ -35,7 +35,7 @@ def run_remote(endpoint, concurrency: int, source: str | Path, output: Output, d
             run.progress(run.summary)
 
     with Signals(run):
-        results = pool.run(_bodies(run, defaults), tick)
+        results = pool.run(_bodies(run, defaults, endpoint), tick)
         try:
             for line, result in results:
                 run.summary.retried = endpoint.retried
@@ -63,10 +63,10 @@ def run_remote(endpoint, concurrency: int, source: str | Path, output: Output, d
     return run.close()
 
 
-def _bodies(run: Run, defaults: Defaults):
+def _bodies(run: Run, defaults: Defaults, endpoint):
     for line in run.lines():
         try:
-            body = body_for(line.request, defaults)
+            body = endpoint.body_of(body_for(line.request, defaults))
         except GemmaError as e:
             run.fail(line, Failure.of(e))
             continue

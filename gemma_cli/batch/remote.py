@@ -23,6 +23,7 @@ import threading
 from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, urlsplit
 
+from gemma_cli.batch import responses
 from gemma_cli.errors import GemmaError, UsageError
 
 DEFAULT_RETRIES = 24  # the client's backoff: 0.5 s doubling to 8 s, so 2-3 minutes (126-168 s with its jitter) of a server away
@@ -43,33 +44,42 @@ class RemoteError(GemmaError):
         self.fatal = fatal
 
 
-def chat_url(url: str) -> str:
-    """The Chat Completions URL for what users pass: a server root, a …/v1 base or the full path."""
+ROUTES = {"chat": "/chat/completions", "responses": "/responses"}  # --api: the route lines are POSTed to
+
+
+def chat_url(url: str, api: str = "chat") -> str:
+    """The URL of `api`'s route for what users pass: a server root, a …/v1 base or the full path."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"--endpoint {url!r} is not an http(s) URL", "for example http://127.0.0.1:8000/v1")
     path = parts.path.rstrip("/")
-    if path.endswith("/chat/completions"):
+    if path.endswith(ROUTES[api]):
         return url
+    for other in ROUTES.values():
+        if path.endswith(other):
+            raise UsageError(f"--endpoint {url!r} is the {other} route, and --api {api} posts to {ROUTES[api]}",
+                             f"pass the base URL (…/v1), or --api {'chat' if other == ROUTES['chat'] else 'responses'}")
     if not path.endswith("/v1"):
         path += "/v1"
-    return f"{parts.scheme}://{parts.netloc}{path}/chat/completions"
+    return f"{parts.scheme}://{parts.netloc}{path}{ROUTES[api]}"
 
 
 class Endpoint:
-    """POSTs chat completion requests through the `openai` client, which retries what may pass."""
+    """POSTs chat completion requests through the `openai` client, which retries what may pass; with
+    `api="responses"` as Responses requests (batch.responses translates both ways)."""
 
     def __init__(self, url: str, api_key: str | None = None, *, timeout: float = 600.0,
-                 retries: int = DEFAULT_RETRIES, model: str | None = None):
+                 retries: int = DEFAULT_RETRIES, model: str | None = None, api: str = "chat"):
         try:
             import openai  # here, not at the top: ~1 s of imports that only the endpoint path pays (gemma --help stays fast)
         except ImportError:
             raise GemmaError("--endpoint needs the openai package, which is not installed",
                              "pip install openai (a dependency of gemma-cli)") from None
 
-        self.url = chat_url(url)
+        self.api = api
+        self.url = chat_url(url, api)
         parts = urlsplit(self.url)
-        base = f"{parts.scheme}://{parts.netloc}{parts.path[: -len('/chat/completions')]}"
+        base = f"{parts.scheme}://{parts.netloc}{parts.path[: -len(ROUTES[api])]}"
         self.api_key = api_key
         self.timeout = timeout
         self.retries = retries
@@ -94,19 +104,20 @@ class Endpoint:
 
     # ---- requests
 
+    def body_of(self, chat: dict) -> dict:
+        """What to post for a Chat Completions body: itself, or its Responses body (responses.Unsendable)."""
+        return responses.request_of(chat) if self.api == "responses" else chat
+
     def post(self, body: dict, cancel: threading.Event | None = None) -> dict:
-        """The server's chat.completion for `body`; RemoteError once it fails for good."""
+        """The server's chat.completion for `body` (one of `body_of`'s); RemoteError once it fails for good."""
         openai = self._openai
         if cancel is not None and cancel.is_set():
             raise RemoteError("the request was dropped", code="dropped")
-        fields = {k: v for k, v in body.items() if k not in ("messages", "model")}
         while True:
             first = not self.answered
             client = self._first_contact if first else self._client
             try:
-                raw = client.chat.completions.with_raw_response.create(
-                    messages=body.get("messages", openai.omit), model=body.get("model", openai.omit),
-                    extra_body=fields, extra_headers=self._headers)
+                raw = self._create(client, body)
             except openai.APIStatusError as e:
                 raise _http_error(e.status_code, e.response.content, self.url) from None
             except openai.APIConnectionError as e:  # refused, reset, timed out, TLS (APITimeoutError too)
@@ -125,7 +136,19 @@ class Endpoint:
                                   "(--retries waits longer)", fatal=True) from None
             if cancel is not None and cancel.is_set():
                 raise RemoteError("the request was dropped", code="dropped")
-            return _completion(raw.http_response.content, self.url)
+            return _completion(raw.http_response.content, self.url, self.api)
+
+    def _create(self, client, body: dict):
+        openai = self._openai
+        if self.api == "responses":
+            fields = {k: v for k, v in body.items() if k not in ("input", "model")}
+            return client.responses.with_raw_response.create(
+                input=body["input"], model=body.get("model", openai.omit), extra_body=fields,
+                extra_headers=self._headers)
+        fields = {k: v for k, v in body.items() if k not in ("messages", "model")}
+        return client.chat.completions.with_raw_response.create(
+            messages=body.get("messages", openai.omit), model=body.get("model", openai.omit), extra_body=fields,
+            extra_headers=self._headers)
 
     def model_name(self) -> str | None:
         """`--model`, else the first model the server lists (asked once); None if it lists none."""
@@ -197,11 +220,17 @@ def _http_error(status: int, payload: bytes, url: str) -> RemoteError:
     return RemoteError(f"{url} answered {status}: {str(message)[:300]}", hint, status=status, body=body)
 
 
-def _completion(payload: bytes, url: str) -> dict:
+def _completion(payload: bytes, url: str, api: str = "chat") -> dict:
     try:
         data = json.loads(payload)
     except ValueError:
         raise RemoteError(f"{url} answered 200 but not with JSON", code="bad_response") from None
+    if api == "responses":
+        try:
+            data = responses.completion_of(data)
+        except (AttributeError, TypeError, ValueError, KeyError) as e:
+            raise RemoteError(f"{url} answered 200 with no readable Response ({type(e).__name__}: {e})",
+                              "is it a Responses endpoint?", status=200, body=data, code="bad_response") from None
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list) or not data["choices"]:
         raise RemoteError(f"{url} answered 200 without choices", "is it a Chat Completions endpoint?", status=200,
                           body=data, code="bad_response")

@@ -55,6 +55,7 @@ def batch(
     restart: Annotated[bool, typer.Option("--restart", help="Empty the results file and run every line again.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary.")] = False,
     endpoint: Annotated[Optional[str], typer.Option("--endpoint", metavar="URL", help="Send lines to an OpenAI-compatible server instead (vLLM, llama-server, Ollama, Bedrock).")] = None,
+    api: Annotated[str, typer.Option("--api", metavar="chat|responses", help="The --endpoint API the lines are sent as: chat (POST …/chat/completions) or responses (POST …/responses, each line's request and answer translated).")] = "chat",
     api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GEMMA_API_KEY", show_envvar=True, help="Bearer token for --endpoint.")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=1024, help="Requests in flight with --endpoint.")] = DEFAULT_CONCURRENCY,
     retries: Annotated[int, typer.Option("--retries", min=0, max=1000, help="Retries per request on 429, 5xx, timeouts and a server away (backoff 0.5 s doubling to 8 s, honouring Retry-After up to 120 s): the default waits 2-3 minutes. A server that has never answered fails the run in about 3 s.")] = DEFAULT_RETRIES,
@@ -77,6 +78,12 @@ def batch(
     if output is not None and output != "-" and source != "-" and Path(output).resolve() == Path(source).resolve():
         raise UsageError("the results file is the input file", "write results to another file with -o")
     jobs.check_destination(output)  # a bad -o fails now, not after the model has loaded
+    api = api.strip().lower()
+    if api not in ("chat", "responses"):
+        raise UsageError(f"--api {api!r} is not an API lines can be sent as", "use --api chat or --api responses")
+    if api != "chat" and not endpoint:
+        raise UsageError(f"--api {api} chooses what --endpoint speaks; without --endpoint lines run on the local engine",
+                         "add --endpoint URL, or drop --api")
     if _drafting(o.draft) and endpoint:
         raise UsageError("--draft runs on the local engine; with --endpoint the server decides how it decodes",
                          "drop --draft (or --endpoint)")
@@ -99,7 +106,7 @@ def batch(
         from gemma_cli.batch.remote import Endpoint
 
         defaults.model = o.model
-        target = Endpoint(endpoint, api_key, timeout=timeout, retries=retries, model=o.model)
+        target = Endpoint(endpoint, api_key, timeout=timeout, retries=retries, model=o.model, api=api)
     else:
         engine, n = _open(settings, o.model, parallel, o.ctx, deterministic, o.mmproj, o.image_tokens, o.threads,
                           o.gpu_layers, o.yes, o.verbose, o.draft, o.draft_max)

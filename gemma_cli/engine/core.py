@@ -67,6 +67,8 @@ def avoid_amx() -> None:
 
 _NO_AMX_DEFAULTS: list = []  # the wrappers avoid_amx() installed
 
+KV_TYPES = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0}
+
 
 # ---------------------------------------------------------------- data
 
@@ -179,7 +181,9 @@ class Engine:
         mmproj: str | Path | None = None,
         image_tokens: int | None = None,
         header: Header | None = None,
+        kv_type: str = "f16",
     ):
+        """`kv_type`: the KV cache's element type, "f16" or "q8_0" (llama.cpp's --cache-type-k/v)."""
         set_verbose(verbose)
         self.path = Path(path)
         header = header or read_header(self.path)  # the caller's, when it has read the file's header already
@@ -194,7 +198,8 @@ class Engine:
         if batch_invariant if tiled_matmul is None else not tiled_matmul:
             os.environ["GGML_CPU_TILED_MM"] = "0"  # read once per process, at ggml's first matmul
         self._flash_attn = True if flash_attn is None else flash_attn
-        self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap, repack=not batch_invariant)
+        self._repack = not batch_invariant
+        self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap, repack=self._repack)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.info = _describe(self.path, header, self._model)
@@ -222,18 +227,22 @@ class Engine:
         n_ctx = n_ctx or 8192
         if self.info.n_ctx_train:
             n_ctx = min(n_ctx, self.info.n_ctx_train * max(1, n_seq))
-        self._context_args = (n_ctx, n_seq, swa_full)
+        if kv_type not in KV_TYPES:
+            raise GemmaError(f"unknown KV cache type {kv_type!r}", f"pick one of {', '.join(KV_TYPES)}")
+        self._context_args = (n_ctx, n_seq, swa_full, kv_type)
         self._swa = self.info.n_swa > 0 and not swa_full
         self._open_context(n_batch, n_ubatch or n_batch)
         self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
         self.draft = None  # a draft.Drafter once attach_draft() is called: speculative decoding
+        self.prompt_cache = None  # an engine.disk.PromptCache once attach_prompt_cache() is called
+        self.from_disk = 0  # prompt items of the last prefill restored from it
 
     # ---- lifecycle
 
     def _open_context(self, n_batch: int, n_ubatch: int) -> None:
-        n_ctx, n_seq, swa_full = self._context_args
+        n_ctx, n_seq, swa_full, kv_type = self._context_args
         self._ctx = _new_context(self._model, n_ctx, self.n_threads, n_batch, n_ubatch, n_seq, swa_full,
-                                 flash_attn=self._flash_attn)
+                                 flash_attn=self._flash_attn, kv_type=KV_TYPES[kv_type])
         self.n_ctx = ll.llama_n_ctx(self._ctx)
         self.n_batch = ll.llama_n_batch(self._ctx)
         self.n_ubatch = ll.llama_n_ubatch(self._ctx)
@@ -300,7 +309,23 @@ class Engine:
             self.draft.close()
         self.draft = drafter
 
+    def attach_prompt_cache(self, cache) -> None:
+        """Restore and keep prompt states on disk (an engine.disk.PromptCache) from now on; None: off."""
+        self.prompt_cache = cache
+
+    def _bind_prompt_cache(self) -> None:
+        """Tell the prompt cache what the states depend on (the context may have been made again)."""
+        _, _, swa_full, kv_type = self._context_args
+        self.prompt_cache.bind(self.path, {
+            "n_ctx": self.n_ctx, "n_batch": self.n_batch, "n_ubatch": self.n_ubatch, "n_seq": self.n_seq,
+            "swa_full": swa_full, "kv_type": kv_type, "flash_attn": self._flash_attn, "repack": self._repack,
+            "gpu_layers": self.n_gpu_layers, "tiled": os.environ.get("GGML_CPU_TILED_MM", ""),
+            "llama_cpp": ll.__version__})
+        self.prompt_cache.bind_media(*((self.media.path, self.media.budget) if self.media else (None, None)))
+
     def close(self) -> None:
+        if getattr(self, "prompt_cache", None) is not None:
+            self.prompt_cache.flush()
         if getattr(self, "draft", None) is not None:  # its context reads ours: free it first
             self.draft.close()
             self.draft = None
@@ -371,6 +396,7 @@ class Engine:
         max_tokens: int | None = None,
         sampling: Sampling | None = None,
         checkpoint_at: int | None = None,
+        save_at: Sequence[int] = (),
     ) -> Iterator[Step]:
         """Evaluate `prompt` (reusing the KV cache) and yield generated text as it decodes.
 
@@ -378,16 +404,17 @@ class Engine:
         the prompt, in order; each placeholder becomes the media's tokens in the KV cache.
         `checkpoint_at`: a prompt length at which to keep a copy of the SWA cache, so a
         later prompt that diverges after that point can still reuse everything before it
-        (chat passes the start of the generation prompt).
+        (chat passes the start of the generation prompt). `save_at`: the save points of the prompt
+        cache on disk (engine.disk; token positions before media expansion).
         """
-        tokens, checkpoint_at = self.prompt_items(prompt, media, checkpoint_at)
+        tokens, checkpoint_at, save_at = self.prompt_items(prompt, media, checkpoint_at, save_at)
         self._check_fits(tokens)
         budget = self.n_ctx - len(tokens)
         max_tokens = budget if max_tokens is None else min(max_tokens, budget)
         sampler = self.new_sampler(sampling or Sampling())
         try:
             t0 = time.perf_counter()
-            evaluated, reused = self.prefill(tokens, checkpoint_at)
+            evaluated, reused = self.prefill(tokens, checkpoint_at, save_at)
             if self.draft is not None:
                 yield from self.draft.decode(self, sampler, max_tokens, evaluated, reused, t0)
             else:
@@ -427,23 +454,17 @@ class Engine:
     # ---- prompt evaluation and KV reuse
 
     def prompt_items(self, prompt: str | Sequence[int], media: Sequence | None = None,
-                     checkpoint_at: int | None = None) -> tuple[list, int | None]:
+                     checkpoint_at: int | None = None, save_at: Sequence[int] = ()) -> tuple[list, int | None, list[int]]:
         """A prompt's items for prefill(): token ids, each media placeholder expanded to its span's keys.
 
         Makes them the current prompt's media (until the next call or forget_media()); returns
-        the items and `checkpoint_at` moved past the expansions.
+        the items, `checkpoint_at` and the save points moved past the expansions (and each
+        media block's end added to the save points).
         """
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         self._spans = {}
-        if media:
-            tokens, checkpoint_at = self._expand(tokens, media, checkpoint_at)
-        return tokens, checkpoint_at
-
-    def forget_media(self) -> None:
-        """The current prompt's media are evaluated (or given up): later prompts are text only."""
-        self._spans = {}
-
-    def _expand(self, tokens: list[int], media: Sequence, checkpoint_at: int | None) -> tuple[list, int | None]:
+        if not media:
+            return tokens, checkpoint_at, list(save_at)
         # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
         from gemma_cli.engine.projector import PLACEHOLDERS, expand
 
@@ -454,20 +475,21 @@ class Engine:
             ids = self.tokenize(text)
             if len(ids) == 1:
                 placeholders[ids[0]] = kind
-        items, checkpoint_at, self._spans = expand(tokens, media, self.media, placeholders, checkpoint_at)
+        items, moved, self._spans, ends = expand(tokens, media, self.media, placeholders, [checkpoint_at, *save_at])
         for span in self._spans.values():  # before evaluating anything: llama.cpp would abort
             self.media.check_fits(span, self.n_ubatch)
-        return items, checkpoint_at
+        return items, moved[0], sorted({*moved[1:], *ends})
+
+    def forget_media(self) -> None:
+        """The current prompt's media are evaluated (or given up): later prompts are text only."""
+        self._spans = {}
 
     def _check_fits(self, tokens: Sequence[int]) -> None:
         if not tokens:
             raise GemmaError("the prompt is empty", "give a prompt as an argument or on stdin")
         if len(tokens) >= self.n_ctx:
-            limit = self.info.n_ctx_train
-            raise ContextOverflowError(
-                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
-                f"raise --ctx (this model supports up to {limit}) or shorten the input",
-            )
+            raise ContextOverflowError(f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
+                                       context_hint(self.n_ctx, self.info.n_ctx_train, "shorten the input"))
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Cut the KV cache back to the longest prefix it shares with `tokens`; return its length."""
@@ -479,27 +501,73 @@ class Engine:
             n = span_start(tokens, n)  # an image or clip is evaluated whole
         return self.kv.cut(n)
 
-    def prefill(self, tokens: Sequence, checkpoint_at: int | None = None) -> tuple[int, int]:
-        """Evaluate prompt items (prompt_items()) into sequence 0, reusing what its KV cache shares.
+    def prefill(self, tokens: Sequence, checkpoint_at: int | None = None, save_at: Sequence[int] = ()) -> tuple[int, int]:
+        """Evaluate prompt items (prompt_items()) into sequence 0, reusing what its KV cache (or the
+        prompt cache on disk) shares.
 
         The last item's logits are left for the first sample; `checkpoint_at`: where to keep an
-        SWA checkpoint on the way. Returns (evaluated, reused).
+        SWA checkpoint on the way; `save_at`: the save points (engine.disk), where evaluation
+        always splits, the prompt cache keeps a state. Returns (evaluated, reused).
         """
         reused = self.reuse_prefix(tokens)
-        todo = list(tokens[reused:])
-        if self._spans and checkpoint_at is not None:
-            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-            from gemma_cli.engine.projector import span_start
-
-            checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at) == checkpoint_at else None
-        if self._swa and checkpoint_at and reused < checkpoint_at < len(tokens):
-            split = checkpoint_at - reused
-            self.evaluate(todo[:split])
-            self.kv.checkpoint()
-            todo = todo[split:]
-        self.evaluate(todo, logits_last=True)
+        self.from_disk = 0
+        if self.prompt_cache is not None:
+            self._bind_prompt_cache()
+            restored = self.prompt_cache.restore(self.kv, tokens, reused)
+            self.from_disk, reused = (restored, restored) if restored > reused else (0, reused)
+        self._evaluate_from(tokens, reused, checkpoint_at, save_at)
         self.last_prefill = (len(tokens) - reused, reused)
         return self.last_prefill
+
+    def keep(self, tokens: Sequence, save_at: Sequence[int] = ()) -> None:
+        """Evaluate all of `tokens` (prompt_items() of a finished conversation, no generation prompt) from
+        a state a cold run would reach, and keep its end in the prompt cache: the next process starts there."""
+        if self.prompt_cache is None or len(tokens) < 2:
+            return
+        self._bind_prompt_cache()
+        start = self.kv.cut(self.kv.last_canonical(common_prefix(self.kv.contents(), tokens)))
+        if start in self.kv.canonical and start < len(tokens):
+            self._evaluate_from(tokens, start, None, [*save_at, len(tokens)], logits=False)
+
+    def _evaluate_from(self, tokens: Sequence, start: int, checkpoint_at: int | None, save_at: Sequence[int], *,
+                       logits: bool = True) -> None:
+        """Evaluate tokens[start:], split at the save points (kept on disk when the cache held a cold run's
+        state at `start`) and an SWA checkpoint; `logits`: for the last item (a prompt's)."""
+        if self._spans:
+            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
+            from gemma_cli.engine.projector import count_places, span_start
+
+            save_at = [p for p in save_at if span_start(tokens, p) == p]
+            checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at or 0) == checkpoint_at else None
+            count_places(tokens[start:], self._spans)  # a picture at several places is encoded once
+        try:
+            self._evaluate_split(tokens, start, checkpoint_at, save_at, logits)
+        finally:
+            for span in self._spans.values():  # evaluated (or given up): pixels and embeddings go
+                self.media.release(span)
+
+    def _evaluate_split(self, tokens: Sequence, start: int, checkpoint_at: int | None, save_at: Sequence[int],
+                        logits: bool) -> None:
+        """_evaluate_from's evaluation proper, its media ready."""
+        n = len(tokens)
+        splits = {p for p in save_at if start < p < n} | ({checkpoint_at} if self._swa and checkpoint_at else set())
+        ends = sorted(p for p in splits if start < p < n) + ([] if logits else [n])
+        # Evaluation splits at every point (so a state is the same whichever run took it), but only the first
+        # and the last two go to disk and to SWA checkpoints: each write is a whole state.
+        kept = [p for p in ends if p in save_at]
+        kept = set(kept[:1] + kept[-2:])
+        canonical, done = start in self.kv.canonical, start
+        for p in ends:
+            self.evaluate(tokens[done:p])
+            done = p
+            if p < n and (p in kept or p == checkpoint_at):
+                self.kv.checkpoint()
+            if canonical and p in save_at:
+                self.kv.canonical.add(p)
+                if self.prompt_cache is not None and p in kept:
+                    self.prompt_cache.save(self.kv)
+        if logits:
+            self.evaluate(tokens[done:], logits_last=True)
 
     def evaluate(self, items: Sequence, *, logits_last: bool = False) -> None:
         """Decode prompt items (token ids, media span keys) into sequence 0, after what is cached."""
@@ -533,7 +601,6 @@ class Engine:
                 n_pos = self.media.decode(span, index, self._ctx, len(self.kv), self.n_batch)
                 self.kv.book(keys[pos : pos + n_pos])
             pos += part.n_pos
-        self.media.release(span)
 
     def _eval(self, tokens: Sequence[int], *, logits_last: bool, keys: Sequence | None = None) -> None:
         """Decode `tokens` into sequence 0 in batches of n_batch, after what is cached.
@@ -675,7 +742,6 @@ class Engine:
 # ---------------------------------------------------------------- helpers
 
 
-_common_prefix = common_prefix  # its former name (tests/test_conversation.py)
 
 
 def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool, repack: bool = True):
@@ -729,8 +795,9 @@ def _describe(path: Path, header, model) -> ModelInfo:
 
 
 def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int, n_seq: int, swa_full: bool,
-                 flash_attn: bool = True):
+                 flash_attn: bool = True, kv_type: int = ll.GGML_TYPE_F16):
     params = ll.llama_context_default_params()
+    params.type_k = params.type_v = kv_type
     params.n_ctx = n_ctx
     params.n_batch = n_batch
     params.n_ubatch = min(n_ubatch, n_batch)
@@ -746,6 +813,15 @@ def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
         detail = recent_log("failed") or "out of memory?"
         raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens ({detail.strip()})", "lower --ctx")
     return ctx
+
+
+def context_hint(n_ctx: int, n_ctx_train: int, otherwise: str) -> str:
+    """Advice for a full context: raise --ctx while the model allows more, else only `otherwise`."""
+    if n_ctx_train and n_ctx >= n_ctx_train:
+        return f"{otherwise}: {n_ctx} tokens is the most this model supports"
+    if n_ctx_train:
+        return f"raise --ctx (this model supports up to {n_ctx_train}) or {otherwise}"
+    return f"raise --ctx or {otherwise}"
 
 
 def schema_to_grammar(schema: dict | None) -> str:

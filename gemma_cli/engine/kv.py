@@ -53,6 +53,9 @@ class KVCache:
         self.n_swa = n_swa
         self.items: list = []  # what sits at each position of sequence 0
         self.checkpoints: list[Checkpoint] = []
+        # Positions where the cache holds what a cold evaluation split at the same save points
+        # would (engine.disk keeps only such states: restoring one gives the same output).
+        self.canonical: set[int] = {0}
         self._copy_buf = (ctypes.c_uint8 * 0)()  # copy()'s buffer, grown as needed
 
     def __len__(self) -> int:
@@ -68,13 +71,28 @@ class KVCache:
 
     def clear(self) -> None:
         ll.llama_memory_clear(self.mem, True)
-        self.items.clear()
-        self.checkpoints.clear()
+        self.forget()
 
     def forget(self) -> None:
         """The context is gone (made again): nothing is cached, nothing to remove."""
         self.items.clear()
         self.checkpoints.clear()
+        self.canonical = {0}
+
+    def adopt(self, items: Sequence, state: bytes) -> bool:
+        """Replace sequence 0 with a state() of `items` (engine.disk's); False: llama.cpp refused it."""
+        ll.llama_memory_seq_rm(self.mem, SEQ, -1, -1)
+        self.forget()
+        if not self.load_state(state):
+            ll.llama_memory_seq_rm(self.mem, SEQ, -1, -1)
+            return False
+        self.items = list(items)
+        self.canonical.add(len(self.items))
+        return True
+
+    def last_canonical(self, n: int) -> int:
+        """The longest canonical prefix of at most `n` positions."""
+        return max(c for c in self.canonical if c <= n)
 
     def pos_min(self) -> int:
         """The oldest position the (sliding-window) KV cache of sequence 0 still holds."""
@@ -94,7 +112,7 @@ class KVCache:
         side a batch ahead: keep only what both agree on."""
         n_kv = ll.llama_memory_seq_pos_max(self.mem, SEQ) + 1
         if n_kv < len(self.items):
-            del self.items[n_kv:]
+            self._drop_from(n_kv)
         elif n_kv > len(self.items):
             ll.llama_memory_seq_rm(self.mem, SEQ, len(self.items), -1)
 
@@ -106,9 +124,13 @@ class KVCache:
         if self.n_swa and n > 0 and not self.window_kept(n):
             n = self._restore_checkpoint(n)
         ll.llama_memory_seq_rm(self.mem, SEQ, n, -1)
-        del self.items[n:]
+        self._drop_from(n)
         self.checkpoints = [c for c in self.checkpoints if c.n_tokens <= n]
         return n
+
+    def _drop_from(self, n: int) -> None:
+        del self.items[n:]
+        self.canonical = {c for c in self.canonical if c <= n}
 
     def window_kept(self, n: int) -> bool:
         """Whether the next token after `n` positions finds its whole sliding window cached:
@@ -121,7 +143,7 @@ class KVCache:
         kept ones do not need in the sliding window (just-decoded drafts)."""
         if n < len(self.items):
             ll.llama_memory_seq_rm(self.mem, SEQ, n, -1)
-            del self.items[n:]
+            self._drop_from(n)
 
     # ---- SWA checkpoints
 

@@ -398,7 +398,7 @@ class Parallel:
 
     def _prompt(self, job: Job) -> tuple[list, int | None]:
         """The job's prompt items (media expanded) and its checkpoint spot; checks it fits a sequence."""
-        tokens, checkpoint = self.engine.prompt_items(job.prompt, job.media, job.shared)
+        tokens, checkpoint, _ = self.engine.prompt_items(job.prompt, job.media, job.shared)
         if not tokens:
             raise GemmaError("the prompt is empty", "give each line a prompt or messages")
         if len(tokens) >= self.n_ctx_seq:

@@ -81,15 +81,15 @@ def to_chat(body, count_only: bool = False) -> dict:
     return chat
 
 
-def _system(value) -> str:
+def _system(value, where: str = "system") -> str:
     if isinstance(value, str):
         return value
     if not isinstance(value, list):
-        raise bad("'system' must be a string or an array of text blocks", "system")
+        raise bad(f"'{where}' must be a string or an array of text blocks", where)
     texts = []
     for i, block in enumerate(value):
         if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
-            raise bad(f"system[{i}] must be a text block ({{\"type\": \"text\", \"text\": …}})", f"system[{i}]")
+            raise bad(f"{where}[{i}] must be a text block ({{\"type\": \"text\", \"text\": …}})", f"{where}[{i}]")
         texts.append(block["text"])
     return "\n\n".join(texts)
 
@@ -98,8 +98,10 @@ def _message(m, where: str, calls: set[str]) -> list[dict]:
     if not isinstance(m, dict):
         raise bad(f"{where} must be an object", where)
     role = m.get("role")
+    if role == "system":  # Claude Code (2.1) sends its environment as a system message after the user's first
+        return [{"role": "system", "content": _system(m.get("content"), f"{where}.content")}]
     if role not in ("user", "assistant"):
-        raise bad(f"{where}.role must be user or assistant", f"{where}.role")
+        raise bad(f"{where}.role must be user, assistant or system", f"{where}.role")
     content = m.get("content")
     if isinstance(content, str):
         return [{"role": role, "content": content}]
