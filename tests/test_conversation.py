@@ -254,7 +254,7 @@ def test_follow_up_retry_and_system_change_evaluate_only_what_changed(e_model):
     # tokens the KV cache does not already hold (the SWA window's limits: test_engine.py).
     from gemma_cli.chat.session import ChatSession, Done, format_of_engine
     from gemma_cli.engine import Engine, Sampling
-    from gemma_cli.engine.core import _common_prefix
+    from gemma_cli.engine.kv import common_prefix as _common_prefix
 
     with Engine(e_model, n_ctx=2048, swa_full=True) as engine:
         session = ChatSession(engine, format_of_engine(engine), sampling=Sampling(temperature=0), max_tokens=8,
@@ -263,7 +263,7 @@ def test_follow_up_retry_and_system_change_evaluate_only_what_changed(e_model):
         def lacking() -> tuple[int, int]:
             """(tokens of the next prompt, how many of them the cache lacks; at least one is evaluated)."""
             tokens = engine.tokenize(session.prompt_text())
-            return len(tokens), max(1, len(tokens) - _common_prefix(engine.cache_contents(), tokens))
+            return len(tokens), max(1, len(tokens) - _common_prefix(engine.kv.contents(), tokens))
 
         def turn(start) -> tuple[int, int]:
             stats = next(e for e in start() if isinstance(e, Done)).result.stats

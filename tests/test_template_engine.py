@@ -8,7 +8,7 @@ import pytest
 
 from gemma_cli.chat.session import ChatSession, Done, format_of_engine
 from gemma_cli.engine import Engine, Sampling
-from gemma_cli.engine.core import _common_prefix
+from gemma_cli.engine.kv import common_prefix as _common_prefix
 from gemma_cli.format.prompt import VARIANTS
 from tests.test_prompt import WEATHER
 from tests.test_prompt_variants import FILES, templates
@@ -42,7 +42,7 @@ def test_follow_up_turns_evaluate_only_what_the_cache_lacks(engine, name, think)
 
     def lacking() -> tuple[int, int]:
         tokens = engine.tokenize(session.prompt_text())
-        return len(tokens), max(1, len(tokens) - _common_prefix(engine.cache_contents(), tokens))
+        return len(tokens), max(1, len(tokens) - _common_prefix(engine.kv.contents(), tokens))
 
     def turn() -> tuple[int, int]:
         stats = done(session.generate()).stats

@@ -124,17 +124,6 @@ class Span:
         return [(self.kind, self.digest, i, n) for i in range(n)]
 
 
-def is_key(item) -> bool:
-    return type(item) is tuple
-
-
-def span_start(items: Sequence, n: int) -> int:
-    """`n` moved back to the start of the span it falls inside (a span is evaluated whole)."""
-    if 0 <= n < len(items) and is_key(items[n]):
-        return n - items[n][2]
-    return n
-
-
 # ---------------------------------------------------------------- projector
 
 
@@ -343,13 +332,15 @@ def _free_chunks(span: Span) -> None:
 # ---------------------------------------------------------------- prompts
 
 
-def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, placeholders: dict[int, str],
+def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, tokenize, n_ubatch: int,
            points: Sequence[int | None]) -> tuple[list, list, dict[tuple, Span], list[int]]:
-    """Replace each placeholder token with its media's span keys, in order.
+    """Replace each placeholder token with its media's span keys, in order (each span checked to fit a
+    micro-batch of `n_ubatch` first: llama.cpp would abort).
 
     Returns the prompt items (token ids and span keys), `points` (token positions, None kept)
     moved to match, the spans by (kind, digest) for evaluation, and where each span ends.
     """
+    placeholders = {ids[0]: kind for kind, ids in ((k, tokenize(t)) for k, t in PLACEHOLDERS.items()) if len(ids) == 1}
     items: list = []
     spans: dict[tuple, Span] = {}
     queue = list(media)
@@ -375,4 +366,6 @@ def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, 
     if queue:
         raise GemmaError(f"{len(queue)} media given without a placeholder in the prompt",
                          "each image needs <|image|> and each clip <|audio|> where it goes")
+    for span in spans.values():
+        projector.check_fits(span, n_ubatch)
     return items, moved, spans, ends
