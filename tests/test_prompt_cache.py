@@ -149,7 +149,7 @@ def _engine(model, **kw):
 def _prefill(engine, cache, text: str, doc_end: str) -> int:
     """Evaluate `text` with a save point after `doc_end`; returns how many items came from disk."""
     engine.reset()  # a new process: nothing in memory
-    engine.attach_prompt_cache(cache)
+    engine.prompt_cache = cache
     tokens = engine.tokenize(text)
     point = len(engine.tokenize(doc_end))
     assert tokens[:point] == engine.tokenize(doc_end)
@@ -209,7 +209,7 @@ def test_least_recently_used_goes_first(e_model, tmp_path):
 def _write_at_once(model: str, folder: str, barrier, queue) -> None:
     with _engine(model) as engine:
         cache = _cache(Path(folder))
-        engine.attach_prompt_cache(cache)
+        engine.prompt_cache = cache
         tokens = engine.tokenize(DOC + " Q")
         point = len(engine.tokenize(DOC))
         barrier.wait()

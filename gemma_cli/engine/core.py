@@ -184,7 +184,6 @@ class Engine:
         header: Header | None = None,
         kv_type: str = "f16",
     ):
-        """`kv_type`: the KV cache's element type, "f16" or "q8_0" (llama.cpp's --cache-type-k/v)."""
         set_verbose(verbose)
         self.path = Path(path)
         header = header or read_header(self.path)  # the caller's, when it has read the file's header already
@@ -228,14 +227,12 @@ class Engine:
         n_ctx = n_ctx or 8192
         if self.info.n_ctx_train:
             n_ctx = min(n_ctx, self.info.n_ctx_train * max(1, n_seq))
-        if kv_type not in KV_TYPES:
-            raise GemmaError(f"unknown KV cache type {kv_type!r}", f"pick one of {', '.join(KV_TYPES)}")
         self._context_args = (n_ctx, n_seq, swa_full, kv_type)
         self._swa = self.info.n_swa > 0 and not swa_full
         self._open_context(n_batch, n_ubatch or n_batch)
         self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
         self.draft = None  # a draft.Drafter once attach_draft() is called: speculative decoding
-        self.prompt_cache = None  # an engine.disk.PromptCache once attach_prompt_cache() is called
+        self.prompt_cache = None  # an engine.disk.PromptCache: prompt states restored from and kept on disk
         self.from_disk = 0  # prompt items of the last prefill restored from it
 
     # ---- lifecycle
@@ -243,7 +240,7 @@ class Engine:
     def _open_context(self, n_batch: int, n_ubatch: int) -> None:
         n_ctx, n_seq, swa_full, kv_type = self._context_args
         self._ctx = _new_context(self._model, n_ctx, self.n_threads, n_batch, n_ubatch, n_seq, swa_full,
-                                 flash_attn=self._flash_attn, kv_type=KV_TYPES[kv_type])
+                                 flash_attn=self._flash_attn, kv_type=kv_type)
         self.n_ctx = ll.llama_n_ctx(self._ctx)
         self.n_batch = ll.llama_n_batch(self._ctx)
         self.n_ubatch = ll.llama_n_ubatch(self._ctx)
@@ -309,10 +306,6 @@ class Engine:
         if self.draft is not None and self.draft is not drafter:
             self.draft.close()
         self.draft = drafter
-
-    def attach_prompt_cache(self, cache) -> None:
-        """Restore and keep prompt states on disk (an engine.disk.PromptCache) from now on; None: off."""
-        self.prompt_cache = cache
 
     def _bind_prompt_cache(self) -> None:
         """Tell the prompt cache what the states depend on (the context may have been made again)."""
@@ -735,9 +728,11 @@ def _describe(path: Path, header, model) -> ModelInfo:
 
 
 def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int, n_seq: int, swa_full: bool,
-                 flash_attn: bool = True, kv_type: int = ll.GGML_TYPE_F16):
+                 flash_attn: bool = True, kv_type: str = "f16"):
+    if kv_type not in KV_TYPES:  # the KV cache's element type (llama.cpp's --cache-type-k/v)
+        raise GemmaError(f"unknown KV cache type {kv_type!r}", f"pick one of {', '.join(KV_TYPES)}")
     params = ll.llama_context_default_params()
-    params.type_k = params.type_v = kv_type
+    params.type_k = params.type_v = KV_TYPES[kv_type]
     params.n_ctx = n_ctx
     params.n_batch = n_batch
     params.n_ubatch = min(n_ubatch, n_batch)
