@@ -7,7 +7,8 @@ as `listening on http://127.0.0.1:PORT/mcp` on stdout once the socket accepts. h
 handshake and never answers (a startup timeout). garbage: prints lines that are not JSON-RPC on
 stdout, then serves as stdio does. `--pidfile` gets the process id; the `crash` tool exits the
 process mid-call unless `--crashfile` already exists (it writes it first), so a restarted server
-answers the next call. The `slow` tool writes `--startedfile` once it runs.
+answers the next call. The `slow` tool writes `--startedfile` once it runs. `echo` alone carries
+`readOnlyHint`.
 """
 
 
@@ -26,10 +27,11 @@ PNG = base64.b64decode(
 def build(args):
     from mcp.server.mcpserver import Context, MCPServer
     from mcp.server.mcpserver.utilities.types import Image
+    from mcp.types import ToolAnnotations
 
     server = MCPServer("gemma-test")
 
-    @server.tool()
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     def echo(text: str) -> str:
         """Say the text back."""
         return f"echo: {text}"

@@ -305,6 +305,37 @@ def test_no_server_process_is_left_behind(home, e_model, how):
     assert not alive(server), "the MCP server outlived gemma"
 
 
+def test_gemma_chat_runs_with_an_unmodified_claude_desktop_file(home, e_model):
+    """The file as Claude Desktop writes it (its own keys beside mcpServers, no gemma fields) is read as it is
+    and left as it was."""
+    path = home / "claude_desktop_config.json"
+    path.write_text(json.dumps({
+        "globalShortcut": "Alt+Space",
+        "isUsingBuiltInNodeForMcp": True,
+        "mcpServers": {"ours": {"command": sys.executable, "args": [SERVER], "env": {"OURS_HOME": "${HOME}"}}},
+    }, indent=2))
+    before = path.read_bytes()
+    proc, out = chat_json(home, e_model, path, "--yes", "--max-tool-rounds", "1")
+    assert proc.returncode == 0, proc.stderr
+    run = out["tool_results"][0]
+    assert run["server"] == "ours" and run["ran"] and run["result"] == '{"sum":5}'
+    assert path.read_bytes() == before
+
+
+def test_read_only_tools_run_unasked_only_when_the_user_opts_in(home, e_model):
+    """`echo` carries readOnlyHint, `math.add-numbers` does not; no terminal and no --yes."""
+    rule = ('root ::= "<|tool_call>call:echo{text:<|\\"|>hi<|\\"|>}<tool_call|>'
+            '<|tool_call>call:math_add_numbers{a:2,b:3}<tool_call|>"\n')
+    for opt_in in (False, True):
+        config = write_config(home / "servers.json", {"ours": ours(autoApproveReadOnly=opt_in)})
+        proc, out = chat_json(home, e_model, config, "--max-tool-rounds", "1", grammar=rule)
+        assert proc.returncode == 0, proc.stderr
+        echo, add = out["tool_results"][:2]
+        assert echo["name"] == "echo" and echo["ran"] is opt_in, echo
+        assert echo["result"] == "echo: hi" if opt_in else "no terminal to ask" in echo["result"]["error"]
+        assert add["name"] == "math_add_numbers" and add["ran"] is False  # not read-only: still needs a yes
+
+
 # ---------------------------------------------------------------- approval on a terminal
 
 
@@ -368,6 +399,35 @@ def test_approval_no_runs_nothing_and_always_this_server_is_remembered(home, e_m
         term.close()
 
 
+def test_ctrl_c_during_a_call_cancels_that_call_and_the_chat_goes_on(home, e_model):
+    """In the REPL, Ctrl-C while a tool runs ends that call (the model is told), not the chat; the server's
+    session stays open: the next call goes to the same process."""
+    started, pidfile = home / "started", home / "pid"
+    config = write_config(home / "servers.json", {"ours": ours("--pidfile", pidfile, "--startedfile", started,
+                                                              trust=True)})
+    from tests.test_repl_screen import Terminal
+
+    grammar = home / "slow.gbnf"
+    grammar.write_text('root ::= "<|tool_call>call:slow{}<tool_call|>"\n')
+    term = Terminal(home, "--model", e_model, "--mcp-config", config, "--grammar", grammar, "--max-tool-rounds", "1",
+                    "--max-tokens", "64")
+    try:
+        server = int(pidfile.read_text())
+        for message in ("first", "second"):
+            started.unlink(missing_ok=True)
+            term.child.sendline(message)
+            wait_for(started.exists, "the slow tool to run")
+            assert int(started.read_text()) == server  # the same process: one session for the whole chat
+            term.child.sendintr()
+            term.child.expect_exact(b"cancelled this call")
+            term.child.expect_exact(b">>> ")
+            assert term.child.isalive() and alive(server)
+        shown = "\n".join(term.lines())
+        assert "interrupted" not in shown  # the turn went on: the model was told, the reply was not cut
+    finally:
+        term.close()
+
+
 # ---------------------------------------------------------------- real servers from PyPI
 
 
@@ -377,26 +437,9 @@ REAL_SERVERS = ["mcp-server-time", "mcp-server-git"]
 @pytest.fixture(scope="session")
 def real_servers(request, tmp_path_factory) -> Path:
     """A virtualenv holding mcp-server-time and mcp-server-git, made once under pytest's cache and reused."""
-    import venv
+    from tests.needs import virtualenv
 
-    from tests.needs import cached_folder
-
-    root = cached_folder(request, tmp_path_factory, "mcp-servers", *REAL_SERVERS)
-    bin_dir = root / "venv" / "bin"
-    if all((bin_dir / name).is_file() for name in REAL_SERVERS):
-        return bin_dir
-    try:
-        venv.EnvBuilder(with_pip=True, clear=True).create(root / "venv")
-        proc = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", *REAL_SERVERS],
-                              capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as e:
-        proc = subprocess.CompletedProcess([], 1, "", str(e))
-    if proc.returncode != 0 or not all((bin_dir / name).is_file() for name in REAL_SERVERS):
-        from tests.needs import skip_or_fail
-
-        skip_or_fail(f"cannot install {', '.join(REAL_SERVERS)} into a virtualenv: "
-                     f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:] or 'pip failed'}")
-    return bin_dir
+    return virtualenv(request, tmp_path_factory, "mcp-servers", REAL_SERVERS, timeout=600)
 
 
 def test_real_mcp_server_time_through_gemma_chat(home, e_model, real_servers):

@@ -21,6 +21,7 @@ from gemma_cli.errors import CapabilityError, GemmaError, MediaError, ModelError
 from gemma_cli.media.audio import load_audio
 from gemma_cli.media.cutting import clips, cut
 from gemma_cli.media.images import load_image
+from tests.media_tokens import audio_tokens, image_tokens, text_tokens
 from tests.needs import skip_or_fail
 
 GREEDY = Sampling(temperature=0)
@@ -244,20 +245,24 @@ def test_budget_changes_the_image_token_count(e_model, vision_mmproj, budget):
     with Engine(e_model, n_ctx=2048, n_threads=1, mmproj=vision_mmproj, image_tokens=budget) as engine:
         n = engine.media_tokens(image_media(640, 480))
         assert engine.n_ubatch >= n  # the engine sized its batch for the budget
-    # measured: 640x480 -> 63 tokens at 70, 1131 at 1120 (llama.cpp rounds up to whole 48 px patches)
+    # what llama.cpp's mtmd makes of 640x480 at this budget (it rounds up to whole 48 px patches)
+    assert n == image_tokens(e_model, vision_mmproj, 640, 480, budget=budget)
     assert 0.85 * budget <= n <= 1.1 * budget
 
 
-def test_image_and_audio_are_evaluated_in_place(av_engine):
+def test_image_and_audio_are_evaluated_in_place(av_engine, e_model, av_mmproj):
     av_engine.reset()
     img, sound = image_media(), clip()
     prompt = "<bos><|turn>user\n<|image|><|audio|>What is this?<turn|>\n<|turn>model\n"
     steps = list(av_engine.stream_generate(prompt, media=[img, sound], max_tokens=3, sampling=GREEDY))
-    text_tokens = len(av_engine.tokenize(prompt)) - 2
-    # each placeholder became <|image>/<|audio>, the embeddings, <image|>/<audio|>: 80 + 25 measured
-    assert steps[-1].prompt_tokens == text_tokens + (80 + 2) + (25 + 2)
+    # Asked of llama.cpp itself: its tokenizer, and mtmd's embeddings of a 64x48 image at 70 and of 1 s of audio.
+    n_text = text_tokens(e_model, prompt) - 2
+    n_image = image_tokens(e_model, av_mmproj, 64, 48, budget=70)
+    n_audio = audio_tokens(e_model, av_mmproj, len(tone(1.0, 16000)))
+    # each placeholder became <|image>/<|audio>, the embeddings, <image|>/<audio|>
+    assert steps[-1].prompt_tokens == n_text + (n_image + 2) + (n_audio + 2)
     assert steps[-1].generated_tokens == 3
-    assert av_engine.media_tokens(img) == 80 and av_engine.media_tokens(sound) == 25
+    assert av_engine.media_tokens(img) == n_image and av_engine.media_tokens(sound) == n_audio
 
 
 def test_same_image_is_reused_from_the_kv_cache(av_engine, monkeypatch):
@@ -342,11 +347,11 @@ def test_wrong_projector_files_are_clean_errors(e_model, dense_vision_mmproj):
 
 
 def test_placeholders_and_media_must_match(av_engine):
-    with pytest.raises(GemmaError, match="more <|image|> placeholders"):
+    with pytest.raises(MediaError, match="more <|image|> placeholders"):
         list(av_engine.stream_generate("<bos><|image|><|image|>", media=[image_media()], max_tokens=1))
-    with pytest.raises(GemmaError, match="out of order"):
+    with pytest.raises(MediaError, match="out of order"):
         list(av_engine.stream_generate("<bos><|image|>", media=[clip()], max_tokens=1))
-    with pytest.raises(GemmaError, match="without a placeholder"):
+    with pytest.raises(MediaError, match="without a placeholder"):
         list(av_engine.stream_generate("<bos>Hi", media=[clip()], max_tokens=1))
 
 
@@ -416,7 +421,7 @@ def test_prompt_order_follows_the_renderer():
 
     img = lambda n: {"type": "image", "path": n}  # noqa: E731
     messages = [
-        {"role": "system", "content": [img("sys"), {"type": "text", "text": "Be brief."}]},  # dropped by the renderer
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
         {"role": "user", "content": [img("u1"), {"type": "text", "text": "Look"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "ok"}, img("a1")],
          "tool_calls": [{"id": "c", "function": {"name": "snap", "arguments": {}}}]},
@@ -425,6 +430,11 @@ def test_prompt_order_follows_the_renderer():
     ]
     assert [p["path"] for p in prompt_order(messages)] == ["u1", "t1", "a1", "u2", "u3"]
     assert prompt.render(messages).count("<|image|>") == 5
+    # the renderer writes only the text of the system message: an image there is refused, not dropped
+    messages[0]["content"].insert(0, img("sys"))
+    assert prompt.render(messages).count("<|image|>") == 5
+    with pytest.raises(MediaError, match="system message holds an image"):
+        prompt_order(messages)
 
 
 def test_a_projector_is_loaded_at_the_first_image(e_model, vision_mmproj, tmp_path):

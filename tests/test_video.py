@@ -76,8 +76,11 @@ def test_the_video_placeholder_becomes_timestamped_frames_joined_by_one_space():
     assert v.layout == "00:00 <|image|> 00:01 <|image|> 01:02 <|image|>"
     w = vid.Video("d.mp4", frames=[object()], times=[4.0])
     text = "<|turn>user\n<|video|>Compare<|video|><turn|>"
-    assert vid.with_frames(text, [v, w]) == ("<|turn>user\n00:00 <|image|> 00:01 <|image|> 01:02 <|image|>Compare"
-                                             "00:04 <|image|><turn|>")
+    # a clip is a block of its own: a line break parts it from text written against it and from another clip
+    assert vid.with_frames(text, [v, w]) == ("<|turn>user\n00:00 <|image|> 00:01 <|image|> 01:02 <|image|>\nCompare"
+                                             "\n00:04 <|image|><turn|>")
+    assert vid.with_frames("<|turn>user\n<|video|><|video|> Hi<turn|>", [v, w]) == (
+        f"<|turn>user\n{v.layout}\n{w.layout} Hi<turn|>")
     with pytest.raises(MediaError, match="2 <|video|> placeholders for 1 videos"):
         vid.with_frames(text, [v])
 
@@ -241,7 +244,7 @@ def test_chat_print_prompt_shows_the_frame_layout(e_model, clip, tmp_path):
     proc = run_gemma("chat", "What happens?", "-v", clip, "--model", e_model, "--print-prompt", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     v = vid.load_video(clip)
-    assert proc.stdout.startswith("<bos><|turn>user\n" + v.layout + "What happens?<turn|>")
+    assert proc.stdout.startswith("<bos><|turn>user\n" + v.layout + "\nWhat happens?<turn|>")
     assert proc.stdout.count("<|image|>") == 32 and "<|video|>" not in proc.stdout
 
 
@@ -300,7 +303,7 @@ def test_a_conversation_file_with_a_video_url_part(e_model, vision_mmproj, clip,
     (tmp_path / "conv.json").write_text(json.dumps(conv))
     proc = run_gemma("chat", "--load", tmp_path / "conv.json", "--model", e_model, "--print-prompt", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("<|image|>") == 32 and "00:03 <|image|>What happens?" in proc.stdout
+    assert proc.stdout.count("<|image|>") == 32 and "00:03 <|image|>\nWhat happens?" in proc.stdout
 
 
 # ---------------------------------------------------------------- batch lines
@@ -309,7 +312,7 @@ def test_a_conversation_file_with_a_video_url_part(e_model, vision_mmproj, clip,
 def test_videos_in_batch_lines_simple_messages_and_openai(e_model, vision_mmproj, tmp_path):
     import base64
 
-    from tests.test_batch import run_batch
+    from tests.clitools import run_batch
 
     write_clip(tmp_path / "clip.mp4", n=6)
     (tmp_path / "notes.mp4").write_text("not a video\n" * 30)
@@ -329,8 +332,7 @@ def test_videos_in_batch_lines_simple_messages_and_openai(e_model, vision_mmproj
     openai = [{"custom_id": "o1", "method": "POST", "url": "/v1/chat/completions",
                "body": {"max_tokens": 2, "messages": [{"role": "user", "content": [
                    {"type": "video_url", "video_url": {"url": data_url}}, {"type": "text", "text": "What happens?"}]}]}}]
-    proc, results = run_batch(tmp_path, openai, "-m", e_model, "--mmproj", vision_mmproj, name="o.jsonl",
-                              out="o-out.jsonl")
+    proc, results = run_batch(tmp_path, openai, "-m", e_model, "--mmproj", vision_mmproj, name="o")
     assert proc.returncode == 0, proc.stderr
     body = results[0]["response"]["body"]
     assert body["usage"]["prompt_tokens"] > 6 * 80

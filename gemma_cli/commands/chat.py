@@ -77,6 +77,7 @@ def chat(
     text, document = _read_input(prompt) if not any(p.get("url") for p in parts) else (prompt, None)
     conv = _start_conversation(load, resume)
     think = think if think is not None else bool(conv.settings.get("think", False))
+    _check_thinking_options(think, think_budget, keep_thinking)
     toolbox = _load_tools(tools)
     declarations = toolbox.declarations if toolbox else (conv.tools or None)
     # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
@@ -99,9 +100,12 @@ def chat(
         # lazy: video loads only when the command runs; keeps gemma --help fast
         from gemma_cli.media.video import check_context
 
-        check_context(decoder.videos(parts), settings.pick("ctx", o.ctx) or 8192)  # before the model loads
+        check_context(decoder.videos(parts), resolved.context(settings.pick("ctx", o.ctx)),  # before the model loads
+                      resolved.trained_context)
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
-    if text is None and not interactive:
+    # a saved conversation that ends in a tool's result, with no prompt: the model's next turn answers it
+    answers_tool = text is None and not parts and not interactive and bool(messages) and messages[-1]["role"] == "tool"
+    if text is None and not interactive and not answers_tool:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
     # lazy: the MCP face, only when the chat runs; keeps gemma --help fast
     from gemma_cli.commands import mcp as mcp_face
@@ -148,6 +152,15 @@ def chat(
     finally:
         if host is not None:
             host.close()
+
+
+def _check_thinking_options(think: bool, think_budget: int | None, keep_thinking: bool) -> None:
+    """--think-budget and --keep-thinking do nothing with thinking off: refused, not ignored."""
+    inert = [flag for flag, given in (("--think-budget", think_budget is not None),
+                                      ("--keep-thinking", keep_thinking)) if given]
+    if inert and not think:
+        raise UsageError(f"{' and '.join(inert)} {'has' if len(inert) == 1 else 'have'} no effect without --think "
+                         "(thinking is off)", "add --think, or drop " + " and ".join(inert))
 
 
 def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
@@ -311,12 +324,14 @@ def _print_prompt(header, messages: list[dict], tools, think: bool, text, decode
     if text is not None:
         messages = messages + [{"role": "user", "content": text}]
     out = fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking)
-    if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+    if any(isinstance(m.get("content"), list) for m in messages):
         # lazy: media, video load only when the command runs; keeps gemma --help fast
         from gemma_cli.media.parts import prompt_order
         from gemma_cli.media.video import with_frames
 
-        out = with_frames(out, decoder.videos(prompt_order(messages)))
+        order = prompt_order(messages)  # refuses media the prompt would drop (in the system message)
+        if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+            out = with_frames(out, decoder.videos(order))
     sys.stdout.write(out)
     sys.stdout.flush()
 
@@ -328,7 +343,9 @@ def _confirm(call: dict) -> bool:
     return confirm_on_terminal(call)
 
 
-def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thinking: bool, as_json: bool) -> None:
+def _one_shot(session, text: "str | list | None", toolbox, confirm, max_rounds: int, *, show_thinking: bool,
+              as_json: bool) -> None:
+    """One answer (`text` None: the model's next turn after the loaded history, which ends in a tool's result)."""
     # lazy: reply, render, session load only when the command runs; keeps gemma --help fast
     from gemma_cli.chat.session import Done, ToolRun, converse
     from gemma_cli.format import reply
@@ -338,7 +355,7 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
     if session.format.notice:
         printer.note(session.format.notice)
     results, runs = [], []
-    events = converse(session, session.send(text), toolbox, confirm, max_rounds)
+    events = converse(session, session.answer() if text is None else session.send(text), toolbox, confirm, max_rounds)
     try:
         for event in events:
             if isinstance(event, Done):
@@ -379,17 +396,22 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
         printer.note(f"the model used all its tokens thinking and gave no answer: {fix}, "
                      "set --think-budget N, or use --no-think")
     elif last.stats.limit == "context":
-        printer.note(f"the answer was cut off: the context of {session.engine.n_ctx} tokens is full; raise --ctx")
+        # lazy: the engine (llama_cpp), loaded already by the model that answered
+        from gemma_cli.engine.core import context_hint
+
+        engine = session.engine
+        printer.note(f"the answer was cut off: the context of {engine.n_ctx} tokens is full; "
+                     + context_hint(engine.n_ctx, engine.info.n_ctx_train, "ask for a shorter answer"))
 
 
 def _write_json(session, results: list, runs: list) -> None:
-    out = _as_json(results, runs, session.engine.draft)
+    out = _as_json(results, runs, session.engine.draft, session.think_budget if session.think else None)
     out["stats"]["template"] = session.format.template_name
     sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 
-def _as_json(results: list, runs: list, drafter=None) -> dict:
+def _as_json(results: list, runs: list, drafter=None, think_budget: int | None = None) -> dict:
     # lazy: commands.loading, commands.mcp load only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import mcp as mcp_face
     from gemma_cli.commands.loading import draft_stats
@@ -413,6 +435,7 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
             "finish_reason": s.finish_reason,
             "limit": s.limit,  # with "length": what ran out, "max_tokens" or "context"
             "ended_in_thought": last.ended_in_thought,
+            "think_budget": think_budget,  # the thought's token budget in force (null: none)
             **draft_stats(drafter),
         },
     }

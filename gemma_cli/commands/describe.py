@@ -103,12 +103,14 @@ def check_budget(image_tokens: int | None) -> None:
 
 
 def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_layers, yes, verbose, *, sampling,
-                   max_tokens, need: str, draft: str | None = None, draft_max: int | None = None, cache: bool = False):
+                   max_tokens, need: str, draft: str | None = None, draft_max: int | None = None, cache: bool = False,
+                   check=None):
     """The model with its projector (and drafter, per --draft; the prompt cache on disk with `cache`), and a
     maker of fresh single-turn sessions (thinking off).
 
     `need` ("image" or "audio") is checked in the projector's header first: a 31B asked for
-    audio says so at once, not after loading 17 GB of weights.
+    audio says so at once, not after loading 17 GB of weights. `check(resolved)` runs then too
+    (a clip too long for the context the model will have).
     """
     # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
@@ -119,6 +121,8 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
         raise CapabilityError(f"no projector (mmproj) found for {path.name}: it cannot read images or audio without one",
                               "pass --mmproj PATH, or `gemma models pull NAME` to fetch it with the model")
     _check_encoder(resolved, projector, need)
+    if check is not None:
+        check(resolved)
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                                  verbose=verbose, load_mmproj=True, image_tokens=image_tokens)
     loading.note_context(engine, loading.asked_ctx(settings, ctx))
@@ -231,12 +235,15 @@ def describe_video(
     decoder = MediaParts()
     parts = [decoder.attach("video", v, frames=frames, fps=fps, frame_tokens=frame_tokens) for v in videos]
     clips = decoder.videos(parts)  # decoded now: a bad file or a clip too long fails before the model loads
-    for clip in clips:
-        check_context([clip], settings.pick("ctx", o.ctx) or 8192)
+
+    def fits(resolved) -> None:  # each clip within the context the model will have, before it loads
+        for clip in clips:
+            check_context([clip], resolved.context(settings.pick("ctx", o.ctx)), resolved.trained_context)
+
     engine, session_for = open_for_media(settings, o.model, o.mmproj, frame_tokens, o.ctx, o.threads, o.gpu_layers,
                                          o.yes, o.verbose, sampling=sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed),
                                          max_tokens=settings.pick("max_tokens", o.max_tokens), need="video",
-                                         draft=o.draft, draft_max=o.draft_max, cache=not o.no_cache)
+                                         draft=o.draft, draft_max=o.draft_max, cache=not o.no_cache, check=fits)
     question = prompt or DEFAULT_VIDEO_PROMPT
     results = []
     for n, (part, clip) in enumerate(zip(parts, clips)):

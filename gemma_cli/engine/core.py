@@ -476,11 +476,8 @@ class Engine:
         if not tokens:
             raise GemmaError("the prompt is empty", "give a prompt as an argument or on stdin")
         if len(tokens) >= self.n_ctx:
-            limit = self.info.n_ctx_train
-            raise ContextOverflowError(
-                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
-                f"raise --ctx (this model supports up to {limit}) or shorten the input",
-            )
+            raise ContextOverflowError(f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
+                                       context_hint(self.n_ctx, self.info.n_ctx_train, "shorten the input"))
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Cut the KV cache back to the longest prefix it shares with `tokens`; return its length."""
@@ -526,18 +523,27 @@ class Engine:
     def _evaluate_from(self, tokens: Sequence, start: int, checkpoint_at: int | None, save_at: Sequence[int], *,
                        logits: bool = True) -> None:
         """Evaluate tokens[start:] in the pieces KVCache.plan() says; `logits`: for the last item (a prompt's)."""
-        done = start
-        for end, checkpoint, canonical, save in self.kv.plan(tokens, start, save_at, checkpoint_at, logits=logits):
-            self.evaluate(tokens[done:end])
-            done = end
-            if checkpoint:
-                self.kv.checkpoint()
-            if canonical:
-                self.kv.canonical.add(end)
-            if save and self.prompt_cache is not None:
-                self.prompt_cache.save(self.kv)
-        if logits:
-            self.evaluate(tokens[done:], logits_last=True)
+        if self._spans:
+            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
+            from gemma_cli.engine.projector import count_places
+
+            count_places(tokens[start:], self._spans)  # a picture at several places is encoded once
+        try:
+            done = start
+            for end, checkpoint, canonical, save in self.kv.plan(tokens, start, save_at, checkpoint_at, logits=logits):
+                self.evaluate(tokens[done:end])
+                done = end
+                if checkpoint:
+                    self.kv.checkpoint()
+                if canonical:
+                    self.kv.canonical.add(end)
+                if save and self.prompt_cache is not None:
+                    self.prompt_cache.save(self.kv)
+            if logits:
+                self.evaluate(tokens[done:], logits_last=True)
+        finally:
+            for span in self._spans.values():  # evaluated (or given up): pixels and embeddings go
+                self.media.release(span)
 
     def evaluate(self, items: Sequence, *, logits_last: bool = False) -> None:
         """Decode prompt items (token ids, media span keys) into sequence 0, after what is cached."""
@@ -568,7 +574,6 @@ class Engine:
                 n_pos = self.media.decode(span, index, self._ctx, len(self.kv), self.n_batch)
                 self.kv.book(keys[pos : pos + n_pos])
             pos += part.n_pos
-        self.media.release(span)
 
     def _eval(self, tokens: Sequence[int], *, logits_last: bool, keys: Sequence | None = None) -> None:
         """Decode `tokens` into sequence 0 in batches of n_batch, after what is cached.
@@ -677,6 +682,8 @@ class Engine:
 # ---------------------------------------------------------------- helpers
 
 
+
+
 def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool, repack: bool = True):
     params = ll.llama_model_default_params()
     params.n_gpu_layers = n_gpu_layers
@@ -748,6 +755,15 @@ def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
         detail = recent_log("failed") or "out of memory?"
         raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens ({detail.strip()})", "lower --ctx")
     return ctx
+
+
+def context_hint(n_ctx: int, n_ctx_train: int, otherwise: str) -> str:
+    """Advice for a full context: raise --ctx while the model allows more, else only `otherwise`."""
+    if n_ctx_train and n_ctx >= n_ctx_train:
+        return f"{otherwise}: {n_ctx} tokens is the most this model supports"
+    if n_ctx_train:
+        return f"raise --ctx (this model supports up to {n_ctx_train}) or {otherwise}"
+    return f"raise --ctx or {otherwise}"
 
 
 def schema_to_grammar(schema: dict | None) -> str:
