@@ -275,7 +275,10 @@ def test_video_command_sends_the_clip_as_timestamped_frames(e_model, vision_mmpr
     assert "will go with your next message" in command(child, f"/video {tmp_path / 'clip.mp4'}")
     say(child, "What happens?")
     evaluated = int(re.search(r"prompt tokens evaluated\s+(\d+)", command(child, "/stats")).group(1))
-    assert evaluated > 6 * 80  # every frame of the 6 (80 tokens each on this projector at budget 70)
+    from tests.media_tokens import image_tokens
+
+    # every frame of the 6, each a 64x48 picture at a frame's budget of 70 tokens (counted by llama.cpp's mtmd)
+    assert evaluated > 6 * image_tokens(e_model, vision_mmproj, 64, 48, budget=70)
     leave(child)
 
 
