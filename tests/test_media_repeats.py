@@ -97,6 +97,21 @@ def test_a_repeated_picture_is_encoded_once_and_decodes_as_if_encoded_at_each_pl
     assert [(x.token, x.top) for x in separate.logprobs] == [(x.token, x.top) for x in done.logprobs]
 
 
+def test_a_repeated_audio_clip_is_encoded_once_too(e_model, av_mmproj, encodes):
+    from tests.test_media import clip
+
+    with Engine(e_model, n_ctx=1024, n_seq=2, swa_full=True, n_threads=1, mmproj=av_mmproj) as e:
+        sound = clip(0.5)
+        prompt = TURN.format("<|audio|><|audio|>")
+        done = run_one(e, prompt, [sound, sound])
+        assert len(encodes) == 1
+        assert done.prompt_tokens == len(e.tokenize(prompt)) - 2 + 2 * span_tokens(e, sound)
+        apart = [Media("audio", sound.data, rate=sound.rate, digest=f"{sound.digest}:{i}") for i in range(2)]
+        separate = run_one(e, prompt, apart)
+        assert len(encodes) == 3
+        assert [(x.token, x.top) for x in separate.logprobs] == [(x.token, x.top) for x in done.logprobs]
+
+
 def test_a_repeated_picture_after_the_cached_prefix_and_history_with_it_three_times(engine, encodes):
     """A fresh prompt whose history holds the picture in three turns; then a follow-up that reuses the cache
     and adds the picture once more (evaluated alone: encoded again, its pixels loaded again)."""
