@@ -141,7 +141,7 @@ def test_openai_record_is_a_batch_output_line_with_a_chat_completion():
 
 def test_a_constrained_answer_must_be_json():
     batch.check_json(Answer('{"a": 1}'))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(batch.GemmaError) as info:
         batch.check_json(Answer('{"a": ', finish_reason="length"))
     assert info.value.code == "grammar" and "cut at max_tokens" in info.value.message
 

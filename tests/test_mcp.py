@@ -8,23 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.clitools import assert_one_line_error, gemma_env, run_gemma
+from tests.clitools import assert_one_line_error, gemma_env, run_gemma, wait_for
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
-
-
-def wait_for(predicate, what: str, bound: float = 120):
-    """Wait for an event (a file, a process gone); the bound is only a safety net on a loaded machine."""
-    end = time.monotonic() + bound
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -466,26 +456,9 @@ REAL_SERVERS = ["mcp-server-time", "mcp-server-git"]
 @pytest.fixture(scope="session")
 def real_servers(request, tmp_path_factory) -> Path:
     """A virtualenv holding mcp-server-time and mcp-server-git, made once under pytest's cache and reused."""
-    import venv
+    from tests.needs import virtualenv
 
-    from tests.needs import cached_folder
-
-    root = cached_folder(request, tmp_path_factory, "mcp-servers", *REAL_SERVERS)
-    bin_dir = root / "venv" / "bin"
-    if all((bin_dir / name).is_file() for name in REAL_SERVERS):
-        return bin_dir
-    try:
-        venv.EnvBuilder(with_pip=True, clear=True).create(root / "venv")
-        proc = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", *REAL_SERVERS],
-                              capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as e:
-        proc = subprocess.CompletedProcess([], 1, "", str(e))
-    if proc.returncode != 0 or not all((bin_dir / name).is_file() for name in REAL_SERVERS):
-        from tests.needs import skip_or_fail
-
-        skip_or_fail(f"cannot install {', '.join(REAL_SERVERS)} into a virtualenv: "
-                     f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:] or 'pip failed'}")
-    return bin_dir
+    return virtualenv(request, tmp_path_factory, "mcp-servers", REAL_SERVERS, timeout=600)
 
 
 def test_real_mcp_server_time_through_gemma_chat(home, e_model, real_servers):

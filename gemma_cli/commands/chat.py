@@ -324,12 +324,14 @@ def _print_prompt(header, messages: list[dict], tools, think: bool, text, decode
     if text is not None:
         messages = messages + [{"role": "user", "content": text}]
     out = fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking)
-    if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+    if any(isinstance(m.get("content"), list) for m in messages):
         # lazy: media, video load only when the command runs; keeps gemma --help fast
         from gemma_cli.media.parts import prompt_order
         from gemma_cli.media.video import with_frames
 
-        out = with_frames(out, decoder.videos(prompt_order(messages)))
+        order = prompt_order(messages)  # refuses media the prompt would drop (in the system message)
+        if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+            out = with_frames(out, decoder.videos(order))
     sys.stdout.write(out)
     sys.stdout.flush()
 
