@@ -125,8 +125,14 @@ class FakeEngine:
     def close(self) -> None:
         pass
 
-    def attach_prompt_cache(self, cache) -> None:
+    @property
+    def prompt_cache(self):
         """No prompt cache on disk: the real engine's is proved on the real engine (tests/test_prompt_cache.py)."""
+        return None
+
+    @prompt_cache.setter
+    def prompt_cache(self, cache) -> None:
+        pass
 
     def stream_generate(self, prompt, *, media=None, max_tokens=None, sampling=None, checkpoint_at=None, save_at=()):
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)

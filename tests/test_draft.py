@@ -352,22 +352,25 @@ def test_auto_on_a_model_without_drafter_is_plain(gemma3_base):
 
 
 def test_ngram_proposes_what_followed_the_latest_match():
-    class FakeEngine:
+    class FakeKV:
         _cached = [1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 6, 1, 2]
 
-        def cache_contents(self, start=0, stop=None):  # the engine's view of its KV cache
+        def contents(self, start=0, stop=None):  # the engine's view of its KV cache (engine.kv)
             return self._cached[start:stop]
+
+    class FakeEngine:
+        kv = FakeKV()
 
     e = FakeEngine()
     d = draft.NgramDrafter(draft_max=4)  # 4- and 3-grams
     # ... 1, 2, [3]: "1 2 3" last occurred before "7 8 6 1"
-    assert d.propose(e, 3, len(e._cached), 4, -1) == [7, 8, 6, 1]
+    assert d.propose(e, 3, len(e.kv._cached), 4, -1) == [7, 8, 6, 1]
     d.begin(e)
-    assert d.propose(e, 3, len(e._cached), 2, -1) == [7, 8]  # no more than asked
+    assert d.propose(e, 3, len(e.kv._cached), 2, -1) == [7, 8]  # no more than asked
     d.begin(e)
-    assert d.propose(e, 99, len(e._cached), 4, -1) == []  # nothing ends in 1, 2, 99
+    assert d.propose(e, 99, len(e.kv._cached), 4, -1) == []  # nothing ends in 1, 2, 99
     pairs = draft.NgramDrafter(draft_max=4, sizes=(2,))
-    e._cached = [5, 6, 7, 5, 0, 0]  # only the first 4 are this generation's (pos 4)
+    e.kv._cached = [5, 6, 7, 5, 0, 0]  # only the first 4 are this generation's (pos 4)
     # "5 [6]" matches the start; what followed runs on into the pending token itself
     assert pairs.propose(e, 6, 4, 4, -1) == [7, 5, 6]
 

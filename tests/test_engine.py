@@ -177,7 +177,7 @@ def test_swa_cut_beyond_window_falls_back_or_uses_checkpoint(tiny, e_model):
     for checkpoint in (None, len(head)):
         tiny.reset()
         run(tiny, head + reply, max_tokens=1, sampling=GREEDY, checkpoint_at=checkpoint)
-        assert tiny.swa_pos_min() > len(head) - n_swa  # the window before the cut point is gone
+        assert tiny.kv.pos_min() > len(head) - n_swa  # the window before the cut point is gone
         follow = head + tiny.tokenize("<|turn>user\nnext<turn|>\n")
         text, last, _ = run(tiny, follow, max_tokens=6, sampling=GREEDY)
         if checkpoint is None:

@@ -8,23 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.clitools import assert_one_line_error, gemma_env, run_gemma
+from tests.clitools import assert_one_line_error, gemma_env, run_gemma, wait_for
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
-
-
-def wait_for(predicate, what: str, bound: float = 120):
-    """Wait for an event (a file, a process gone); the bound is only a safety net on a loaded machine."""
-    end = time.monotonic() + bound
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:

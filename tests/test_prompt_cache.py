@@ -149,7 +149,7 @@ def _engine(model, **kw):
 def _prefill(engine, cache, text: str, doc_end: str) -> int:
     """Evaluate `text` with a save point after `doc_end`; returns how many items came from disk."""
     engine.reset()  # a new process: nothing in memory
-    engine.attach_prompt_cache(cache)
+    engine.prompt_cache = cache
     tokens = engine.tokenize(text)
     point = len(engine.tokenize(doc_end))
     assert tokens[:point] == engine.tokenize(doc_end)
@@ -209,7 +209,7 @@ def test_least_recently_used_goes_first(e_model, tmp_path):
 def _write_at_once(model: str, folder: str, barrier, queue) -> None:
     with _engine(model) as engine:
         cache = _cache(Path(folder))
-        engine.attach_prompt_cache(cache)
+        engine.prompt_cache = cache
         tokens = engine.tokenize(DOC + " Q")
         point = len(engine.tokenize(DOC))
         barrier.wait()
@@ -269,3 +269,28 @@ def test_sigkill_mid_write_leaves_no_entry_that_is_read(e_model, tmp_path):
         assert not cache.notes
     assert not list(tmp_path.glob(".*.tmp")), "the next writer removes the dead writer's leftovers"
     assert len(list(tmp_path.glob("*.kv"))) == 1
+
+
+# ---------------------------------------------------------------- batch
+
+
+def test_batch_restores_the_shared_system_prompt_of_its_lines(e_model, tmp_path):
+    system = "You answer questions about the report below.\n" + DOC
+
+    def run(name, *extra):
+        src = tmp_path / f"{name}.jsonl"
+        src.write_text("".join(json.dumps({"id": i, "system": system, "prompt": f"What about item {i}?",
+                                           "max_tokens": 6}) + "\n" for i in range(3)))
+        out = tmp_path / f"{name}.out.jsonl"
+        proc = run_gemma("batch", src, "-o", out, "-q", "-m", e_model, "--ctx", "4096", "--temperature", "0",
+                         "-p", "1", "--threads", "1", *extra, home=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+
+    first = run("first")
+    assert first[0]["usage"].get("cached_tokens", 0) == 0
+    second = run("second")
+    cold = run("cold", "--no-cache")
+    assert second[0]["usage"]["cached_tokens"] > len(DOC) // 4  # the first line too: from disk
+    assert cold[0]["usage"].get("cached_tokens", 0) == 0
+    assert {i: r["answer"] for i, r in second.items()} == {i: r["answer"] for i, r in cold.items()}

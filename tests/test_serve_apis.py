@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import openai
 import pytest
 
 from gemma_cli.engine.parallel import Finished, Job
@@ -16,7 +17,6 @@ from gemma_cli.serve.chat import ApiError, Settings, read_request
 from gemma_cli.serve.replies import Replies
 from tests.test_serve import CALL, THOUGHT, Server, png_data_url
 
-openai = pytest.importorskip("openai")
 
 # ---------------------------------------------------------------- requests: Responses -> Chat Completions
 
@@ -356,7 +356,7 @@ def test_responses_thought_is_also_the_summary_when_asked(name, size):
 @pytest.mark.parametrize("name", REPLIES)
 @pytest.mark.parametrize("size", [1, 4, 1000])
 def test_messages_events_follow_the_documented_sequence(name, size):
-    anthropic_types = pytest.importorskip("anthropic.types")
+    import anthropic.types as anthropic_types  # a test dependency
 
     text, finish = REPLIES[name]
     writer = messages_api.Writer("gemma4-e")
@@ -465,7 +465,7 @@ def test_openai_responses_refusals_and_the_server_stays_up(server):
 
 @pytest.fixture(scope="module")
 def anthropic_client(server):
-    anthropic = pytest.importorskip("anthropic")
+    import anthropic  # a test dependency
     return anthropic.Anthropic(base_url=server.url, api_key="sekret", max_retries=0, timeout=120)  # x-api-key
 
 
@@ -534,7 +534,7 @@ def test_anthropic_claude_code_shaped_request(server):
 
 
 def test_anthropic_errors_and_the_server_stays_up(server, anthropic_client):
-    anthropic = pytest.importorskip("anthropic")
+    import anthropic  # a test dependency
     with pytest.raises(anthropic.BadRequestError) as e:
         anthropic_client.messages.create(model="gemma4-e", max_tokens=5, messages=[
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "ghost", "content": "x"}]}])

@@ -78,8 +78,8 @@ def attach_prompt_cache(engine, settings, enabled: bool = True) -> None:
     from gemma_cli.engine.disk import PromptCache
     from gemma_cli.store import paths
 
-    engine.attach_prompt_cache(PromptCache(paths.prompt_cache_dir(), cap=None if mb is None else mb * 1000**2,
-                                           note=lambda text: sys.stderr.write(f"note: {text}\n")))
+    engine.prompt_cache = PromptCache(paths.prompt_cache_dir(), cap=None if mb is None else mb * 1000**2,
+                                      note=lambda text: sys.stderr.write(f"note: {text}\n"))
 
 
 def attach_draft(engine, model: Resolved | str | None, spec: str | None, draft_max: int | None) -> None:

@@ -6,7 +6,8 @@ more than it needs and hides the KV cache we want to reuse).
 
 KV reuse: `self.kv` (engine.kv.KVCache) remembers what sits in sequence 0's KV cache; a
 new prompt that shares a prefix with it evaluates only the rest (SWA windows, checkpoints,
-cut and resync are engine.kv's).
+cut and resync, where evaluation splits are engine.kv's); `self.prompt_cache` (engine.disk)
+restores and keeps such states across processes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import llama_cpp as ll
 import llama_cpp.llama_cpp as llama_api
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from gemma_cli.engine.kv import KVCache, common_prefix
+from gemma_cli.engine.kv import KVCache, is_key, span_start
 from gemma_cli.engine.log import captured_stderr, clear_log, on_log, recent_log, replay, set_verbose
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, GrammarError, ModelError
 from gemma_cli.format.request import RequestError
@@ -183,7 +184,6 @@ class Engine:
         header: Header | None = None,
         kv_type: str = "f16",
     ):
-        """`kv_type`: the KV cache's element type, "f16" or "q8_0" (llama.cpp's --cache-type-k/v)."""
         set_verbose(verbose)
         self.path = Path(path)
         header = header or read_header(self.path)  # the caller's, when it has read the file's header already
@@ -227,14 +227,12 @@ class Engine:
         n_ctx = n_ctx or 8192
         if self.info.n_ctx_train:
             n_ctx = min(n_ctx, self.info.n_ctx_train * max(1, n_seq))
-        if kv_type not in KV_TYPES:
-            raise GemmaError(f"unknown KV cache type {kv_type!r}", f"pick one of {', '.join(KV_TYPES)}")
         self._context_args = (n_ctx, n_seq, swa_full, kv_type)
         self._swa = self.info.n_swa > 0 and not swa_full
         self._open_context(n_batch, n_ubatch or n_batch)
         self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
         self.draft = None  # a draft.Drafter once attach_draft() is called: speculative decoding
-        self.prompt_cache = None  # an engine.disk.PromptCache once attach_prompt_cache() is called
+        self.prompt_cache = None  # an engine.disk.PromptCache: prompt states restored from and kept on disk
         self.from_disk = 0  # prompt items of the last prefill restored from it
 
     # ---- lifecycle
@@ -242,7 +240,7 @@ class Engine:
     def _open_context(self, n_batch: int, n_ubatch: int) -> None:
         n_ctx, n_seq, swa_full, kv_type = self._context_args
         self._ctx = _new_context(self._model, n_ctx, self.n_threads, n_batch, n_ubatch, n_seq, swa_full,
-                                 flash_attn=self._flash_attn, kv_type=KV_TYPES[kv_type])
+                                 flash_attn=self._flash_attn, kv_type=kv_type)
         self.n_ctx = ll.llama_n_ctx(self._ctx)
         self.n_batch = ll.llama_n_batch(self._ctx)
         self.n_ubatch = ll.llama_n_ubatch(self._ctx)
@@ -308,10 +306,6 @@ class Engine:
         if self.draft is not None and self.draft is not drafter:
             self.draft.close()
         self.draft = drafter
-
-    def attach_prompt_cache(self, cache) -> None:
-        """Restore and keep prompt states on disk (an engine.disk.PromptCache) from now on; None: off."""
-        self.prompt_cache = cache
 
     def _bind_prompt_cache(self) -> None:
         """Tell the prompt cache what the states depend on (the context may have been made again)."""
@@ -466,18 +460,12 @@ class Engine:
         if not media:
             return tokens, checkpoint_at, list(save_at)
         # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-        from gemma_cli.engine.projector import PLACEHOLDERS, expand
+        from gemma_cli.engine.projector import expand
 
         for kind in {m.kind for m in media}:
             self.ensure_projector(kind)
-        placeholders = {}
-        for kind, text in PLACEHOLDERS.items():
-            ids = self.tokenize(text)
-            if len(ids) == 1:
-                placeholders[ids[0]] = kind
-        items, moved, self._spans, ends = expand(tokens, media, self.media, placeholders, [checkpoint_at, *save_at])
-        for span in self._spans.values():  # before evaluating anything: llama.cpp would abort
-            self.media.check_fits(span, self.n_ubatch)
+        items, moved, self._spans, ends = expand(tokens, media, self.media, self.tokenize, self.n_ubatch,
+                                                 [checkpoint_at, *save_at])
         return items, moved[0], sorted({*moved[1:], *ends})
 
     def forget_media(self) -> None:
@@ -493,13 +481,7 @@ class Engine:
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Cut the KV cache back to the longest prefix it shares with `tokens`; return its length."""
-        n = self.kv.shared(tokens)
-        if self._spans:
-            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-            from gemma_cli.engine.projector import span_start
-
-            n = span_start(tokens, n)  # an image or clip is evaluated whole
-        return self.kv.cut(n)
+        return self.kv.cut(span_start(tokens, self.kv.shared(tokens)))  # an image or clip is evaluated whole
 
     def prefill(self, tokens: Sequence, checkpoint_at: int | None = None, save_at: Sequence[int] = ()) -> tuple[int, int]:
         """Evaluate prompt items (prompt_items()) into sequence 0, reusing what its KV cache (or the
@@ -522,60 +504,51 @@ class Engine:
     def keep(self, tokens: Sequence, save_at: Sequence[int] = ()) -> None:
         """Evaluate all of `tokens` (prompt_items() of a finished conversation, no generation prompt) from
         a state a cold run would reach, and keep its end in the prompt cache: the next process starts there."""
-        if self.prompt_cache is None or len(tokens) < 2:
-            return
-        self._bind_prompt_cache()
-        start = self.kv.cut(self.kv.last_canonical(common_prefix(self.kv.contents(), tokens)))
-        if start in self.kv.canonical and start < len(tokens):
-            self._evaluate_from(tokens, start, None, [*save_at, len(tokens)], logits=False)
+        if self.prompt_cache is not None and len(tokens) > 1:
+            self._bind_prompt_cache()
+            start = self.kv.canonical_start(tokens)
+            if start is not None:
+                self._evaluate_from(tokens, start, None, [*save_at, len(tokens)], logits=False)
+
+    def stage(self, head: Sequence) -> int:
+        """Evaluate all of `head` into sequence 0 (engine.parallel's shared heads), restored from the prompt cache
+        when it holds it and kept there; returns how many items were held already (memory or disk)."""
+        held = self.reuse_prefix(head)
+        if self.prompt_cache is not None:
+            self._bind_prompt_cache()
+            held = self.prompt_cache.restore(self.kv, head, held, whole=True)
+        self._evaluate_from(head, held, None, [len(head)], logits=False)
+        return held
 
     def _evaluate_from(self, tokens: Sequence, start: int, checkpoint_at: int | None, save_at: Sequence[int], *,
                        logits: bool = True) -> None:
-        """Evaluate tokens[start:], split at the save points (kept on disk when the cache held a cold run's
-        state at `start`) and an SWA checkpoint; `logits`: for the last item (a prompt's)."""
+        """Evaluate tokens[start:] in the pieces KVCache.plan() says; `logits`: for the last item (a prompt's)."""
         if self._spans:
             # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-            from gemma_cli.engine.projector import count_places, span_start
+            from gemma_cli.engine.projector import count_places
 
-            save_at = [p for p in save_at if span_start(tokens, p) == p]
-            checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at or 0) == checkpoint_at else None
             count_places(tokens[start:], self._spans)  # a picture at several places is encoded once
         try:
-            self._evaluate_split(tokens, start, checkpoint_at, save_at, logits)
+            done = start
+            for end, checkpoint, canonical, save in self.kv.plan(tokens, start, save_at, checkpoint_at, logits=logits):
+                self.evaluate(tokens[done:end])
+                done = end
+                if checkpoint:
+                    self.kv.checkpoint()
+                if canonical:
+                    self.kv.canonical.add(end)
+                if save and self.prompt_cache is not None:
+                    self.prompt_cache.save(self.kv)
+            if logits:
+                self.evaluate(tokens[done:], logits_last=True)
         finally:
             for span in self._spans.values():  # evaluated (or given up): pixels and embeddings go
                 self.media.release(span)
-
-    def _evaluate_split(self, tokens: Sequence, start: int, checkpoint_at: int | None, save_at: Sequence[int],
-                        logits: bool) -> None:
-        """_evaluate_from's evaluation proper, its media ready."""
-        n = len(tokens)
-        splits = {p for p in save_at if start < p < n} | ({checkpoint_at} if self._swa and checkpoint_at else set())
-        ends = sorted(p for p in splits if start < p < n) + ([] if logits else [n])
-        # Evaluation splits at every point (so a state is the same whichever run took it), but only the first
-        # and the last two go to disk and to SWA checkpoints: each write is a whole state.
-        kept = [p for p in ends if p in save_at]
-        kept = set(kept[:1] + kept[-2:])
-        canonical, done = start in self.kv.canonical, start
-        for p in ends:
-            self.evaluate(tokens[done:p])
-            done = p
-            if p < n and (p in kept or p == checkpoint_at):
-                self.kv.checkpoint()
-            if canonical and p in save_at:
-                self.kv.canonical.add(p)
-                if self.prompt_cache is not None and p in kept:
-                    self.prompt_cache.save(self.kv)
-        if logits:
-            self.evaluate(tokens[done:], logits_last=True)
 
     def evaluate(self, items: Sequence, *, logits_last: bool = False) -> None:
         """Decode prompt items (token ids, media span keys) into sequence 0, after what is cached."""
         if not self._spans:
             return self._eval(items, logits_last=logits_last)
-        # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-        from gemma_cli.engine.projector import is_key
-
         i, n = 0, len(items)
         while i < n:
             j = i
@@ -622,22 +595,6 @@ class Engine:
                 )
             self.kv.book(chunk if keys is None else keys[start : start + len(chunk)])
 
-    def swa_pos_min(self) -> int:
-        """The oldest position the (sliding-window) KV cache of sequence 0 still holds."""
-        return self.kv.pos_min()
-
-    def cache_contents(self, start: int = 0, stop: int | None = None) -> list:
-        """What the KV cache of sequence 0 holds, position by position (a copy; of [start, stop))."""
-        return self.kv.contents(start, stop)
-
-    def truncate(self, n: int) -> None:
-        """Keep the first `n` positions of sequence 0's cache (speculative decoding's rejected drafts).
-
-        Unlike reuse_prefix() no SWA checkpoint is consulted: valid only for positions the
-        kept ones do not need in the sliding window (just-decoded drafts).
-        """
-        self.kv.truncate(n)
-
     def decode_all(self, tokens: Sequence[int]) -> int:
         """Decode `tokens` after sequence 0's cache in one batch, with logits for every row.
 
@@ -650,7 +607,7 @@ class Engine:
         self.kv.book(tokens)
         rc = self.decode_rows(rows)
         if rc != 0:
-            self.truncate(pos0)
+            self.kv.truncate(pos0)
         return rc
 
     @property
@@ -710,23 +667,6 @@ class Engine:
     def sample(self, sampler, row: int = -1) -> int:
         """A token from row `row`'s logits of the last decoded batch (-1: its last row)."""
         return ll.llama_sampler_sample(sampler, self._ctx, row)
-
-    def clear_sequence(self, seq: int, start: int = 0) -> None:
-        """Remove sequence `seq`'s cells at positions >= `start` (not sequence 0: its bookkeeping
-        is reset()'s and truncate()'s)."""
-        ll.llama_memory_seq_rm(self._mem, seq, start if start > 0 else -1, -1)
-
-    def sequence_pos_min(self, seq: int) -> int:
-        """The oldest position sequence `seq`'s (sliding-window) KV cache still holds; -1: empty."""
-        return ll.llama_memory_seq_pos_min(self._mem, seq)
-
-    def copy_sequence(self, src: int, dst: int) -> bool:
-        """Put sequence `src`'s KV cells into `dst`'s stream, now (False: llama.cpp could not).
-
-        Through the state API rather than llama_memory_seq_cp: across streams that copies a
-        whole stream, and only at the next decode, by which time `src` may have changed.
-        """
-        return self.kv.copy(src, dst)
 
     @property
     def swa_full(self) -> bool:
@@ -795,9 +735,11 @@ def _describe(path: Path, header, model) -> ModelInfo:
 
 
 def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int, n_seq: int, swa_full: bool,
-                 flash_attn: bool = True, kv_type: int = ll.GGML_TYPE_F16):
+                 flash_attn: bool = True, kv_type: str = "f16"):
+    if kv_type not in KV_TYPES:  # the KV cache's element type (llama.cpp's --cache-type-k/v)
+        raise GemmaError(f"unknown KV cache type {kv_type!r}", f"pick one of {', '.join(KV_TYPES)}")
     params = ll.llama_context_default_params()
-    params.type_k = params.type_v = kv_type
+    params.type_k = params.type_v = KV_TYPES[kv_type]
     params.n_ctx = n_ctx
     params.n_batch = n_batch
     params.n_ubatch = min(n_ubatch, n_batch)

@@ -139,13 +139,14 @@ class PromptCache:
 
     # ---- the engine's side
 
-    def restore(self, kv, items: Sequence, have: int) -> int:
+    def restore(self, kv, items: Sequence, have: int, *, whole: bool = False) -> int:
         """Put into `kv` the longest cached state of a prefix of `items` longer than `have` (what `kv`
-        already holds of them) and shorter than `items`; returns how many items the cache holds now."""
+        already holds of them) and shorter than `items` (`whole`: or all of them); returns how many
+        items the cache holds now."""
         names = self._names()
         if not names:
             return have
-        digests = self._digests(items, len(items) - 1)
+        digests = self._digests(items, len(items) if whole else len(items) - 1)
         for n in range(len(digests) - 1, have, -1):
             if digests[n] not in names:
                 continue

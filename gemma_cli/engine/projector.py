@@ -30,6 +30,7 @@ import llama_cpp as ll
 import llama_cpp.mtmd_cpp as mtmd
 
 from gemma_cli.engine import log
+from gemma_cli.engine.kv import is_key
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError, ModelError
 from gemma_cli.gguf_header import read_header
 
@@ -131,10 +132,6 @@ class Span:
         return [(self.kind, self.digest, i, n) for i in range(n)]
 
 
-def is_key(item) -> bool:
-    return type(item) is tuple
-
-
 def count_places(items: Sequence, spans: dict[tuple, "Span"]) -> None:
     """Set each span's `repeats`: how many times it starts in `items` (what a prefill evaluates)."""
     for span in spans.values():
@@ -142,13 +139,6 @@ def count_places(items: Sequence, spans: dict[tuple, "Span"]) -> None:
     for item in items:
         if is_key(item) and item[2] == 0:
             spans[item[:2]].repeats += 1
-
-
-def span_start(items: Sequence, n: int) -> int:
-    """`n` moved back to the start of the span it falls inside (a span is evaluated whole)."""
-    if 0 <= n < len(items) and is_key(items[n]):
-        return n - items[n][2]
-    return n
 
 
 # ---------------------------------------------------------------- projector
@@ -286,7 +276,7 @@ class Projector:
         """Refuse what llama.cpp would abort on: a non-causal chunk larger than one micro-batch."""
         for p in span.parts:
             if p.non_causal and p.n_tokens > n_ubatch:
-                raise GemmaError(
+                raise MediaError(
                     f"{span.name} needs {p.n_tokens} tokens in one batch but the context's batch holds {n_ubatch}",
                     f"use a smaller --image-tokens (this projector was opened for {self.budget}), "
                     "or crop a very long, thin image",
@@ -384,13 +374,15 @@ def _free_chunks(span: Span) -> None:
 # ---------------------------------------------------------------- prompts
 
 
-def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, placeholders: dict[int, str],
+def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, tokenize, n_ubatch: int,
            points: Sequence[int | None]) -> tuple[list, list, dict[tuple, Span], list[int]]:
-    """Replace each placeholder token with its media's span keys, in order.
+    """Replace each placeholder token with its media's span keys, in order (each span checked to fit a
+    micro-batch of `n_ubatch` first: llama.cpp would abort).
 
     Returns the prompt items (token ids and span keys), `points` (token positions, None kept)
     moved to match, the spans by (kind, digest) for evaluation, and where each span ends.
     """
+    placeholders = {ids[0]: kind for kind, ids in ((k, tokenize(t)) for k, t in PLACEHOLDERS.items()) if len(ids) == 1}
     items: list = []
     spans: dict[tuple, Span] = {}
     queue = list(media)
@@ -416,4 +408,6 @@ def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, 
     if queue:
         raise MediaError(f"{len(queue)} media given without a placeholder in the prompt",
                          "each image needs <|image|> and each clip <|audio|> where it goes")
+    for span in spans.values():
+        projector.check_fits(span, n_ubatch)
     return items, moved, spans, ends
