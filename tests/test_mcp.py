@@ -164,6 +164,35 @@ def test_stdio_servers_list_call_errors_images_timeouts_and_restarts(home):
     assert pids and not [p for p in pids if alive(p)]
 
 
+def test_a_server_that_exits_at_start_is_named_with_the_end_of_its_stderr(home):
+    from gemma_cli.chat import mcp
+
+    host = mcp.Host(mcp.McpConfig(home / "mcp.json", {}),
+                    [mcp.ServerSpec("db", command=sys.executable, args=[SERVER, "die"], startup_timeout=60)])
+    try:
+        [server] = host.wait()
+    finally:
+        host.close()
+    assert server.status == "failed"
+    assert "its stderr ends: starting up | cannot open the database: it is locked" in server.why, server.why
+    assert "cannot open the database" in server.log.read_text()  # the whole stderr is kept in its log
+    assert str(home) in str(server.log)  # under gemma's cache dir
+
+
+def test_progress_notifications_extend_the_call_timeout(home):
+    from gemma_cli.chat import mcp
+
+    host = mcp.Host(mcp.McpConfig(home / "mcp.json", {}),
+                    [mcp.ServerSpec("ours", command=sys.executable, args=[SERVER], timeout=2)], approve_all=True)
+    try:
+        host.wait()
+        out = host.call("slow", {"ticks": 8})  # 4 s in all, never 2 s without progress
+        assert out.error is None and out.value == "done after 8 ticks" and out.seconds > 2, out
+        assert "no result or progress within 2 s" in host.call("slow", {}).error
+    finally:
+        host.close()
+
+
 def test_budget_cuts_a_long_result_with_a_marker(home):
     from gemma_cli.chat import mcp
 
