@@ -16,7 +16,9 @@ The context keeps one KV stream per sequence (llama.cpp's non-unified cache): wh
 sequence's tokens sit in its stream does not depend on what runs beside it. Together with
 `Engine(batch_invariant=True)` (matmul kernels that do not change with the batch's row count;
 `gemma batch --deterministic`) a job's tokens on the CPU are the same whichever jobs share
-its batches, so `--parallel 1` and `--parallel 8` give the same greedy output. llama.cpp's GPU backends choose kernels by
+its batches (no row goes alone into a ubatch then: one row takes another matmul kernel than
+several, so a sequence left alone gets a throwaway row, `_padding`), so `--parallel 1` and
+`--parallel 8` give the same greedy output. llama.cpp's GPU backends choose kernels by
 batch size, so there a near-tie can still break differently.
 
 The engine must be opened with `n_seq = n + 1` (the slots plus the staging sequence).
