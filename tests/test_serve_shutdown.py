@@ -36,7 +36,7 @@ class Stream:
     def next_event(self):
         name = None
         while True:
-            line = self.response.fp.readline()
+            line = self.response.readline()  # the chunked body, decoded
             if not line:
                 return None  # the end of the body
             line = line.decode().rstrip("\n")
