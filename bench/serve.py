@@ -19,10 +19,10 @@ the installed llama-cpp-python, cached) unless `--llama-server PATH` is given. N
 
 Then, in the same run, gemma serve's three APIs (issue 21):
 
-    apis         the throughput workload's prompts (8 clients) sent as Chat Completions, Responses
-                 (`/v1/responses`) and Anthropic Messages (`/v1/messages`), each on a freshly started
-                 server (no API finds another's prompts cached), the order rotating every round:
-                 output tok/s of Responses and Messages as a ratio of Chat Completions (target >= 0.97)
+    apis         the throughput workload's prompts (8 clients) each sent as Chat Completions, Responses
+                 (`/v1/responses`) and Anthropic Messages (`/v1/messages`), interleaved on one server (the
+                 order rotating with the prompt): output tok/s of Responses and Messages as a ratio of
+                 Chat Completions (target >= 0.97), the median of the rounds' ratios
     tool_choice  on the tiny synthetic Gemma 4 of tests/synthetic.py (forced calls need Gemma 4's call
                  syntax, which Gemma 3 has not): streamed, time to the first tool call with
                  `tool_choice: "required"` (the call grammar; a call is sent once written whole) against
@@ -188,57 +188,67 @@ APIS = {
 }
 
 
-def api_throughput(server: Running, api: str, clients: int, per_client: int, max_tokens: int) -> tuple[float, int]:
-    """Output tokens per second (and their count) of the throughput workload's prompts sent over `api`,
-    all three through the same plain HTTP client (one keep-alive connection per client)."""
+def mixed_apis(server: Running, clients: int, per_client: int, max_tokens: int) -> dict[str, tuple[int, float]]:
+    """{api: (output tokens, seconds its requests took)}: `clients` concurrent clients each send their prompts
+    of the throughput workload over all three APIs, one after another, the order rotating with the prompt (so
+    each API is as often the first to see a prompt as the last, where the slot cache may hold it). All three go
+    through the same plain HTTP client (one keep-alive connection per client), at the same time, on the same
+    server: the machine's load moves them alike."""
     import http.client
     import json
 
-    route, body_of, tokens_of = APIS[api]
-    tokens, errors = [0] * clients, []
+    names = list(APIS)
+    got: dict[str, list[tuple[int, float]]] = {n: [] for n in names}
+    errors: list[str] = []
 
     def run(c: int) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
         try:
             for k in range(per_client):
+                p = c * per_client + k
                 text = f"Story {c}-{k}: {_words(30, c * 31 + k)}. Go on:"
-                body = json.dumps({"model": "bench", "temperature": 0, "seed": 1, **body_of(text, max_tokens)})
-                connection.request("POST", route, body, {"Content-Type": "application/json"})
-                answer = connection.getresponse()
-                data = answer.read()
-                if answer.status != 200:
-                    raise RuntimeError(f"{answer.status}: {data[:300]!r}")
-                tokens[c] += tokens_of(json.loads(data))
+                for api in names[p % len(names):] + names[: p % len(names)]:
+                    route, body_of, tokens_of = APIS[api]
+                    body = json.dumps({"model": "bench", "temperature": 0, "seed": 1, **body_of(text, max_tokens)})
+                    started = time.perf_counter()
+                    connection.request("POST", route, body, {"Content-Type": "application/json"})
+                    answer = connection.getresponse()
+                    data = answer.read()
+                    if answer.status != 200:
+                        raise RuntimeError(f"{api} {answer.status}: {data[:300]!r}")
+                    got[api].append((tokens_of(json.loads(data)), time.perf_counter() - started))
         except Exception as e:  # noqa: BLE001 - reported
-            errors.append(f"{api}: {e!r}")
+            errors.append(repr(e))
         finally:
             connection.close()
 
-    seconds = _concurrently(clients, run, errors)
-    return sum(tokens) / seconds, sum(tokens)
+    _concurrently(clients, run, errors)
+    return {api: (sum(t for t, _ in rows), sum(s for _, s in rows)) for api, rows in got.items()}
 
 
 def compare_apis(model: Path, args, rounds: int, per_client: int) -> None:
+    """Each API's output tok/s with 8 clients (its requests' tokens over their time, times the 8 clients) and
+    its ratio to Chat Completions, per round and the medians."""
     names = list(APIS)
     tps: dict[str, list[float]] = {n: [] for n in names}
     counts: dict[str, set[int]] = {n: set() for n in names}
-    for r in range(rounds):
-        for api in names[r % len(names):] + names[: r % len(names)]:
-            server = start_gemma(model, args.threads, args.parallel, args.ctx)
-            try:
-                api_throughput(server, "chat", 2, 1, 8)  # warm-up, as above
-                value, count = api_throughput(server, api, 8, per_client, 64)
-            finally:
-                server.stop()
-            tps[api].append(value)
-            counts[api].add(count)
-            print(f"round {r + 1} {api:10s} {value:7.1f} output tok/s (8 clients, {count} tokens)", flush=True)
-    chat = statistics.median(tps["chat"])
+    server = start_gemma(model, args.threads, args.parallel, args.ctx)
+    try:
+        throughput(server, 2, 1, 8)  # warm-up: first requests load pages, build graphs
+        for r in range(rounds):
+            figures = mixed_apis(server, 8, per_client, 64)
+            for api, (tokens, seconds) in figures.items():
+                tps[api].append(tokens / seconds * 8)
+                counts[api].add(tokens)
+            print(f"round {r + 1} " + "   ".join(f"{api} {tps[api][-1]:6.1f}" for api in names)
+                  + " output tok/s (8 clients)", flush=True)
+    finally:
+        server.stop()
+    ratios = {api: statistics.median(a / c for a, c in zip(tps[api], tps["chat"])) for api in names}
     print()
     print(f"{'API':14s}{'output tok/s, 8 clients':>26s}{'ratio to chat':>16s}   (target >= 0.97x)")
     for api in names:
-        median = statistics.median(tps[api])
-        print(f"{api:14s}{median:26.1f}{median / chat:15.2f}x   tokens {sorted(counts[api])}")
+        print(f"{api:14s}{statistics.median(tps[api]):26.1f}{ratios[api]:15.2f}x   tokens {sorted(counts[api])}")
 
 
 def tool_choice_ttfc(args, trials: int) -> None:
