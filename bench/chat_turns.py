@@ -55,7 +55,7 @@ def run_gemma(model: Path, turns: int, max_tokens: int, ctx: int) -> list[tuple[
         steps = list(session.generate())
         result = steps[-1].result
         rows.append((len(prompt) - shared, result.stats.prompt_tokens, result.stats.ttft))
-        context = engine.cache_contents()
+        context = engine.kv.contents()
     engine.close()
     return rows
 

@@ -143,7 +143,7 @@ def batch_costs(engine, sizes, repeats: int = 7) -> dict[int, float]:
             t = time.perf_counter()
             engine.decode_all(text[:n])
             times.append(time.perf_counter() - t)
-            engine.truncate(len(prompt))
+            engine.kv.truncate(len(prompt))
         out[n] = statistics.median(times)
     return out
 

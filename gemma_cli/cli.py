@@ -70,9 +70,9 @@ def _options(
 
 def _register() -> None:
     # One line per command module; each module exposes `register(app)`.
-    from gemma_cli.commands import batch, chat, config, describe, doctor, mcp, models, serve, transcribe
+    from gemma_cli.commands import batch, cache, chat, config, describe, doctor, mcp, models, serve, transcribe
 
-    for module in (chat, describe, transcribe, batch, serve, models, doctor, config, mcp):
+    for module in (chat, describe, transcribe, batch, serve, models, doctor, config, mcp, cache):
         module.register(app)
 
 

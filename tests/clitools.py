@@ -49,3 +49,36 @@ def wait_for(predicate, what: str, bound: float = BOUND) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"gave up waiting for {what} after {bound:g} s")
         time.sleep(0.02)
+
+
+def imported_by(argv, modules, *, then: str = "", home: Path | None = None,
+                timeout: float = 120) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run `gemma ARGV…` through the real entry point in a fresh interpreter, then the Python code `then`;
+    return the run (its exit code, stdout, and stderr without this report) and which of `modules` it imported."""
+    marker = "\n@imported:"
+    code = ("import sys\nfrom gemma_cli.cli import main\nsys.argv = ['gemma', *%r]\ncode = 0\n"
+            "try:\n    main()\nexcept SystemExit as e:\n"
+            "    code = e.code if isinstance(e.code, int) else int(e.code is not None)\n%s\n"
+            "sys.stderr.write(%r + str(code) + ':' + ','.join(m for m in %r if m in sys.modules))"
+            % ([str(a) for a in argv], then, marker, list(modules)))
+    env = gemma_env(home) if home is not None else None
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+    stderr, found, report = proc.stderr.rpartition(marker)
+    assert found, proc.stderr  # the run (or `then`) ended in a traceback
+    exit_code, _, loaded = report.partition(":")
+    proc.stderr, proc.returncode = stderr, int(exit_code)
+    return proc, [m for m in loaded.split(",") if m]
+
+
+def run_batch(tmp_path: Path, lines, *args, name: str = "in", input: str | None = None,
+              timeout: float = 120) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """`gemma batch NAME.jsonl -o NAME.out.jsonl ARGS…` (the file `-` with `input`): the run and its records.
+
+    `lines` are written one a line, dicts as JSON and strings as they are (a malformed line)."""
+    import json
+
+    src, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.out.jsonl"
+    src.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
+    proc = run_gemma("batch", src if input is None else "-", "-o", out, *args, home=tmp_path / "home", input=input,
+                     timeout=timeout)
+    return proc, [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []

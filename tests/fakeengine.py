@@ -125,7 +125,16 @@ class FakeEngine:
     def close(self) -> None:
         pass
 
-    def stream_generate(self, prompt, *, media=None, max_tokens=None, sampling=None, checkpoint_at=None):
+    @property
+    def prompt_cache(self):
+        """No prompt cache on disk: the real engine's is proved on the real engine (tests/test_prompt_cache.py)."""
+        return None
+
+    @prompt_cache.setter
+    def prompt_cache(self, cache) -> None:
+        pass
+
+    def stream_generate(self, prompt, *, media=None, max_tokens=None, sampling=None, checkpoint_at=None, save_at=()):
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         self.calls.append(Call(self.detokenize(tokens), max_tokens, sampling, list(media or [])))
         if len(tokens) >= self.n_ctx:

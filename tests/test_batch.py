@@ -12,7 +12,8 @@ import pytest
 
 from gemma_cli import batch
 from gemma_cli.batch import Answer, Failure, Output, parse_line, record
-from tests.clitools import run_gemma
+from tests.batchoutput import batch_error, chat_completion
+from tests.clitools import run_batch, run_gemma
 
 # ---------------------------------------------------------------- lines
 
@@ -126,22 +127,21 @@ def test_simple_record_shapes():
 def test_openai_record_is_a_batch_output_line_with_a_chat_completion():
     ln = line({"custom_id": "c1", "body": {"messages": [{"role": "user", "content": "x"}]}})
     rec = record(ln, Answer("", "", [{"name": "get_time", "arguments": {"tz": "UTC"}}], 7, 0, 5, "stop", model="m"))
-    assert rec["custom_id"] == "c1" and rec["id"].startswith("batch_req_") and rec["error"] is None
-    assert rec["response"]["status_code"] == 200 and rec["response"]["request_id"]
-    body = rec["response"]["body"]
-    assert body["object"] == "chat.completion" and body["model"] == "m"
-    choice = body["choices"][0]
-    assert choice["finish_reason"] == "tool_calls" and choice["message"]["content"] is None
-    call = choice["message"]["tool_calls"][0]
-    assert call["type"] == "function" and json.loads(call["function"]["arguments"]) == {"tz": "UTC"}
-    assert body["usage"] == {"prompt_tokens": 7, "completion_tokens": 5, "total_tokens": 12}
+    assert rec["custom_id"] == "c1" and rec["id"].startswith("batch_req_")
+    body = chat_completion(rec)  # the openai package's ChatCompletion validates the shape
+    assert body.model == "m"
+    (choice,) = body.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_time" and json.loads(call.function.arguments) == {"tz": "UTC"}
+    assert (body.usage.prompt_tokens, body.usage.completion_tokens, body.usage.total_tokens) == (7, 5, 12)
     failed = record(ln, failure=Failure("http_400", "bad", status=400, body={"error": {"message": "bad"}}))
-    assert failed["response"]["status_code"] == 400 and failed["error"]["code"] == "http_400"
+    assert failed["response"]["status_code"] == 400 and batch_error(failed).code == "http_400"
 
 
 def test_a_constrained_answer_must_be_json():
     batch.check_json(Answer('{"a": 1}'))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(batch.GemmaError) as info:
         batch.check_json(Answer('{"a": ', finish_reason="length"))
     assert info.value.code == "grammar" and "cut at max_tokens" in info.value.message
 
@@ -212,15 +212,6 @@ def test_a_second_writer_is_refused(tmp_path):
 # ---------------------------------------------------------------- the command, on the synthetic model
 
 
-def run_batch(tmp_path, lines, *args, name="in.jsonl", out="out.jsonl", input=None):
-    src = tmp_path / name
-    src.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines))
-    proc = run_gemma("batch", src if input is None else "-", "-o", tmp_path / out, *args, home=tmp_path / "home",
-                     input=input)
-    results = [json.loads(x) for x in (tmp_path / out).read_text().splitlines()] if (tmp_path / out).exists() else []
-    return proc, results
-
-
 def test_bad_lines_get_error_records_and_exit_3(e_model, tmp_path):
     lines = [{"id": 1, "prompt": "Hello", "max_tokens": 4}, "{oops", {"id": 3, "prompt": "x", "colour": "red"},
              {"id": 4, "prompt": "Hi", "max_tokens": 4}, {"id": 4, "prompt": "again"}]
@@ -265,19 +256,16 @@ def test_openai_form_round_trip(e_model, tmp_path):
     proc, results = run_batch(tmp_path, lines, "-m", e_model, "-p", "3")
     assert proc.returncode == 0, proc.stderr
     assert sorted(r["custom_id"] for r in results) == sorted(x["custom_id"] for x in lines)
-    for r in results:
-        assert r["error"] is None and r["response"]["status_code"] == 200
-        body = r["response"]["body"]
-        assert body["object"] == "chat.completion"
-        assert body["usage"]["completion_tokens"] <= 60
-        assert body["choices"][0]["message"]["role"] == "assistant"
-    answer = next(r for r in results if r["custom_id"] == "json")["response"]["body"]["choices"][0]["message"]["content"]
-    assert isinstance(json.loads(answer), dict)
-    gbnf = next(r for r in results if r["custom_id"] == "gbnf")["response"]["body"]["choices"][0]["message"]
-    assert gbnf["content"] == "forty two"  # llama.cpp's grammar field, as gemma serve takes it
+    bodies = {r["custom_id"]: chat_completion(r) for r in results}  # validated by the openai package's types
+    for custom_id, body in bodies.items():
+        asked = next(x["body"]["max_tokens"] for x in lines if x["custom_id"] == custom_id)
+        assert body.usage.completion_tokens <= asked
+    assert isinstance(json.loads(bodies["json"].choices[0].message.content), dict)
+    # llama.cpp's grammar field, as gemma serve takes it
+    assert bodies["gbnf"].choices[0].message.content == "forty two"
     # the shared system turn was evaluated once: later lines reuse it from the cache
-    cached = [r["response"]["body"]["usage"].get("prompt_tokens_details", {}).get("cached_tokens", 0)
-              for r in results if r["custom_id"].startswith("req-")]
+    cached = [b.usage.prompt_tokens_details.cached_tokens if b.usage.prompt_tokens_details else 0
+              for i, b in bodies.items() if i.startswith("req-")]
     assert sorted(cached)[-1] >= 8
 
 
@@ -494,3 +482,27 @@ def test_an_image_too_big_for_a_small_context_fails_its_line_not_the_run(e_model
     got = {r["id"]: r for r in results}
     assert got["img"]["error"]["code"] == "media" and "--ctx" in got["img"]["error"]["hint"]
     assert all(got[k]["error"] is None for k in ("t1", "t2", "t3"))
+
+
+def test_a_reply_cut_inside_a_spelled_out_tool_call_marker_does_not_end_with_it(e_model, tmp_path):
+    # The grammar makes the model write "<|tool_call>"; the bias bans the control tokens, so it is spelled
+    # out piece by piece ("<", "|", "tool", ...). Every max_tokens that cuts inside it: no "<|tool_ca" in content.
+    from gemma_cli.engine import Engine
+
+    with Engine(e_model, n_ctx=256, n_threads=1) as engine:
+        banned = {str(t): -100 for t in engine.tokenize("<|tool_call><tool_call|>")}
+    assert len(banned) == 2  # each one control token
+
+    def line(k):
+        return {"custom_id": str(k), "body": {"messages": [{"role": "user", "content": "hi"}], "max_tokens": k,
+                                             "grammar": 'root ::= "Checking.<|tool_call>"', "logit_bias": banned}}
+
+    proc, results = run_batch(tmp_path, [line(k) for k in range(1, 40)], "-m", e_model, "--ctx", "256", "-t", "0")
+    assert proc.returncode == 0, proc.stderr
+    bodies = {int(r["custom_id"]): r["response"]["body"] for r in results}
+    whole = max(b["usage"]["completion_tokens"] for b in bodies.values())  # the whole forced text
+    contents = [bodies[k]["choices"][0]["message"]["content"] for k in range(1, whole)]
+    assert all(bodies[k]["choices"][0]["finish_reason"] == "length" for k in range(1, whole))
+    assert all("Checking.".startswith(c) for c in contents), repr(contents)
+    # "Checking." itself is one cut; each later one fell inside the spelled-out marker
+    assert contents.count("Checking.") >= 3, contents

@@ -9,18 +9,16 @@ import re
 
 import pytest
 
-from tests.clitools import run_gemma
+from tests.clitools import run_batch, run_gemma
 
 GREEDY = ["--temperature", "0"]
 
 
-def run_batch(tmp_path, name, lines, *args):
-    src = tmp_path / f"{name}.jsonl"
-    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    out = tmp_path / f"{name}.out.jsonl"
-    proc = run_gemma("batch", src, "-o", out, "-q", *args, home=tmp_path / "home", timeout=600)
+def by_id(tmp_path, name, lines, *args):
+    """The records of a successful `gemma batch` run, by their id."""
+    proc, results = run_batch(tmp_path, lines, "-q", *args, name=name, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    return {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    return {r["id"]: r for r in results}
 
 
 PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time", "The best way to learn Python is",
@@ -33,8 +31,8 @@ PROMPTS = ["The capital of France is", "1, 2, 3, 4,", "Once upon a time", "The b
 def test_greedy_output_is_the_same_at_parallel_1_and_8(gemma3_base, tmp_path):
     # Under --deterministic (issue 13: the fast kernels are the default, identical output the opt-in).
     lines = [{"id": i, "prompt": p, "max_tokens": 24 + 4 * (i % 3)} for i, p in enumerate(PROMPTS)]
-    one = run_batch(tmp_path, "p1", lines, "-m", gemma3_base, "-p", "1", "--ctx", "256", "--deterministic", *GREEDY)
-    eight = run_batch(tmp_path, "p8", lines, "-m", gemma3_base, "-p", "8", "--ctx", "256", "--deterministic", *GREEDY)
+    one = by_id(tmp_path, "p1", lines, "-m", gemma3_base, "-p", "1", "--ctx", "256", "--deterministic", *GREEDY)
+    eight = by_id(tmp_path, "p8", lines, "-m", gemma3_base, "-p", "8", "--ctx", "256", "--deterministic", *GREEDY)
     assert one.keys() == eight.keys() == set(range(len(PROMPTS)))
     for i in one:
         assert one[i]["answer"] == eight[i]["answer"], (i, one[i]["answer"], eight[i]["answer"])
@@ -80,8 +78,8 @@ def test_shared_system_prompt_and_seeded_sampling_do_not_depend_on_parallel_when
     lines = [{"id": i, "system": system, "prompt": f"Tell me about {i}", "max_tokens": 16, "seed": i}
              for i in range(12)]
     same = ["-m", e_model, "--ctx", "512", "--temperature", "1", "--deterministic"]
-    one = run_batch(tmp_path, "p1", lines, "-p", "1", *same)
-    six = run_batch(tmp_path, "p6", lines, "-p", "6", *same)
+    one = by_id(tmp_path, "p1", lines, "-p", "1", *same)
+    six = by_id(tmp_path, "p6", lines, "-p", "6", *same)
     assert all(one[i]["answer"] == six[i]["answer"] for i in one)
     reused = sorted(r["usage"].get("cached_tokens", 0) for r in six.values())
     assert reused[1] >= 40  # every line after the first found the system turn in the cache

@@ -14,7 +14,7 @@ from gemma_cli.batch.remote import chat_url
 from gemma_cli.errors import UsageError
 from gemma_cli.serve import responses as served
 from tests import synthetic
-from tests.clitools import assert_one_line_error, run_gemma
+from tests.clitools import assert_one_line_error, run_batch, run_gemma
 from tests.test_serve import CALL, FAST, THOUGHT, Server
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city",
@@ -193,17 +193,15 @@ LINES = [
 ]
 
 
-def run_batch(server, tmp_path, name: str, lines: list[dict], *args: str):
-    source, out = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.out.jsonl"
-    source.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    proc = run_gemma("batch", source, "-o", out, "--endpoint", server.url + "/v1", "--concurrency", "4", *args,
-                     home=tmp_path, timeout=300)
-    records = {str(r.get("custom_id", r.get("id"))): r for r in map(json.loads, out.read_text().splitlines())}
-    return proc, records
+def endpoint_batch(server, tmp_path, name: str, lines: list[dict], *args: str):
+    """`gemma batch` of `lines` against the server: the run, and its records by custom_id or id."""
+    proc, records = run_batch(tmp_path, lines, "--endpoint", server.url + "/v1", "--concurrency", "4", *args,
+                              name=name, timeout=300)
+    return proc, {str(r.get("custom_id", r.get("id"))): r for r in records}
 
 
 def test_batch_lines_through_the_responses_api_of_gemma_serve(server, tmp_path):
-    proc, got = run_batch(server, tmp_path, "responses", LINES, "--api", "responses")
+    proc, got = endpoint_batch(server, tmp_path, "responses", LINES, "--api", "responses")
     assert proc.returncode == 0, proc.stderr
     assert sorted(got) == sorted(str(line.get("custom_id", line.get("id"))) for line in LINES)
     assert all(r["error"] is None for r in got.values())
@@ -213,7 +211,7 @@ def test_batch_lines_through_the_responses_api_of_gemma_serve(server, tmp_path):
         assert isinstance(r["answer"], str) and 0 < r["usage"]["completion_tokens"] <= 6
         assert r["usage"]["prompt_tokens"] > 5
     # the same greedy lines over Chat Completions give the same answers and counts
-    chat_proc, chat = run_batch(server, tmp_path, "chat", LINES[:4], "--api", "chat")
+    chat_proc, chat = endpoint_batch(server, tmp_path, "chat", LINES[:4], "--api", "chat")
     assert chat_proc.returncode == 0, chat_proc.stderr
     for i in range(4):
         assert (got[str(i)]["answer"], got[str(i)]["finish_reason"], got[str(i)]["usage"]["completion_tokens"]) == \
@@ -241,7 +239,7 @@ def test_a_line_the_responses_api_cannot_say_fails_alone(server, tmp_path):
     lines = [{"id": "fine", "prompt": "hi", "max_tokens": 3, "temperature": 0},
              openai_line("video", messages=video, max_tokens=3),
              {"id": "also", "prompt": "hi", "max_tokens": 4, "temperature": 0}]
-    proc, got = run_batch(server, tmp_path, "bad", lines, "--api", "responses")
+    proc, got = endpoint_batch(server, tmp_path, "bad", lines, "--api", "responses")
     assert proc.returncode == 3, proc.stderr  # some lines failed
     assert got["fine"]["error"] is None and got["also"]["finish_reason"] in ("length", "stop")
     error = json.dumps(got["video"]["error"])

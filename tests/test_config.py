@@ -30,6 +30,7 @@ def test_defaults(cfg):
     assert s.as_dict() == {"model": None, "quantization": None, "ctx": 8192, "threads": None, "gpu_layers": None,
                            "temperature": 1.0, "top_p": 0.95, "top_k": 64, "seed": None, "min_p": 0.0,
                            "repeat_penalty": 1.0, "presence_penalty": 0.0, "frequency_penalty": 0.0, "max_tokens": None,
+                               "prompt_cache_mb": None,
                            "model_dir": None, "endpoint": None}
     assert s.source("temperature") == "default"
 

@@ -249,39 +249,66 @@ def test_schema_format_and_grammar_are_exclusive(fake, tmp_path):
     assert_one_line_error(proc, "constrain the answer")
 
 
-def test_follow_up_retry_and_system_change_evaluate_only_what_changed(e_model):
+def test_follow_up_retry_and_system_change_evaluate_only_what_changed(e_model, monkeypatch):
     # A full-size SWA cache isolates what this tests: each turn evaluates exactly the prompt
-    # tokens the KV cache does not already hold (the SWA window's limits: test_engine.py).
+    # tokens the KV cache does not already hold (the SWA window's limits: test_engine.py). What it
+    # holds is derived from the previous prompt and reply (tests/generations.py), not asked of the engine.
     from gemma_cli.chat.session import ChatSession, Done, format_of_engine
     from gemma_cli.engine import Engine, Sampling
-    from gemma_cli.engine.core import _common_prefix
+    from tests.generations import Generations
 
-    with Engine(e_model, n_ctx=2048, swa_full=True) as engine:
-        session = ChatSession(engine, format_of_engine(engine), sampling=Sampling(temperature=0), max_tokens=8,
+    greedy = Sampling(temperature=0)
+    with Engine(e_model, n_ctx=2048, swa_full=True) as engine, Engine(e_model, n_ctx=2048, swa_full=True) as fresh:
+        session = ChatSession(engine, format_of_engine(engine), sampling=greedy, max_tokens=8,
                               system="You answer briefly.")
+        seen = Generations(engine, monkeypatch)
 
-        def lacking() -> tuple[int, int]:
-            """(tokens of the next prompt, how many of them the cache lacks; at least one is evaluated)."""
-            tokens = engine.tokenize(session.prompt_text())
-            return len(tokens), max(1, len(tokens) - _common_prefix(engine.cache_contents(), tokens))
-
-        def turn(start) -> tuple[int, int]:
+        def turn(start, prompt_text=None) -> tuple[int, int]:
+            """(evaluated, reused) of the turn `start` runs, checked against what the cache should lack."""
+            tokens = engine.tokenize(prompt_text or session.prompt_text())
+            want = seen.expected(tokens)
             stats = next(e for e in start() if isinstance(e, Done)).result.stats
-            return stats.prompt_tokens, stats.reused_tokens
+            assert seen.calls[-1].prompt == tokens
+            assert (stats.prompt_tokens, stats.reused_tokens) == want
+            return want
 
         session.messages.append({"role": "user", "content": "Hello there, how are you today?"})
-        size, need = lacking()
-        assert turn(session.generate) == (size, 0) and need == size
+        assert turn(session.generate)[1] == 0
         for text in ("And a second question?", "A third one, a little longer than the others."):
             session.messages.append({"role": "user", "content": text})
-            size, need = lacking()
-            assert need < size - 30  # the earlier turns are in the cache
-            assert turn(session.generate) == (need, size - need)
+            assert turn(session.generate)[1] > 30  # the earlier turns are in the cache
         answer = session.messages.pop()  # what /retry sends: the prompt before the last answer
-        size, need = lacking()
+        again = session.prompt_text()
         session.messages.append(answer)
-        assert need == 1 and turn(session.retry) == (1, size - 1)
+        assert turn(session.retry, again)[0] == 1  # the same prompt again: one token evaluated
         session.messages[0] = {"role": "system", "content": "You answer at length."}  # /system
-        size, need = lacking()
-        assert 1 < need < size
-        assert turn(session.generate) == (need, size - need)  # from where the system text changed on
+        evaluated, reused = turn(session.generate)  # from where the system text changed on
+        assert evaluated > 1 and reused > 0
+        seen.assert_same_as(fresh, greedy)  # reusing the cache changed no reply
+
+
+def test_a_tool_round_that_fails_undoes_the_whole_turn(e_model, tmp_path):
+    # The model calls a tool (a grammar makes it); the result is too long for the context, so the round
+    # after it fails: the turn goes, call and result included, and the chat goes on (issue 20 item 3).
+    from gemma_cli.chat.session import ChatSession, Done, converse, format_of_engine
+    from gemma_cli.engine import Engine, Sampling
+    from gemma_cli.errors import ContextOverflowError
+    from gemma_cli.format import reply
+
+    (tmp_path / "big.py").write_text('def big() -> str:\n    """A long text."""\n    return "word " * 400\n')
+    toolbox = tools.load(tmp_path / "big.py")
+    with Engine(e_model, n_ctx=256, n_threads=1) as engine:
+        grammar = 'root ::= "<|tool_call>call:big{}<tool_call|>"'
+        session = ChatSession(engine, format_of_engine(engine), sampling=Sampling(temperature=0, grammar=grammar),
+                              max_tokens=32, tools=toolbox.declarations)
+        session.messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+        before = [dict(m) for m in session.messages]
+        events = converse(session, session.send("call big"), toolbox)
+        assert isinstance(next(events), reply.ToolCall)  # the first round: the model calls big()
+        with pytest.raises(ContextOverflowError):
+            list(events)  # its result, then the next round: over the context
+        assert session.messages == before
+        session.sampling.grammar, session.tools = None, None
+        result = next(e for e in session.send("and now?") if isinstance(e, Done)).result
+        assert result.stats.generated_tokens > 0
+        assert [m["role"] for m in session.messages] == ["user", "assistant", "user", "assistant"]

@@ -352,22 +352,25 @@ def test_auto_on_a_model_without_drafter_is_plain(gemma3_base):
 
 
 def test_ngram_proposes_what_followed_the_latest_match():
-    class FakeEngine:
+    class FakeKV:
         _cached = [1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 6, 1, 2]
 
-        def cache_contents(self, start=0, stop=None):  # the engine's view of its KV cache
+        def contents(self, start=0, stop=None):  # the engine's view of its KV cache (engine.kv)
             return self._cached[start:stop]
+
+    class FakeEngine:
+        kv = FakeKV()
 
     e = FakeEngine()
     d = draft.NgramDrafter(draft_max=4)  # 4- and 3-grams
     # ... 1, 2, [3]: "1 2 3" last occurred before "7 8 6 1"
-    assert d.propose(e, 3, len(e._cached), 4, -1) == [7, 8, 6, 1]
+    assert d.propose(e, 3, len(e.kv._cached), 4, -1) == [7, 8, 6, 1]
     d.begin(e)
-    assert d.propose(e, 3, len(e._cached), 2, -1) == [7, 8]  # no more than asked
+    assert d.propose(e, 3, len(e.kv._cached), 2, -1) == [7, 8]  # no more than asked
     d.begin(e)
-    assert d.propose(e, 99, len(e._cached), 4, -1) == []  # nothing ends in 1, 2, 99
+    assert d.propose(e, 99, len(e.kv._cached), 4, -1) == []  # nothing ends in 1, 2, 99
     pairs = draft.NgramDrafter(draft_max=4, sizes=(2,))
-    e._cached = [5, 6, 7, 5, 0, 0]  # only the first 4 are this generation's (pos 4)
+    e.kv._cached = [5, 6, 7, 5, 0, 0]  # only the first 4 are this generation's (pos 4)
     # "5 [6]" matches the start; what followed runs on into the pending token itself
     assert pairs.propose(e, 6, 4, 4, -1) == [7, 5, 6]
 
@@ -411,12 +414,19 @@ def test_chat_json_reports_draft_stats(e_model, tmp_path):
 
     from clitools import run_gemma
 
-    proc = run_gemma("chat", "-m", e_model, "--draft", "ngram", "--temperature", "0", "-n", "40", "--json",
-                     "say abc abc abc abc abc", home=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    stats = json.loads(proc.stdout)["stats"]
-    assert stats["draft"] == "ngram"
-    assert {"drafted", "accepted", "acceptance_rate"} <= set(stats)
+    # A grammar makes the answer repeat the prompt, so the n-gram drafter finds drafts (the random model
+    # alone rarely does): the counts are of real drafting, and the answer is the model's own.
+    (tmp_path / "abc.gbnf").write_text('root ::= "abc abc abc abc abc abc abc abc"\n')
+    base = ["chat", "-m", e_model, "--temperature", "0", "-n", "40", "--json", "--grammar", tmp_path / "abc.gbnf",
+            "say abc abc abc abc abc"]
+    plain = run_gemma(*base, "--draft", "off", home=tmp_path)
+    proc = run_gemma(*base, "--draft", "ngram", home=tmp_path)
+    assert proc.returncode == 0 and plain.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    stats = out["stats"]
+    assert stats["draft"] == "ngram" and out["answer"] == json.loads(plain.stdout)["answer"]
+    assert 0 < stats["accepted"] <= stats["drafted"]
+    assert stats["acceptance_rate"] == pytest.approx(stats["accepted"] / stats["drafted"], abs=0.01)
 
 
 def test_describe_image_drafts_and_reports_it_in_json(e_model, drafter, vision_mmproj, tmp_path):
@@ -437,18 +447,34 @@ def test_describe_image_drafts_and_reports_it_in_json(e_model, drafter, vision_m
     assert fast["results"][0]["stats"]["drafted"] > 0
 
 
-def test_transcribe_takes_draft(e_model, drafter, audio_mmproj, tmp_path):
+def test_transcribe_takes_draft(e_model, drafter, audio_mmproj, tmp_path, gemma_home, monkeypatch):
     import soundfile as sf
     from clitools import run_gemma
+
+    from gemma_cli.engine.core import Engine
+    from tests.fakeengine import run_in_process
 
     t = np.arange(16000 * 2) / 16000
     sf.write(tmp_path / "tone.wav", 0.3 * np.sin(2 * np.pi * 440 * t), 16000)
     base = ["transcribe", tmp_path / "tone.wav", "-m", e_model, "--mmproj", audio_mmproj, "-n", "16",
             "--no-vad"]  # a tone is no speech: VAD would send nothing to draft for
     plain = run_gemma(*base, "--draft", "off", home=tmp_path)
-    fast = run_gemma(*base, "--draft", drafter, home=tmp_path)
-    assert plain.returncode == 0 and fast.returncode == 0, fast.stderr
+    assert plain.returncode == 0, plain.stderr
+    # transcribe prints no draft counts: the real engine's last step of each request says them (run in-process).
+    ends, real = [], Engine.stream_generate
+
+    def stream_generate(self, *args, **kw):
+        for step in real(self, *args, **kw):
+            if step.finish_reason:
+                ends.append(step)
+            yield step
+
+    monkeypatch.setattr(Engine, "stream_generate", stream_generate)
+    fast = run_in_process(*base, "--draft", drafter)
+    assert fast.exit_code == 0, fast.stderr
     assert fast.stdout == plain.stdout and "warning" not in fast.stderr
+    assert ends and all(step.drafted > 0 for step in ends)  # the MTP drafter drafts every round
+    assert all(0 <= step.accepted <= step.drafted for step in ends)
 
 
 def test_batch_drafts_one_line_at_a_time_with_the_same_answers(e_model, drafter, tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import codecs
+import time
+
 import pytest
 
 from gemma_cli.engine import Engine, Sampling
@@ -46,10 +49,20 @@ def test_real_gemma3_continues_greedily(base, prompt, expected):
 def test_counters_report_prompt_generation_and_speed(base):
     base.reset()
     tokens = base.tokenize("<bos>Hello there, how are you")
-    text, last, steps = run(base, tokens, max_tokens=5, sampling=GREEDY)
+    # The clock read here, around each step's arrival, bounds what the engine may report.
+    arrived, steps = [], []
+    start = time.perf_counter()
+    for step in base.stream_generate(tokens, max_tokens=5, sampling=GREEDY):
+        arrived.append(time.perf_counter())
+        steps.append(step)
+    last = steps[-1]
     assert last.prompt_tokens == len(tokens) and last.reused_tokens == 0
     assert last.generated_tokens == 5 == len([s for s in steps if s.token is not None])
-    assert last.ttft > 0 and last.tps > 0
+    # The first token came after the call and before its step reached us.
+    assert 0 < last.ttft <= arrived[0] - start
+    # 4 tokens decoded after the first one: no faster than the wall time from the first step to the fifth allows,
+    # no slower than all of it from the call on.
+    assert 4 / (arrived[4] - start) <= last.tps <= 4 / (arrived[3] - arrived[0])
 
 
 def test_extending_prompt_evaluates_only_the_suffix(base):
@@ -105,9 +118,16 @@ def test_streamed_text_is_utf8_safe(tiny):
     tokens = [s.token for s in steps if s.token is not None]
     whole = b"".join(tiny.token_bytes(t) for t in tokens).decode("utf-8", errors="replace")
     assert "".join(s.text for s in steps) == whole
-    assert all(isinstance(s.text, str) for s in steps)
+    # Each chunk is whole characters, shown as soon as they are whole: after every token the text so far is
+    # what decoding all the bytes so far gives (Python's codec, invalid bytes as U+FFFD), holding back only
+    # an unfinished last character.
+    data, so_far = b"", ""
     for s in steps:
+        so_far += s.text
         s.text.encode("utf-8")  # no lone surrogates
+        if s.token is not None:
+            data += tiny.token_bytes(s.token)
+            assert so_far == codecs.utf_8_decode(data, "replace", False)[0]
     # The case this is about happened: a token that ends inside a character, held back until the next.
     split = [i for i, t in enumerate(tokens) if _ends_mid_character(b"".join(tiny.token_bytes(x) for x in tokens[:i + 1]))]
     assert split, "no token ended inside a character; pick another seed"
@@ -157,7 +177,7 @@ def test_swa_cut_beyond_window_falls_back_or_uses_checkpoint(tiny, e_model):
     for checkpoint in (None, len(head)):
         tiny.reset()
         run(tiny, head + reply, max_tokens=1, sampling=GREEDY, checkpoint_at=checkpoint)
-        assert tiny.swa_pos_min() > len(head) - n_swa  # the window before the cut point is gone
+        assert tiny.kv.pos_min() > len(head) - n_swa  # the window before the cut point is gone
         follow = head + tiny.tokenize("<|turn>user\nnext<turn|>\n")
         text, last, _ = run(tiny, follow, max_tokens=6, sampling=GREEDY)
         if checkpoint is None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.clitools import imported_by
+
 PACKAGE = Path(__file__).resolve().parent.parent / "gemma_cli"
 
 def module_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
@@ -171,3 +173,22 @@ def test_every_import_inside_a_function_says_why():
     found = uncommented_function_imports()
     assert not found, (f"{len(found)} imports inside functions with no comment saying why (move a light one to "
                        "the module top; else say what it keeps fast or which cycle it breaks):\n" + "\n".join(found))
+
+
+# ---------------------------------------------------------------------------------------------
+# `--help` stays fast: no command's help loads an engine, media, server, hub or client library (they load only
+# inside the commands that use them; the import of llama_cpp alone costs about a second).
+
+HEAVY = ["llama_cpp", "numpy", "PIL", "librosa", "soundfile", "huggingface_hub", "jinja2", "starlette", "uvicorn",
+         "multipart", "openai", "httpx", "httpx2", "av", "mcp"]
+COMMANDS = [[], ["chat"], ["batch"], ["transcribe"], ["describe-image"], ["describe-video"], ["serve"], ["models"],
+            ["models", "pull"], ["config"], ["mcp"], ["doctor"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "gemma")
+def test_help_loads_no_heavy_library(command, tmp_path):
+    proc, loaded = imported_by([*command, "--help"], HEAVY, home=tmp_path)
+    assert "Usage" in proc.stdout and proc.stderr == "", proc.stderr
+    if command and command[-1] not in ("models", "config", "mcp"):  # a command, not a group of them
+        assert "Examples:" in proc.stdout
+    assert loaded == [], f"gemma {' '.join(command)} --help imported {loaded}"

@@ -8,23 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.clitools import assert_one_line_error, gemma_env, run_gemma
+from tests.clitools import assert_one_line_error, gemma_env, run_gemma, wait_for
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
-
-
-def wait_for(predicate, what: str, bound: float = 120):
-    """Wait for an event (a file, a process gone); the bound is only a safety net on a loaded machine."""
-    end = time.monotonic() + bound
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -174,6 +164,35 @@ def test_stdio_servers_list_call_errors_images_timeouts_and_restarts(home):
     assert pids and not [p for p in pids if alive(p)]
 
 
+def test_a_server_that_exits_at_start_is_named_with_the_end_of_its_stderr(home):
+    from gemma_cli.chat import mcp
+
+    host = mcp.Host(mcp.McpConfig(home / "mcp.json", {}),
+                    [mcp.ServerSpec("db", command=sys.executable, args=[SERVER, "die"], startup_timeout=60)])
+    try:
+        [server] = host.wait()
+    finally:
+        host.close()
+    assert server.status == "failed"
+    assert "its stderr ends: starting up | cannot open the database: it is locked" in server.why, server.why
+    assert "cannot open the database" in server.log.read_text()  # the whole stderr is kept in its log
+    assert str(home) in str(server.log)  # under gemma's cache dir
+
+
+def test_progress_notifications_extend_the_call_timeout(home):
+    from gemma_cli.chat import mcp
+
+    host = mcp.Host(mcp.McpConfig(home / "mcp.json", {}),
+                    [mcp.ServerSpec("ours", command=sys.executable, args=[SERVER], timeout=2)], approve_all=True)
+    try:
+        host.wait()
+        out = host.call("slow", {"ticks": 8})  # 4 s in all, never 2 s without progress
+        assert out.error is None and out.value == "done after 8 ticks" and out.seconds > 2, out
+        assert "no result or progress within 2 s" in host.call("slow", {}).error
+    finally:
+        host.close()
+
+
 def test_budget_cuts_a_long_result_with_a_marker(home):
     from gemma_cli.chat import mcp
 
@@ -305,6 +324,37 @@ def test_no_server_process_is_left_behind(home, e_model, how):
     assert not alive(server), "the MCP server outlived gemma"
 
 
+def test_gemma_chat_runs_with_an_unmodified_claude_desktop_file(home, e_model):
+    """The file as Claude Desktop writes it (its own keys beside mcpServers, no gemma fields) is read as it is
+    and left as it was."""
+    path = home / "claude_desktop_config.json"
+    path.write_text(json.dumps({
+        "globalShortcut": "Alt+Space",
+        "isUsingBuiltInNodeForMcp": True,
+        "mcpServers": {"ours": {"command": sys.executable, "args": [SERVER], "env": {"OURS_HOME": "${HOME}"}}},
+    }, indent=2))
+    before = path.read_bytes()
+    proc, out = chat_json(home, e_model, path, "--yes", "--max-tool-rounds", "1")
+    assert proc.returncode == 0, proc.stderr
+    run = out["tool_results"][0]
+    assert run["server"] == "ours" and run["ran"] and run["result"] == '{"sum":5}'
+    assert path.read_bytes() == before
+
+
+def test_read_only_tools_run_unasked_only_when_the_user_opts_in(home, e_model):
+    """`echo` carries readOnlyHint, `math.add-numbers` does not; no terminal and no --yes."""
+    rule = ('root ::= "<|tool_call>call:echo{text:<|\\"|>hi<|\\"|>}<tool_call|>'
+            '<|tool_call>call:math_add_numbers{a:2,b:3}<tool_call|>"\n')
+    for opt_in in (False, True):
+        config = write_config(home / "servers.json", {"ours": ours(autoApproveReadOnly=opt_in)})
+        proc, out = chat_json(home, e_model, config, "--max-tool-rounds", "1", grammar=rule)
+        assert proc.returncode == 0, proc.stderr
+        echo, add = out["tool_results"][:2]
+        assert echo["name"] == "echo" and echo["ran"] is opt_in, echo
+        assert echo["result"] == "echo: hi" if opt_in else "no terminal to ask" in echo["result"]["error"]
+        assert add["name"] == "math_add_numbers" and add["ran"] is False  # not read-only: still needs a yes
+
+
 # ---------------------------------------------------------------- approval on a terminal
 
 
@@ -368,6 +418,35 @@ def test_approval_no_runs_nothing_and_always_this_server_is_remembered(home, e_m
         term.close()
 
 
+def test_ctrl_c_during_a_call_cancels_that_call_and_the_chat_goes_on(home, e_model):
+    """In the REPL, Ctrl-C while a tool runs ends that call (the model is told), not the chat; the server's
+    session stays open: the next call goes to the same process."""
+    started, pidfile = home / "started", home / "pid"
+    config = write_config(home / "servers.json", {"ours": ours("--pidfile", pidfile, "--startedfile", started,
+                                                              trust=True)})
+    from tests.test_repl_screen import Terminal
+
+    grammar = home / "slow.gbnf"
+    grammar.write_text('root ::= "<|tool_call>call:slow{}<tool_call|>"\n')
+    term = Terminal(home, "--model", e_model, "--mcp-config", config, "--grammar", grammar, "--max-tool-rounds", "1",
+                    "--max-tokens", "64")
+    try:
+        server = int(pidfile.read_text())
+        for message in ("first", "second"):
+            started.unlink(missing_ok=True)
+            term.child.sendline(message)
+            wait_for(started.exists, "the slow tool to run")
+            assert int(started.read_text()) == server  # the same process: one session for the whole chat
+            term.child.sendintr()
+            term.child.expect_exact(b"cancelled this call")
+            term.child.expect_exact(b">>> ")
+            assert term.child.isalive() and alive(server)
+        shown = "\n".join(term.lines())
+        assert "interrupted" not in shown  # the turn went on: the model was told, the reply was not cut
+    finally:
+        term.close()
+
+
 # ---------------------------------------------------------------- real servers from PyPI
 
 
@@ -377,26 +456,9 @@ REAL_SERVERS = ["mcp-server-time", "mcp-server-git"]
 @pytest.fixture(scope="session")
 def real_servers(request, tmp_path_factory) -> Path:
     """A virtualenv holding mcp-server-time and mcp-server-git, made once under pytest's cache and reused."""
-    import venv
+    from tests.needs import virtualenv
 
-    from tests.needs import cached_folder
-
-    root = cached_folder(request, tmp_path_factory, "mcp-servers", *REAL_SERVERS)
-    bin_dir = root / "venv" / "bin"
-    if all((bin_dir / name).is_file() for name in REAL_SERVERS):
-        return bin_dir
-    try:
-        venv.EnvBuilder(with_pip=True, clear=True).create(root / "venv")
-        proc = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "-q", *REAL_SERVERS],
-                              capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.SubprocessError) as e:
-        proc = subprocess.CompletedProcess([], 1, "", str(e))
-    if proc.returncode != 0 or not all((bin_dir / name).is_file() for name in REAL_SERVERS):
-        from tests.needs import skip_or_fail
-
-        skip_or_fail(f"cannot install {', '.join(REAL_SERVERS)} into a virtualenv: "
-                     f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:] or 'pip failed'}")
-    return bin_dir
+    return virtualenv(request, tmp_path_factory, "mcp-servers", REAL_SERVERS, timeout=600)
 
 
 def test_real_mcp_server_time_through_gemma_chat(home, e_model, real_servers):

@@ -21,6 +21,7 @@ from gemma_cli.errors import CapabilityError, GemmaError, MediaError, ModelError
 from gemma_cli.media.audio import load_audio
 from gemma_cli.media.cutting import clips, cut
 from gemma_cli.media.images import load_image
+from tests.media_tokens import audio_tokens, image_tokens, text_tokens
 from tests.needs import skip_or_fail
 
 GREEDY = Sampling(temperature=0)
@@ -244,20 +245,24 @@ def test_budget_changes_the_image_token_count(e_model, vision_mmproj, budget):
     with Engine(e_model, n_ctx=2048, n_threads=1, mmproj=vision_mmproj, image_tokens=budget) as engine:
         n = engine.media_tokens(image_media(640, 480))
         assert engine.n_ubatch >= n  # the engine sized its batch for the budget
-    # measured: 640x480 -> 63 tokens at 70, 1131 at 1120 (llama.cpp rounds up to whole 48 px patches)
+    # what llama.cpp's mtmd makes of 640x480 at this budget (it rounds up to whole 48 px patches)
+    assert n == image_tokens(e_model, vision_mmproj, 640, 480, budget=budget)
     assert 0.85 * budget <= n <= 1.1 * budget
 
 
-def test_image_and_audio_are_evaluated_in_place(av_engine):
+def test_image_and_audio_are_evaluated_in_place(av_engine, e_model, av_mmproj):
     av_engine.reset()
     img, sound = image_media(), clip()
     prompt = "<bos><|turn>user\n<|image|><|audio|>What is this?<turn|>\n<|turn>model\n"
     steps = list(av_engine.stream_generate(prompt, media=[img, sound], max_tokens=3, sampling=GREEDY))
-    text_tokens = len(av_engine.tokenize(prompt)) - 2
-    # each placeholder became <|image>/<|audio>, the embeddings, <image|>/<audio|>: 80 + 25 measured
-    assert steps[-1].prompt_tokens == text_tokens + (80 + 2) + (25 + 2)
+    # Asked of llama.cpp itself: its tokenizer, and mtmd's embeddings of a 64x48 image at 70 and of 1 s of audio.
+    n_text = text_tokens(e_model, prompt) - 2
+    n_image = image_tokens(e_model, av_mmproj, 64, 48, budget=70)
+    n_audio = audio_tokens(e_model, av_mmproj, len(tone(1.0, 16000)))
+    # each placeholder became <|image>/<|audio>, the embeddings, <image|>/<audio|>
+    assert steps[-1].prompt_tokens == n_text + (n_image + 2) + (n_audio + 2)
     assert steps[-1].generated_tokens == 3
-    assert av_engine.media_tokens(img) == 80 and av_engine.media_tokens(sound) == 25
+    assert av_engine.media_tokens(img) == n_image and av_engine.media_tokens(sound) == n_audio
 
 
 def test_same_image_is_reused_from_the_kv_cache(av_engine, monkeypatch):
@@ -279,7 +284,8 @@ def test_same_image_is_reused_from_the_kv_cache(av_engine, monkeypatch):
     assert len(calls) == 1 and av_engine.last_prefill[1] == len(av_engine.tokenize("<bos><|turn>user\n"))
 
 
-def test_a_chat_turn_after_an_image_evaluates_only_its_new_tokens(av_engine, tmp_path, monkeypatch):
+def test_a_chat_turn_after_an_image_evaluates_only_its_new_tokens(av_engine, e_model, av_mmproj, tmp_path,
+                                                                 monkeypatch):
     from gemma_cli.chat.session import ChatSession, Done, format_for
 
     av_engine.reset()
@@ -292,13 +298,14 @@ def test_a_chat_turn_after_an_image_evaluates_only_its_new_tokens(av_engine, tmp
         return next(e.result for e in session.send(content) if isinstance(e, Done))
 
     first = turn([{"type": "image", "path": str(tmp_path / "cat.png")}, {"type": "text", "text": "What is it?"}])
-    assert first.stats.prompt_tokens > 80 and first.stats.reused_tokens == 0
+    n_image = image_tokens(e_model, av_mmproj, 64, 48, budget=70)  # counted by llama.cpp's mtmd
+    assert first.stats.prompt_tokens > n_image and first.stats.reused_tokens == 0
     calls = []
     real = av_engine.media.decode
     monkeypatch.setattr(av_engine.media, "decode", lambda *a, **k: calls.append(a) or real(*a, **k))
     second = turn("And the colours?")
     assert calls == []
-    assert second.stats.reused_tokens > 80  # the image (and the text around it) came from the cache
+    assert second.stats.reused_tokens > n_image  # the image (and the text around it) came from the cache
     follow_up = av_engine.tokenize("<turn|>\n<|turn>user\nAnd the colours?<turn|>\n<|turn>model\n<|channel>thought\n<channel|>")
     # the new turn plus at most the previous answer re-tokenized from its text
     assert second.stats.prompt_tokens <= len(follow_up) + first.stats.generated_tokens + 2
@@ -342,11 +349,11 @@ def test_wrong_projector_files_are_clean_errors(e_model, dense_vision_mmproj):
 
 
 def test_placeholders_and_media_must_match(av_engine):
-    with pytest.raises(GemmaError, match="more <|image|> placeholders"):
+    with pytest.raises(MediaError, match="more <|image|> placeholders"):
         list(av_engine.stream_generate("<bos><|image|><|image|>", media=[image_media()], max_tokens=1))
-    with pytest.raises(GemmaError, match="out of order"):
+    with pytest.raises(MediaError, match="out of order"):
         list(av_engine.stream_generate("<bos><|image|>", media=[clip()], max_tokens=1))
-    with pytest.raises(GemmaError, match="without a placeholder"):
+    with pytest.raises(MediaError, match="without a placeholder"):
         list(av_engine.stream_generate("<bos>Hi", media=[clip()], max_tokens=1))
 
 
@@ -354,7 +361,7 @@ def test_attaching_a_projector_later_resizes_the_batch(e_model, vision_mmproj):
     with Engine(e_model, n_ctx=1024, n_threads=1, n_batch=32) as engine:
         assert engine.n_ubatch == 32
         engine.attach_projector(vision_mmproj, image_tokens=70)
-        assert engine.n_ubatch >= 80
+        assert engine.n_ubatch >= image_tokens(e_model, vision_mmproj, 64, 48, budget=70)  # an image in one batch
         steps = list(engine.stream_generate("<bos><|turn>user\n<|image|>Hi<turn|>\n", media=[image_media()],
                                             max_tokens=2, sampling=GREEDY))
         assert steps[-1].generated_tokens == 2
@@ -391,7 +398,7 @@ def test_long_audio_in_a_chat_becomes_clips_cut_at_the_pause(av_engine, tmp_path
     assert result.stats.prompt_tokens > 2 * 400  # both clips were encoded (25 tokens a second)
 
 
-def test_media_parts_from_data_urls_and_inline_audio(av_engine, tmp_path):
+def test_media_parts_from_data_urls_and_inline_audio(av_engine, e_model, av_mmproj, tmp_path):
     import base64
 
     av_engine.reset()
@@ -404,7 +411,9 @@ def test_media_parts_from_data_urls_and_inline_audio(av_engine, tmp_path):
         {"type": "image", "url": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()},
         {"type": "audio", "data": base64.b64encode(wav.getvalue()).decode(), "format": "wav"},
         {"type": "text", "text": "Hi"}]))
-    assert result.stats.prompt_tokens > 80 + 25
+    # both were decoded and evaluated: more than their embeddings as llama.cpp's mtmd counts them
+    n_media = image_tokens(e_model, av_mmproj, 64, 48, budget=70) + audio_tokens(e_model, av_mmproj, 16000)
+    assert result.stats.prompt_tokens > n_media
     with pytest.raises(MediaError, match="does not download"):
         session.send([{"type": "image", "url": "https://example.com/cat.png"}, {"type": "text", "text": "Hi"}])
     assert len(session.messages) == 2  # the failed message never joined the history
@@ -416,7 +425,7 @@ def test_prompt_order_follows_the_renderer():
 
     img = lambda n: {"type": "image", "path": n}  # noqa: E731
     messages = [
-        {"role": "system", "content": [img("sys"), {"type": "text", "text": "Be brief."}]},  # dropped by the renderer
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
         {"role": "user", "content": [img("u1"), {"type": "text", "text": "Look"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "ok"}, img("a1")],
          "tool_calls": [{"id": "c", "function": {"name": "snap", "arguments": {}}}]},
@@ -425,6 +434,11 @@ def test_prompt_order_follows_the_renderer():
     ]
     assert [p["path"] for p in prompt_order(messages)] == ["u1", "t1", "a1", "u2", "u3"]
     assert prompt.render(messages).count("<|image|>") == 5
+    # the renderer writes only the text of the system message: an image there is refused, not dropped
+    messages[0]["content"].insert(0, img("sys"))
+    assert prompt.render(messages).count("<|image|>") == 5
+    with pytest.raises(MediaError, match="system message holds an image"):
+        prompt_order(messages)
 
 
 def test_a_projector_is_loaded_at_the_first_image(e_model, vision_mmproj, tmp_path):

@@ -152,7 +152,8 @@ def test_a_registry_model_not_downloaded_says_what_to_pull(store):
     assert err.name == "e4b:q4_k_m" and err.command == "gemma models pull e4b:q4_k_m"
     assert err.size == spec.size("q4_k_m") + spec.mmproj[0].size
     assert err.destination == store
-    assert err.message == "model e4b:q4_k_m is not downloaded (6.0 GB)"
+    own, both = models.human_size(spec.size("q4_k_m")), models.human_size(err.size)
+    assert err.message == f"model e4b:q4_k_m is not downloaded ({own}; {both} with its projector)"
     assert err.hint == "download it with: gemma models pull e4b:q4_k_m"
 
 

@@ -3,7 +3,7 @@
 Checked over the AST of every module: `x._name` where `x` is not `self`/`cls` must name
 something that module itself defines (a function, class, assignment or `self._name`), and
 `from gemma_cli... import _name` is never needed. The engine's modules talk through
-`Engine`'s public API (decode_rows, cache_contents, truncate, sample, ...).
+`Engine`'s public API (decode_rows, prefill, sample, ...) and its `kv` (contents, truncate, ...).
 """
 
 from __future__ import annotations

@@ -69,13 +69,28 @@ def expected(name, messages, tools=None, **options):
     return None
 
 
+# What render raises where neither template renders, by what the template raised: a TypeError where it adds
+# a non-string (a None name) to the prompt, as the template's `+` does; a ValueError saying why where the
+# template reads what the input does not have (jinja's UndefinedError).
+RAISES = {TypeError: TypeError, jinja2.UndefinedError: ValueError}
+
+
+def template_error(name, messages, tools=None, **options) -> type[Exception]:
+    """The class of the error the dict-fixed template raises on this input (which it must fail to render)."""
+    try:
+        reference(templates(name)[1], messages, tools, **options)
+    except Exception as e:  # noqa: BLE001 - the class is the answer
+        return type(e)
+    raise AssertionError("the template renders this input")
+
+
 def check(name, messages, tools=None, **options):
     want = expected(name, messages, tools, **options)
     build = {k: v for k, v in options.items() if k != "preserve_thinking"}
     if "preserve_thinking" in options:
         build["preserve_thinking"] = bool(options["preserve_thinking"])
     if want is None:
-        with pytest.raises(Exception):  # noqa: B017 - both fail, whatever the error
+        with pytest.raises(RAISES[template_error(name, messages, tools, **options)]):
             render(messages, tools, variant=VARIANTS[name], **build)
     else:
         assert render(messages, tools, variant=VARIANTS[name], **build) == want

@@ -20,13 +20,14 @@ from gemma_cli import batch
 from gemma_cli.batch import Defaults, parse_line, remote
 from gemma_cli.batch.remote import Endpoint, RemoteError, chat_url
 from gemma_cli.engine import Sampling
-from tests.clitools import gemma_env, run_gemma
+from tests.batchoutput import chat_completion
+from tests.clitools import BOUND, gemma_env, imported_by, run_batch, run_gemma, wait_for
 
 # ---------------------------------------------------------------- a scripted server
 
 
 def completion(text="ok", **message):
-    return {"id": "chatcmpl-1", "object": "chat.completion", "model": "served",
+    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 1767225600, "model": "served",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text, **message},
                          "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
@@ -76,8 +77,8 @@ def server():
                 request = {"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
                            "headers": {k.lower(): v for k, v in self.headers.items()}}
                 status, headers, payload = script.next(request)
-                if status == "sleep":
-                    time.sleep(headers)
+                if status == "hold":  # an answer that comes only once `headers` (an Event) is set
+                    headers.wait(BOUND)
                     status, headers, payload = 200, {}, completion("late")
                 self._answer(status, headers, payload)
 
@@ -136,12 +137,27 @@ def test_a_url_that_is_not_http_is_a_usage_error():
         chat_url("localhost:8000")
 
 
-def test_429_with_retry_after_is_honoured(server):
+@pytest.fixture
+def slept(monkeypatch) -> list[float]:
+    """The delays the client waited between tries (it still waits them): what it chose, whatever the load."""
+    import openai._base_client
+
+    delays: list[float] = []
+    real = time.sleep
+
+    def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        real(seconds)
+
+    monkeypatch.setattr(openai._base_client.time, "sleep", sleep)
+    return delays
+
+
+def test_429_with_retry_after_is_honoured(server, slept):
     script = Script((429, {"Retry-After": "1"}, {"error": {"message": "slow down"}}))
     ep = fast(server(script), api_key="sk-test")
-    t0 = time.perf_counter()
     assert ep.post({"messages": []})["choices"][0]["message"]["content"] == "ok"
-    assert time.perf_counter() - t0 >= 0.95  # Retry-After, not the 0.05 s backoff
+    assert slept == [1.0]  # Retry-After, not the 0.5 s backoff
     assert len(script.requests) == 2 and script.requests[0]["auth"] == "Bearer sk-test"
 
 
@@ -171,9 +187,16 @@ def test_retries_run_out(server):
 
 
 def test_a_timeout_is_retried(server):
-    script = Script(("sleep", 1.5, None))
+    retried = threading.Event()  # the first answer is held until the client has sent its retry
+
+    def second(request):
+        retried.set()
+        return 200, {}, completion()
+
+    script = Script(("hold", retried, None), second)
     ep = fast(server(script), timeout=0.5)
     assert ep.post({})["choices"][0]["message"]["content"] == "ok"
+    assert ep.retried >= 1 and len(script.requests) >= 2
 
 
 def test_a_server_that_comes_up_late_is_waited_for():
@@ -184,8 +207,8 @@ def test_a_server_that_comes_up_late_is_waited_for():
     script = Script()
     later = {}
 
-    def up():
-        time.sleep(1.0)
+    def up():  # once the client has been refused and is retrying
+        wait_for(lambda: ep.retried >= 1, "the client to retry")
         httpd = ThreadingHTTPServer(("127.0.0.1", port), _plain_handler(script))
         later["httpd"] = httpd
         httpd.serve_forever()
@@ -244,12 +267,11 @@ def test_a_server_away_when_the_model_is_asked_is_asked_again_later(server):
     assert ep.model_name() == "served-model"
 
 
-def test_retry_after_zero_retries_at_once(server):
+def test_retry_after_zero_retries_at_once(server, slept):
     script = Script((503, {"Retry-After": "0"}, {"error": "busy"}))
     ep = Endpoint(server(script))
-    t0 = time.perf_counter()
     assert ep.post({"messages": []})["choices"]
-    assert time.perf_counter() - t0 < 2.0  # not the 5 s backoff
+    assert len(slept) == 1 and slept[0] <= 0.5  # the first backoff step at most, no longer wait
 
 
 def test_an_answer_of_an_odd_shape_fails_the_line_not_the_run():
@@ -309,14 +331,6 @@ def test_answers_from_servers_with_and_without_gemma_parsers():
 # ---------------------------------------------------------------- the command against a server
 
 
-def run_batch(tmp_path, lines, *args, timeout=120):
-    src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    out = tmp_path / "out.jsonl"
-    proc = run_gemma("batch", src, "-o", out, *args, home=tmp_path / "home", timeout=timeout)
-    return proc, [json.loads(x) for x in out.read_text().splitlines()] if out.exists() else []
-
-
 def test_batch_against_an_endpoint_mirrors_both_forms(server, tmp_path):
     script = Script((429, {"Retry-After": "0"}, {}), (400, {}, {"error": {"message": "bad request"}}),
                     default=(200, {}, completion("fine")))
@@ -329,7 +343,7 @@ def test_batch_against_an_endpoint_mirrors_both_forms(server, tmp_path):
     failed = [r for r in results if r["error"]]
     assert len(failed) == 1 and failed[0]["error"]["code"] == "http_400"
     openai = next(r for r in results if r.get("custom_id") == "o")
-    assert openai["error"] is None and openai["response"]["body"]["choices"][0]["message"]["content"] == "fine"
+    assert chat_completion(openai).choices[0].message.content == "fine"  # the server's completion, passed on
     assert all(r["answer"] == "fine" for r in results if "custom_id" not in r and not r["error"])
     assert all(req["auth"] == "Bearer k" for req in script.requests)
     assert {req["body"].get("model") for req in script.requests} >= {"served-model", "x"}
@@ -345,32 +359,25 @@ def test_the_api_key_can_come_from_the_environment(server, tmp_path):
     assert script.requests[0]["auth"] == "Bearer env-key"
 
 
-def test_the_openai_client_loads_only_on_the_endpoint_path():
-    # `gemma --help`, `gemma batch --help` and a local batch never import it (about a second of imports).
-    code = ("import sys; from gemma_cli.cli import main; sys.argv = ['gemma', *%r, '--help']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "import gemma_cli.batch, gemma_cli.batch.remote\n"
-            "sys.stderr.write(','.join(m for m in ('openai', 'httpx', 'httpx2') if m in sys.modules))")
-    for args in ([], ["batch"]):
-        proc = subprocess.run([sys.executable, "-c", code % (args,)], capture_output=True, text=True, timeout=60)
-        assert "Usage" in proc.stdout and proc.stderr == "", (args, proc.stderr)
-    on_path = subprocess.run([sys.executable, "-c", "import sys; from gemma_cli.batch.remote import Endpoint; "
-                              "Endpoint('http://127.0.0.1:1/v1'); print('openai' in sys.modules)"],
-                             capture_output=True, text=True, timeout=60)
-    assert on_path.stdout.strip() == "True", on_path.stderr
+def test_the_openai_client_loads_only_on_the_endpoint_path(tmp_path):
+    # Not with gemma_cli.batch.remote's import (about a second of imports): only when an Endpoint is made.
+    # (No `--help` loads it either: tests/test_imports.py.)
+    proc, loaded = imported_by(["batch", "--help"], ["openai", "httpx"], home=tmp_path,
+                               then="import gemma_cli.batch, gemma_cli.batch.remote")
+    assert "Usage" in proc.stdout and loaded == [], (proc.stderr, loaded)
+    proc, loaded = imported_by(["batch", "--help"], ["openai", "httpx"], home=tmp_path,
+                               then="from gemma_cli.batch.remote import Endpoint; Endpoint('http://127.0.0.1:1/v1')")
+    assert "openai" in loaded, (proc.stderr, loaded)
 
 
 def test_an_endpoint_run_loads_no_engine(server, tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text(json.dumps({"id": 1, "prompt": "x"}) + "\n")
-    argv = ["gemma", "batch", str(src), "-o", str(tmp_path / "o.jsonl"), "--endpoint", server(Script()), "-q",
-            "--temperature", "0"]
-    code = ("import sys; from gemma_cli.cli import main; sys.argv = %r\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
-            "print(','.join(m for m in ('llama_cpp', 'numpy') if m in sys.modules) or 'none')" % (argv,))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=gemma_env(tmp_path))
-    assert proc.stdout.split() == ["exit", "0", "none"], proc.stdout + proc.stderr
+    out = tmp_path / "o.jsonl"
+    proc, loaded = imported_by(["batch", src, "-o", out, "--endpoint", server(Script()), "-q", "--temperature", "0"],
+                               ["llama_cpp", "numpy"], home=tmp_path, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "" and loaded == [], (proc.stderr, loaded)
+    assert json.loads(out.read_text())["error"] is None
 
 
 # ---------------------------------------------------------------- a dead endpoint (issue 12 item 16)
@@ -378,10 +385,9 @@ def test_an_endpoint_run_loads_no_engine(server, tmp_path):
 
 def test_a_server_that_never_answered_fails_in_seconds():
     ep = Endpoint(f"http://127.0.0.1:{free_port()}/v1")
-    t0 = time.perf_counter()
     with pytest.raises(RemoteError) as info:
         ep.post({"messages": []})
-    assert time.perf_counter() - t0 < 15  # a few quick tries, not the full --retries with backoff
+    assert ep.retried == remote.FIRST_CONTACT_RETRIES  # a few quick tries, not the full --retries with backoff
     e = info.value
     assert e.fatal and e.code == "unreachable" and e.message.startswith("cannot connect to http://127.0.0.1:")
     assert "connection refused" in e.message and ep.retried >= 1
@@ -395,13 +401,15 @@ def test_a_server_that_answered_once_is_waited_for_when_it_goes_away(server):
     server.stop(port)
     script = Script()
 
+    waited = remote.FIRST_CONTACT_RETRIES + 1  # more retries than a server that never answered gets
+
     def back():
-        time.sleep(4.0)  # longer than the ~3.5 s a server that never answered gets
+        wait_for(lambda: ep.retried >= waited, f"{waited} retries")
         server(script, port=port)
 
     threading.Thread(target=back, daemon=True).start()
     assert ep.post({"messages": []})["choices"] and len(script.requests) == 1
-    assert ep.retried >= 3  # 0.5 + 1 + 2 s and more: past what a server that never answered gets
+    assert ep.retried >= waited
 
 
 def test_a_server_gone_for_all_the_retries_stops_the_run(server):
@@ -468,17 +476,21 @@ def start_server(model: str, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", SERVER, "--model", model, "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "1024", "--n_threads", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail("llama_cpp.server did not start")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
+                return True
         except OSError:
-            if proc.poll() is not None:
-                pytest.fail("llama_cpp.server did not start")
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail("llama_cpp.server did not come up within 60 s")
+            return False
+
+    try:
+        wait_for(up, "llama_cpp.server to listen")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 @pytest.mark.slow
@@ -495,13 +507,10 @@ def test_a_real_server_stopped_and_restarted_mid_run(gemma3_base, tmp_path):
                             f"http://127.0.0.1:{port}/v1", "--concurrency", "2", "--retries", "12"],
                            env=gemma_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while (not out.exists() or out.read_bytes().count(b"\n") < 5) and time.time() < deadline:
-            time.sleep(0.1)
-        server.terminate()  # mid-run: requests in flight fail, new ones are refused
-        server.wait(timeout=30)
+        wait_for(lambda: out.exists() and out.read_bytes().count(b"\n") >= 5, "5 results")
+        server.terminate()  # mid-run: requests in flight fail, new ones are refused while it restarts
+        server.wait(timeout=BOUND)
         assert run.poll() is None, "the run should wait for the server, not give up"
-        time.sleep(2.0)
         server = start_server(gemma3_base, port)
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err
@@ -515,4 +524,4 @@ def test_a_real_server_stopped_and_restarted_mid_run(gemma3_base, tmp_path):
     ids = [r.get("custom_id") if "custom_id" in r else r["id"] for r in results]
     assert sorted(ids, key=str) == sorted([x.get("id", x.get("custom_id")) for x in lines], key=str)
     assert all(r["error"] is None for r in results)
-    assert next(r for r in results if r.get("custom_id") == "openai")["response"]["body"]["object"] == "chat.completion"
+    chat_completion(next(r for r in results if r.get("custom_id") == "openai"))  # validated by the openai package

@@ -78,8 +78,17 @@ CASES = [
     ("thought ended by end of turn", "<|channel>thought\nhm<turn|>", [T("hm"), END()]),
     ("stray <|channel> without thought header", "<|channel>notes<channel|>ok", [T("notes"), A("ok")]),
     ("header without newline is thinking text", "<|channel>thought<channel|>Hi", [T("thought"), A("Hi")]),
-    ("partial marker at the very end is answer text", "The token <|chan", [A("The token <|chan")]),
-    ("angle brackets that are no marker", "a < b, c <| d |> e <turn", [A("a < b, c <| d |> e <turn")]),
+    # A reply cut (max_tokens) inside a marker the model spelled out: the partial marker is held back
+    # mid-stream and dropped at the end, never answer text (issue 20 item 14).
+    ("partial marker at the very end is dropped", "The token <|chan", [A("The token ")]),
+    ("cut inside a spelled-out tool call", "Let me check.<|tool_ca", [A("Let me check.")]),
+    ("cut after the call opens", "Sure.<|", [A("Sure.")]),
+    ("cut inside the end of turn", "Done.<tu", [A("Done.")]),
+    ("cut inside a call's closing marker", "<|tool_call>call:f{a:1}<tool_ca", [C("f", {"a": 1})]),
+    ("cut inside a thought's closing marker", "<|channel>thought\nhmm\n<chan", [T("hmm\n")]),
+    ("a lone < at the end is held back too", "is 2 <", [A("is 2 ")]),
+    ("a < inside the answer is text", "2 < 3 ok", [A("2 < 3 ok")]),
+    ("angle brackets that are no marker", "a < b, c <| d |> e <turn", [A("a < b, c <| d |> e ")]),
     ("stray closing markers are dropped", "a<channel|>b<tool_call|>c", [A("abc")]),
     ("thought then tool call",
      "<|channel>thought\nneed the weather\n<channel|>" + call(f"call:get_weather{{city:{Q}Paris{Q}}}")

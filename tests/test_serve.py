@@ -235,9 +235,9 @@ def test_audio_transcription_formats(server):
     client = server.client()
     speech = (Path(__file__).parent / "data" / "speech-short.flac").read_bytes()  # espeak-ng, see test_speech.py
     out = client.audio.transcriptions.create(model="gemma4-e", file=("talk.flac", speech), response_format="json")
-    assert isinstance(out.text, str)
     verbose = client.audio.transcriptions.create(model="gemma4-e", file=("talk.flac", speech),
                                                  response_format="verbose_json")
+    assert out.text == verbose.text  # the same greedy transcript in either form
     import soundfile as sf
 
     duration = sf.info(io.BytesIO(speech)).duration
@@ -390,16 +390,6 @@ def test_unknown_route_is_an_error_object(server):
         pytest.fail("no 404")
 
 
-def test_serve_help_loads_no_server_or_engine_libraries():
-    heavy = ["llama_cpp", "numpy", "PIL", "starlette", "uvicorn", "multipart", "openai"]
-    code = ("import sys; from gemma_cli.cli import main; sys.argv = ['gemma', 'serve', '--help']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n"
-            "sys.stderr.write(','.join(m for m in %r if m in sys.modules))" % (heavy,))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert "Usage" in proc.stdout and "Examples:" in proc.stdout, proc.stderr
-    assert proc.stderr == ""
-
-
 # ---------------------------------------------------------------- concurrency, limits, keys, stopping
 
 ENDLESS = 'root ::= more\nmore ::= ("a " | "b ") more'  # never ends by itself: only max_tokens or a cancel stops it
@@ -416,8 +406,9 @@ def test_32_streaming_clients_some_leaving_mid_stream(server):
         leaving = i % 4 == 0
         try:
             stream = ask(client, f"Client {i} says hello", stream=True, max_tokens=400 if leaving else 10,
+                         stream_options={"include_usage": True},
                          **({"extra_body": {"grammar": ENDLESS}} if leaving else {}))
-            text, finish = "", None
+            text, finish, usage = "", None, None
             for n, chunk in enumerate(stream):
                 if leaving and n == 3:
                     stream.close()  # the client goes away mid-stream
@@ -426,7 +417,8 @@ def test_32_streaming_clients_some_leaving_mid_stream(server):
                 if chunk.choices:
                     text += chunk.choices[0].delta.content or ""
                     finish = chunk.choices[0].finish_reason or finish
-            results[i] = (text, finish)
+                usage = chunk.usage or usage
+            results[i] = (text, finish, usage)
         except Exception as e:  # noqa: BLE001 - collected, asserted below
             errors.append((i, repr(e)))
 
@@ -440,14 +432,14 @@ def test_32_streaming_clients_some_leaving_mid_stream(server):
     for i, r in results.items():
         if i % 4 == 0:
             assert r == "left"
-        else:
-            text, finish = r
-            assert finish in ("stop", "length") and isinstance(text, str)
+        else:  # each of the others ran to its own end: 10 tokens, or fewer and a stop
+            _, finish, usage = r
+            ran = usage.completion_tokens
+            assert (finish == "length" and ran == 10) or (finish == "stop" and ran < 10), r
+            assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     # The 8 that left would each have run 400 tokens: their slots were freed when they went.
     wait_for(lambda: server.get("/health")["running"] == 0, "the slots to be free")
     assert server.get("/health")["cancelled"] - cancelled == 8
-    greedy = [results[i][0] for i in range(32) if i % 4 and results[i][1] == "length"]
-    assert greedy  # the rest answered in full
 
 
 @pytest.fixture(scope="module")

@@ -161,3 +161,33 @@ def test_a_gguf_with_its_own_template_is_prompted_through_it(gemma3_templated, t
     with Engine(gemma3_templated, n_ctx=256, n_threads=1) as engine:
         evaluated = len(engine.tokenize(shown.stdout))
     assert stats["prompt_tokens"] == evaluated and stats["generated_tokens"] > 0  # exactly the rendered prompt
+
+
+@pytest.mark.parametrize("source,says", [
+    ("ok\n{% for x in %}", "is not valid Jinja (line 2)"),
+    ("{{ raise_exception('no system messages') }}", "refused the conversation: no system messages"),
+    ("{{ 'a' + 1 }}", "failed: TypeError"),
+])
+def test_errors_of_a_users_template_name_the_file_not_the_model(source, says):
+    with pytest.raises(GemmaError) as info:
+        render_template(source, HI, bos="", eos="", origin="my.jinja")
+    assert not isinstance(info.value, ModelError)  # the user's file, not the model's
+    assert info.value.message.startswith("the chat template my.jinja ") and says in info.value.message
+    assert "my.jinja" in info.value.hint and "GGUF" not in info.value.hint and "model's chat template" not in str(info.value)
+
+
+@pytest.mark.parametrize("source,says", [
+    pytest.param("{{ bos_token }}{% for m in messages %}\n{% if %}", "is not valid Jinja (line 2)", id="syntax"),
+    pytest.param("{{ raise_exception('system role not supported') }}",
+                 "refused the conversation: system role not supported", id="refusal"),
+])
+def test_chat_template_file_errors_name_the_file(e_model, tmp_path, source, says):
+    from tests.clitools import assert_one_line_error, run_gemma
+
+    path = tmp_path / "mine.jinja"
+    path.write_text(source, encoding="utf-8")
+    for extra in (["--print-prompt"], ["--max-tokens", "2"]):
+        proc = run_gemma("chat", "Hi", "--model", e_model, "--chat-template", path, *extra, home=tmp_path)
+        assert_one_line_error(proc, f"the chat template {path} {says}")
+        assert "GGUF" not in proc.stderr and "model's chat template" not in proc.stderr
+        assert f"hint: fix {path}, or leave out --chat-template" in proc.stderr

@@ -9,9 +9,9 @@ import pytest
 import synthetic
 from clitools import assert_one_line_error, run_gemma
 
-from gemma_cli.format.prompt import VARIANTS, render
+from gemma_cli.format.prompt import VARIANTS
 from tests.test_prompt import compile_reference
-from tests.test_prompt_variants import FILES, templates
+from tests.test_prompt_variants import FILES, reference, templates
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},
@@ -63,7 +63,7 @@ def test_print_prompt_equals_the_embedded_template(models, saved, tmp_path, name
 def test_no_template_uses_the_newest_for_the_size_with_a_notice(models, tmp_path, kind, variant):
     proc = run_gemma("chat", "Hi", "--model", models[None, kind], "--print-prompt", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == render([{"role": "user", "content": "Hi"}], variant=VARIANTS[variant])
+    assert proc.stdout == reference(templates(variant)[0], [{"role": "user", "content": "Hi"}])
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "no chat template" in lines[0] and VARIANTS[variant].label in lines[0]
 
@@ -83,7 +83,7 @@ def test_chat_template_file_overrides(models, tmp_path):
     known.write_text(templates("llamacpp-interleaved")[2], encoding="utf-8")
     proc = run_gemma("chat", "Hi", "--model", model, "--print-prompt", "--chat-template", known, home=tmp_path)
     assert proc.returncode == 0 and proc.stderr == ""
-    assert proc.stdout == render([{"role": "user", "content": "Hi"}], variant=VARIANTS["llamacpp-interleaved"])
+    assert proc.stdout == reference(templates("llamacpp-interleaved")[0], [{"role": "user", "content": "Hi"}])
     # Not a template gemma knows: rendered as it is, in jinja2's sandbox.
     custom = tmp_path / "custom.jinja"
     source = templates("2026-04")[2].replace("<|turn>model\\n", "<|turn>model[custom]\\n")

@@ -8,14 +8,21 @@ import pytest
 
 from gemma_cli.chat.session import ChatSession, Done, format_of_engine
 from gemma_cli.engine import Engine, Sampling
-from gemma_cli.engine.core import _common_prefix
 from gemma_cli.format.prompt import VARIANTS
+from tests.generations import Generations
 from tests.test_prompt import WEATHER
 from tests.test_prompt_variants import FILES, templates
 
 
 @pytest.fixture(scope="module")
 def engine(e_model):
+    with Engine(e_model, n_ctx=2048, swa_full=True) as engine:
+        yield engine
+
+
+@pytest.fixture(scope="module")
+def fresh(e_model):
+    """Another engine on the same model: replies from an empty cache."""
     with Engine(e_model, n_ctx=2048, swa_full=True) as engine:
         yield engine
 
@@ -36,40 +43,35 @@ CALL = {"role": "assistant", "content": "", "tool_calls": [
 
 @pytest.mark.parametrize("think", [False, True], ids=["no-think", "think"])
 @pytest.mark.parametrize("name", list(FILES))
-def test_follow_up_turns_evaluate_only_what_the_cache_lacks(engine, name, think):
-    session = session_for(engine, name, sampling=Sampling(temperature=0), max_tokens=6, think=think,
-                          tools=[WEATHER], system="You answer briefly.")
-
-    def lacking() -> tuple[int, int]:
-        tokens = engine.tokenize(session.prompt_text())
-        return len(tokens), max(1, len(tokens) - _common_prefix(engine.cache_contents(), tokens))
+def test_follow_up_turns_evaluate_only_what_the_cache_lacks(engine, fresh, monkeypatch, name, think):
+    greedy = Sampling(temperature=0)
+    session = session_for(engine, name, sampling=greedy, max_tokens=6, think=think, tools=[WEATHER],
+                          system="You answer briefly.")
+    engine.reset()
+    seen = Generations(engine, monkeypatch)  # the oracle: each prompt and reply, as llama.cpp was given them
 
     def turn() -> tuple[int, int]:
+        """(evaluated, reused) the next turn should get, as it did."""
+        tokens = engine.tokenize(session.prompt_text())
+        want = seen.expected(tokens)
         stats = done(session.generate()).stats
-        return stats.prompt_tokens, stats.reused_tokens
+        assert seen.calls[-1].prompt == tokens
+        assert (stats.prompt_tokens, stats.reused_tokens) == want
+        return want
 
-    engine.reset()
     session.messages.append({"role": "user", "content": "What is the weather in Paris?"})
-    size, need = lacking()
-    assert turn() == (need, size - need)
+    assert turn()[1] == 0
     # The model called the tool (its reply replaced by the call) and the result came back.
     session.messages[-1] = dict(CALL)
     session.add_tool_result(CALL["tool_calls"][0], "18 C, clear")
-    size, need = lacking()
-    assert need < size - 30  # the system turn, tools and the question are in the cache
-    before = engine.tokenize(session.prompt_text())
-    assert turn() == (need, size - need)
+    assert turn()[1] > 30  # the system turn, tools and the question came from the cache
     # The answer after the result is a second assistant message (merged into the same model turn
     # by the 2026-07-09 templates); the next prompt reuses all it shares with the one before
     # (the generated text itself may tokenize otherwise than the random model sampled it).
     for text in ("And in Rome?", "Thanks, and tomorrow?"):
         session.messages.append({"role": "user", "content": text})
-        size, need = lacking()
-        tokens = engine.tokenize(session.prompt_text())
-        assert size - need >= _common_prefix(before, tokens) - 1
-        assert need < size - 30
-        assert turn() == (need, size - need)
-        before = tokens
+        assert turn()[1] > 30
+    seen.assert_same_as(fresh, greedy)  # reusing the cache changed no reply
 
 
 ANSWER = 'root ::= "It is 18 degrees."\n'

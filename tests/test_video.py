@@ -16,7 +16,9 @@ import pytest
 from gemma_cli.engine import Engine, Sampling
 from gemma_cli.errors import CapabilityError, ContextOverflowError, MediaError
 from gemma_cli.media import video as vid
+from tests.batchoutput import chat_completion
 from tests.clitools import assert_one_line_error, run_gemma
+from tests.media_tokens import image_tokens
 
 GREEDY = Sampling(temperature=0)
 ONE = ["--threads", "1", "--draft", "off", "--temperature", "0", "-n", "2"]
@@ -39,6 +41,12 @@ def write_clip(path, n: int = 40, fps: int = 10, w: int = 64, h: int = 48, codec
     for packet in stream.encode():
         out.mux(packet)
     out.close()
+
+
+@pytest.fixture(scope="module")
+def per_frame(e_model, vision_mmproj) -> int:
+    """The tokens of one of write_clip's 64x48 frames at a frame's budget (70), counted by llama.cpp's mtmd."""
+    return image_tokens(e_model, vision_mmproj, 64, 48, budget=70)
 
 
 @pytest.fixture
@@ -76,8 +84,11 @@ def test_the_video_placeholder_becomes_timestamped_frames_joined_by_one_space():
     assert v.layout == "00:00 <|image|> 00:01 <|image|> 01:02 <|image|>"
     w = vid.Video("d.mp4", frames=[object()], times=[4.0])
     text = "<|turn>user\n<|video|>Compare<|video|><turn|>"
-    assert vid.with_frames(text, [v, w]) == ("<|turn>user\n00:00 <|image|> 00:01 <|image|> 01:02 <|image|>Compare"
-                                             "00:04 <|image|><turn|>")
+    # a clip is a block of its own: a line break parts it from text written against it and from another clip
+    assert vid.with_frames(text, [v, w]) == ("<|turn>user\n00:00 <|image|> 00:01 <|image|> 01:02 <|image|>\nCompare"
+                                             "\n00:04 <|image|><turn|>")
+    assert vid.with_frames("<|turn>user\n<|video|><|video|> Hi<turn|>", [v, w]) == (
+        f"<|turn>user\n{v.layout}\n{w.layout} Hi<turn|>")
     with pytest.raises(MediaError, match="2 <|video|> placeholders for 1 videos"):
         vid.with_frames(text, [v])
 
@@ -183,7 +194,7 @@ def reply_of(events):
 
 
 def test_frames_go_through_mtmd_at_70_tokens_and_a_follow_up_evaluates_only_new_tokens(vision_engine, clip,
-                                                                                          monkeypatch):
+                                                                                          monkeypatch, per_frame):
     engine = vision_engine
     engine.reset()
     calls = []
@@ -194,12 +205,12 @@ def test_frames_go_through_mtmd_at_70_tokens_and_a_follow_up_evaluates_only_new_
     first = reply_of(session.send([part, {"type": "text", "text": "What happens?"}]))
     assert len(calls) == 8  # one encode per frame
     frame = session.media_parts().load(part).frames[0]
-    assert engine.media_tokens(frame) == 80  # budget 70 (this tiny projector rounds up to 80)
+    assert engine.media_tokens(frame) == per_frame  # budget 70, as llama.cpp's mtmd counts it
     text = session.prompt_text()
     assert "00:00 <|image|> 00:00 <|image|> 00:01 <|image|>" in text and "<|video|>" not in text
     layout = STAMP_LAYOUT.search(text).group(0)
     assert layout.count("<|image|>") == 8
-    assert first.stats.prompt_tokens > 8 * 80
+    assert first.stats.prompt_tokens > 8 * per_frame
     second = reply_of(session.send("And then?"))
     assert len(calls) == 8  # the frames were not encoded again
     # every frame (and the text around them) came from the cache: the prompt of the first turn less its
@@ -209,7 +220,7 @@ def test_frames_go_through_mtmd_at_70_tokens_and_a_follow_up_evaluates_only_new_
     assert second.stats.prompt_tokens <= len(follow_up) + first.stats.generated_tokens + 2
 
 
-def test_images_keep_their_budget_beside_video_frames(vision_engine, clip, tmp_path):
+def test_images_keep_their_budget_beside_video_frames(vision_engine, clip, tmp_path, per_frame):
     from PIL import Image
 
     engine = vision_engine
@@ -219,11 +230,11 @@ def test_images_keep_their_budget_beside_video_frames(vision_engine, clip, tmp_p
     loader = session.media_parts()
     image = loader.load(loader.attach("image", tmp_path / "p.png"))
     frames = loader.load(loader.attach("video", clip, frames=2)).frames
-    assert engine.media_tokens(image) > engine.media_tokens(frames[0]) == 80  # 280 -> 300 for the image
+    assert engine.media_tokens(image) > engine.media_tokens(frames[0]) == per_frame  # the image at 280
     result = reply_of(session.send([{"type": "image", "path": str(tmp_path / "p.png")},
                                     {"type": "video", "path": str(clip), "frames": 2},
                                     {"type": "text", "text": "Same?"}]))
-    assert result.stats.prompt_tokens > engine.media_tokens(image) + 2 * 80
+    assert result.stats.prompt_tokens > engine.media_tokens(image) + 2 * per_frame
 
 
 def test_video_on_a_projector_without_vision_is_a_capability_error(e_model, audio_mmproj, clip):
@@ -241,11 +252,11 @@ def test_chat_print_prompt_shows_the_frame_layout(e_model, clip, tmp_path):
     proc = run_gemma("chat", "What happens?", "-v", clip, "--model", e_model, "--print-prompt", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     v = vid.load_video(clip)
-    assert proc.stdout.startswith("<bos><|turn>user\n" + v.layout + "What happens?<turn|>")
+    assert proc.stdout.startswith("<bos><|turn>user\n" + v.layout + "\nWhat happens?<turn|>")
     assert proc.stdout.count("<|image|>") == 32 and "<|video|>" not in proc.stdout
 
 
-def test_chat_with_a_video_from_stdin(e_model, vision_mmproj, clip, tmp_path):
+def test_chat_with_a_video_from_stdin(e_model, vision_mmproj, clip, tmp_path, per_frame):
     import subprocess
     import sys
 
@@ -256,18 +267,18 @@ def test_chat_with_a_video_from_stdin(e_model, vision_mmproj, clip, tmp_path):
                           input=clip.read_bytes(), capture_output=True, env=gemma_env(tmp_path), timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     stats = json.loads(proc.stdout)["stats"]
-    assert stats["prompt_tokens"] > 32 * 80
+    assert stats["prompt_tokens"] > 32 * per_frame
 
 
-def test_describe_video_json_reports_frames_and_tokens(e_model, vision_mmproj, clip, tmp_path):
+def test_describe_video_json_reports_frames_and_tokens(e_model, vision_mmproj, clip, tmp_path, per_frame):
     proc = run_gemma("describe-video", clip, "--frames", "4", "--json", "--model", e_model, "--mmproj", vision_mmproj,
                      *ONE, home=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     r = out["results"][0]
     assert out["frame_tokens_budget"] == 70 and r["frames"] == 4 and r["frames_in_clip"] == 40
-    assert r["timestamps"] == ["00:00", "00:01", "00:02", "00:03"] and r["frame_tokens"] == [80] * 4
-    assert r["stats"]["prompt_tokens"] > 4 * 80
+    assert r["timestamps"] == ["00:00", "00:01", "00:02", "00:03"] and r["frame_tokens"] == [per_frame] * 4
+    assert r["stats"]["prompt_tokens"] > 4 * per_frame
     proc = run_gemma("describe-video", clip, "--fps", "0.5", "--frame-tokens", "140", "--json", "--model", e_model,
                      "--mmproj", vision_mmproj, *ONE, home=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -300,16 +311,16 @@ def test_a_conversation_file_with_a_video_url_part(e_model, vision_mmproj, clip,
     (tmp_path / "conv.json").write_text(json.dumps(conv))
     proc = run_gemma("chat", "--load", tmp_path / "conv.json", "--model", e_model, "--print-prompt", home=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("<|image|>") == 32 and "00:03 <|image|>What happens?" in proc.stdout
+    assert proc.stdout.count("<|image|>") == 32 and "00:03 <|image|>\nWhat happens?" in proc.stdout
 
 
 # ---------------------------------------------------------------- batch lines
 
 
-def test_videos_in_batch_lines_simple_messages_and_openai(e_model, vision_mmproj, tmp_path):
+def test_videos_in_batch_lines_simple_messages_and_openai(e_model, vision_mmproj, tmp_path, per_frame):
     import base64
 
-    from tests.test_batch import run_batch
+    from tests.clitools import run_batch
 
     write_clip(tmp_path / "clip.mp4", n=6)
     (tmp_path / "notes.mp4").write_text("not a video\n" * 30)
@@ -322,18 +333,16 @@ def test_videos_in_batch_lines_simple_messages_and_openai(e_model, vision_mmproj
     ]
     proc, results = run_batch(tmp_path, lines, "-m", e_model, "--mmproj", vision_mmproj, "-p", "2", "-t", "0")
     got = {r["id"]: r for r in results}
-    assert got["simple"]["error"] is None and got["simple"]["usage"]["prompt_tokens"] > 6 * 80
-    assert got["parts"]["error"] is None and got["parts"]["usage"]["prompt_tokens"] > 6 * 80, got["parts"]
+    assert got["simple"]["error"] is None and got["simple"]["usage"]["prompt_tokens"] > 6 * per_frame
+    assert got["parts"]["error"] is None and got["parts"]["usage"]["prompt_tokens"] > 6 * per_frame, got["parts"]
     assert got["bad"]["error"]["code"] == "media" and "notes.mp4" in got["bad"]["error"]["message"]
     assert proc.returncode == 3
     openai = [{"custom_id": "o1", "method": "POST", "url": "/v1/chat/completions",
                "body": {"max_tokens": 2, "messages": [{"role": "user", "content": [
                    {"type": "video_url", "video_url": {"url": data_url}}, {"type": "text", "text": "What happens?"}]}]}}]
-    proc, results = run_batch(tmp_path, openai, "-m", e_model, "--mmproj", vision_mmproj, name="o.jsonl",
-                              out="o-out.jsonl")
+    proc, results = run_batch(tmp_path, openai, "-m", e_model, "--mmproj", vision_mmproj, name="o")
     assert proc.returncode == 0, proc.stderr
-    body = results[0]["response"]["body"]
-    assert body["usage"]["prompt_tokens"] > 6 * 80
+    assert chat_completion(results[0]).usage.prompt_tokens > 6 * per_frame  # validated by the openai package
 
 
 def test_chat_with_a_clip_too_long_for_the_context_fails_before_the_model_loads(e_model, vision_mmproj, clip,

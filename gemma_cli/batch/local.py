@@ -89,7 +89,8 @@ class Serial:
         t0, pieces, tokens, last, before = time.perf_counter(), [], [], None, self.generated_tokens
         finish = None
         steps = turn_steps(self.engine, job.prompt, job.media, job.max_tokens, job.sampling, job.shared,
-                           free_thought=job.free_thought, in_thought=job.in_thought, think_budget=job.think_budget)
+                           free_thought=job.free_thought, in_thought=job.in_thought, think_budget=job.think_budget,
+                           save_at=[job.shared] if job.shared else None)  # the prompt cache keeps the shared head
         try:
             for last in steps:
                 pieces.append(last.text)
@@ -166,7 +167,7 @@ class Local:
             text = self.format.render(head, tools, thinking=think, add_generation_prompt=False)
         except Exception:  # noqa: BLE001 - a template that cannot render a lone system turn: no checkpoint
             return None
-        from gemma_cli.engine.core import (
+        from gemma_cli.engine.kv import (
             common_prefix,  # the engine (llama_cpp): loaded by local runs only
         )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -17,7 +18,7 @@ from gemma_cli.chat.tools import ToolOutcome, result_text
 from gemma_cli.errors import CapabilityError, GemmaError
 from gemma_cli.format import prompt as gemma_prompt
 from gemma_cli.format import reply
-from gemma_cli.format.template import render_template
+from gemma_cli.format.template import check_template, render_template
 from gemma_cli.media.parts import MediaParts, prompt_order
 from gemma_cli.media.video import with_frames
 
@@ -45,6 +46,7 @@ class PromptFormat:
     variant: "gemma_prompt.Variant | None" = None
     source: str = ""  # where the template comes from, for people: "embedded in the model", "--chat-template FILE"
     fallback: str | None = None  # why the template in use is not the model's own (the notice)
+    origin: str | None = None  # the `--chat-template FILE` it renders, named in its errors
 
     def render(self, messages: list[dict], tools: list[dict] | None = None, *, thinking: bool = False,
                add_generation_prompt: bool = True, preserve_thinking: bool = False) -> str:
@@ -53,10 +55,11 @@ class PromptFormat:
                                        bos=self.bos or "<bos>", variant=self.variant, preserve_thinking=preserve_thinking)
         if self.kind in (GEMMA4, "template"):
             text = render_template(self.template or "", messages, bos=self.bos, eos=self.eos,
-                                   add_generation_prompt=add_generation_prompt, tools=tools,
+                                   add_generation_prompt=add_generation_prompt, tools=tools, origin=self.origin,
                                    enable_thinking=thinking, preserve_thinking=preserve_thinking)
             return self.bos + text if self.add_bos and self.bos and not text.startswith(self.bos) else text
-        return self.bos + "".join(_text_of(m) for m in messages if m.get("role") != "system")
+        # No template (a base model): plain text completion; every message kept, a line break between turns
+        return self.bos + "\n".join(text for text in map(_text_of, messages) if text)
 
     @property
     def template_name(self) -> str:
@@ -70,7 +73,8 @@ class PromptFormat:
     @property
     def notice(self) -> str | None:
         if self.kind == "plain":
-            return "this model has no chat template (a base model): running as plain text completion"
+            return ("note: this model has no chat template (a base model): running as plain text completion, "
+                    "its messages one line break apart")
         return self.fallback
 
 
@@ -91,12 +95,14 @@ def format_for(architecture: str, chat_template: str | None, bos: str, eos: str,
     """The prompt format of a model; `override` is (`--chat-template` path, its text)."""
     source = f"from {override[0]}" if override else "embedded in the model"
     template = override[1] if override else chat_template
+    origin = override[0] if override else None
     if architecture == GEMMA4:
         variant = gemma_prompt.variant_of(template)
         if variant is not None:
             return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos, variant=variant, source=source)
         if override:
-            return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos, template=template, add_bos=add_bos, source=source)
+            return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos, template=template, add_bos=add_bos, source=source,
+                                origin=origin)
         variant = gemma_prompt.default_variant(small)
         why = "has no chat template" if not chat_template else "embeds a chat template gemma does not know"
         note = (f"this model {why}: using Gemma 4's {variant.label} template "
@@ -104,7 +110,8 @@ def format_for(architecture: str, chat_template: str | None, bos: str, eos: str,
         return PromptFormat(GEMMA4, bos=bos or "<bos>", eos=eos, variant=variant, source="the default for its size",
                             fallback=note)
     if template:
-        return PromptFormat("template", bos=bos, eos=eos, template=template, add_bos=add_bos, source=source)
+        return PromptFormat("template", bos=bos, eos=eos, template=template, add_bos=add_bos, source=source,
+                            origin=origin)
     return PromptFormat("plain", bos=bos if add_bos else "", eos=eos)
 
 
@@ -138,6 +145,7 @@ def read_chat_template(path) -> tuple[str, str]:
                          "pass a Jinja chat template file (e.g. one of a model's .jinja files)") from None
     if not text.strip():
         raise GemmaError(f"chat template {path} is empty", "pass a Jinja chat template file")
+    check_template(text, str(path))  # a syntax error fails now, before the model loads
     return str(path), text
 
 
@@ -145,7 +153,9 @@ def _text_of(message: dict) -> str:
     content = message.get("content") or ""
     if isinstance(content, str):
         return content
-    return "".join(part.get("text", "") for part in content if part.get("type") == "text")
+    if isinstance(content, list):
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return json.dumps(content, ensure_ascii=False)  # a tool's result given as JSON
 
 
 # ---------------------------------------------------------------- results
@@ -162,6 +172,7 @@ class Stats:
     drafted: int = 0  # speculative decoding: tokens proposed by the drafter
     accepted: int = 0  # ... and kept by the model
     limit: str | None = None  # with finish_reason "length": what ran out, "max_tokens" or "context"
+    disk_tokens: int = 0  # prompt tokens restored from the prompt cache on disk (part of reused_tokens)
 
     @classmethod
     def of(cls, step: "Step") -> "Stats":
@@ -212,8 +223,12 @@ class ChatSession:
         self.tools = tools or None
         self.messages: list[dict] = []
         self.last_result: Result | None = None  # of the latest generate(), finished or interrupted
+        # The history before the turn under way (send(), retry(), answer() set it; its tool rounds keep
+        # it): a turn that fails goes back to it, so a failure never stays in the conversation.
+        self._before_turn: list[dict] | None = None
         # gemma_cli.media.parts.MediaParts: the decoder of this conversation's media (given, or made at the first part)
         self._media = media
+        self.documents: list[str] = []  # texts of the conversation (piped stdin) whose end is a save point
         if system:
             self.messages.append({"role": "system", "content": system})
 
@@ -231,16 +246,55 @@ class ChatSession:
 
         return with_frames(text, self.media_parts().videos(prompt_order(self.messages)))
 
-    def _prompt_tokens(self) -> tuple[list[int], int | None, bool]:
-        """The prompt's tokens, where its generation prompt starts (a KV checkpoint spot), and
-        whether it ends inside an open thought (the reply then starts as thinking)."""
+    def _prompt_tokens(self) -> tuple[list[int], int | None, bool, list[int]]:
+        """The prompt's tokens, where its generation prompt starts (a KV checkpoint spot), whether it
+        ends inside an open thought (the reply then starts as thinking), and its save points."""
         full = self.prompt_text()
         head = self.prompt_text(add_generation_prompt=False)
         tokens = self.engine.tokenize(full)
         in_thought = self.format.kind == GEMMA4 and gemma_prompt.ends_in_thought(full)
+        points = self._save_points(full, tokens)
         if not full.startswith(head) or len(full) == len(head):
-            return tokens, None, in_thought
-        return tokens, len(tokens) - len(self.engine.tokenize(full[len(head):])), in_thought
+            return tokens, None, in_thought, points
+        return tokens, len(tokens) - len(self.engine.tokenize(full[len(head):])), in_thought, points
+
+    def _save_points(self, full: str, tokens: list[int]) -> list[int]:
+        """Where later prompts are likely to share this one's tokens (the prompt cache's restart points,
+        see engine.disk): the end of the system prompt and tool declarations, of each piped document, and
+        of each complete turn. Each as a token position, so far as its text tokenizes the same alone."""
+        heads = []
+        n_system = next((i for i, m in enumerate(self.messages) if m.get("role") != "system"), len(self.messages))
+        if n_system:
+            heads.append(self._render(self.messages[:n_system]))
+        for i, m in enumerate(self.messages):
+            following = self.messages[i + 1] if i + 1 < len(self.messages) else None
+            if m.get("role") == "assistant" and (following is None or following.get("role") == "user"):
+                heads.append(self._render(self.messages[: i + 1]))
+        ends = [len(h) for h in heads if full.startswith(h)]
+        ends += [full.rfind(doc) + len(doc) for doc in self.documents if doc and doc in full]
+        points = set()
+        for end in ends:
+            if 0 < end < len(full):
+                head = self.engine.tokenize(full[:end])
+                n = next((i for i, (a, b) in enumerate(zip(head, tokens)) if a != b), min(len(head), len(tokens)))
+                if 0 < n < len(tokens):
+                    points.add(n)
+        return sorted(points)
+
+    def _render(self, messages: list[dict]) -> str:
+        return self._with_frames(self.format.render(messages, self.tools, thinking=self.think,
+                                                    add_generation_prompt=False, preserve_thinking=self.keep_thinking))
+
+    def keep(self) -> None:
+        """Evaluate the conversation as it stands (its last turn closed) and keep that state in the prompt
+        cache on disk, so `gemma chat --continue` in a new process starts from it (no-op without one)."""
+        if getattr(self.engine, "prompt_cache", None) is None or not self.messages:
+            return
+        text = self._render(self.messages)
+        tokens = self.engine.tokenize(text)
+        items, _, points = self.engine.prompt_items(tokens, self._prompt_media() or None, None,
+                                                    self._save_points(text, tokens))
+        self.engine.keep(items, points)
 
     # ---- turns
 
@@ -254,7 +308,14 @@ class ChatSession:
         if _has_media([{"content": content}]):
             self._ready_for(content)
             content = self.media_parts().prepare(content)
+        self._before_turn = list(self.messages)
         self.messages.append({"role": "user", "content": content})
+        return self.generate()
+
+    def answer(self) -> Iterator[object]:
+        """The model's next turn after the history as it is (a saved conversation that ends in a tool's
+        result); like send(), a turn that fails leaves the history as it was."""
+        self._before_turn = list(self.messages)
         return self.generate()
 
     def attach(self, kind: str, source) -> dict:
@@ -289,7 +350,28 @@ class ChatSession:
         return self.media_parts().for_engine(parts)
 
     def generate(self) -> Iterator[object]:
-        tokens, checkpoint, in_thought = self._prompt_tokens()
+        """Stream the model's turn after the history as it is; a turn that fails (an error, not a
+        Ctrl-C) leaves the history as it was before the turn began (see `_before_turn`)."""
+        before = self._before_turn if self._before_turn is not None else list(self.messages)
+        try:
+            yield from self._generate()
+        except (KeyboardInterrupt, GeneratorExit):
+            self._before_turn = None  # stopped by the user: what was said so far is kept
+            raise
+        except Exception:
+            self._before_turn = before
+            self.undo_turn()
+            raise
+        if not self.pending_calls():
+            self._before_turn = None  # the turn is over (its tool rounds, if any, would continue it)
+
+    def undo_turn(self) -> None:
+        """The turn under way failed: the history goes back to what it was before it (none under way: nothing)."""
+        if self._before_turn is not None:
+            self.messages, self._before_turn = self._before_turn, None
+
+    def _generate(self) -> Iterator[object]:
+        tokens, checkpoint, in_thought, points = self._prompt_tokens()
         parse = self.format.kind == GEMMA4
         parser = reply.ReplyParser(in_thought=in_thought, tools=self.tools)
         result = self.last_result = Result()  # the partial one stays readable after a Ctrl-C
@@ -297,7 +379,7 @@ class ChatSession:
         free = bool(self.sampling.grammar and self.think and self.format.kind == GEMMA4)
         budget = self.think_budget if self.think and parse else None
         stream = turn_steps(self.engine, tokens, media or None, self.max_tokens, self.sampling, checkpoint,
-                            free_thought=free, in_thought=in_thought, think_budget=budget)
+                            free_thought=free, in_thought=in_thought, think_budget=budget, save_at=points)
         try:
             for step in stream:
                 result.stats = Stats.of(step)
@@ -311,6 +393,7 @@ class ChatSession:
             stream.close()
             self._record(result)
             raise
+        result.stats.disk_tokens = getattr(self.engine, "from_disk", 0)
         if result.stats.finish_reason == "length":
             full = self.max_tokens is None or result.stats.generated_tokens < self.max_tokens
             result.stats.limit = "context" if full else "max_tokens"
@@ -359,6 +442,7 @@ class ChatSession:
         """Drop the last model turn and generate it again."""
         if not any(m["role"] == "user" for m in self.messages):
             raise GemmaError("there is no answer to retry yet", "send a message first")
+        self._before_turn = list(self.messages)  # a retry that fails keeps the answer it was to replace
         while self.messages and self.messages[-1]["role"] in ("assistant", "tool"):
             self.messages.pop()
         return self.generate()
@@ -419,21 +503,26 @@ def converse(session: ChatSession, events: Iterator[object], toolbox=None, confi
     with a note, instead of run again (Gemma 4 can repeat a call forever).
     """
     seen: dict[str, object] = {}
-    for round_no in range(max_rounds + 1):
-        result = None
-        for event in events:
-            if isinstance(event, Done):
-                result = event.result
-            yield event
-        calls = session.pending_calls()
-        if result is None or not calls or toolbox is None or not toolbox.runnable:
-            return
-        if round_no == max_rounds:
-            yield ToolRun({"function": {"name": "", "arguments": {}}}, False, f"stopped after {max_rounds} tool rounds")
-            return
-        for call in calls:
-            yield _run_call(session, toolbox, call, confirm, seen)
-        events = session.generate()
+    try:
+        for round_no in range(max_rounds + 1):
+            result = None
+            for event in events:
+                if isinstance(event, Done):
+                    result = event.result
+                yield event
+            calls = session.pending_calls()
+            if result is None or not calls or toolbox is None or not toolbox.runnable:
+                return
+            if round_no == max_rounds:
+                yield ToolRun({"function": {"name": "", "arguments": {}}}, False,
+                              f"stopped after {max_rounds} tool rounds")
+                return
+            for call in calls:
+                yield _run_call(session, toolbox, call, confirm, seen)
+            events = session.generate()
+    except Exception:
+        session.undo_turn()  # a tool round that fails undoes the whole turn, as a failed generate() does
+        raise
 
 
 def _run_call(session: ChatSession, toolbox, call: dict, confirm, seen: dict) -> ToolRun:
@@ -462,7 +551,8 @@ def _run_call(session: ChatSession, toolbox, call: dict, confirm, seen: dict) ->
 
 
 def turn_steps(engine, tokens: list, media, max_tokens: int | None, s, checkpoint: int | None = None, *,
-               free_thought: bool = False, in_thought: bool = False, think_budget: int | None = None) -> Iterator["Step"]:
+               free_thought: bool = False, in_thought: bool = False, think_budget: int | None = None,
+               save_at: list[int] | None = None) -> Iterator["Step"]:
     """Engine steps for one model turn; with `free_thought` (a grammar and thinking), the thought runs free.
 
     The grammar constrains the answer only: the thought is generated without it, up to
@@ -472,7 +562,7 @@ def turn_steps(engine, tokens: list, media, max_tokens: int | None, s, checkpoin
     is closed (`<channel|>` appended, as llama.cpp's --reasoning-budget) and the model answers;
     the closing text comes as a step of its own (token None).
     """
-    run = engine.stream_generate
+    run = engine.stream_generate if not save_at else partial(engine.stream_generate, save_at=save_at)
     grammar_later = bool(s.grammar and free_thought)
     if not (grammar_later or think_budget is not None):
         yield from run(tokens, media=media, max_tokens=max_tokens, sampling=s, checkpoint_at=checkpoint)

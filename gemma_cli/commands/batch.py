@@ -45,8 +45,8 @@ Ctx = Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context
 Draft = Annotated[Optional[str], typer.Option("--draft", metavar="off|auto|ngram|PATH", help="Speculative decoding, one line at a time (instead of --parallel): auto, the model's installed MTP drafter; ngram, prompt lookup for copy-heavy lines; PATH, a gemma4-assistant GGUF. Default off: parallel sequences give a batch more throughput.")]
 
 
-@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, *opt.DRAFTING, "yes", "verbose",
-            model=Model, ctx=Ctx, draft=Draft)
+@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, *opt.DRAFTING, "yes",
+            "no_cache", "verbose", model=Model, ctx=Ctx, draft=Draft)
 def batch(
     source: Annotated[str, typer.Argument(metavar="INPUT", help="JSON Lines file of prompts; - reads stdin.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="OUT", help="Results file (JSON Lines), appended to and resumed; default stdout (no resume).")] = None,
@@ -109,7 +109,7 @@ def batch(
         target = Endpoint(endpoint, api_key, timeout=timeout, retries=retries, model=o.model, api=api)
     else:
         engine, n = _open(settings, o.model, parallel, o.ctx, deterministic, o.mmproj, o.image_tokens, o.threads,
-                          o.gpu_layers, o.yes, o.verbose, o.draft, o.draft_max)
+                          o.gpu_layers, o.yes, o.verbose, o.draft, o.draft_max, cache=not o.no_cache)
     # Only now: --restart's truncation and the retry of failed lines (their records are dropped)
     # must not happen for a run that cannot start (a wrong model name, a bad URL).
     out = jobs.Output(output, restart=restart)
@@ -144,7 +144,7 @@ def default_parallel(gpu: bool, ctx: int) -> int:
 
 
 def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, threads, gpu_layers, yes, verbose,
-          draft, draft_max):
+          draft, draft_max, cache: bool = False):
     """The engine for a local run: n parallel sequences (plus the staging one), each `ctx` tokens;
     with --draft, one sequence and the drafter."""
     # lazy: commands.loading, commands.describe load only when the command runs; keeps gemma --help fast
@@ -165,6 +165,7 @@ def _open(settings, model, parallel, ctx, deterministic, mmproj, image_tokens, t
                                  what="speculative decoding" if drafting else f"{n} parallel sequences")
     if drafting:
         loading.attach_draft(engine, resolved, draft, draft_max)
+    loading.attach_prompt_cache(engine, settings, cache)  # the lines' shared head (system prompt, tools)
     return engine, n
 
 

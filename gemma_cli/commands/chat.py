@@ -32,7 +32,7 @@ Examples:
 
 
 @opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, *opt.DRAFTING, "as_json",
-            "yes", "verbose")
+            "yes", "no_cache", "verbose")
 def chat(
     prompt: Annotated[Optional[str], typer.Argument(help="What to ask. Omit it for the interactive chat; piped stdin is read as context.")] = None,
     image: Annotated[Optional[list[str]], typer.Option("--image", "-i", metavar="PATH", help="An image to send with the prompt (repeatable; - reads stdin).")] = None,
@@ -74,9 +74,10 @@ def chat(
     decoder = MediaParts()  # -i/-a are read and decoded now, before the model loads
     parts = _media_parts(decoder, image, audio, video)  # before stdin is read as text: `-i -` reads it
     prompt, system = _utf8(prompt, "the prompt"), _utf8(system, "--system")
-    text = _read_input(prompt) if not any(p.get("url") for p in parts) else prompt
+    text, document = _read_input(prompt) if not any(p.get("url") for p in parts) else (prompt, None)
     conv = _start_conversation(load, resume)
     think = think if think is not None else bool(conv.settings.get("think", False))
+    _check_thinking_options(think, think_budget, keep_thinking)
     toolbox = _load_tools(tools)
     declarations = toolbox.declarations if toolbox else (conv.tools or None)
     # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
@@ -99,9 +100,12 @@ def chat(
         # lazy: video loads only when the command runs; keeps gemma --help fast
         from gemma_cli.media.video import check_context
 
-        check_context(decoder.videos(parts), settings.pick("ctx", o.ctx) or 8192)  # before the model loads
+        check_context(decoder.videos(parts), resolved.context(settings.pick("ctx", o.ctx)),  # before the model loads
+                      resolved.trained_context)
     interactive = text is None and sys.stdin is not None and sys.stdin.isatty()
-    if text is None and not interactive:
+    # a saved conversation that ends in a tool's result, with no prompt: the model's next turn answers it
+    answers_tool = text is None and not parts and not interactive and bool(messages) and messages[-1]["role"] == "tool"
+    if text is None and not interactive and not answers_tool:
         raise UsageError("no prompt given and stdin is empty", 'pass a prompt: gemma chat "…"')
     # lazy: the MCP face, only when the chat runs; keeps gemma --help fast
     from gemma_cli.commands import mcp as mcp_face
@@ -114,6 +118,7 @@ def chat(
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", o.ctx), threads=settings.pick("threads", o.threads),
                                  verbose=o.verbose, load_mmproj=bool(parts), image_tokens=o.image_tokens)
     loading.note_context(engine, loading.asked_ctx(settings, o.ctx))
+    loading.attach_prompt_cache(engine, settings, not o.no_cache)
     sampling = loading.sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed, saved=conv.settings,
                                    **opt.given(o, opt.PENALTIES))
     sampling.grammar = _constraint(schema, fmt, grammar)
@@ -121,6 +126,7 @@ def chat(
                           max_tokens=settings.pick("max_tokens", o.max_tokens or conv.settings.get("max_tokens")),
                           media=decoder, keep_thinking=keep_thinking, think_budget=think_budget)
     session.messages = messages
+    session.documents = [document] if document else []
     for kind in dict.fromkeys(p["type"] for p in parts):
         engine.ensure_projector(kind)  # a model without that encoder says so before anything runs
     loading.attach_draft(engine, resolved, o.draft, o.draft_max)
@@ -142,9 +148,19 @@ def chat(
             raise
         if keep:
             _autosave(session, path)
+            session.keep()  # the state at the end of this turn, for the next --continue
     finally:
         if host is not None:
             host.close()
+
+
+def _check_thinking_options(think: bool, think_budget: int | None, keep_thinking: bool) -> None:
+    """--think-budget and --keep-thinking do nothing with thinking off: refused, not ignored."""
+    inert = [flag for flag, given in (("--think-budget", think_budget is not None),
+                                      ("--keep-thinking", keep_thinking)) if given]
+    if inert and not think:
+        raise UsageError(f"{' and '.join(inert)} {'has' if len(inert) == 1 else 'have'} no effect without --think "
+                         "(thinking is off)", "add --think, or drop " + " and ".join(inert))
 
 
 def _interactive(session, path: Path, toolbox, confirm, parts: list[dict], *, show_thinking: bool,
@@ -209,14 +225,15 @@ def _read_stdin() -> str:
         return data.decode("utf-8", "replace")
 
 
-def _read_input(prompt: str | None) -> str | None:
-    """The user's message: the argument, stdin, or both (stdin as context before the prompt)."""
+def _read_input(prompt: str | None) -> tuple[str | None, str | None]:
+    """The user's message: the argument, stdin, or both (stdin as context before the prompt); and the
+    piped document in it (its end is a save point of the prompt cache)."""
     piped = None if sys.stdin is None or sys.stdin.isatty() else _read_stdin()
     if piped is not None and not piped.strip():
         piped = None
     if piped and prompt:
-        return f"{piped.rstrip()}\n\n{prompt}"
-    return prompt if prompt is not None else piped
+        return f"{piped.rstrip()}\n\n{prompt}", piped.rstrip()
+    return (prompt, None) if prompt is not None else (piped, None)
 
 
 def _start_conversation(load: Path | None, resume: bool):
@@ -307,12 +324,14 @@ def _print_prompt(header, messages: list[dict], tools, think: bool, text, decode
     if text is not None:
         messages = messages + [{"role": "user", "content": text}]
     out = fmt.render(messages, tools, thinking=think, preserve_thinking=keep_thinking)
-    if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+    if any(isinstance(m.get("content"), list) for m in messages):
         # lazy: media, video load only when the command runs; keeps gemma --help fast
         from gemma_cli.media.parts import prompt_order
         from gemma_cli.media.video import with_frames
 
-        out = with_frames(out, decoder.videos(prompt_order(messages)))
+        order = prompt_order(messages)  # refuses media the prompt would drop (in the system message)
+        if "<|video|>" in out:  # each clip written out as its frames and timestamps, as the model will see it
+            out = with_frames(out, decoder.videos(order))
     sys.stdout.write(out)
     sys.stdout.flush()
 
@@ -324,7 +343,9 @@ def _confirm(call: dict) -> bool:
     return confirm_on_terminal(call)
 
 
-def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thinking: bool, as_json: bool) -> None:
+def _one_shot(session, text: "str | list | None", toolbox, confirm, max_rounds: int, *, show_thinking: bool,
+              as_json: bool) -> None:
+    """One answer (`text` None: the model's next turn after the loaded history, which ends in a tool's result)."""
     # lazy: reply, render, session load only when the command runs; keeps gemma --help fast
     from gemma_cli.chat.session import Done, ToolRun, converse
     from gemma_cli.format import reply
@@ -334,7 +355,7 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
     if session.format.notice:
         printer.note(session.format.notice)
     results, runs = [], []
-    events = converse(session, session.send(text), toolbox, confirm, max_rounds)
+    events = converse(session, session.answer() if text is None else session.send(text), toolbox, confirm, max_rounds)
     try:
         for event in events:
             if isinstance(event, Done):
@@ -375,17 +396,22 @@ def _one_shot(session, text: str, toolbox, confirm, max_rounds: int, *, show_thi
         printer.note(f"the model used all its tokens thinking and gave no answer: {fix}, "
                      "set --think-budget N, or use --no-think")
     elif last.stats.limit == "context":
-        printer.note(f"the answer was cut off: the context of {session.engine.n_ctx} tokens is full; raise --ctx")
+        # lazy: the engine (llama_cpp), loaded already by the model that answered
+        from gemma_cli.engine.core import context_hint
+
+        engine = session.engine
+        printer.note(f"the answer was cut off: the context of {engine.n_ctx} tokens is full; "
+                     + context_hint(engine.n_ctx, engine.info.n_ctx_train, "ask for a shorter answer"))
 
 
 def _write_json(session, results: list, runs: list) -> None:
-    out = _as_json(results, runs, session.engine.draft)
+    out = _as_json(results, runs, session.engine.draft, session.think_budget if session.think else None)
     out["stats"]["template"] = session.format.template_name
     sys.stdout.write(json.dumps(out, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 
-def _as_json(results: list, runs: list, drafter=None) -> dict:
+def _as_json(results: list, runs: list, drafter=None, think_budget: int | None = None) -> dict:
     # lazy: commands.loading, commands.mcp load only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import mcp as mcp_face
     from gemma_cli.commands.loading import draft_stats
@@ -403,11 +429,13 @@ def _as_json(results: list, runs: list, drafter=None) -> dict:
             "prompt_tokens": sum(r.stats.prompt_tokens for r in results),
             "reused_tokens": sum(r.stats.reused_tokens for r in results),
             "generated_tokens": sum(r.stats.generated_tokens for r in results),
+            "disk_cached_tokens": sum(r.stats.disk_tokens for r in results),  # restored from the prompt cache
             "ttft_s": round(results[0].stats.ttft, 4),
             "tokens_per_s": round(s.tps, 2),
             "finish_reason": s.finish_reason,
             "limit": s.limit,  # with "length": what ran out, "max_tokens" or "context"
             "ended_in_thought": last.ended_in_thought,
+            "think_budget": think_budget,  # the thought's token budget in force (null: none)
             **draft_stats(drafter),
         },
     }

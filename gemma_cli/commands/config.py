@@ -26,7 +26,7 @@ Examples:
 Precedence: flags > GEMMA_<KEY> environment (GEMMA_TEMPERATURE=0.7) > this file > defaults.
 """
 
-Key = Annotated[str, typer.Argument(help="A setting: model, quantization, ctx, threads, gpu_layers, temperature, top_p, top_k, seed, min_p, repeat_penalty, presence_penalty, frequency_penalty, max_tokens, model_dir, endpoint.")]
+Key = Annotated[str, typer.Argument(help="A setting: model, quantization, ctx, threads, gpu_layers, temperature, top_p, top_k, seed, min_p, repeat_penalty, presence_penalty, frequency_penalty, max_tokens, prompt_cache_mb, model_dir, endpoint.")]
 
 
 def path_cmd() -> None:

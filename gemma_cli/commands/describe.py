@@ -28,7 +28,8 @@ DEFAULT_PROMPT_MANY = "Describe these images in detail."
 
 
 
-@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.MACHINE, *opt.DRAFTING, "as_json", "yes", "verbose")
+@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.MACHINE, *opt.DRAFTING, "as_json", "yes", "no_cache",
+            "verbose")
 def describe_image(
     images: Annotated[List[str], typer.Argument(metavar="IMAGE", help="Image files (PNG, JPEG, WebP, GIF, BMP, TIFF); - reads one from stdin.")],
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about each image.")] = None,
@@ -49,7 +50,7 @@ def describe_image(
     engine, session_for = open_for_media(settings, o.model, o.mmproj, o.image_tokens, o.ctx, o.threads, o.gpu_layers,
                                          o.yes, o.verbose, sampling=sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed),
                                          max_tokens=settings.pick("max_tokens", o.max_tokens), need="image",
-                                         draft=o.draft, draft_max=o.draft_max)
+                                         draft=o.draft, draft_max=o.draft_max, cache=not o.no_cache)
     groups = [loaded] if together else [[m] for m in loaded]
     question = prompt or (DEFAULT_PROMPT_MANY if len(groups[0]) > 1 else DEFAULT_PROMPT)
     results = []
@@ -102,12 +103,14 @@ def check_budget(image_tokens: int | None) -> None:
 
 
 def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_layers, yes, verbose, *, sampling,
-                   max_tokens, need: str, draft: str | None = None, draft_max: int | None = None):
-    """The model with its projector (and drafter, per --draft), and a maker of fresh single-turn
-    sessions (thinking off).
+                   max_tokens, need: str, draft: str | None = None, draft_max: int | None = None, cache: bool = False,
+                   check=None):
+    """The model with its projector (and drafter, per --draft; the prompt cache on disk with `cache`), and a
+    maker of fresh single-turn sessions (thinking off).
 
     `need` ("image" or "audio") is checked in the projector's header first: a 31B asked for
-    audio says so at once, not after loading 17 GB of weights.
+    audio says so at once, not after loading 17 GB of weights. `check(resolved)` runs then too
+    (a clip too long for the context the model will have).
     """
     # lazy: commands.loading loads only when the command runs; keeps gemma --help fast
     from gemma_cli.commands import loading
@@ -118,9 +121,12 @@ def open_for_media(settings, model, mmproj, image_tokens, ctx, threads, gpu_laye
         raise CapabilityError(f"no projector (mmproj) found for {path.name}: it cannot read images or audio without one",
                               "pass --mmproj PATH, or `gemma models pull NAME` to fetch it with the model")
     _check_encoder(resolved, projector, need)
+    if check is not None:
+        check(resolved)
     engine = loading.open_engine(resolved, ctx=settings.pick("ctx", ctx), threads=settings.pick("threads", threads),
                                  verbose=verbose, load_mmproj=True, image_tokens=image_tokens)
     loading.note_context(engine, loading.asked_ctx(settings, ctx))
+    loading.attach_prompt_cache(engine, settings, cache)
     # lazy: session loads only when the command runs; keeps gemma --help fast
     from gemma_cli.chat.session import GEMMA4, ChatSession, format_of_engine
 
@@ -185,7 +191,7 @@ def _describe(session, group, question: str, *, stream: bool):
 def _stats(s) -> dict:
     return {"prompt_tokens": s.prompt_tokens, "reused_tokens": s.reused_tokens, "generated_tokens": s.generated_tokens,
             "ttft_s": round(s.ttft, 4), "tokens_per_s": round(s.tps, 2), "finish_reason": s.finish_reason,
-            "drafted": s.drafted, "accepted": s.accepted}
+            "drafted": s.drafted, "accepted": s.accepted, "disk_cached_tokens": s.disk_tokens}
 
 
 VIDEO_EXAMPLES = """
@@ -201,7 +207,7 @@ Examples:
 DEFAULT_VIDEO_PROMPT = "Describe what happens in this video."
 
 
-@opt.shared("model", "mmproj", *opt.SAMPLING, *opt.MACHINE, *opt.DRAFTING, "as_json", "yes", "verbose")
+@opt.shared("model", "mmproj", *opt.SAMPLING, *opt.MACHINE, *opt.DRAFTING, "as_json", "yes", "no_cache", "verbose")
 def describe_video(
     videos: Annotated[List[str], typer.Argument(metavar="VIDEO", help="Video files (MP4, WebM, MKV, MOV, AVI, GIF); - reads one from stdin.")],
     prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="What to ask about each video.")] = None,
@@ -229,12 +235,15 @@ def describe_video(
     decoder = MediaParts()
     parts = [decoder.attach("video", v, frames=frames, fps=fps, frame_tokens=frame_tokens) for v in videos]
     clips = decoder.videos(parts)  # decoded now: a bad file or a clip too long fails before the model loads
-    for clip in clips:
-        check_context([clip], settings.pick("ctx", o.ctx) or 8192)
+
+    def fits(resolved) -> None:  # each clip within the context the model will have, before it loads
+        for clip in clips:
+            check_context([clip], resolved.context(settings.pick("ctx", o.ctx)), resolved.trained_context)
+
     engine, session_for = open_for_media(settings, o.model, o.mmproj, frame_tokens, o.ctx, o.threads, o.gpu_layers,
                                          o.yes, o.verbose, sampling=sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed),
                                          max_tokens=settings.pick("max_tokens", o.max_tokens), need="video",
-                                         draft=o.draft, draft_max=o.draft_max)
+                                         draft=o.draft, draft_max=o.draft_max, cache=not o.no_cache, check=fits)
     question = prompt or DEFAULT_VIDEO_PROMPT
     results = []
     for n, (part, clip) in enumerate(zip(parts, clips)):

@@ -69,6 +69,19 @@ def open_engine(resolved: Resolved, *, ctx: int | None, threads: int | None, ver
     return engine
 
 
+def attach_prompt_cache(engine, settings, enabled: bool = True) -> None:
+    """The prompt cache on disk (engine.disk), on unless --no-cache or `prompt_cache_mb: 0`."""
+    mb = settings.pick("prompt_cache_mb", None)
+    if not enabled or mb == 0:
+        return
+    # lazy: the store's folder and the engine's cache, only when a model runs
+    from gemma_cli.engine.disk import PromptCache
+    from gemma_cli.store import paths
+
+    engine.prompt_cache = PromptCache(paths.prompt_cache_dir(), cap=None if mb is None else mb * 1000**2,
+                                      note=lambda text: sys.stderr.write(f"note: {text}\n"))
+
+
 def attach_draft(engine, model: Resolved | str | None, spec: str | None, draft_max: int | None) -> None:
     """Speculative decoding per --draft; a drafter that cannot run is one warning line, then plain decoding.
 

@@ -41,7 +41,8 @@ FrequencyPenalty = Annotated[Optional[float], typer.Option(
     help="Lower a token's logit by this times how often it came in the last 64 generated (OpenAI's; default 0).")]
 MinP = Annotated[Optional[float], typer.Option(
     "--min-p", min=0.0, max=1.0, help="Drop tokens less likely than this times the likeliest one (default 0: off).")]
-Seed = Annotated[Optional[int], typer.Option("--seed", help="Random seed, for repeatable output.")]
+Seed = Annotated[Optional[int], typer.Option("--seed", min=-(2 ** 63), max=2 ** 64 - 1,
+                                             help="Random seed, for repeatable output (64 bits).")]
 Ctx = Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window in tokens.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads (default: physical cores).")]
 GpuLayers = Annotated[Optional[int], typer.Option("--gpu-layers", help="Layers to offload to the GPU (-1 = all; default: chosen from free VRAM).")]
@@ -69,6 +70,8 @@ ImageTokens = Annotated[
     typer.Option("--image-tokens", metavar="70|140|280|560|1120",
                  help="Visual token budget per image: 70 fast, 140 captions, 280 general (default), 560 charts, 1120 OCR/fine detail."),
 ]
+NoCache = Annotated[bool, typer.Option(
+    "--no-cache", help="Neither restore from nor write to the prompt cache on disk for this call (`gemma cache`).")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log on stderr.")]
 
 
@@ -78,7 +81,7 @@ SHARED = {"model": Model, "mmproj": Mmproj, "image_tokens": ImageTokens, "max_to
           "repeat_penalty": RepeatPenalty, "presence_penalty": PresencePenalty, "frequency_penalty": FrequencyPenalty,
           "ctx": Ctx, "threads": Threads,
           "gpu_layers": GpuLayers, "draft": Draft, "draft_max": DraftMax, "as_json": Json, "yes": Yes,
-          "verbose": Verbose}
+          "no_cache": NoCache, "verbose": Verbose}
 
 
 def _default(alias):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -41,6 +42,15 @@ Multi-line input: a line with \"\"\" starts and ends it. Ctrl-C stops a reply.""
 
 COMMANDS = ["/help", "/think", "/system", "/set", "/show", "/stats", "/clear", "/retry", "/save", "/load",
             "/image", "/audio", "/video", "/tools", "/mcp", "/exit", "/bye", "/quit"]
+def _in_range(key: str, value) -> bool:
+    """A /set value gemma can use: a finite number, a budget not below 0, a seed within 64 bits."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    if key == "think_budget":
+        return value >= 0
+    return -(2 ** 63) <= value < 2 ** 64 if key == "seed" else True
+
+
 SETTABLE = {"temperature": float, "top_p": float, "top_k": int, "max_tokens": int, "seed": int, "think_budget": int}
 
 
@@ -87,6 +97,10 @@ class Repl:
                 continue
             self.turn(line)
         self.save_auto()
+        try:
+            self.session.keep()  # the prompt cache keeps where the conversation ends, for `gemma chat --continue`
+        except KeyboardInterrupt:
+            pass
 
     def _read(self) -> str | None:
         line = input(">>> ")
@@ -106,12 +120,13 @@ class Repl:
         media, self.pending_media = self.pending_media, []
         if media:
             content = media + [{"type": "text", "text": text}]
-        if not self.stream(lambda: self.session.send(content)) and media:
+        unsent = "the message was not sent: the conversation is as it was (Up-arrow brings the message back)"
+        if not self.stream(lambda: self.session.send(content), unsent) and media:
             self.pending_media = media  # not sent: the attachments wait for the next message
-            self.err.print("[dim](the message was not sent; Up-arrow brings it back)[/dim]")
 
-    def stream(self, start: Callable) -> bool:
-        """Run a model turn and show it; False when it never started (the message was not sent)."""
+    def stream(self, start: Callable, undone: str = "the conversation is as it was") -> bool:
+        """Run a model turn and show it; False when it failed (an error): the session then holds the
+        conversation as it was before the turn, and `undone` says so in one line."""
         printer = printer_for_repl(show_thinking=self.show_thinking)
         events = None
         quiet = _no_ctrl_echo()
@@ -127,11 +142,13 @@ class Repl:
         except GemmaError as e:
             printer.finish()
             self.err.print(f"[red]error:[/red] {e.message}" + (f"\n[dim]hint: {e.hint}[/dim]" if e.hint else ""))
+            self.err.print(f"[dim]({undone})[/dim]")
+            return False
         finally:
             printer.finish()
             quiet.restore()
             self.save_auto()
-        return events is not None
+        return True
 
     def _show(self, event, printer) -> None:
         if isinstance(event, reply.Thinking):
@@ -229,7 +246,7 @@ class Repl:
             return
         try:
             parsed = SETTABLE[key](value.strip())
-            if key == "think_budget" and parsed < 0:
+            if not _in_range(key, parsed):
                 raise ValueError(parsed)
         except ValueError:
             self.err.print(f"{key} needs a {SETTABLE[key].__name__}, not {value.strip()!r}", markup=False)

@@ -27,9 +27,6 @@ Examples:
   gemma batch prompts.jsonl -o out.jsonl --endpoint http://127.0.0.1:8080/v1
 """
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
-
 Ctx = Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context window of each request, prompt and answer (default 8192).")]
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and each request on stderr.")]
 
@@ -56,7 +53,7 @@ def serve(
     # lazy: config loads only when the command runs; keeps gemma --help fast
     from gemma_cli.store import config
 
-    if host not in LOCAL_HOSTS and not api_key and not insecure_no_key:
+    if not is_loopback(host) and not api_key and not insecure_no_key:
         raise UsageError(f"--host {host} lets other machines reach the server, so it needs --api-key KEY",
                          "pass --api-key (or --insecure-no-key to serve anyone who can connect)")
     # lazy: serve.run loads only when the command runs; keeps gemma --help fast
@@ -73,11 +70,25 @@ def serve(
     sampling = sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed, **opt.given(o, opt.PENALTIES))
     limits = Settings(sampling, max_tokens=settings.pick("max_tokens", o.max_tokens), think=think,
                       allow_files=allow_files, max_media_bytes=int(max_media_mb * 1024 * 1024))
-    if host not in LOCAL_HOSTS and not api_key:
+    if not is_loopback(host) and not api_key:
         sys.stderr.write(f"WARNING: serving on {host} WITHOUT an API key (--insecure-no-key): anyone who can reach "
                          "this port can use the model\n")
     serve_engine(engine, n, limits, sock, host=host, model=name or label, api_key=api_key, queue=queue,
-                 max_body=int(max_body_mb * 1024 * 1024), verbose=o.verbose, grace=grace)
+                 max_body=int(max_body_mb * 1024 * 1024), verbose=o.verbose, grace=grace,
+                 only_name=name is not None)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host`: localhost, or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    # lazy: ipaddress, only when serve runs; keeps gemma --help fast
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve to anything
+        return False
 
 
 def default_parallel(gpu: bool, ctx: int) -> int:

@@ -26,6 +26,8 @@ Examples:
 
 FORMATS = ("txt", "srt", "vtt", "json")
 MAX_TOKENS = 512  # per <= 30 s segment: far more than speech at any pace needs
+VAD_THRESHOLD = 0.5  # --vad-threshold's default
+MAX_CUE = 7.0  # --max-cue's default, seconds
 
 
 MaxTokens = Annotated[Optional[int], typer.Option("--max-tokens", "-n", min=1, help=f"Most tokens per segment (default {MAX_TOKENS}).")]
@@ -41,8 +43,8 @@ def transcribe(
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", metavar="txt|srt|vtt|json", help="Output format (default: from -o's extension, else txt).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
     vad: Annotated[bool, typer.Option("--vad/--no-vad", help="Send only speech, found by Silero VAD (default); --no-vad sends the whole recording, cut at pauses into <= 30 s segments.")] = True,
-    vad_threshold: Annotated[float, typer.Option("--vad-threshold", min=0.05, max=0.95, help="How sure the detector must be that a 32 ms window is speech (default 0.5; lower keeps quiet speech, higher drops noise).")] = 0.5,
-    max_cue: Annotated[float, typer.Option("--max-cue", min=1.0, max=30.0, metavar="SECONDS", help="Longest subtitle cue, in seconds of speech (default 7; with --vad).")] = 7.0,
+    vad_threshold: Annotated[Optional[float], typer.Option("--vad-threshold", min=0.05, max=0.95, help="How sure the detector must be that a 32 ms window is speech (default 0.5; lower keeps quiet speech, higher drops noise).")] = None,
+    max_cue: Annotated[Optional[float], typer.Option("--max-cue", min=1.0, max=30.0, metavar="SECONDS", help="Longest subtitle cue, in seconds of speech (default 7; with --vad).")] = None,
     *,
     o: opt.Common,
 ) -> None:
@@ -55,7 +57,10 @@ def transcribe(
     from gemma_cli.transcription import job as transcription
 
     fmt = _format(fmt, output)
-    options = transcription.Options(language, translate_to, vad, vad_threshold, max_cue)
+    _check_vad_options(vad, vad_threshold, max_cue)
+    language, translate_to = _language(language, "--language"), _language(translate_to, "--translate-to")
+    options = transcription.Options(language, translate_to, vad, VAD_THRESHOLD if vad_threshold is None else vad_threshold,
+                                    MAX_CUE if max_cue is None else max_cue)
     recording = load_audio(audio, SAMPLE_RATE)  # a bad file fails now, before the model loads
     work = transcription.plan(recording, options)
     if vad and work.detector == "energy":
@@ -94,12 +99,38 @@ def _render(result, fmt: str, model: str | None, recording, options) -> str:
 
 
 def _format(fmt: str | None, output: Path | None) -> str:
-    if fmt is None:
-        suffix = output.suffix.lower().lstrip(".") if output is not None and str(output) != "-" else ""
-        return suffix if suffix in FORMATS else "txt"
-    if fmt.lower() not in FORMATS:
+    """The output format: --format, else -o's extension, else txt; an extension that says otherwise is refused."""
+    if fmt is not None and fmt.lower() not in FORMATS:
         raise UsageError(f"unknown --format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+    suffix = output.suffix.lower().lstrip(".") if output is not None and str(output) != "-" else ""
+    if fmt is None:
+        if suffix and suffix not in FORMATS:
+            raise UsageError(f"-o {output}: gemma writes {', '.join(FORMATS)}, not {suffix}",
+                             f"name the file .txt (or .srt, .vtt, .json), or add --format txt to write plain text "
+                             f"into {output.name}")
+        return suffix or "txt"
+    if suffix in FORMATS and suffix != fmt.lower():
+        raise UsageError(f"-o {output} names a .{suffix} file, but --format is {fmt.lower()}",
+                         f"name the file .{fmt.lower()}, or drop --format to write {suffix}")
     return fmt.lower()
+
+
+def _check_vad_options(vad: bool, threshold: float | None, max_cue: float | None) -> None:
+    """--vad-threshold and --max-cue tune the speech detector: with --no-vad they would do nothing."""
+    inert = [flag for flag, value in (("--vad-threshold", threshold), ("--max-cue", max_cue)) if value is not None]
+    if inert and not vad:
+        raise UsageError(f"{' and '.join(inert)} {'has' if len(inert) == 1 else 'have'} no effect with --no-vad "
+                         "(the whole recording is sent, cut at pauses)", "drop --no-vad, or drop " + " and ".join(inert))
+
+
+def _language(value: str | None, flag: str) -> str | None:
+    # lazy: transcript loads only when the command runs; keeps gemma --help fast
+    from gemma_cli.format.transcript import check_language
+
+    try:
+        return check_language(value)
+    except ValueError as e:
+        raise UsageError(f"{flag} {value}: {e}", "a code such as en, ja, pt-BR, or a language's name (Japanese)") from None
 
 
 def _ask(session, clip, question: str) -> str:

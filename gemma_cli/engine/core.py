@@ -6,7 +6,8 @@ more than it needs and hides the KV cache we want to reuse).
 
 KV reuse: `self.kv` (engine.kv.KVCache) remembers what sits in sequence 0's KV cache; a
 new prompt that shares a prefix with it evaluates only the rest (SWA windows, checkpoints,
-cut and resync are engine.kv's).
+cut and resync, where evaluation splits are engine.kv's); `self.prompt_cache` (engine.disk)
+restores and keeps such states across processes.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import llama_cpp as ll
 import llama_cpp.llama_cpp as llama_api
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from gemma_cli.engine.kv import KVCache, common_prefix
+from gemma_cli.engine.kv import KVCache, is_key, span_start
 from gemma_cli.engine.log import captured_stderr, clear_log, on_log, recent_log, replay, set_verbose
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, GrammarError, ModelError
 from gemma_cli.format.request import RequestError
@@ -66,6 +67,8 @@ def avoid_amx() -> None:
 
 
 _NO_AMX_DEFAULTS: list = []  # the wrappers avoid_amx() installed
+
+KV_TYPES = {"f16": ll.GGML_TYPE_F16, "q8_0": ll.GGML_TYPE_Q8_0}
 
 
 # ---------------------------------------------------------------- data
@@ -179,6 +182,7 @@ class Engine:
         mmproj: str | Path | None = None,
         image_tokens: int | None = None,
         header: Header | None = None,
+        kv_type: str = "f16",
     ):
         set_verbose(verbose)
         self.path = Path(path)
@@ -194,7 +198,8 @@ class Engine:
         if batch_invariant if tiled_matmul is None else not tiled_matmul:
             os.environ["GGML_CPU_TILED_MM"] = "0"  # read once per process, at ggml's first matmul
         self._flash_attn = True if flash_attn is None else flash_attn
-        self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap, repack=not batch_invariant)
+        self._repack = not batch_invariant
+        self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap, repack=self._repack)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)
         self.info = _describe(self.path, header, self._model)
@@ -222,18 +227,20 @@ class Engine:
         n_ctx = n_ctx or 8192
         if self.info.n_ctx_train:
             n_ctx = min(n_ctx, self.info.n_ctx_train * max(1, n_seq))
-        self._context_args = (n_ctx, n_seq, swa_full)
+        self._context_args = (n_ctx, n_seq, swa_full, kv_type)
         self._swa = self.info.n_swa > 0 and not swa_full
         self._open_context(n_batch, n_ubatch or n_batch)
         self.last_prefill: tuple[int, int] = (0, 0)  # (evaluated, reused) of the last prompt
         self.draft = None  # a draft.Drafter once attach_draft() is called: speculative decoding
+        self.prompt_cache = None  # an engine.disk.PromptCache: prompt states restored from and kept on disk
+        self.from_disk = 0  # prompt items of the last prefill restored from it
 
     # ---- lifecycle
 
     def _open_context(self, n_batch: int, n_ubatch: int) -> None:
-        n_ctx, n_seq, swa_full = self._context_args
+        n_ctx, n_seq, swa_full, kv_type = self._context_args
         self._ctx = _new_context(self._model, n_ctx, self.n_threads, n_batch, n_ubatch, n_seq, swa_full,
-                                 flash_attn=self._flash_attn)
+                                 flash_attn=self._flash_attn, kv_type=kv_type)
         self.n_ctx = ll.llama_n_ctx(self._ctx)
         self.n_batch = ll.llama_n_batch(self._ctx)
         self.n_ubatch = ll.llama_n_ubatch(self._ctx)
@@ -300,7 +307,19 @@ class Engine:
             self.draft.close()
         self.draft = drafter
 
+    def _bind_prompt_cache(self) -> None:
+        """Tell the prompt cache what the states depend on (the context may have been made again)."""
+        _, _, swa_full, kv_type = self._context_args
+        self.prompt_cache.bind(self.path, {
+            "n_ctx": self.n_ctx, "n_batch": self.n_batch, "n_ubatch": self.n_ubatch, "n_seq": self.n_seq,
+            "swa_full": swa_full, "kv_type": kv_type, "flash_attn": self._flash_attn, "repack": self._repack,
+            "gpu_layers": self.n_gpu_layers, "tiled": os.environ.get("GGML_CPU_TILED_MM", ""),
+            "llama_cpp": ll.__version__})
+        self.prompt_cache.bind_media(*((self.media.path, self.media.budget) if self.media else (None, None)))
+
     def close(self) -> None:
+        if getattr(self, "prompt_cache", None) is not None:
+            self.prompt_cache.flush()
         if getattr(self, "draft", None) is not None:  # its context reads ours: free it first
             self.draft.close()
             self.draft = None
@@ -371,6 +390,7 @@ class Engine:
         max_tokens: int | None = None,
         sampling: Sampling | None = None,
         checkpoint_at: int | None = None,
+        save_at: Sequence[int] = (),
     ) -> Iterator[Step]:
         """Evaluate `prompt` (reusing the KV cache) and yield generated text as it decodes.
 
@@ -378,16 +398,17 @@ class Engine:
         the prompt, in order; each placeholder becomes the media's tokens in the KV cache.
         `checkpoint_at`: a prompt length at which to keep a copy of the SWA cache, so a
         later prompt that diverges after that point can still reuse everything before it
-        (chat passes the start of the generation prompt).
+        (chat passes the start of the generation prompt). `save_at`: the save points of the prompt
+        cache on disk (engine.disk; token positions before media expansion).
         """
-        tokens, checkpoint_at = self.prompt_items(prompt, media, checkpoint_at)
+        tokens, checkpoint_at, save_at = self.prompt_items(prompt, media, checkpoint_at, save_at)
         self._check_fits(tokens)
         budget = self.n_ctx - len(tokens)
         max_tokens = budget if max_tokens is None else min(max_tokens, budget)
         sampler = self.new_sampler(sampling or Sampling())
         try:
             t0 = time.perf_counter()
-            evaluated, reused = self.prefill(tokens, checkpoint_at)
+            evaluated, reused = self.prefill(tokens, checkpoint_at, save_at)
             if self.draft is not None:
                 yield from self.draft.decode(self, sampler, max_tokens, evaluated, reused, t0)
             else:
@@ -427,87 +448,107 @@ class Engine:
     # ---- prompt evaluation and KV reuse
 
     def prompt_items(self, prompt: str | Sequence[int], media: Sequence | None = None,
-                     checkpoint_at: int | None = None) -> tuple[list, int | None]:
+                     checkpoint_at: int | None = None, save_at: Sequence[int] = ()) -> tuple[list, int | None, list[int]]:
         """A prompt's items for prefill(): token ids, each media placeholder expanded to its span's keys.
 
         Makes them the current prompt's media (until the next call or forget_media()); returns
-        the items and `checkpoint_at` moved past the expansions.
+        the items, `checkpoint_at` and the save points moved past the expansions (and each
+        media block's end added to the save points).
         """
         tokens = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         self._spans = {}
-        if media:
-            tokens, checkpoint_at = self._expand(tokens, media, checkpoint_at)
-        return tokens, checkpoint_at
+        if not media:
+            return tokens, checkpoint_at, list(save_at)
+        # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
+        from gemma_cli.engine.projector import expand
+
+        for kind in {m.kind for m in media}:
+            self.ensure_projector(kind)
+        items, moved, self._spans, ends = expand(tokens, media, self.media, self.tokenize, self.n_ubatch,
+                                                 [checkpoint_at, *save_at])
+        return items, moved[0], sorted({*moved[1:], *ends})
 
     def forget_media(self) -> None:
         """The current prompt's media are evaluated (or given up): later prompts are text only."""
         self._spans = {}
 
-    def _expand(self, tokens: list[int], media: Sequence, checkpoint_at: int | None) -> tuple[list, int | None]:
-        # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-        from gemma_cli.engine.projector import PLACEHOLDERS, expand
-
-        for kind in {m.kind for m in media}:
-            self.ensure_projector(kind)
-        placeholders = {}
-        for kind, text in PLACEHOLDERS.items():
-            ids = self.tokenize(text)
-            if len(ids) == 1:
-                placeholders[ids[0]] = kind
-        items, checkpoint_at, self._spans = expand(tokens, media, self.media, placeholders, checkpoint_at)
-        for span in self._spans.values():  # before evaluating anything: llama.cpp would abort
-            self.media.check_fits(span, self.n_ubatch)
-        return items, checkpoint_at
-
     def _check_fits(self, tokens: Sequence[int]) -> None:
         if not tokens:
             raise GemmaError("the prompt is empty", "give a prompt as an argument or on stdin")
         if len(tokens) >= self.n_ctx:
-            limit = self.info.n_ctx_train
-            raise ContextOverflowError(
-                f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
-                f"raise --ctx (this model supports up to {limit}) or shorten the input",
-            )
+            raise ContextOverflowError(f"the prompt is {len(tokens)} tokens but the context holds {self.n_ctx}",
+                                       context_hint(self.n_ctx, self.info.n_ctx_train, "shorten the input"))
 
     def reuse_prefix(self, tokens: Sequence[int]) -> int:
         """Cut the KV cache back to the longest prefix it shares with `tokens`; return its length."""
-        n = self.kv.shared(tokens)
-        if self._spans:
-            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-            from gemma_cli.engine.projector import span_start
+        return self.kv.cut(span_start(tokens, self.kv.shared(tokens)))  # an image or clip is evaluated whole
 
-            n = span_start(tokens, n)  # an image or clip is evaluated whole
-        return self.kv.cut(n)
-
-    def prefill(self, tokens: Sequence, checkpoint_at: int | None = None) -> tuple[int, int]:
-        """Evaluate prompt items (prompt_items()) into sequence 0, reusing what its KV cache shares.
+    def prefill(self, tokens: Sequence, checkpoint_at: int | None = None, save_at: Sequence[int] = ()) -> tuple[int, int]:
+        """Evaluate prompt items (prompt_items()) into sequence 0, reusing what its KV cache (or the
+        prompt cache on disk) shares.
 
         The last item's logits are left for the first sample; `checkpoint_at`: where to keep an
-        SWA checkpoint on the way. Returns (evaluated, reused).
+        SWA checkpoint on the way; `save_at`: the save points (engine.disk), where evaluation
+        always splits, the prompt cache keeps a state. Returns (evaluated, reused).
         """
         reused = self.reuse_prefix(tokens)
-        todo = list(tokens[reused:])
-        if self._spans and checkpoint_at is not None:
-            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-            from gemma_cli.engine.projector import span_start
-
-            checkpoint_at = checkpoint_at if span_start(tokens, checkpoint_at) == checkpoint_at else None
-        if self._swa and checkpoint_at and reused < checkpoint_at < len(tokens):
-            split = checkpoint_at - reused
-            self.evaluate(todo[:split])
-            self.kv.checkpoint()
-            todo = todo[split:]
-        self.evaluate(todo, logits_last=True)
+        self.from_disk = 0
+        if self.prompt_cache is not None:
+            self._bind_prompt_cache()
+            restored = self.prompt_cache.restore(self.kv, tokens, reused)
+            self.from_disk, reused = (restored, restored) if restored > reused else (0, reused)
+        self._evaluate_from(tokens, reused, checkpoint_at, save_at)
         self.last_prefill = (len(tokens) - reused, reused)
         return self.last_prefill
+
+    def keep(self, tokens: Sequence, save_at: Sequence[int] = ()) -> None:
+        """Evaluate all of `tokens` (prompt_items() of a finished conversation, no generation prompt) from
+        a state a cold run would reach, and keep its end in the prompt cache: the next process starts there."""
+        if self.prompt_cache is not None and len(tokens) > 1:
+            self._bind_prompt_cache()
+            start = self.kv.canonical_start(tokens)
+            if start is not None:
+                self._evaluate_from(tokens, start, None, [*save_at, len(tokens)], logits=False)
+
+    def stage(self, head: Sequence) -> int:
+        """Evaluate all of `head` into sequence 0 (engine.parallel's shared heads), restored from the prompt cache
+        when it holds it and kept there; returns how many items were held already (memory or disk)."""
+        held = self.reuse_prefix(head)
+        if self.prompt_cache is not None:
+            self._bind_prompt_cache()
+            held = self.prompt_cache.restore(self.kv, head, held, whole=True)
+        self._evaluate_from(head, held, None, [len(head)], logits=False)
+        return held
+
+    def _evaluate_from(self, tokens: Sequence, start: int, checkpoint_at: int | None, save_at: Sequence[int], *,
+                       logits: bool = True) -> None:
+        """Evaluate tokens[start:] in the pieces KVCache.plan() says; `logits`: for the last item (a prompt's)."""
+        if self._spans:
+            # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
+            from gemma_cli.engine.projector import count_places
+
+            count_places(tokens[start:], self._spans)  # a picture at several places is encoded once
+        try:
+            done = start
+            for end, checkpoint, canonical, save in self.kv.plan(tokens, start, save_at, checkpoint_at, logits=logits):
+                self.evaluate(tokens[done:end])
+                done = end
+                if checkpoint:
+                    self.kv.checkpoint()
+                if canonical:
+                    self.kv.canonical.add(end)
+                if save and self.prompt_cache is not None:
+                    self.prompt_cache.save(self.kv)
+            if logits:
+                self.evaluate(tokens[done:], logits_last=True)
+        finally:
+            for span in self._spans.values():  # evaluated (or given up): pixels and embeddings go
+                self.media.release(span)
 
     def evaluate(self, items: Sequence, *, logits_last: bool = False) -> None:
         """Decode prompt items (token ids, media span keys) into sequence 0, after what is cached."""
         if not self._spans:
             return self._eval(items, logits_last=logits_last)
-        # lazy: projector loads libmtmd (llama_cpp.mtmd_cpp), only for a model with media
-        from gemma_cli.engine.projector import is_key
-
         i, n = 0, len(items)
         while i < n:
             j = i
@@ -533,7 +574,6 @@ class Engine:
                 n_pos = self.media.decode(span, index, self._ctx, len(self.kv), self.n_batch)
                 self.kv.book(keys[pos : pos + n_pos])
             pos += part.n_pos
-        self.media.release(span)
 
     def _eval(self, tokens: Sequence[int], *, logits_last: bool, keys: Sequence | None = None) -> None:
         """Decode `tokens` into sequence 0 in batches of n_batch, after what is cached.
@@ -555,22 +595,6 @@ class Engine:
                 )
             self.kv.book(chunk if keys is None else keys[start : start + len(chunk)])
 
-    def swa_pos_min(self) -> int:
-        """The oldest position the (sliding-window) KV cache of sequence 0 still holds."""
-        return self.kv.pos_min()
-
-    def cache_contents(self, start: int = 0, stop: int | None = None) -> list:
-        """What the KV cache of sequence 0 holds, position by position (a copy; of [start, stop))."""
-        return self.kv.contents(start, stop)
-
-    def truncate(self, n: int) -> None:
-        """Keep the first `n` positions of sequence 0's cache (speculative decoding's rejected drafts).
-
-        Unlike reuse_prefix() no SWA checkpoint is consulted: valid only for positions the
-        kept ones do not need in the sliding window (just-decoded drafts).
-        """
-        self.kv.truncate(n)
-
     def decode_all(self, tokens: Sequence[int]) -> int:
         """Decode `tokens` after sequence 0's cache in one batch, with logits for every row.
 
@@ -583,7 +607,7 @@ class Engine:
         self.kv.book(tokens)
         rc = self.decode_rows(rows)
         if rc != 0:
-            self.truncate(pos0)
+            self.kv.truncate(pos0)
         return rc
 
     @property
@@ -644,23 +668,6 @@ class Engine:
         """A token from row `row`'s logits of the last decoded batch (-1: its last row)."""
         return ll.llama_sampler_sample(sampler, self._ctx, row)
 
-    def clear_sequence(self, seq: int, start: int = 0) -> None:
-        """Remove sequence `seq`'s cells at positions >= `start` (not sequence 0: its bookkeeping
-        is reset()'s and truncate()'s)."""
-        ll.llama_memory_seq_rm(self._mem, seq, start if start > 0 else -1, -1)
-
-    def sequence_pos_min(self, seq: int) -> int:
-        """The oldest position sequence `seq`'s (sliding-window) KV cache still holds; -1: empty."""
-        return ll.llama_memory_seq_pos_min(self._mem, seq)
-
-    def copy_sequence(self, src: int, dst: int) -> bool:
-        """Put sequence `src`'s KV cells into `dst`'s stream, now (False: llama.cpp could not).
-
-        Through the state API rather than llama_memory_seq_cp: across streams that copies a
-        whole stream, and only at the next decode, by which time `src` may have changed.
-        """
-        return self.kv.copy(src, dst)
-
     @property
     def swa_full(self) -> bool:
         """Whether the sliding-window layers keep a full-size cache (so any prefix can be cut back to)."""
@@ -675,7 +682,6 @@ class Engine:
 # ---------------------------------------------------------------- helpers
 
 
-_common_prefix = common_prefix  # its former name (tests/test_conversation.py)
 
 
 def _load_model(path: Path, arch: str, n_gpu_layers: int, use_mmap: bool, repack: bool = True):
@@ -729,8 +735,11 @@ def _describe(path: Path, header, model) -> ModelInfo:
 
 
 def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int, n_seq: int, swa_full: bool,
-                 flash_attn: bool = True):
+                 flash_attn: bool = True, kv_type: str = "f16"):
+    if kv_type not in KV_TYPES:  # the KV cache's element type (llama.cpp's --cache-type-k/v)
+        raise GemmaError(f"unknown KV cache type {kv_type!r}", f"pick one of {', '.join(KV_TYPES)}")
     params = ll.llama_context_default_params()
+    params.type_k = params.type_v = KV_TYPES[kv_type]
     params.n_ctx = n_ctx
     params.n_batch = n_batch
     params.n_ubatch = min(n_ubatch, n_batch)
@@ -746,6 +755,15 @@ def _new_context(model, n_ctx: int, n_threads: int, n_batch: int, n_ubatch: int,
         detail = recent_log("failed") or "out of memory?"
         raise ModelError(f"llama.cpp could not create a context of {n_ctx} tokens ({detail.strip()})", "lower --ctx")
     return ctx
+
+
+def context_hint(n_ctx: int, n_ctx_train: int, otherwise: str) -> str:
+    """Advice for a full context: raise --ctx while the model allows more, else only `otherwise`."""
+    if n_ctx_train and n_ctx >= n_ctx_train:
+        return f"{otherwise}: {n_ctx} tokens is the most this model supports"
+    if n_ctx_train:
+        return f"raise --ctx (this model supports up to {n_ctx_train}) or {otherwise}"
+    return f"raise --ctx or {otherwise}"
 
 
 def schema_to_grammar(schema: dict | None) -> str:

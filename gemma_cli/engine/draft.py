@@ -271,7 +271,7 @@ class Drafter:
                 continue
             if drafts:
                 pace.update(row, len(drafts))
-            engine.truncate(engine.cached_tokens - len(drafts) + max(row, 0))  # the rejected drafts
+            engine.kv.truncate(engine.cached_tokens - len(drafts) + max(row, 0))  # the rejected drafts
             # `token` is new: evaluate it and fresh drafts after it in one batch.
             pos = engine.cached_tokens
             room = min(pace.next(), max_tokens - generated - 1, engine.n_ctx - pos - 1, engine.n_batch - 1)
@@ -280,7 +280,7 @@ class Drafter:
             stats.drafted += len(drafts)
             stats.rounds += 1
             row = 0
-        engine.truncate(engine.cached_tokens - len(drafts) + max(row, 0))
+        engine.kv.truncate(engine.cached_tokens - len(drafts) + max(row, 0))
         tail = utf8.decode(b"", final=True)
         yield Step(tail, None, evaluated, reused, generated, ttft, tps, finish,
                    drafted=stats.drafted, accepted=stats.accepted)
@@ -323,7 +323,7 @@ class _Pace:
 def _verify(engine: "Engine", tokens: Sequence[int]) -> None:
     """Decode `tokens` after the cache in one batch, with logits (and hidden states) for every row.
 
-    Rejected drafts leave with `engine.truncate`: the sliding-window cache only dropped
+    Rejected drafts leave with `engine.kv.truncate`: the sliding-window cache only dropped
     positions the kept tokens no longer see, so no checkpoint is needed."""
     rc = engine.decode_all(tokens)
     if rc != 0:
@@ -355,7 +355,7 @@ class NgramDrafter(Drafter):
 
     def propose(self, engine: "Engine", token: int, pos: int, n: int, row: int) -> list[int]:
         h = self._history
-        h.extend(engine.cache_contents(len(h), pos))  # what was accepted since the last call
+        h.extend(engine.kv.contents(len(h), pos))  # what was accepted since the last call
         h.append(token)
         for j in range(max(self._indexed, 1), len(h)):  # n-grams ending before `token`
             for m in self.sizes:

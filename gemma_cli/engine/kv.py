@@ -31,6 +31,18 @@ class Checkpoint:
     data: bytes
 
 
+def is_key(item) -> bool:
+    """Whether a prompt item is a media position's key (kind, sha256, i, n) rather than a token id."""
+    return type(item) is tuple
+
+
+def span_start(items: Sequence, n: int) -> int:
+    """`n` moved back to the start of the span it falls inside (a span is evaluated whole)."""
+    if 0 <= n < len(items) and is_key(items[n]):
+        return n - items[n][2]
+    return n
+
+
 def common_prefix(a: Sequence, b: Sequence) -> int:
     """How many leading items `a` and `b` share."""
     n = min(len(a), len(b))
@@ -53,6 +65,9 @@ class KVCache:
         self.n_swa = n_swa
         self.items: list = []  # what sits at each position of sequence 0
         self.checkpoints: list[Checkpoint] = []
+        # Positions where the cache holds what a cold evaluation split at the same save points
+        # would (engine.disk keeps only such states: restoring one gives the same output).
+        self.canonical: set[int] = {0}
         self._copy_buf = (ctypes.c_uint8 * 0)()  # copy()'s buffer, grown as needed
 
     def __len__(self) -> int:
@@ -68,17 +83,58 @@ class KVCache:
 
     def clear(self) -> None:
         ll.llama_memory_clear(self.mem, True)
-        self.items.clear()
-        self.checkpoints.clear()
+        self.forget()
 
     def forget(self) -> None:
         """The context is gone (made again): nothing is cached, nothing to remove."""
         self.items.clear()
         self.checkpoints.clear()
+        self.canonical = {0}
 
-    def pos_min(self) -> int:
-        """The oldest position the (sliding-window) KV cache of sequence 0 still holds."""
-        return ll.llama_memory_seq_pos_min(self.mem, SEQ)
+    def adopt(self, items: Sequence, state: bytes) -> bool:
+        """Replace sequence 0 with a state() of `items` (engine.disk's); False: llama.cpp refused it."""
+        ll.llama_memory_seq_rm(self.mem, SEQ, -1, -1)
+        self.forget()
+        if not self.load_state(state):
+            ll.llama_memory_seq_rm(self.mem, SEQ, -1, -1)
+            return False
+        self.items = list(items)
+        self.canonical.add(len(self.items))
+        return True
+
+    def canonical_start(self, items: Sequence) -> int | None:
+        """Cut back to the longest canonical prefix the cache shares with `items` (None: that fails)."""
+        n = self.cut(max(c for c in self.canonical if c <= common_prefix(self.items, items)))
+        return n if n in self.canonical and n < len(items) else None
+
+    def plan(self, items: Sequence, start: int, save_at: Sequence[int], checkpoint_at: int | None = None, *,
+             logits: bool = True) -> list[tuple[int, bool, bool, bool]]:
+        """How to evaluate items[start:]: (end, take an SWA checkpoint there, canonical, save it on disk) for
+        each piece, the last piece (to the end, with logits for the last item) left out when `logits`.
+
+        Evaluation splits at every save point, so a state is the same whichever run took it (a cold
+        run splits there too); a state reached from a canonical start is canonical; only the first and
+        the last two points are checkpointed and written (each write is a whole state). A span is
+        never split (`checkpoint_at`: an SWA checkpoint spot; None without SWA)."""
+        n = len(items)
+        save_at = {p for p in save_at if start < p <= n and span_start(items, p) == p}
+        if checkpoint_at is not None and not (start < checkpoint_at < n and span_start(items, checkpoint_at) == checkpoint_at):
+            checkpoint_at = None
+        ends = sorted(p for p in save_at | {checkpoint_at} - {None} if p < n) + ([] if logits else [n])
+        kept = [p for p in ends if p in save_at]
+        kept = set(kept[:1] + kept[-2:])
+        canonical = start in self.canonical
+        return [(p, p < n and (p in kept or p == checkpoint_at) and bool(self.n_swa), canonical and p in save_at,
+                 canonical and p in kept) for p in ends]
+
+    def pos_min(self, seq: int = SEQ) -> int:
+        """The oldest position the (sliding-window) KV cache of sequence `seq` still holds; -1: empty."""
+        return ll.llama_memory_seq_pos_min(self.mem, seq)
+
+    def clear_sequence(self, seq: int, start: int = 0) -> None:
+        """Remove sequence `seq`'s cells at positions >= `start` (not sequence 0: its bookkeeping
+        is clear()'s and truncate()'s; engine.parallel's sequences)."""
+        ll.llama_memory_seq_rm(self.mem, seq, start if start > 0 else -1, -1)
 
     # ---- before a prompt
 
@@ -94,7 +150,7 @@ class KVCache:
         side a batch ahead: keep only what both agree on."""
         n_kv = ll.llama_memory_seq_pos_max(self.mem, SEQ) + 1
         if n_kv < len(self.items):
-            del self.items[n_kv:]
+            self._drop_from(n_kv)
         elif n_kv > len(self.items):
             ll.llama_memory_seq_rm(self.mem, SEQ, len(self.items), -1)
 
@@ -106,9 +162,13 @@ class KVCache:
         if self.n_swa and n > 0 and not self.window_kept(n):
             n = self._restore_checkpoint(n)
         ll.llama_memory_seq_rm(self.mem, SEQ, n, -1)
-        del self.items[n:]
+        self._drop_from(n)
         self.checkpoints = [c for c in self.checkpoints if c.n_tokens <= n]
         return n
+
+    def _drop_from(self, n: int) -> None:
+        del self.items[n:]
+        self.canonical = {c for c in self.canonical if c <= n}
 
     def window_kept(self, n: int) -> bool:
         """Whether the next token after `n` positions finds its whole sliding window cached:
@@ -121,7 +181,7 @@ class KVCache:
         kept ones do not need in the sliding window (just-decoded drafts)."""
         if n < len(self.items):
             ll.llama_memory_seq_rm(self.mem, SEQ, n, -1)
-            del self.items[n:]
+            self._drop_from(n)
 
     # ---- SWA checkpoints
 
@@ -160,7 +220,11 @@ class KVCache:
         return ll.llama_state_seq_set_data_ext(self.ctx, buf, len(data), seq, flags) != 0
 
     def copy(self, src: int, dst: int) -> bool:
-        """Put sequence `src`'s KV cells into `dst`'s stream, now (False: llama.cpp could not)."""
+        """Put sequence `src`'s KV cells into `dst`'s stream, now (False: llama.cpp could not).
+
+        Through the state API rather than llama_memory_seq_cp: across streams that copies a
+        whole stream, and only at the next decode, by which time `src` may have changed.
+        """
         size = ll.llama_state_seq_get_size_ext(self.ctx, src, 0)
         if len(self._copy_buf) < size:
             self._copy_buf = (ctypes.c_uint8 * size)()

@@ -37,7 +37,8 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-from gemma_cli.engine.core import Sampling, TokenLogprob, common_prefix
+from gemma_cli.engine.core import Sampling, TokenLogprob
+from gemma_cli.engine.kv import common_prefix
 from gemma_cli.errors import ContextOverflowError, GemmaError
 from gemma_cli.format.reply import (
     CHANNEL_CLOSE as THOUGHT_CLOSE,  # the thought markers live in reply (pure)
@@ -214,7 +215,7 @@ class Parallel:
         else:
             slots = [_Slot(seq) for seq in range(1, self.n + 1)]
             for slot in slots:  # another runner on this engine may have left cells in the streams
-                self.engine.clear_sequence(slot.seq)
+                self.engine.kv.clear_sequence(slot.seq)
         source = iter(jobs)
         exhausted = False
         try:
@@ -287,7 +288,7 @@ class Parallel:
         return pairs
 
     def _clear(self, slot: _Slot) -> None:
-        self.engine.clear_sequence(slot.seq)
+        self.engine.kv.clear_sequence(slot.seq)
         slot.cached = []
 
     def _resume(self, slot: _Slot, tokens: list[int]) -> int:
@@ -295,10 +296,10 @@ class Parallel:
         n = min(common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last token is evaluated, for its logits
         if n > 0 and self.engine.info.n_swa > 0:
             # The next position attends to the n_swa before it in SWA layers: they must still be held.
-            pos_min = self.engine.sequence_pos_min(slot.seq)
+            pos_min = self.engine.kv.pos_min(slot.seq)
             if not (pos_min <= 0 or pos_min < max(0, n - self.engine.info.n_swa)):
                 n = 0
-        self.engine.clear_sequence(slot.seq, n)
+        self.engine.kv.clear_sequence(slot.seq, n)
         slot.cached = slot.cached[:n]
         return n
 
@@ -342,9 +343,8 @@ class Parallel:
             return 0, 0
         engine, head = self.engine, tokens[:shared]
         held = shared
-        if engine.cache_contents() != head:  # staging keeps only heads: the next line's system turn is likely this one
-            held = engine.reuse_prefix(head)
-            engine.evaluate(head[held:])
+        if engine.kv.contents() != head:  # staging keeps only heads: the next line's system turn is likely this one
+            held = engine.stage(head)  # from the prompt cache on disk too
         self._copy(slot)
         return shared, held
 
@@ -392,13 +392,13 @@ class Parallel:
         if slot.cached:
             self._clear(slot)
         slot.copied = True  # from here on its stream may hold cells to remove
-        if not self.engine.copy_sequence(STAGING, slot.seq):
+        if not self.engine.kv.copy(STAGING, slot.seq):
             raise GemmaError(f"llama.cpp could not copy a prompt's KV cache into sequence {slot.seq}",
                              "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
 
     def _prompt(self, job: Job) -> tuple[list, int | None]:
         """The job's prompt items (media expanded) and its checkpoint spot; checks it fits a sequence."""
-        tokens, checkpoint = self.engine.prompt_items(job.prompt, job.media, job.shared)
+        tokens, checkpoint, _ = self.engine.prompt_items(job.prompt, job.media, job.shared)
         if not tokens:
             raise GemmaError("the prompt is empty", "give each line a prompt or messages")
         if len(tokens) >= self.n_ctx_seq:
@@ -545,7 +545,7 @@ class Parallel:
             # or, ended before its prompt was, the part of the prompt evaluated.
             held = slot.queue_pos if slot.queue else slot.pos
             slot.cached = (slot.prompt + slot.tokens)[:held]
-            self.engine.clear_sequence(slot.seq, held)
+            self.engine.kv.clear_sequence(slot.seq, held)
         elif slot.copied or (slot.cached and slot.job is not None):  # a job that failed, or had media
             self._clear(slot)
         slot.copied = False

@@ -6,6 +6,11 @@ that replace one `<|image|>` / `<|audio|>` placeholder (`<|image>` … `<image|>
 evaluates spans into the same KV cache as text, and remembers each of their positions as a
 hashable key (kind, sha256, i, n), so a later prompt with the same image reuses it like text.
 
+The same picture twice in one prompt (`-i a.png -i a.png`, a video's identical frames, an image
+in several turns of a fresh request) is one span evaluated at each of its places: encoded once,
+its embeddings kept (`Span.embd`) while the prompt needs them again, decoded at every place.
+A span's pixels and embeddings are dropped when the prompt's evaluation ends (`release`).
+
 Image attention inside one image is non-causal on most Gemma 4 sizes (all but E2B/E4B):
 llama.cpp then needs the whole image in one micro-batch (n_ubatch >= its tokens) and aborts
 the process otherwise, so the engine sizes its batch from the budget and `check_fits`
@@ -25,6 +30,7 @@ import llama_cpp as ll
 import llama_cpp.mtmd_cpp as mtmd
 
 from gemma_cli.engine import log
+from gemma_cli.engine.kv import is_key
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError, ModelError
 from gemma_cli.gguf_header import read_header
 
@@ -105,6 +111,8 @@ class Span:
     media: Media | None = None  # the current prompt's media (dropped once evaluated: pixels are big)
     chunks: object = None  # the mtmd chunks while not yet evaluated (they hold the preprocessed pixels)
     budget: int = 0  # the visual token budget of the mtmd context that made it (0: audio)
+    repeats: int = 0  # its places in what the current prompt evaluates: over 1, its embeddings are kept
+    embd: dict = field(default_factory=dict)  # part index -> its encoded embeddings, while needed again
 
     @property
     def n_pos(self) -> int:
@@ -124,15 +132,13 @@ class Span:
         return [(self.kind, self.digest, i, n) for i in range(n)]
 
 
-def is_key(item) -> bool:
-    return type(item) is tuple
-
-
-def span_start(items: Sequence, n: int) -> int:
-    """`n` moved back to the start of the span it falls inside (a span is evaluated whole)."""
-    if 0 <= n < len(items) and is_key(items[n]):
-        return n - items[n][2]
-    return n
+def count_places(items: Sequence, spans: dict[tuple, "Span"]) -> None:
+    """Set each span's `repeats`: how many times it starts in `items` (what a prefill evaluates)."""
+    for span in spans.values():
+        span.repeats = 0
+    for item in items:
+        if is_key(item) and item[2] == 0:
+            spans[item[:2]].repeats += 1
 
 
 # ---------------------------------------------------------------- projector
@@ -163,6 +169,7 @@ class Projector:
         # None: asks about the vision projector (the only one that is non-causal for Gemma 4).
         self.non_causal_images = self.vision and bool(mtmd.mtmd_decode_use_non_causal(self._ctx, None))
         self._spans: OrderedDict[tuple, Span] = OrderedDict()  # layouts by (kind, digest), recent last
+        self.encodes = 0  # media chunks run through the encoder (a repeated picture counts once a prompt)
 
     def _open(self, budget: int):
         n_threads, use_gpu, verbose = self._settings
@@ -269,30 +276,54 @@ class Projector:
         """Refuse what llama.cpp would abort on: a non-causal chunk larger than one micro-batch."""
         for p in span.parts:
             if p.non_causal and p.n_tokens > n_ubatch:
-                raise GemmaError(
+                raise MediaError(
                     f"{span.name} needs {p.n_tokens} tokens in one batch but the context's batch holds {n_ubatch}",
                     f"use a smaller --image-tokens (this projector was opened for {self.budget}), "
                     "or crop a very long, thin image",
                 )
 
     def decode(self, span: Span, index: int, lctx, n_past: int, n_batch: int) -> int:
-        """Encode and decode media part `index` of `span` at position `n_past`; returns its n_pos."""
+        """Decode media part `index` of `span` at position `n_past` (encoding it unless this prompt
+        already did); returns its n_pos."""
         if span.chunks is None:  # evaluated before and evicted from the KV cache since: preprocess again
             if span.media is None:
                 raise GemmaError(f"{span.name} is no longer loaded", "send it again")
             span.chunks = self._tokenize(span.media).chunks
         chunk = mtmd.mtmd_input_chunks_get(span.chunks, index)
+        ctx = self._ctx_for(span.budget)
+        embd = span.embd.get(index)
+        if embd is None:
+            embd = self._encode(span, index, ctx, chunk)
         new_n_past = ll.llama_pos(0)
-        rc = mtmd.mtmd_helper_eval_chunk_single(self._ctx_for(span.budget), lctx, chunk, n_past, 0, n_batch, False,
-                                                ctypes.byref(new_n_past))
+        rc = mtmd.mtmd_helper_decode_image_chunk(ctx, lctx, chunk, embd, n_past, 0, n_batch, ctypes.byref(new_n_past),
+                                                 mtmd.mtmd_helper_post_decode_callback(), None)
         if rc != 0:
             raise GemmaError(f"llama.cpp could not evaluate {span.name} (error {rc})",
                              "the context may be full: raise --ctx, or use a smaller --image-tokens")
         return new_n_past.value - n_past
 
+    def _encode(self, span: Span, index: int, ctx, chunk):
+        """Run part `index` through the encoder: its embeddings (copied into the span when the prompt
+        needs them again, else llama.cpp's buffer, valid until the next encode)."""
+        rc = mtmd.mtmd_encode_chunk(ctx, chunk)
+        if rc != 0:
+            raise GemmaError(f"llama.cpp could not encode {span.name} (error {rc})",
+                             "run with --verbose for llama.cpp's log")
+        self.encodes += 1
+        out = mtmd.mtmd_get_output_embd(ctx)
+        if span.repeats <= 1:
+            return out
+        n = mtmd.mtmd_input_chunk_get_n_tokens(chunk) * ll.llama_model_n_embd_inp(self._model)
+        kept = (ctypes.c_float * n)()
+        ctypes.memmove(kept, out, n * ctypes.sizeof(ctypes.c_float))
+        span.embd[index] = kept
+        return kept
+
     def release(self, span: Span) -> None:
-        """The span is in the KV cache: drop its preprocessed pixels/mel frames and the media."""
+        """The prompt is evaluated: drop the span's preprocessed pixels/mel frames, embeddings and media."""
         _free_chunks(span)
+        span.embd.clear()
+        span.repeats = 0
         span.media = None
 
 
@@ -343,35 +374,40 @@ def _free_chunks(span: Span) -> None:
 # ---------------------------------------------------------------- prompts
 
 
-def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, placeholders: dict[int, str],
-           checkpoint_at: int | None) -> tuple[list, int | None, dict[tuple, Span]]:
-    """Replace each placeholder token with its media's span keys, in order.
+def expand(tokens: Sequence[int], media: Sequence[Media], projector: Projector, tokenize, n_ubatch: int,
+           points: Sequence[int | None]) -> tuple[list, list, dict[tuple, Span], list[int]]:
+    """Replace each placeholder token with its media's span keys, in order (each span checked to fit a
+    micro-batch of `n_ubatch` first: llama.cpp would abort).
 
-    Returns the prompt items (token ids and span keys), `checkpoint_at` moved to match, and
-    the spans by (kind, digest) for evaluation.
+    Returns the prompt items (token ids and span keys), `points` (token positions, None kept)
+    moved to match, the spans by (kind, digest) for evaluation, and where each span ends.
     """
+    placeholders = {ids[0]: kind for kind, ids in ((k, tokenize(t)) for k, t in PLACEHOLDERS.items()) if len(ids) == 1}
     items: list = []
     spans: dict[tuple, Span] = {}
     queue = list(media)
-    moved = checkpoint_at
+    moved = list(points)
+    ends = []
     for i, tok in enumerate(tokens):
         kind = placeholders.get(tok)
         if kind is None:
             items.append(tok)
             continue
         if not queue:
-            raise GemmaError(f"the prompt has more {PLACEHOLDERS[kind]} placeholders than media given",
+            raise MediaError(f"the prompt has more {PLACEHOLDERS[kind]} placeholders than media given",
                              "give one image or audio clip per placeholder")
         m = queue.pop(0)
         if m.kind != kind:
-            raise GemmaError(f"media out of order: {m.name or m.kind} is {m.kind} but the prompt expects {kind} here",
+            raise MediaError(f"media out of order: {m.name or m.kind} is {m.kind} but the prompt expects {kind} here",
                              "pass media in the order of their placeholders")
         span = projector.span(m)
         spans[(m.kind, m.digest)] = span
-        if checkpoint_at is not None and i < checkpoint_at:
-            moved += span.n_pos - 1
+        moved = [p + span.n_pos - 1 if p is not None and i < orig else p for p, orig in zip(moved, points)]
         items.extend(span.keys())
+        ends.append(len(items))
     if queue:
-        raise GemmaError(f"{len(queue)} media given without a placeholder in the prompt",
+        raise MediaError(f"{len(queue)} media given without a placeholder in the prompt",
                          "each image needs <|image|> and each clip <|audio|> where it goes")
-    return items, moved, spans
+    for span in spans.values():
+        projector.check_fits(span, n_ubatch)
+    return items, moved, spans, ends

@@ -22,7 +22,8 @@ Choices the official response schema leaves open, made here:
 - `<|tool_call>` inside an unclosed thought ends the thought; inside an unclosed call it
   makes the first call a ToolCallError. A call ends at the first `<tool_call|>`.
 - Only the longest tail that could still become a marker is held back, so answer text
-  streams as it comes; `close()` flushes it as plain text.
+  streams as it comes. When the reply ends there (max_tokens), `close()` drops the held-back
+  marker start (`<|tool_ca`, a lone `<`), never shown as text; a line break before it is text.
 """
 
 from __future__ import annotations
@@ -148,8 +149,11 @@ class ReplyParser:
         """The reply ended: what was held back is text; an unclosed call is an error."""
         events: list[Event] = []
         if self.state != DONE:
-            self.header = False  # an incomplete header is thinking text
-            self._text(self.pending, events)
+            # An incomplete header is thinking text; a partial marker (max_tokens cut inside a spelled-out
+            # `<|tool_call>`) is not text: held back mid-stream, it is dropped at the end too.
+            rest = self.pending if self.header else _without_partial_marker(self.pending)
+            self.header = False
+            self._text(rest, events)
             if self.state == CALL:
                 events.append(self._unclosed("the end of the reply"))
         self.state, self.pending, self.call = DONE, "", ""
@@ -216,6 +220,13 @@ def _first_marker(text: str, markers: list[str]) -> tuple[int, str | None]:
         if at != -1 and at < best:
             best, found = at, marker
     return best, found
+
+
+def _without_partial_marker(tail: str) -> str:
+    """The held-back tail of a reply that ended (a marker's start, see `_held_tail`) less the marker
+    part, from its `<` on (as mid-stream, a lone `<` counts); a line break before it is text."""
+    at = tail.find("<")
+    return tail[:at] if at != -1 else tail
 
 
 def _held_tail(text: str, prefixes: set[str]) -> int:

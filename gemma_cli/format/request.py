@@ -18,6 +18,7 @@ field to `ChatRequest` and read it in `read_chat`. Unknown fields are ignored by
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from gemma_cli.errors import GemmaError
@@ -31,7 +32,7 @@ SAMPLING: dict[str, tuple[type, float | None, float | None]] = {
     "temperature": (float, 0.0, 2.0),
     "top_p": (float, 0.0, 1.0),
     "top_k": (int, 0, None),
-    "seed": (int, None, None),
+    "seed": (int, -(2 ** 63), 2 ** 64 - 1),  # 64 bits, signed or not (llama.cpp keeps the low 32)
     "min_p": (float, 0.0, 1.0),
     "presence_penalty": (float, -2.0, 2.0),
     "frequency_penalty": (float, -2.0, 2.0),
@@ -51,6 +52,7 @@ REFUSED: dict[str, tuple[tuple, str | None]] = {
     "prediction": ((), None),
     "web_search_options": ((), None),
 }
+NEEDS_CONTENT = ("system", "developer", "user", "tool")  # an assistant turn may be only tool calls
 OPENAI_PARTS = ("text", "image_url", "input_audio", "video_url")  # content part types a client may send
 LOCAL_PARTS = ("image", "audio", "video")  # gemma's own parts ({"type", "path" | "url"}): local runs only
 _NAMES = {str: "a string", bool: "true or false", int: "an integer", float: "a number", dict: "an object",
@@ -204,6 +206,9 @@ def read_messages(value, *, local_parts: bool = False) -> list[dict]:
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             raise RequestError(f"{where} needs a role ({', '.join(sorted(ROLES))})", f"{where}.role")
         content = m.get("content")
+        if content is None and m["role"] in NEEDS_CONTENT:
+            raise RequestError(f'{where} ({m["role"]}) has no "content"', f"{where}.content",
+                               'give it a string or a list of parts ("" for an empty message)')
         if content is not None and not isinstance(content, (str, list)):
             raise RequestError(f"{where}.content must be a string or a list of parts", f"{where}.content")
         if isinstance(content, list):
@@ -402,8 +407,9 @@ def number(data: dict, key: str, kind: type, low: float | None = None, high: flo
     value = data.get(key)
     if value is None:
         return None
-    if not _is_number(value) or (kind is int and not float(value).is_integer()):
-        raise RequestError(f'"{key}" must be {_NAMES[kind]}, not {json.dumps(value)[:40]}', key)
+    if not _is_number(value) or not math.isfinite(value) or (kind is int and not float(value).is_integer()):
+        raise RequestError(f'"{key}" must be {"a finite number" if kind is float else _NAMES[kind]}, '
+                           f'not {json.dumps(value)[:40]}', key)
     if (low is not None and value < low) or (high is not None and value > high):
         raise RequestError(f'"{key}" is {value}, outside {low}..{high if high is not None else "∞"}', key)
     return kind(value)

@@ -16,9 +16,9 @@ import functools
 from datetime import datetime
 from typing import Any
 
-from gemma_cli.errors import ModelError
+from gemma_cli.errors import GemmaError, ModelError
 
-__all__ = ["render_template"]
+__all__ = ["check_template", "render_template"]
 
 _HINT = "the model's embedded chat template cannot render this conversation; try another GGUF of the model"
 
@@ -74,6 +74,27 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _failure(what: str, origin: str | None) -> GemmaError:
+    """A template's failure as one line: the model's embedded template, or the user's file (`origin`)."""
+    if origin is None:
+        return ModelError(f"the model's chat template {what}", _HINT)
+    return GemmaError(f"the chat template {origin} {what}",
+                      f"fix {origin}, or leave out --chat-template to use the model's own template")
+
+
+def check_template(template: str, origin: str | None = None):
+    """`template` compiled (cached), or a one-line error naming it (see `render_template`)."""
+    # lazy: jinja2, only when a chat template renders; keeps gemma --help fast
+    import jinja2
+
+    try:
+        return _compile(template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise _failure(f"is not valid Jinja (line {exc.lineno}): {_one_line(exc.message)}", origin) from exc
+    except Exception as exc:  # noqa: BLE001 - anything from untrusted template source is the template's fault
+        raise _failure(f"cannot be loaded: {_one_line(exc)}", origin) from exc
+
+
 def render_template(
     template: str,
     messages: list[dict[str, Any]],
@@ -82,25 +103,21 @@ def render_template(
     eos: str,
     add_generation_prompt: bool = True,
     tools: list[dict[str, Any]] | None = None,
+    origin: str | None = None,
     **extra: Any,
 ) -> str:
     """Render `template` (jinja, untrusted) for `messages`, sandboxed, as transformers would.
 
     `bos` and `eos` become `bos_token` / `eos_token`; `extra` are further template variables
     (`enable_thinking`, `documents`, ...). Any failure, from a syntax error to a blocked
-    unsafe operation or the template's own `raise_exception`, becomes a one-line `ModelError`.
+    unsafe operation or the template's own `raise_exception`, becomes a one-line error: a
+    `ModelError` for the model's embedded template, or, with `origin` (the file the user gave,
+    `--chat-template FILE`), a `GemmaError` naming that file.
     """
     # lazy: jinja2, only when a chat template renders; keeps gemma --help fast
-    import jinja2
     from jinja2.exceptions import SecurityError
 
-    try:
-        compiled = _compile(template)
-    except jinja2.TemplateSyntaxError as exc:
-        raise ModelError(f"the model's chat template is not valid Jinja (line {exc.lineno}): {_one_line(exc.message)}", _HINT) from exc
-    except Exception as exc:  # noqa: BLE001 - anything from untrusted template source is the model file's fault
-        raise ModelError(f"the model's chat template cannot be loaded: {_one_line(exc)}", _HINT) from exc
-
+    compiled = check_template(template, origin)
     variables = {
         **extra,
         "messages": messages,
@@ -112,10 +129,10 @@ def render_template(
     try:
         return compiled.render(**variables)
     except _TemplateRaised as exc:
-        raise ModelError(f"the model's chat template refused the conversation: {_one_line(exc)}", _HINT) from exc
+        raise _failure(f"refused the conversation: {_one_line(exc)}", origin) from exc
     except SecurityError as exc:
-        raise ModelError(f"the model's chat template tried an unsafe operation (blocked): {_one_line(exc)}", _HINT) from exc
+        raise _failure(f"tried an unsafe operation (blocked): {_one_line(exc)}", origin) from exc
     except RecursionError as exc:
-        raise ModelError("the model's chat template recursed too deeply", _HINT) from exc
+        raise _failure("recursed too deeply", origin) from exc
     except Exception as exc:  # noqa: BLE001 - the template is data: its TypeErrors are not our bugs
-        raise ModelError(f"the model's chat template failed: {type(exc).__name__}: {_one_line(exc)}", _HINT) from exc
+        raise _failure(f"failed: {type(exc).__name__}: {_one_line(exc)}", origin) from exc

@@ -38,10 +38,40 @@ LANGUAGES = {
 }
 
 
+# Every ISO 639-1 code: a two-letter value outside it (`-l xx`) is a typo, not a language.
+ISO_639_1 = frozenset("""
+aa ab ae af ak am an ar as av ay az ba be bg bh bi bm bn bo br bs ca ce ch co cr cs cu cv cy da de dv dz ee el en
+eo es et eu fa ff fi fj fo fr fy ga gd gl gn gu gv ha he hi ho hr ht hu hy hz ia id ie ig ii ik io is it iu ja jv
+ka kg ki kj kk kl km kn ko kr ks ku kv kw ky la lb lg li ln lo lt lu lv mg mh mi mk ml mn mr ms mt my na nb nd ne
+ng nl nn no nr nv ny oc oj om or os pa pi pl ps pt qu rm rn ro ru rw sa sc sd se sg si sk sl sm sn so sq sr ss st
+su sv sw ta te tg th ti tk tl tn to tr ts tt tw ty ug uk ur uz ve vi vo wa wo xh yi yo za zh zu
+""".split())
+_CODE = re.compile(r"([A-Za-z]{2})(?:[-_][A-Za-z0-9]{2,8})*")
+
+
 def language_name(code_or_name: str | None) -> str | None:
     if not code_or_name or code_or_name.lower() == "auto":
         return None
-    return LANGUAGES.get(code_or_name.lower(), code_or_name)
+    code = _CODE.fullmatch(code_or_name)
+    if code is not None:  # en, pt-BR, zh_TW: the language's name (a region is the model's to infer)
+        return LANGUAGES.get(code.group(1).lower(), code_or_name)
+    return code_or_name
+
+
+def check_language(value: str | None) -> str | None:
+    """A language as given (`-l`, `--translate-to`, the API's `language`): an ISO 639-1 code, possibly with a
+    region (pt-BR), or a language's name; a ValueError says what is wrong with anything else."""
+    if value is None or not value.strip() or value.strip().lower() == "auto":
+        return None
+    value = value.strip()
+    code = _CODE.fullmatch(value)
+    if code is not None:
+        if code.group(1).lower() not in ISO_639_1:
+            raise ValueError(f"{code.group(1)!r} is not a language code (ISO 639-1)")
+        return value
+    if len(value) > 40 or not all(ch.isalpha() or ch in " -'()" for ch in value):
+        raise ValueError("not a language code or a language's name")
+    return value
 
 
 def prompt(language: str | None = None, translate_to: str | None = None) -> str:

@@ -36,10 +36,17 @@ def media_parts(content) -> list[dict]:
 def prompt_order(messages: list[dict]) -> list[dict]:
     """The media parts of `messages` in the order gemma_cli.format.prompt writes their placeholders.
 
-    The first system message drops media; tool results are written into the model turn
-    that called them, before that turn's own content; other tool messages are not written.
+    Tool results are written into the model turn that called them, before that turn's own
+    content; other tool messages are not written. Media in the first system message are refused:
+    Gemma 4's templates write only that message's text, so the model would never see them.
     """
-    rest = messages[1:] if messages and messages[0].get("role") in ("system", "developer") else messages
+    first_is_system = bool(messages) and messages[0].get("role") in ("system", "developer")
+    if first_is_system and media_parts(messages[0].get("content")):
+        kind = media_parts(messages[0]["content"])[0]["type"]
+        raise MediaError(f"the {messages[0]['role']} message holds {'a' if kind == 'video' else 'an'} {kind}, which "
+                         f"Gemma 4 would never see: put the {kind} in a user message",
+                         "Gemma 4's chat templates write only the text of the system message")
+    rest = messages[1:] if first_is_system else messages
     out: list[dict] = []
     for i, m in enumerate(rest):
         if m.get("role") == "tool":

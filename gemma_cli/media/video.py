@@ -29,6 +29,9 @@ FRAME_TOKENS = 70  # the visual token budget of one frame
 FRAME_BUDGETS = (70, 140, 280)
 PLACEHOLDER = "<|video|>"
 IMAGE = "<|image|>"
+CLIP_BREAK = "\n"  # between a clip's frames and another clip, or text written against it
+_MARKER_END = "|>"  # a medium's placeholder ends so (the frames' own <|image|> too)
+_MARKERS_AFTER = ("<turn|>", IMAGE, "<|audio|>")  # what already parts a clip from what follows
 SEEK_OVER = 64  # a clip with more than 64 frames per frame taken is read by seeking
 MAX_SIDE = 1280  # frames are shrunk to this first: the budget's size is far below, 32 4K frames would take 800 MB
 
@@ -75,15 +78,27 @@ def frame_count(total: int, rate: float, frames: int | None = None, fps: float |
 
 
 def with_frames(text: str, videos: list[Video]) -> str:
-    """`text` (a rendered prompt) with each `<|video|>` replaced by its clip's frame layout, in order."""
+    """`text` (a rendered prompt) with each `<|video|>` replaced by its clip's frame layout, in order.
+
+    A clip is a block of its own: a line break parts it from another clip and from text written
+    right against it (two clips' stamps both start at 00:00; nothing else would tell where the
+    second begins). Where whitespace, a turn's edge or another medium already parts them, nothing
+    is added, so one clip at the start of a turn followed by nothing keeps the trained layout.
+    """
     pieces = text.split(PLACEHOLDER)
     if len(pieces) - 1 != len(videos):
         raise MediaError(f"the prompt has {len(pieces) - 1} {PLACEHOLDER} placeholders for {len(videos)} videos",
                          f"do not write {PLACEHOLDER} in the text; attach videos with -v or a video part")
-    out = [pieces[0]]
+    out, clip_last = pieces[0], False
     for video, piece in zip(videos, pieces[1:]):
-        out += [video.layout, piece]
-    return "".join(out)
+        if out and not out[-1].isspace() and (clip_last or not out.endswith(_MARKER_END)):
+            out += CLIP_BREAK
+        out += video.layout
+        if piece and not piece[0].isspace() and not piece.startswith(_MARKERS_AFTER):
+            out += CLIP_BREAK
+        out += piece
+        clip_last = not piece
+    return out
 
 
 def tokens_needed(video: Video) -> int:
@@ -92,17 +107,25 @@ def tokens_needed(video: Video) -> int:
     return len(video.frames) * (video.budget + video.budget * 3 // 20 + 8)
 
 
-def check_context(videos: list[Video], n_ctx: int) -> None:
-    """Clips too long for the context fail before the model loads, with the numbers."""
+def check_context(videos: list[Video], n_ctx: int, most: int = 0) -> None:
+    """Clips too long for the context fail before the model loads, with the numbers. `most`: the longest
+    context the model takes (its trained length; 0: not known), so the hint never asks for more."""
     need = sum(tokens_needed(v) for v in videos)
     if need < n_ctx:
         return
     v = videos[0]
     what = (f"{v.name}: {len(v.frames)} frames x ~{v.budget} tokens" if len(videos) == 1
             else f"{len(videos)} videos: {sum(len(x.frames) for x in videos)} frames x ~{v.budget} tokens")
-    raise ContextOverflowError(f"{what} = about {need} tokens, more than the context's {n_ctx} (--ctx)",
-                               f"raise --ctx to {_round_up(need + 512)}, or take fewer frames (--frames) or "
-                               "fewer tokens a frame (--frame-tokens 70)")
+    fewer = "take fewer frames (--frames) or fewer tokens a frame (--frame-tokens 70)"
+    wanted = _round_up(need + 512)
+    if most and wanted > most:
+        per_frame = tokens_needed(v) // max(len(v.frames), 1)
+        fit = max(1, (most - 512) // per_frame // len(videos))
+        hint = (f"this model takes at most {most} tokens of context, so a larger --ctx cannot help: "
+                f"take fewer frames (--frames {fit} fits) or fewer tokens a frame (--frame-tokens 70)")
+    else:
+        hint = f"raise --ctx to {wanted}, or {fewer}"
+    raise ContextOverflowError(f"{what} = about {need} tokens, more than the context's {n_ctx} (--ctx)", hint)
 
 
 def _round_up(n: int) -> int:

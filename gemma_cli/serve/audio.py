@@ -40,7 +40,11 @@ def read_form(form, max_bytes: int) -> dict:
     if upload.size is not None and upload.size > max_bytes:
         raise ApiError(413, f"the audio file is over the server's limit of {max_bytes // 1024 // 1024} MiB",
                        param="file", code="media_too_large")
-    return {"upload": upload, "format": fmt, "language": form.get("language") or None,
+    try:
+        language = transcript.check_language(form.get("language") or None)
+    except ValueError as e:
+        raise bad(f"'language' {form.get('language')!r}: {e}", "language") from None
+    return {"upload": upload, "format": fmt, "language": language,
             "temperature": temperature, "model": form.get("model")}
 
 

@@ -148,41 +148,40 @@ class Builder:
             raise bad(f"the messages cannot be rendered: {e.message}", "messages") from None
         except Exception as e:  # noqa: BLE001 - a template on odd messages
             raise bad(f"the messages cannot be rendered ({type(e).__name__}: {e})", "messages") from None
+        text, media = self._load_media(text, req.messages)
         tokens = self.engine.tokenize(text)
-        media = self._load_media(req.messages)
         constrained = req.schema is not None or req.json_mode or req.tool_choice == "required"
         return Job(tokens, sampling, req.max_tokens or self.settings.max_tokens, media or None,
                    free_thought=bool(req.think and constrained and self.gemma4),
                    in_thought=self.gemma4 and ends_in_thought(text),  # after a tool result with thinking on
                    stop=req.stop, logprobs=req.logprobs)
 
-    def _load_media(self, messages: list[dict]) -> list:
-
+    def _load_media(self, text: str, messages: list[dict]) -> tuple[str, list]:
+        """The prompt with its videos written out as frames, and the media for it in prompt order."""
         if not any(media_parts(m.get("content")) for m in messages):
-            return []
+            return text, []
         if not self.gemma4:
             raise bad("images and audio need a Gemma 4 model", "messages", "unsupported_media")
         if self.engine.media is None:  # loaded at startup or never: a projector is not loaded mid-serving
             raise bad(f"{self.engine.path.name} was served without a projector (mmproj), so it cannot read images "
                       "or audio; restart gemma serve with --mmproj", "messages", "unsupported_media")
-        parts = prompt_order(messages)
         try:
             with self._media_lock:
-                return self._decode(parts)
+                return self._decode(text, messages)
         except CapabilityError as e:
             raise bad(e.message, "messages", "unsupported_media") from None
         except MediaError as e:
             raise bad(e.message, "messages", "invalid_media") from None
 
-    def _decode(self, parts: list[dict]) -> list:
+    def _decode(self, text: str, messages: list[dict]) -> tuple[str, list]:
 
         if self._media is None:
             self._media = MediaParts(keep=16)
-        for kind in dict.fromkeys(p["type"] for p in parts):  # the model must take each kind (read-only here)
+        for kind in dict.fromkeys(p["type"] for p in prompt_order(messages)):  # the model must take each kind
             projector = self.engine.ensure_projector(kind)
             if kind == "audio":
                 self._media.rate = projector.sample_rate
-        return self._media.for_engine(parts)
+        return self._media.for_prompt(text, messages)
 
 
 # ---------------------------------------------------------------- responses

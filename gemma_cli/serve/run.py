@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import socket
 import sys
@@ -23,17 +24,26 @@ def listen(host: str, port: int):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+    except socket.gaierror as e:
+        sock.close()
+        raise GemmaError(f"cannot listen on {host}:{port}: {host} is not a known host name ({e.strerror or e})",
+                         "give --host an address of this machine: 127.0.0.1 (this machine only) or 0.0.0.0 (all)") from None
     except OSError as e:
         sock.close()
-
-        raise GemmaError(f"cannot listen on {host}:{port}: {e.strerror or e}",
-                         "pick another --port (0 takes any free one), or stop what uses it") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            hint = f"{host} is not an address of this machine: give --host 127.0.0.1, 0.0.0.0 or one of its own"
+        elif e.errno == errno.EACCES and port < 1024:
+            hint = "ports below 1024 need root: pick another --port (0 takes any free one)"
+        else:
+            hint = "pick another --port (0 takes any free one), or stop what uses it"
+        raise GemmaError(f"cannot listen on {host}:{port}: {e.strerror or e}", hint) from None
     sock.listen(2048)  # a client may connect as soon as it reads the startup line, before uvicorn accepts
     return sock
 
 
 def serve_engine(engine, n: int, settings, sock, *, host: str, model: str, api_key: str | None, queue: int,
-                 max_body: int, verbose: bool = False, grace: float = GRACE_SECONDS) -> None:
+                 max_body: int, verbose: bool = False, grace: float = GRACE_SECONDS, only_name: bool = False) -> None:
+    """`only_name`: the user named the model (--name): requests must use that id, not the file's names."""
     # lazy: uvicorn, only once the socket is bound (a port in use is said at once)
     import uvicorn
 
@@ -43,7 +53,8 @@ def serve_engine(engine, n: int, settings, sock, *, host: str, model: str, api_k
     from gemma_cli.serve.scheduler import Scheduler
 
     scheduler = Scheduler(engine, n, max_waiting=queue)
-    aliases = {engine.path.name, engine.path.stem, str(engine.path), str(engine.info.meta.get("general.name") or "")}
+    aliases = set() if only_name else {engine.path.name, engine.path.stem, str(engine.path),
+                                       str(engine.info.meta.get("general.name") or "")}
     settings.slots = n  # the most choices (`n`) one request may ask for
     served = Served(scheduler, Builder(engine, settings), model, aliases - {""}, api_key=api_key, max_body=max_body)
     app = create_app(served)

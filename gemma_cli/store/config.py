@@ -9,6 +9,7 @@ line number rather than a setting silently ignored.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ KEYS: dict[str, Key] = {
     "temperature": Key("float", 1.0, "sampling temperature (0 = greedy)", lo=0.0, nullable=False),
     "top_p": Key("float", 0.95, "nucleus sampling", lo=0.0, hi=1.0, nullable=False),
     "top_k": Key("int", 64, "top-k sampling (0 = off)", lo=0, nullable=False),
-    "seed": Key("int", None, "random seed for repeatable output (null: random)"),
+    "seed": Key("int", None, "random seed for repeatable output (null: random)", lo=-(2 ** 63), hi=2 ** 64 - 1),
     "min_p": Key("float", 0.0, "min-p sampling: drop tokens below this times the likeliest (0 = off)", lo=0.0, hi=1.0,
                  nullable=False),
     "repeat_penalty": Key("float", 1.0, "divide the logits of tokens repeated in the last 64 by this (1 = off)",
@@ -50,6 +51,8 @@ KEYS: dict[str, Key] = {
     "frequency_penalty": Key("float", 0.0, "lower tokens by this times their count in the last 64 (0 = off)",
                              lo=-2.0, hi=2.0, nullable=False),
     "max_tokens": Key("int", None, "most tokens per answer (null: the engine's limit)", lo=1),
+    "prompt_cache_mb": Key("int", None, "most megabytes the prompt cache on disk keeps (null: the smaller of 4 GB "
+                           "and 10 % of the free disk; 0: no prompt cache)", lo=0),
     "model_dir": Key("path", None, "where downloaded models are kept (null: the user data folder)"),
     "endpoint": Key("url", None, "Hugging Face Hub endpoint or mirror for downloads (HF_ENDPOINT also works)"),
 }
@@ -92,13 +95,16 @@ def check(key: str, value: object, where: str) -> object:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} {where} must be a number, not {value!r}", f"for example {key}: {spec.default}")
         value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} {where} must be a finite number, not {value!r}", f"for example {key}: {spec.default}")
     else:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and kind == "model":
             value = str(value)
         if not isinstance(value, str):
             raise ConfigError(f"{key} {where} must be text, not {value!r}", spec.help)
     if spec.lo is not None and value < spec.lo or spec.hi is not None and value > spec.hi:
-        bounds = f"at least {spec.lo:g}" if spec.hi is None else f"between {spec.lo:g} and {spec.hi:g}"
+        fmt = "g" if kind == "float" else "d"
+        bounds = f"at least {spec.lo:{fmt}}" if spec.hi is None else f"between {spec.lo:{fmt}} and {spec.hi:{fmt}}"
         raise ConfigError(f"{key} {where} must be {bounds}, not {value!r}", spec.help)
     if kind == "quant":
         q = names.quant_of(value)

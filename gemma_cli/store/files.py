@@ -41,9 +41,21 @@ class ModelNotInstalled(GemmaError):
         self.destination = destination
         self.draft = draft
         self.command = f"gemma models pull {name}" + (" --draft" if draft else "")
-        size = self.size
-        shown = f" ({human_size(size)})" if size else ""
-        super().__init__(f"model {name} is not downloaded{shown}", f"download it with: {self.command}")
+        super().__init__(f"model {name} is not downloaded{self._sizes()}", f"download it with: {self.command}")
+
+    def _sizes(self) -> str:
+        """The model's size as `gemma models` lists it, then what its projector or drafter adds."""
+        own = sum(f.size for f in self.files if not ACCESSORY.search(f.name))
+        extra = [f for f in self.files if ACCESSORY.search(f.name)]
+        if not self.size:
+            return ""
+        if not extra:
+            return f" ({human_size(self.size)})"
+        what = " and ".join(dict.fromkeys("drafter" if re.search(r"mtp-|assistant|dflash", f.name, re.I) else "projector"
+                                          for f in extra))
+        if not own:
+            return f" (its {what}: {human_size(self.size)})"
+        return f" ({human_size(own)}; {human_size(self.size)} with its {what})"
 
     @property
     def size(self) -> int:

@@ -50,6 +50,11 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir(APP))
 
 
+def prompt_cache_dir() -> Path:
+    """The prompt cache on disk (engine.disk): sequence states of earlier prompts, `gemma cache`'s."""
+    return cache_dir() / "prompts"
+
+
 def mcp_config() -> Path:
     """The MCP servers `gemma chat` starts (`{"mcpServers": {...}}`, the Claude Desktop / Cursor form)."""
     return config_dir() / "mcp.json"
