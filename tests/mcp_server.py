@@ -1,11 +1,11 @@
 """A small MCP server for the tests, written with the official SDK's server class (`MCPServer`).
 
-    python tests/mcp_server.py [stdio|http|hang|garbage] [--pidfile F] [--crashfile F] [--startedfile F]
+    python tests/mcp_server.py [stdio|http|hang|garbage|die] [--pidfile F] [--crashfile F] [--startedfile F]
 
 stdio: the tools over stdin/stdout. http: streamable HTTP on 127.0.0.1, an OS-chosen port, printed
 as `listening on http://127.0.0.1:PORT/mcp` on stdout once the socket accepts. hang: reads the
 handshake and never answers (a startup timeout). garbage: prints lines that are not JSON-RPC on
-stdout, then serves as stdio does. `--pidfile` gets the process id; the `crash` tool exits the
+stdout, then serves as stdio does. die: writes two lines on stderr and exits 3 before any handshake. `--pidfile` gets the process id; the `crash` tool exits the
 process mid-call unless `--crashfile` already exists (it writes it first), so a restarted server
 answers the next call. The `slow` tool writes `--startedfile` once it runs. `echo` alone carries
 `readOnlyHint`.
@@ -59,15 +59,20 @@ def build(args):
         return "word " * n
 
     @server.tool()
-    async def slow(ctx: Context) -> str:
-        """Never finishes (reports progress once first)."""
+    async def slow(ctx: Context, ticks: int = 0) -> str:
+        """Never finishes (reports progress once first); with ticks, reports progress that many times, 0.5 s
+        apart, and then answers."""
         import anyio
 
         await ctx.report_progress(1, 2, "started")
         if args.startedfile:
             Path(args.startedfile).write_text(str(os.getpid()))
-        await anyio.sleep_forever()
-        return "never"
+        if ticks <= 0:
+            await anyio.sleep_forever()
+        for i in range(ticks):
+            await anyio.sleep(0.5)
+            await ctx.report_progress(i + 1, ticks, "ticking")
+        return f"done after {ticks} ticks"
 
     @server.tool()
     def crash() -> str:
@@ -82,13 +87,17 @@ def build(args):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", nargs="?", default="stdio", choices=["stdio", "http", "hang", "garbage"])
+    parser.add_argument("mode", nargs="?", default="stdio", choices=["stdio", "http", "hang", "garbage", "die"])
     parser.add_argument("--pidfile")
     parser.add_argument("--crashfile")
     parser.add_argument("--startedfile")
     args = parser.parse_args()
     if args.pidfile:
         Path(args.pidfile).write_text(str(os.getpid()))
+    if args.mode == "die":
+        sys.stderr.write("starting up\ncannot open the database: it is locked\n")
+        sys.stderr.flush()
+        sys.exit(3)
     if args.mode == "hang":
         sys.stderr.write("hanging: reading stdin, answering nothing\n")
         sys.stderr.flush()

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import pytest
 
 from gemma_cli.format import reply
 from gemma_cli.format.call_grammar import ToolChoiceError, call_grammar
-
-jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema (a test dependency)")
 
 
 def tool(name, parameters=None):

@@ -224,22 +224,25 @@ def test_an_answer_cut_by_a_real_context_says_so(e_model, tmp_path):
 
 
 def test_sigint_during_a_real_one_shot_exits_130_and_keeps_the_answer(e_model, tmp_path):
+    import os
     import signal
     import subprocess
     import sys
-    import time
 
-    from tests.clitools import gemma_env
+    from tests.clitools import BOUND, gemma_env
 
     grammar = tmp_path / "endless.gbnf"
     grammar.write_text('root ::= words\nwords ::= ("on and " | "so forth ") words\n')
     proc = subprocess.Popen([sys.executable, "-m", "gemma_cli", "chat", "Talk", "--model", e_model, "--grammar",
                              str(grammar), "--max-tokens", "100000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, env=gemma_env(tmp_path))
-    first = proc.stdout.read(6)  # the answer is streaming
-    time.sleep(0.3)
+    first = b""
+    while len(first) < 6:  # the answer is streaming; read from the pipe itself: communicate() below reads the
+        chunk = os.read(proc.stdout.fileno(), 6)  # pipe too, never a buffer a buffered read(6) would have filled
+        assert chunk, proc.stderr.read()
+        first += chunk
     proc.send_signal(signal.SIGINT)
-    rest, err = proc.communicate(timeout=60)
+    rest, err = proc.communicate(timeout=BOUND)
     assert proc.returncode == 130, err
     text = (first + rest).decode().rstrip("\n")
     while text.startswith(("on and ", "so forth ")):  # what the grammar allows, cut anywhere by the Ctrl-C

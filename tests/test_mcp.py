@@ -8,23 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.clitools import assert_one_line_error, gemma_env, run_gemma
+from tests.clitools import assert_one_line_error, gemma_env, run_gemma, wait_for
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
-
-
-def wait_for(predicate, what: str, bound: float = 120):
-    """Wait for an event (a file, a process gone); the bound is only a safety net on a loaded machine."""
-    end = time.monotonic() + bound
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.05)
 
 
 def alive(pid: int) -> bool:
@@ -172,6 +162,35 @@ def test_stdio_servers_list_call_errors_images_timeouts_and_restarts(home):
     finally:
         host.close()
     assert pids and not [p for p in pids if alive(p)]
+
+
+def test_a_server_that_exits_at_start_is_named_with_the_end_of_its_stderr(home):
+    from gemma_cli.chat import mcp
+
+    host = mcp.Host(mcp.McpConfig(home / "mcp.json", {}),
+                    [mcp.ServerSpec("db", command=sys.executable, args=[SERVER, "die"], startup_timeout=60)])
+    try:
+        [server] = host.wait()
+    finally:
+        host.close()
+    assert server.status == "failed"
+    assert "its stderr ends: starting up | cannot open the database: it is locked" in server.why, server.why
+    assert "cannot open the database" in server.log.read_text()  # the whole stderr is kept in its log
+    assert str(home) in str(server.log)  # under gemma's cache dir
+
+
+def test_progress_notifications_extend_the_call_timeout(home):
+    from gemma_cli.chat import mcp
+
+    host = mcp.Host(mcp.McpConfig(home / "mcp.json", {}),
+                    [mcp.ServerSpec("ours", command=sys.executable, args=[SERVER], timeout=2)], approve_all=True)
+    try:
+        host.wait()
+        out = host.call("slow", {"ticks": 8})  # 4 s in all, never 2 s without progress
+        assert out.error is None and out.value == "done after 8 ticks" and out.seconds > 2, out
+        assert "no result or progress within 2 s" in host.call("slow", {}).error
+    finally:
+        host.close()
 
 
 def test_budget_cuts_a_long_result_with_a_marker(home):

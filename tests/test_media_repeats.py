@@ -9,8 +9,8 @@ for one (`mtmd_encode_chunk`), and the tokens a picture takes come from llama.cp
 from __future__ import annotations
 
 import base64
+import io
 import json
-import time
 
 import numpy as np
 import openai  # a runtime dependency (gemma batch --endpoint): imported plainly, never skipped
@@ -23,7 +23,7 @@ from gemma_cli.engine.projector import Media
 from gemma_cli.media import video as vid
 from tests.clitools import assert_one_line_error, run_batch, run_gemma
 from tests.test_media import image_media, noise_image
-from tests.test_serve import FAST, Server, png_data_url
+from tests.test_serve import Server, png_data_url
 from tests.test_video import write_clip
 
 GREEDY = Sampling(temperature=0)
@@ -257,6 +257,15 @@ def test_serve_refuses_a_video_it_would_have_to_download_and_a_broken_one(server
         ask(server, [{"role": "user", "content": [
             {"type": "video_url", "video_url": {"url": "data:video/mp4;base64," + base64.b64encode(b"x" * 600).decode()}},
             {"type": "text", "text": "?"}]}])
+
+
+def test_serve_an_image_too_big_for_one_batch_is_a_400_not_a_500_clients_retry(server):
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(5).integers(0, 256, (3000, 2, 3), dtype=np.uint8)).save(buf, "PNG")
+    strip = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    with pytest.raises(openai.BadRequestError, match="in one batch") as e:
+        ask(server, [{"role": "user", "content": [image_part(strip), {"type": "text", "text": "?"}]}])
+    assert e.value.body["code"] == "invalid_media"
 
 
 def test_batch_endpoint_with_video_lines_answers_at_once(server, tmp_path):

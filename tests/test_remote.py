@@ -21,7 +21,7 @@ from gemma_cli.batch import Defaults, parse_line, remote
 from gemma_cli.batch.remote import Endpoint, RemoteError, chat_url
 from gemma_cli.engine import Sampling
 from tests.batchoutput import chat_completion
-from tests.clitools import gemma_env, imported_by, run_batch, run_gemma
+from tests.clitools import BOUND, gemma_env, imported_by, run_batch, run_gemma, wait_for
 
 # ---------------------------------------------------------------- a scripted server
 
@@ -77,8 +77,8 @@ def server():
                 request = {"path": self.path, "body": body, "auth": self.headers.get("Authorization"),
                            "headers": {k.lower(): v for k, v in self.headers.items()}}
                 status, headers, payload = script.next(request)
-                if status == "sleep":
-                    time.sleep(headers)
+                if status == "hold":  # an answer that comes only once `headers` (an Event) is set
+                    headers.wait(BOUND)
                     status, headers, payload = 200, {}, completion("late")
                 self._answer(status, headers, payload)
 
@@ -137,12 +137,27 @@ def test_a_url_that_is_not_http_is_a_usage_error():
         chat_url("localhost:8000")
 
 
-def test_429_with_retry_after_is_honoured(server):
+@pytest.fixture
+def slept(monkeypatch) -> list[float]:
+    """The delays the client waited between tries (it still waits them): what it chose, whatever the load."""
+    import openai._base_client
+
+    delays: list[float] = []
+    real = time.sleep
+
+    def sleep(seconds: float) -> None:
+        delays.append(seconds)
+        real(seconds)
+
+    monkeypatch.setattr(openai._base_client.time, "sleep", sleep)
+    return delays
+
+
+def test_429_with_retry_after_is_honoured(server, slept):
     script = Script((429, {"Retry-After": "1"}, {"error": {"message": "slow down"}}))
     ep = fast(server(script), api_key="sk-test")
-    t0 = time.perf_counter()
     assert ep.post({"messages": []})["choices"][0]["message"]["content"] == "ok"
-    assert time.perf_counter() - t0 >= 0.95  # Retry-After, not the 0.05 s backoff
+    assert slept == [1.0]  # Retry-After, not the 0.5 s backoff
     assert len(script.requests) == 2 and script.requests[0]["auth"] == "Bearer sk-test"
 
 
@@ -172,9 +187,16 @@ def test_retries_run_out(server):
 
 
 def test_a_timeout_is_retried(server):
-    script = Script(("sleep", 1.5, None))
+    retried = threading.Event()  # the first answer is held until the client has sent its retry
+
+    def second(request):
+        retried.set()
+        return 200, {}, completion()
+
+    script = Script(("hold", retried, None), second)
     ep = fast(server(script), timeout=0.5)
     assert ep.post({})["choices"][0]["message"]["content"] == "ok"
+    assert ep.retried >= 1 and len(script.requests) >= 2
 
 
 def test_a_server_that_comes_up_late_is_waited_for():
@@ -185,8 +207,8 @@ def test_a_server_that_comes_up_late_is_waited_for():
     script = Script()
     later = {}
 
-    def up():
-        time.sleep(1.0)
+    def up():  # once the client has been refused and is retrying
+        wait_for(lambda: ep.retried >= 1, "the client to retry")
         httpd = ThreadingHTTPServer(("127.0.0.1", port), _plain_handler(script))
         later["httpd"] = httpd
         httpd.serve_forever()
@@ -245,12 +267,11 @@ def test_a_server_away_when_the_model_is_asked_is_asked_again_later(server):
     assert ep.model_name() == "served-model"
 
 
-def test_retry_after_zero_retries_at_once(server):
+def test_retry_after_zero_retries_at_once(server, slept):
     script = Script((503, {"Retry-After": "0"}, {"error": "busy"}))
     ep = Endpoint(server(script))
-    t0 = time.perf_counter()
     assert ep.post({"messages": []})["choices"]
-    assert time.perf_counter() - t0 < 2.0  # not the 5 s backoff
+    assert len(slept) == 1 and slept[0] <= 0.5  # the first backoff step at most, no longer wait
 
 
 def test_an_answer_of_an_odd_shape_fails_the_line_not_the_run():
@@ -364,10 +385,9 @@ def test_an_endpoint_run_loads_no_engine(server, tmp_path):
 
 def test_a_server_that_never_answered_fails_in_seconds():
     ep = Endpoint(f"http://127.0.0.1:{free_port()}/v1")
-    t0 = time.perf_counter()
     with pytest.raises(RemoteError) as info:
         ep.post({"messages": []})
-    assert time.perf_counter() - t0 < 15  # a few quick tries, not the full --retries with backoff
+    assert ep.retried == remote.FIRST_CONTACT_RETRIES  # a few quick tries, not the full --retries with backoff
     e = info.value
     assert e.fatal and e.code == "unreachable" and e.message.startswith("cannot connect to http://127.0.0.1:")
     assert "connection refused" in e.message and ep.retried >= 1
@@ -381,13 +401,15 @@ def test_a_server_that_answered_once_is_waited_for_when_it_goes_away(server):
     server.stop(port)
     script = Script()
 
+    waited = remote.FIRST_CONTACT_RETRIES + 1  # more retries than a server that never answered gets
+
     def back():
-        time.sleep(4.0)  # longer than the ~3.5 s a server that never answered gets
+        wait_for(lambda: ep.retried >= waited, f"{waited} retries")
         server(script, port=port)
 
     threading.Thread(target=back, daemon=True).start()
     assert ep.post({"messages": []})["choices"] and len(script.requests) == 1
-    assert ep.retried >= 3  # 0.5 + 1 + 2 s and more: past what a server that never answered gets
+    assert ep.retried >= waited
 
 
 def test_a_server_gone_for_all_the_retries_stops_the_run(server):
@@ -454,17 +476,21 @@ def start_server(model: str, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-c", SERVER, "--model", model, "--host", "127.0.0.1",
                              "--port", str(port), "--n_ctx", "1024", "--n_threads", "2"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline:
+    def up() -> bool:
+        if proc.poll() is not None:
+            pytest.fail("llama_cpp.server did not start")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return proc
+                return True
         except OSError:
-            if proc.poll() is not None:
-                pytest.fail("llama_cpp.server did not start")
-            time.sleep(0.2)
-    proc.kill()
-    pytest.fail("llama_cpp.server did not come up within 60 s")
+            return False
+
+    try:
+        wait_for(up, "llama_cpp.server to listen")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc
 
 
 @pytest.mark.slow
@@ -481,13 +507,10 @@ def test_a_real_server_stopped_and_restarted_mid_run(gemma3_base, tmp_path):
                             f"http://127.0.0.1:{port}/v1", "--concurrency", "2", "--retries", "12"],
                            env=gemma_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
-        while (not out.exists() or out.read_bytes().count(b"\n") < 5) and time.time() < deadline:
-            time.sleep(0.1)
-        server.terminate()  # mid-run: requests in flight fail, new ones are refused
-        server.wait(timeout=30)
+        wait_for(lambda: out.exists() and out.read_bytes().count(b"\n") >= 5, "5 results")
+        server.terminate()  # mid-run: requests in flight fail, new ones are refused while it restarts
+        server.wait(timeout=BOUND)
         assert run.poll() is None, "the run should wait for the server, not give up"
-        time.sleep(2.0)
         server = start_server(gemma3_base, port)
         _, err = run.communicate(timeout=300)
         assert run.returncode == 0, err

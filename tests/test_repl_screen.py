@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 
 import pexpect
 import pyte
@@ -70,8 +69,8 @@ def test_ctrl_c_in_a_streaming_reply_shows_each_line_once(e_model, tmp_path):
     term = Terminal(tmp_path, "--model", e_model, "--grammar", grammar, "--max-tokens", "100000")
     try:
         term.child.sendline("Talk forever")
-        term.child.expect_exact(b"on and")
-        time.sleep(1.0)  # several live refreshes of a growing last line
+        for _ in range(30):  # several live refreshes of a growing last line (each redraws its words)
+            term.child.expect(rb"on and|so forth")
         term.child.sendintr()
         term.child.expect_exact(b"interrupted")
         term.child.expect_exact(b">>> ")
@@ -83,9 +82,10 @@ def test_ctrl_c_in_a_streaming_reply_shows_each_line_once(e_model, tmp_path):
         term.child.sendline(f"/save {saved}")
         term.child.expect_exact(b">>> ")
         kept = json.loads(saved.read_text())["messages"][-1]["content"].split()
-        # the reply shows once, as kept (a Ctrl-C can land between a token kept and a token drawn)
+        # the reply shows once, as kept (a Ctrl-C can land between a token kept and a token drawn, and a token
+        # can be part of a word: the screen may end inside a word the kept text finishes)
         assert on_screen.count("First") == 1, shown
-        assert on_screen == kept[:len(on_screen)] and len(kept) - len(on_screen) <= 2, (on_screen, kept)
+        assert " ".join(kept).startswith(" ".join(on_screen)) and len(kept) - len(on_screen) <= 2, (on_screen, kept)
         assert "^C" not in " ".join(shown)
     finally:
         term.close()

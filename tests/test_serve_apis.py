@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 
+import openai
 import pytest
 
 from gemma_cli.engine.parallel import Finished, Job
@@ -16,7 +17,6 @@ from gemma_cli.serve.chat import ApiError, Settings, read_request
 from gemma_cli.serve.replies import Replies
 from tests.test_serve import CALL, THOUGHT, Server, png_data_url
 
-openai = pytest.importorskip("openai")
 
 # ---------------------------------------------------------------- requests: Responses -> Chat Completions
 
@@ -318,10 +318,45 @@ def test_responses_events_follow_the_documented_sequence(name, size):
     assert [done[i] for i in sorted(done)] == final.model_dump(exclude_unset=True)["output"]
 
 
+# With `reasoning.summary` asked for (Codex CLI, LangChain, the Agents SDK), the thought is its own summary too:
+# LangChain's streaming reads a thought only from the summary events.
+R_SUMMARY_ITEM = (r"response\.output_item\.added response\.content_part\.added "
+                  r"response\.reasoning_summary_part\.added "
+                  r"(response\.reasoning_text\.delta response\.reasoning_summary_text\.delta )+"
+                  r"response\.reasoning_text\.done response\.content_part\.done "
+                  r"response\.reasoning_summary_text\.done response\.reasoning_summary_part\.done "
+                  r"response\.output_item\.done ")
+SUMMARY_ORDER = RESPONSES_ORDER.replace(R_ITEM, "(" + R_SUMMARY_ITEM + "|" + R_ITEM[1:])
+
+
+@pytest.mark.parametrize("name", REPLIES)
+@pytest.mark.parametrize("size", [1, 1000])
+def test_responses_thought_is_also_the_summary_when_asked(name, size):
+    from openai.types.responses import Response, ResponseStreamEvent
+
+    text, finish = REPLIES[name]
+    writer = responses_api.Writer("gemma4-e", {"input": "x", "reasoning": {"effort": "high", "summary": "auto"}})
+    events = _run(writer, _pieces(text, size), _finished(text, finish))
+    kinds = "".join(e["type"] + " " for e in events)
+    assert re.fullmatch(SUMMARY_ORDER, kinds), [e["type"] for e in events]
+    assert ("reasoning_summary" in kinds) == ("reasoning" in EXPECTED[name][0])  # never a summary of no thought
+    for event in events:
+        assert _sdk_type(ResponseStreamEvent, event["type"]).model_validate(event).type == event["type"]
+    final = Response.model_validate(events[-1]["response"])
+    for item in final.output:
+        if item.type == "reasoning":
+            assert [s.text for s in item.summary] == [c.text for c in item.content]
+            streamed = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_summary_text.delta")
+            assert streamed == item.summary[0].text
+    plain = responses_api.Writer("gemma4-e", {"input": "x", "reasoning": {"summary": None}})
+    _run(plain, _pieces(text, size), _finished(text, finish))
+    assert all(not i.get("summary") for i in plain.result["output"])  # not asked: no summary
+
+
 @pytest.mark.parametrize("name", REPLIES)
 @pytest.mark.parametrize("size", [1, 4, 1000])
 def test_messages_events_follow_the_documented_sequence(name, size):
-    anthropic_types = pytest.importorskip("anthropic.types")
+    import anthropic.types as anthropic_types  # a test dependency
 
     text, finish = REPLIES[name]
     writer = messages_api.Writer("gemma4-e")
@@ -430,7 +465,7 @@ def test_openai_responses_refusals_and_the_server_stays_up(server):
 
 @pytest.fixture(scope="module")
 def anthropic_client(server):
-    anthropic = pytest.importorskip("anthropic")
+    import anthropic  # a test dependency
     return anthropic.Anthropic(base_url=server.url, api_key="sekret", max_retries=0, timeout=120)  # x-api-key
 
 
@@ -499,7 +534,7 @@ def test_anthropic_claude_code_shaped_request(server):
 
 
 def test_anthropic_errors_and_the_server_stays_up(server, anthropic_client):
-    anthropic = pytest.importorskip("anthropic")
+    import anthropic  # a test dependency
     with pytest.raises(anthropic.BadRequestError) as e:
         anthropic_client.messages.create(model="gemma4-e", max_tokens=5, messages=[
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "ghost", "content": "x"}]}])

@@ -29,13 +29,15 @@ KEY = "sekret"
 MODEL = "gemma4-e"
 
 # What every script starts with: where the server is, the forced tool's schema, and `report`, its one JSON line.
-PRELUDE = '''
+PRELUDE = r'''
 import json, os, sys
 URL, KEY, MODEL = os.environ["GEMMA_URL"], os.environ["GEMMA_KEY"], os.environ["GEMMA_MODEL"]
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]},
                                             "days": {"type": "integer"}},
            "required": ["city", "days"], "additionalProperties": False}
 THOUGHT = os.environ["GEMMA_THOUGHT"]
+THEN_CALL = ('root ::= "<|channel>thought\\nLet me look.<channel|>'
+             '<|tool_call>call:Weather{city:<|\\"|>Oslo<|\\"|>,days:2}<tool_call|>"')
 def report(**seen):
     print(json.dumps(seen, default=str))
 '''
@@ -121,7 +123,7 @@ seen["responses_stream"] = {"events": [e.type for e in events], "items": [i.type
                             "arguments": [i.arguments for i in done if i.type == "function_call"],
                             "final": events[-1].response.output[-1].type}
 named = client.responses.create(model=MODEL, input="Weather?", tools=tools, max_output_tokens=200,
-                                tool_choice={"type": "function", "name": "get_weather"})
+                                tool_choice={"type": "function", "name": "get_weather"}, parallel_tool_calls=False)
 seen["responses_named"] = [(i.type, getattr(i, "name", None), getattr(i, "arguments", None)) for i in named.output]
 out = client.responses.parse(model=MODEL, input="Weather?", text_format=Weather, max_output_tokens=100)
 seen["responses_parse"] = out.output_parsed.model_dump()
@@ -168,8 +170,8 @@ m = client.messages.create(model=MODEL, max_tokens=200, tools=tools, messages=as
                            tool_choice={"type": "any", "disable_parallel_tool_use": True})
 seen["any"] = {"stop": m.stop_reason, "blocks": [b.type for b in m.content],
                "input": [b.input for b in m.content if b.type == "tool_use"]}
-with client.messages.stream(model=MODEL, max_tokens=200, tools=tools, messages=ask,
-                            tool_choice={"type": "tool", "name": "get_weather"}) as stream:
+only = {"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True}
+with client.messages.stream(model=MODEL, max_tokens=200, tools=tools, messages=ask, tool_choice=only) as stream:
     kinds = [e.type for e in stream]
     final = stream.get_final_message()
 use = [b for b in final.content if b.type == "tool_use"][0]
@@ -222,7 +224,7 @@ class Weather(BaseModel):
 
 def chat(**kw):
     return ChatOpenAI(**{"model": MODEL, "base_url": URL + "/v1", "api_key": KEY, "max_retries": 0, "max_tokens": 200,
-                         **kw})
+                         "temperature": 0, **kw})
 
 seen = {}
 answer = chat(max_tokens=8).invoke("Hello")
@@ -238,7 +240,23 @@ for method in ("function_calling", "json_schema"):
     seen[method] = chat().with_structured_output(Weather, method=method).invoke("Weather in Oslo?").model_dump()
 # The same through the Responses API.
 seen["responses"] = [(c["name"], c["args"]) for c in chat(use_responses_api=True).bind_tools(
-    [Weather], tool_choice="Weather").invoke("Weather?").tool_calls]
+    [Weather], tool_choice="Weather", parallel_tool_calls=False).invoke("Weather?").tool_calls]
+# A thought, then a call, then the call's result sent back (with the reasoning item): a tool loop on Responses.
+from langchain_core.messages import HumanMessage, ToolMessage
+thinking = chat(use_responses_api=True, reasoning={"effort": "high", "summary": "auto"}).bind_tools([Weather])
+ask = [HumanMessage("Weather in Oslo?")]
+first = thinking.invoke(ask, extra_body={"grammar": THEN_CALL})
+second = thinking.invoke(ask + [first, ToolMessage("sunny", tool_call_id=first.tool_calls[0]["id"])],
+                         extra_body={"grammar": 'root ::= "Sunny."'})
+chunks = list(thinking.stream(ask, extra_body={"grammar": THEN_CALL}))
+whole = chunks[0]
+for chunk in chunks[1:]:
+    whole = whole + chunk
+def blocks(message):
+    return [(b["type"], [s["text"] for s in b.get("summary", [])]) for b in message.content if b["type"] != "text"]
+seen["loop"] = {"first": blocks(first), "calls": [(c["name"], c["args"]) for c in first.tool_calls],
+                "second": second.text, "streamed": blocks(whole),
+                "streamed_calls": [c["args"] for c in whole.tool_calls]}
 report(**seen)
 '''
 
@@ -252,6 +270,12 @@ def test_langchain_bind_tools_and_structured_output(clients, server, tmp_path):
         weather(args)
     weather(seen["function_calling"])
     weather(seen["json_schema"])
+    loop = seen["loop"]
+    reasoning = ["reasoning", ["Let me look."]]
+    assert loop["first"] == [reasoning, ["function_call", []]] and loop["calls"] == [["Weather", {"city": "Oslo",
+                                                                                                  "days": 2}]]
+    assert loop["second"] == "Sunny."
+    assert loop["streamed"][0] == reasoning and loop["streamed_calls"] == [{"city": "Oslo", "days": 2}]
 
 
 # ---------------------------------------------------------------- the OpenAI Agents SDK
@@ -330,7 +354,7 @@ forced = litellm.completion(messages=ask, tools=tools, tool_choice="required", p
                             max_tokens=200, **common)
 seen["forced"] = {"finish": forced.choices[0].finish_reason,
                   "calls": [(c.function.name, c.function.arguments) for c in forced.choices[0].message.tool_calls]}
-chunks = list(litellm.completion(messages=ask, tools=tools, max_tokens=200, stream=True,
+chunks = list(litellm.completion(messages=ask, tools=tools, max_tokens=200, stream=True, parallel_tool_calls=False,
                                  tool_choice={"type": "function", "function": {"name": "get_weather"}},
                                  stream_options={"include_usage": True}, **common))
 rebuilt = litellm.stream_chunk_builder(chunks, messages=ask)

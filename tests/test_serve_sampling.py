@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import math
 
+import jsonschema
+import openai
 import pytest
 
 from tests import synthetic
 from tests.test_serve import FAST, Server
-
-openai = pytest.importorskip("openai")
-jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema (a test dependency)")
 
 QUOTE = synthetic.vocab().ids['<|"|>']  # pushed up a little: the random model would never close a string
 CLOSE_STRINGS = {str(QUOTE): 6}
@@ -209,7 +208,7 @@ SWITCH_SCHEMA = {"type": "object", "properties": {"on": {"type": "boolean"}, "le
 
 
 def test_messages_and_responses_force_calls_through_the_same_reader(server):
-    anthropic = pytest.importorskip("anthropic")
+    import anthropic  # a test dependency
     tools = [{"name": "switch", "description": "Flip it", "input_schema": SWITCH_SCHEMA},
              {"name": "other", "input_schema": {"type": "object", "properties": {}}}]
     claude = anthropic.Anthropic(base_url=server.url, api_key="none", max_retries=0)

@@ -276,7 +276,7 @@ class Projector:
         """Refuse what llama.cpp would abort on: a non-causal chunk larger than one micro-batch."""
         for p in span.parts:
             if p.non_causal and p.n_tokens > n_ubatch:
-                raise GemmaError(
+                raise MediaError(
                     f"{span.name} needs {p.n_tokens} tokens in one batch but the context's batch holds {n_ubatch}",
                     f"use a smaller --image-tokens (this projector was opened for {self.budget}), "
                     "or crop a very long, thin image",

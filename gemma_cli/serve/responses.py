@@ -8,7 +8,11 @@ into the documented event sequence:
     response.created, response.in_progress,
     per output item: response.output_item.added,
         reasoning: response.content_part.added (reasoning_text), response.reasoning_text.delta...,
-                   response.reasoning_text.done, response.content_part.done
+                   response.reasoning_text.done, response.content_part.done; when the request asks for
+                   `reasoning.summary`, the thought is its own summary as well (Gemma writes none):
+                   response.reasoning_summary_part.added after the content part, a
+                   response.reasoning_summary_text.delta after each reasoning_text.delta, and
+                   response.reasoning_summary_text.done, response.reasoning_summary_part.done before the item's done
         message:   response.content_part.added (output_text), response.output_text.delta...,
                    response.output_text.done, response.content_part.done
         function_call: response.function_call_arguments.delta, response.function_call_arguments.done
@@ -273,6 +277,8 @@ class Writer:
         }
         self.seq = 0
         self.open: dict | None = None  # the output item being written (reasoning or message)
+        reasoning = body.get("reasoning") if isinstance(body.get("reasoning"), dict) else {}
+        self.summary = reasoning.get("summary") in ("auto", "concise", "detailed")  # LangChain, Codex stream it
         self.prompt_tokens = 0
 
     def _event(self, kind: str, **fields) -> dict:
@@ -311,6 +317,10 @@ class Writer:
         delta = "response.reasoning_text.delta" if kind == "reasoning" else "response.output_text.delta"
         extra = {} if kind == "reasoning" else {"logprobs": []}
         out.append(self._event(delta, item_id=item["id"], output_index=index, content_index=0, delta=text, **extra))
+        if kind == "reasoning" and self.summary:
+            item["summary"][0]["text"] += text
+            out.append(self._event("response.reasoning_summary_text.delta", item_id=item["id"], output_index=index,
+                                   summary_index=0, delta=text))
         return out
 
     def _add(self, kind: str) -> list[dict]:
@@ -327,6 +337,10 @@ class Writer:
         self.open = item
         out.append(self._event("response.content_part.added", item_id=item["id"], output_index=index,
                                content_index=0, part=dict(part)))
+        if kind == "reasoning" and self.summary:
+            item["summary"].append({"type": "summary_text", "text": ""})
+            out.append(self._event("response.reasoning_summary_part.added", item_id=item["id"], output_index=index,
+                                   summary_index=0, part=dict(item["summary"][0])))
         return out
 
     def _close(self, status: str = "completed") -> list[dict]:
@@ -338,10 +352,16 @@ class Writer:
         done = "response.reasoning_text.done" if item["type"] == "reasoning" else "response.output_text.done"
         extra = {} if item["type"] == "reasoning" else {"logprobs": []}
         item["status"] = status
-        return [self._event(done, item_id=item["id"], output_index=index, content_index=0, text=part["text"], **extra),
-                self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                            part=dict(part)),
-                self._event("response.output_item.done", output_index=index, item=json.loads(json.dumps(item)))]
+        out = [self._event(done, item_id=item["id"], output_index=index, content_index=0, text=part["text"], **extra),
+               self._event("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                           part=dict(part))]
+        if item["type"] == "reasoning" and item["summary"]:
+            summary = item["summary"][0]
+            out += [self._event("response.reasoning_summary_text.done", item_id=item["id"], output_index=index,
+                                summary_index=0, text=summary["text"]),
+                    self._event("response.reasoning_summary_part.done", item_id=item["id"], output_index=index,
+                                summary_index=0, part=dict(summary))]
+        return out + [self._event("response.output_item.done", output_index=index, item=json.loads(json.dumps(item)))]
 
     def _call(self, call: reply.ToolCall) -> list[dict]:
         arguments = json.dumps(call.arguments, ensure_ascii=False)
