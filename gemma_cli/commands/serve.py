@@ -65,9 +65,9 @@ def serve(
                              o.yes, o.verbose)
     # lazy: loading (the engine) and serve.chat load only when the command runs; keeps gemma --help fast
     from gemma_cli.commands.loading import attach_prompt_cache, sampling_of
-
-    attach_prompt_cache(engine, settings, not o.no_cache)  # slots kept when evicted and at the end, restored on a match
     from gemma_cli.serve.chat import Settings
+
+    attach_prompt_cache(engine, settings, not o.no_cache)  # slots kept when the server stops, restored on a match
 
     sampling = sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed, **opt.given(o, opt.PENALTIES))
     limits = Settings(sampling, max_tokens=settings.pick("max_tokens", o.max_tokens), think=think,
