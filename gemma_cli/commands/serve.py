@@ -45,7 +45,7 @@ def serve(
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MiB.")] = 64.0,
     max_media_mb: Annotated[float, typer.Option("--max-media-mb", min=0.001, help="Largest image or audio in a request, in MiB (decoded).")] = 25.0,
     think: Annotated[bool, typer.Option("--think/--no-think", help="Thinking for requests that do not say (reasoning_effort, chat_template_kwargs.enable_thinking).")] = False,
-    grace: Annotated[float, typer.Option("--grace", min=0, max=3600, help="On Ctrl-C or SIGTERM, seconds the requests in flight get to finish; then they end with an error (a second Ctrl-C ends them at once).")] = 5.0,
+    grace: Annotated[float, typer.Option("--grace", min=0, max=3600, metavar="SECONDS", help="On Ctrl-C or SIGTERM, seconds the requests in flight get to finish; then they end with an error (a second Ctrl-C ends them at once).")] = 5.0,
     *,
     o: opt.Common,
 ) -> None:
