@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.clitools import gemma_env, run_gemma
+from tests.clitools import BOUND, gemma_env, run_gemma, wait_for
 
 
 def write_input(path, n, bad=()):
@@ -29,6 +29,11 @@ def start(src, out, model, home, *args):
     return subprocess.Popen(cmd, env=gemma_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
+def lines_in(out) -> int:
+    """Complete records in the results file so far."""
+    return out.read_bytes().count(b"\n") if out.exists() else 0
+
+
 def ids_in(out):
     ids = [(r.get("custom_id") if "custom_id" in r else r["id"], r.get("line")) for r in map(json.loads, out.read_text().splitlines())]
     return [ident if ident is not None else ("line", number) for ident, number in ids]
@@ -41,15 +46,13 @@ def test_sigkill_at_twenty_random_moments_then_resume(e_model, tmp_path):
     rng = random.Random(20240605)
     progress = []
     for k in range(20):
-        before = out.stat().st_size if out.exists() else 0
+        lines = lines_in(out)
         proc = start(src, out, e_model, tmp_path)
-        if k % 5 == 4:  # now and then while it starts: repairing, compacting, loading
+        if k % 5 == 4:  # now and then while it starts (repairing, compacting, loading): a moment picked, not awaited
             time.sleep(rng.uniform(0.0, 0.5))
-        else:  # mostly while results are being written
-            deadline = time.time() + 30
-            while proc.poll() is None and time.time() < deadline and (out.stat().st_size if out.exists() else 0) <= before:
-                time.sleep(0.01)
-            time.sleep(rng.uniform(0.0, 0.4))
+        else:  # mostly while results are being written: once the file has grown by a random number of records
+            grown = rng.randint(1, 40)
+            wait_for(lambda: proc.poll() is not None or lines_in(out) >= lines + grown, f"{grown} more records")
         proc.kill()
         proc.wait()
         if out.exists():  # between kills: every complete line is a record, at most one torn line at the end
@@ -72,11 +75,9 @@ def test_a_signal_stops_taking_lines_and_leaves_a_resumable_file(e_model, tmp_pa
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     expected = write_input(src, 400)
     proc = start(src, out, e_model, tmp_path)
-    deadline = time.time() + 60
-    while (not out.exists() or out.stat().st_size == 0) and time.time() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: lines_in(out) > 0 or proc.poll() is not None, "the first record")
     proc.send_signal(sig)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=BOUND)
     assert proc.returncode == code, err
     partial = ids_in(out)
     assert 0 < len(partial) < len(expected) and len(partial) == len(set(partial))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import synthetic
 from tests.needs import virtualenv
 from tests.test_serve import THOUGHT, Server
 
@@ -70,7 +71,8 @@ def run(python: Path, server: Server, script: str, tmp_path: Path, **env: str) -
                                                                 "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")}
     environ.update({"GEMMA_URL": server.url, "GEMMA_KEY": KEY, "GEMMA_MODEL": MODEL, "GEMMA_THOUGHT": THOUGHT,
                     "HOME": str(home), "OPENAI_AGENTS_DISABLE_TRACING": "1", "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                    "TOKENIZERS_PARALLELISM": "false"}, **env)
+                    "TOKENIZERS_PARALLELISM": "false",
+                    "GEMMA_END_OF_TURN": str(synthetic.vocab().ids["<turn|>"])}, **env)
     proc = subprocess.run([str(python), "-c", PRELUDE + textwrap.dedent(script)], capture_output=True, text=True,
                           env=environ, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -190,6 +192,22 @@ follow = client.messages.create(model=MODEL, max_tokens=5, tools=tools, messages
     {"role": "user", "content": [{"type": "tool_result", "tool_use_id": m.content[-1].id, "content": "sunny"}]}])
 seen["follow"] = follow.stop_reason
 seen["count"] = client.messages.count_tokens(model=MODEL, messages=ask, tools=tools).input_tokens
+# Thinking and a call in one streamed reply, its blocks sent back as the SDK's own objects with the result.
+thinking = {"type": "enabled", "budget_tokens": 1024}
+then_call = THEN_CALL.replace("Weather", "get_weather")
+with client.messages.stream(model=MODEL, max_tokens=200, tools=tools, messages=ask, thinking=thinking,
+                            extra_body={"grammar": then_call}) as stream:
+    deltas = sorted({e.delta.type for e in stream if e.type == "content_block_delta"})
+    final = stream.get_final_message()
+after = client.messages.create(model=MODEL, max_tokens=40, tools=tools, thinking=thinking, messages=ask + [
+    {"role": "assistant", "content": final.content},
+    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": final.content[-1].id,
+                                  "content": [{"type": "text", "text": "sunny"}]}]}],
+    extra_body={"grammar": 'root ::= "<|channel>thought\\nok<channel|>Sunny."'})
+seen["loop"] = {"deltas": deltas, "blocks": [(b.type, getattr(b, "thinking", None) or getattr(b, "input", None))
+                                             for b in final.content],
+                "after": [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in after.content],
+                "stop": [final.stop_reason, after.stop_reason]}
 report(**seen)
 '''
 
@@ -208,6 +226,10 @@ def test_anthropic_sdk_forced_tools_streaming_and_thinking(clients, server, tmp_
     assert thinking == {"thought": "I ponder deeply", "blocks": ["thinking", "text"], "text": "The answer is four."}
     assert seen["follow"] in ("end_turn", "max_tokens")
     assert seen["count"] > 20
+    loop = seen["loop"]
+    assert loop["deltas"] == ["input_json_delta", "signature_delta", "thinking_delta"]
+    assert loop["blocks"] == [["thinking", "Let me look."], ["tool_use", {"city": "Oslo", "days": 2}]]
+    assert loop["after"] == [["thinking", "ok"], ["text", "Sunny."]] and loop["stop"] == ["tool_use", "end_turn"]
 
 
 # ---------------------------------------------------------------- LangChain's ChatOpenAI
@@ -312,6 +334,13 @@ async def main():
     run = Runner.run_streamed(agent, "Weather in Oslo?", max_turns=3)
     kinds = sorted({event.type async for event in run.stream_events()})
     seen["streamed"] = {"output": run.final_output, "events": kinds, "calls": list(calls)}
+    # The whole loop: the call, the tool's output sent back as a function_call_output item, the model's answer
+    # (tool_choice goes back to auto after a call; the end of turn pushed up, the answer ends at once).
+    loop = agent.clone(tool_use_behavior="run_llm_again", model_settings=settings.resolve(
+        ModelSettings(extra_body={"logit_bias": {os.environ["GEMMA_END_OF_TURN"]: 100}})))
+    looped = await Runner.run(loop, "Weather in Paris?", max_turns=3)
+    seen["loop"] = {"output": looped.final_output, "items": [type(i).__name__ for i in looped.new_items],
+                    "turns": len(looped.raw_responses)}
     via_chat = agent.clone(model=OpenAIChatCompletionsModel(model=MODEL, openai_client=client))
     seen["chat_completions"] = {"output": (await Runner.run(via_chat, "Weather?", max_turns=3)).final_output,
                                 "calls": list(calls)}
@@ -334,8 +363,11 @@ def test_openai_agents_default_responses_model_and_required(clients, server, tmp
     streamed = seen["streamed"]
     assert len(streamed["calls"]) == 2 and streamed["output"].startswith("sunny in")
     assert "raw_response_event" in streamed["events"] and "run_item_stream_event" in streamed["events"]
+    loop = seen["loop"]
+    assert loop["turns"] == 2 and loop["items"][:2] == ["ToolCallItem", "ToolCallOutputItem"]
+    assert loop["output"] == ""
     via_chat = seen["chat_completions"]
-    assert len(via_chat["calls"]) == 3 and via_chat["output"] == "sunny in {city} for {days} days".format(
+    assert len(via_chat["calls"]) == 4 and via_chat["output"] == "sunny in {city} for {days} days".format(
         **weather(via_chat["calls"][-1]))
 
 
@@ -360,6 +392,16 @@ chunks = list(litellm.completion(messages=ask, tools=tools, max_tokens=200, stre
 rebuilt = litellm.stream_chunk_builder(chunks, messages=ask)
 seen["streamed"] = {"calls": [(c.function.name, c.function.arguments) for c in rebuilt.choices[0].message.tool_calls],
                     "usage": rebuilt.usage.model_dump()}
+# litellm's Responses API, to /v1/responses.
+flat = [{"type": "function", "name": "get_weather", "parameters": WEATHER}]
+r = litellm.responses(input="Weather?", tools=flat, tool_choice="required", parallel_tool_calls=False,
+                      max_output_tokens=200, **common)
+seen["responses"] = [(i.type, i.name, i.arguments) for i in r.output]
+events = list(litellm.responses(input="Hello", max_output_tokens=20, stream=True,
+                                extra_body={"grammar": 'root ::= "Hi there."'}, **common))
+kinds = [str(getattr(e.type, "value", e.type)) for e in events]  # litellm's enum of the event types
+seen["responses_stream"] = {"events": kinds, "text": "".join(e.delta for e, kind in zip(events, kinds)
+                                                             if kind == "response.output_text.delta")}
 report(**seen)
 '''
 
@@ -373,6 +415,12 @@ def test_litellm_openai_prefix(clients, server, tmp_path):
         assert name == "get_weather", key
         weather(arguments)
     assert seen["streamed"]["usage"]["prompt_tokens"] > 10
+    [(kind, name, arguments)] = seen["responses"]
+    assert (kind, name) == ("function_call", "get_weather")
+    weather(arguments)
+    stream = seen["responses_stream"]
+    assert stream["text"] == "Hi there." and stream["events"][0] == "response.created"
+    assert stream["events"][-1] == "response.completed"
 
 
 # ---------------------------------------------------------------- llm (Simon Willison's)
@@ -388,6 +436,12 @@ seen["usage"] = [response.input_tokens, response.output_tokens]
 schema = {"type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Oslo"]},
                                            "days": {"type": "integer"}}, "required": ["city", "days"]}
 seen["schema"] = json.loads(model.prompt("Weather?", schema=schema, max_tokens=100).text())
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return "sunny"
+# Tools declared (llm cannot force a call: the random model answers), the answer streamed through a chain.
+chained = model.chain("Weather in Paris?", tools=[get_weather], options={"max_tokens": 8})
+seen["chain"] = [chained.text(), [r.prompt.tools[0].name for r in chained.responses()]]
 report(**seen)
 '''
 
@@ -402,6 +456,8 @@ def test_llm_through_extra_openai_models(clients, server, tmp_path):
     seen = run(clients, server, LLM, tmp_path, LLM_USER_PATH=str(user))
     assert isinstance(seen["streamed"], str) and seen["usage"][0] > 3 and 0 < seen["usage"][1] <= 8
     weather(seen["schema"])
+    text, tools = seen["chain"]
+    assert isinstance(text, str) and tools == ["get_weather"]
     # The command line too: one prompt, logged in the user folder's database.
     cli = subprocess.run([str(clients.parent / "llm"), "-m", "gemma", "-o", "max_tokens", "8", "Hello"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "LLM_USER_PATH": str(user),
