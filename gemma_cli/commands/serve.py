@@ -31,8 +31,8 @@ Ctx = Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and each request on stderr.")]
 
 
-@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, "yes", "verbose", ctx=Ctx,
-            verbose=Verbose)
+@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, "yes", "no_cache", "verbose",
+            ctx=Ctx, verbose=Verbose)
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but 127.0.0.1/localhost needs --api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8080,
@@ -64,8 +64,10 @@ def serve(
     engine, n, label = _open(settings, o.model, parallel, o.ctx, o.mmproj, o.image_tokens, o.threads, o.gpu_layers,
                              o.yes, o.verbose)
     # lazy: loading (the engine) and serve.chat load only when the command runs; keeps gemma --help fast
-    from gemma_cli.commands.loading import sampling_of
+    from gemma_cli.commands.loading import attach_prompt_cache, sampling_of
     from gemma_cli.serve.chat import Settings
+
+    attach_prompt_cache(engine, settings, not o.no_cache)  # slots kept when the server stops, restored on a match
 
     sampling = sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed, **opt.given(o, opt.PENALTIES))
     limits = Settings(sampling, max_tokens=settings.pick("max_tokens", o.max_tokens), think=think,

@@ -190,3 +190,4 @@ class Scheduler:
             self._waiting.clear()
         for ticket in failed:
             ticket.finish(Finished(ticket.job, error=ShuttingDown()))
+        self.runner.keep_slots_on_disk()  # with the prompt cache: a restarted server resumes its conversations
