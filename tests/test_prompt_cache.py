@@ -294,3 +294,36 @@ def test_batch_restores_the_shared_system_prompt_of_its_lines(e_model, tmp_path)
     assert second[0]["usage"]["cached_tokens"] > len(DOC) // 4  # the first line too: from disk
     assert cold[0]["usage"].get("cached_tokens", 0) == 0
     assert {i: r["answer"] for i, r in second.items()} == {i: r["answer"] for i, r in cold.items()}
+
+
+# ---------------------------------------------------------------- serve
+
+
+def test_a_restarted_server_serves_a_continuing_client_from_its_kept_slot(e_model, tmp_path):
+    from tests.test_serve import FAST, Server
+
+    history = [{"role": "system", "content": "You are terse. " * 20}, {"role": "user", "content": DOC[:600]}]
+
+    def turn(server, messages):
+        return server.client().chat.completions.create(model="gemma4-e", messages=messages, max_tokens=8,
+                                                       temperature=0)
+
+    def conversation(home, *extra, restart: bool):
+        server = Server(home, "-m", e_model, "--parallel", "2", *FAST, "--ctx", "4096", *extra)
+        try:
+            first = turn(server, history)
+            if restart:
+                assert server.stop() == 0
+                assert list((home / "cache" / "prompts").glob("*.kv")), "the stopping server kept no slot"
+                server = Server(home, "-m", e_model, "--parallel", "2", *FAST, "--ctx", "4096", *extra)
+            follow = history + [{"role": "assistant", "content": first.choices[0].message.content},
+                                {"role": "user", "content": "And the risks?"}]
+            return first, turn(server, follow)
+        finally:
+            server.stop()
+
+    first, restored = conversation(tmp_path / "a", restart=True)
+    _, running = conversation(tmp_path / "b", "--no-cache", restart=False)
+    assert restored.choices[0].message.content == running.choices[0].message.content
+    cached = restored.usage.prompt_tokens_details.cached_tokens
+    assert cached >= first.usage.prompt_tokens - 8, restored.usage  # all but the first turn's generation prompt

@@ -36,7 +36,7 @@ class Stream:
     def next_event(self):
         name = None
         while True:
-            line = self.response.fp.readline()
+            line = self.response.readline()  # the chunked body, decoded
             if not line:
                 return None  # the end of the body
             line = line.decode().rstrip("\n")
@@ -95,10 +95,14 @@ def test_a_shutdown_gives_every_client_in_flight_a_proper_end(e_model, tmp_path,
                                                "max_tokens": LONG, "grammar": ENDLESS})
     while not any(name == "content_block_delta" for name, _ in msg.events):
         assert msg.next_event() is not None, msg.events
-    # ... a plain request running beside them, and one more waiting for a slot.
+    # ... a plain request running beside them, and two more waiting for a slot (one on the Messages API).
     plain: dict = {}
 
     def ask_plain(key: str) -> None:
+        if key == "messages":
+            plain[key] = server.post("/v1/messages", json.dumps({"messages": [{"role": "user", "content": key}],
+                                                                 "max_tokens": LONG, "grammar": ENDLESS}).encode())
+            return
         client = server.client()
         try:
             plain[key] = client.chat.completions.create(model="gemma4-e", max_tokens=LONG,
@@ -108,7 +112,7 @@ def test_a_shutdown_gives_every_client_in_flight_a_proper_end(e_model, tmp_path,
             plain[key] = e
 
     threads = []
-    for key, slots in (("running", (4, 0)), ("waiting", (4, 1))):
+    for key, slots in (("running", (4, 0)), ("waiting", (4, 1)), ("messages", (4, 2))):
         threads.append(threading.Thread(target=ask_plain, args=(key,)))
         threads[-1].start()
         health = server.get
@@ -145,8 +149,10 @@ def test_a_shutdown_gives_every_client_in_flight_a_proper_end(e_model, tmp_path,
         assert e.body["code"] == "server_shutting_down" and "shutting down" in e.body["message"], e.body
     assert "cut after" in plain["running"].body["message"]
     assert "before its answer started" in plain["waiting"].body["message"]
+    status, body = plain["messages"]  # Anthropic's error shape on its route
+    assert status == 503 and body["type"] == "error" and "shutting down" in body["error"]["message"], body
     assert_clean_exit(code, stderr)
-    assert "4 request(s) in flight" in stderr or "5 request(s) in flight" in stderr, stderr
+    assert "6 request(s) in flight end now" in stderr, stderr
 
 
 def test_the_grace_period_lets_a_running_answer_finish(e_model, tmp_path):

@@ -31,8 +31,8 @@ Ctx = Annotated[Optional[int], typer.Option("--ctx", "-c", min=64, help="Context
 Verbose = Annotated[bool, typer.Option("--verbose", help="Show llama.cpp's log and each request on stderr.")]
 
 
-@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, "yes", "verbose", ctx=Ctx,
-            verbose=Verbose)
+@opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, "yes", "no_cache", "verbose",
+            ctx=Ctx, verbose=Verbose)
 def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but 127.0.0.1/localhost needs --api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8080,
@@ -45,7 +45,7 @@ def serve(
     max_body_mb: Annotated[float, typer.Option("--max-body-mb", min=0.001, help="Largest request body, in MiB.")] = 64.0,
     max_media_mb: Annotated[float, typer.Option("--max-media-mb", min=0.001, help="Largest image or audio in a request, in MiB (decoded).")] = 25.0,
     think: Annotated[bool, typer.Option("--think/--no-think", help="Thinking for requests that do not say (reasoning_effort, chat_template_kwargs.enable_thinking).")] = False,
-    grace: Annotated[float, typer.Option("--grace", min=0, max=3600, help="On Ctrl-C or SIGTERM, seconds the requests in flight get to finish; then they end with an error (a second Ctrl-C ends them at once).")] = 5.0,
+    grace: Annotated[float, typer.Option("--grace", min=0, max=3600, metavar="SECONDS", help="On Ctrl-C or SIGTERM, seconds the requests in flight get to finish; then they end with an error (a second Ctrl-C ends them at once).")] = 5.0,
     *,
     o: opt.Common,
 ) -> None:
@@ -64,8 +64,10 @@ def serve(
     engine, n, label = _open(settings, o.model, parallel, o.ctx, o.mmproj, o.image_tokens, o.threads, o.gpu_layers,
                              o.yes, o.verbose)
     # lazy: loading (the engine) and serve.chat load only when the command runs; keeps gemma --help fast
-    from gemma_cli.commands.loading import sampling_of
+    from gemma_cli.commands.loading import attach_prompt_cache, sampling_of
     from gemma_cli.serve.chat import Settings
+
+    attach_prompt_cache(engine, settings, not o.no_cache)  # slots kept when the server stops, restored on a match
 
     sampling = sampling_of(settings, o.temperature, o.top_p, o.top_k, o.seed, **opt.given(o, opt.PENALTIES))
     limits = Settings(sampling, max_tokens=settings.pick("max_tokens", o.max_tokens), think=think,

@@ -310,7 +310,7 @@ class Engine:
             self.draft.close()
         self.draft = drafter
 
-    def _bind_prompt_cache(self) -> None:
+    def bind_prompt_cache(self) -> None:
         """Tell the prompt cache what the states depend on (the context may have been made again)."""
         _, _, swa_full, kv_type = self._context_args
         self.prompt_cache.bind(self.path, {
@@ -497,7 +497,7 @@ class Engine:
         reused = self.reuse_prefix(tokens)
         self.from_disk = 0
         if self.prompt_cache is not None:
-            self._bind_prompt_cache()
+            self.bind_prompt_cache()
             restored = self.prompt_cache.restore(self.kv, tokens, reused)
             self.from_disk, reused = (restored, restored) if restored > reused else (0, reused)
         self._evaluate_from(tokens, reused, checkpoint_at, save_at)
@@ -508,19 +508,19 @@ class Engine:
         """Evaluate all of `tokens` (prompt_items() of a finished conversation, no generation prompt) from
         a state a cold run would reach, and keep its end in the prompt cache: the next process starts there."""
         if self.prompt_cache is not None and len(tokens) > 1:
-            self._bind_prompt_cache()
+            self.bind_prompt_cache()
             start = self.kv.canonical_start(tokens)
             if start is not None:
                 self._evaluate_from(tokens, start, None, [*save_at, len(tokens)], logits=False)
 
-    def stage(self, head: Sequence) -> int:
+    def stage(self, head: Sequence, *, keep: bool = True) -> int:
         """Evaluate all of `head` into sequence 0 (engine.parallel's shared heads), restored from the prompt cache
-        when it holds it and kept there; returns how many items were held already (memory or disk)."""
+        when it holds it and (`keep`) kept there; returns how many items were held already (memory or disk)."""
         held = self.reuse_prefix(head)
         if self.prompt_cache is not None:
-            self._bind_prompt_cache()
+            self.bind_prompt_cache()
             held = self.prompt_cache.restore(self.kv, head, held, whole=True)
-        self._evaluate_from(head, held, None, [len(head)], logits=False)
+        self._evaluate_from(head, held, None, [len(head)] if keep else [], logits=False)
         return held
 
     def _evaluate_from(self, tokens: Sequence, start: int, checkpoint_at: int | None, save_at: Sequence[int], *,

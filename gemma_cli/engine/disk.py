@@ -37,10 +37,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from gemma_cli.engine.kv import common_prefix
+
 MAGIC = b"GEMMAKV\x01"
 SUFFIX = ".kv"
 HITS = ".hits"  # a sidecar per entry: one byte per hit
 DEFAULT_CAP = 4 * 1000**3
+ID_CHARS = 12  # an entry's name starts with this much of its identity's hash
 FREE_SHARE = 0.10
 
 
@@ -125,55 +128,96 @@ class PromptCache:
         return self._files[key]
 
     def _digests(self, items: Sequence, stop: int) -> list[str]:
-        """The entry name of each prefix items[:n], n = 0..stop."""
+        """The entry name of each prefix items[:n], n = 0..stop: the identity's own hash (so the entries of
+        this model and settings can be listed), then the hash of identity and items."""
         h = hashlib.blake2b(json.dumps(self.text_identity, sort_keys=True).encode(), digest_size=20)
-        names = [h.hexdigest()]
+        own = h.hexdigest()[:ID_CHARS]
+        names = [own + h.hexdigest()]
         media = False
         for item in items[:stop]:
             if not media and type(item) is tuple:
                 media = True
                 h.update(json.dumps(self.media_identity, sort_keys=True).encode())
             h.update(_encode(item))
-            names.append(h.copy().hexdigest())
+            names.append(own + h.copy().hexdigest())
         return names
 
     # ---- the engine's side
 
     def restore(self, kv, items: Sequence, have: int, *, whole: bool = False) -> int:
-        """Put into `kv` the longest cached state of a prefix of `items` longer than `have` (what `kv`
-        already holds of them) and shorter than `items` (`whole`: or all of them); returns how many
+        """Put into `kv` (sequence 0) the longest cached state of a prefix of `items` longer than `have` (what
+        `kv` already holds of them) and shorter than `items` (`whole`: or all of them); returns how many
         items the cache holds now."""
+        found = self.find(items, have, whole=whole)
+        if found is None:
+            return have
+        n, name, state = found
+        if kv.adopt(list(items[:n]), state):
+            return n
+        self._drop(name, "llama.cpp refused its state")
+        return kv.shared(items)
+
+    def find(self, items: Sequence, have: int, *, whole: bool = False) -> tuple[int, str, bytes] | None:
+        """The longest cached prefix of `items` longer than `have` (and shorter than `items`, unless
+        `whole`): (its length, its entry's name, its state), counted as a hit; None: none."""
         names = self._names()
         if not names:
-            return have
+            return None
         digests = self._digests(items, len(items) if whole else len(items) - 1)
         for n in range(len(digests) - 1, have, -1):
-            if digests[n] not in names:
-                continue
-            state = self._read(digests[n], items[:n])
-            if state is None:
-                continue
-            if kv.adopt(list(items[:n]), state):
-                self._hit(digests[n])
-                return n
-            self._drop(digests[n], "llama.cpp refused its state")
-            return kv.shared(items)
-        return have
+            if digests[n] in names:
+                state = self._read(digests[n], items[:n])
+                if state is not None:
+                    self._hit(digests[n])
+                    return n, digests[n], state
+        return None
+
+    def find_shared(self, items: Sequence, have: int) -> tuple[int, str, bytes, int] | None:
+        """For a context whose sliding-window layers keep every position (`swa_full`: any prefix of a state is
+        a valid restart point): the entry of this identity sharing the longest prefix with `items`, longer than
+        `have` (at most all but the last item): (that length, its name, its state, how many items it holds)."""
+        own = self._digests((), 0)[0][:ID_CHARS]
+        best, best_n = None, have
+        for name in self._names():
+            if name.startswith(own):
+                held = self._items_of(name)
+                n = min(common_prefix(held, items), len(items) - 1)
+                if n > best_n:
+                    best, best_n = (name, held), n
+        if best is None:
+            return None
+        state = self._read(best[0], best[1])
+        if state is None:
+            return None
+        self._hit(best[0])
+        return best_n, best[0], state, len(best[1])
+
+    def _items_of(self, name: str) -> list:
+        """An entry's items, from its header only (unchecked: _read() checks the whole entry)."""
+        try:
+            with open(self._path(name), "rb") as f:
+                (n_head,) = struct.unpack_from("<I", f.read(len(MAGIC) + 4), len(MAGIC))
+                return _decode_items(json.loads(f.read(n_head)).get("items", []))
+        except (OSError, ValueError, struct.error, AttributeError):
+            return []
 
     def save(self, kv) -> None:
-        """Keep `kv`'s state as it is now (written in a thread; an entry that exists is only touched)."""
-        items = kv.contents()
+        """Keep `kv`'s state (sequence 0) as it is now (written in a thread; an entry that exists is only touched)."""
+        self.keep_state(kv.contents(), kv.state)
+
+    def keep_state(self, items: Sequence, state) -> None:
+        """Keep the state of `items` (`state()` gives its bytes, asked only when the entry is new)."""
         name = self._digests(items, len(items))[-1]
         path = self._path(name)
         if path.exists():
             self._touch(path)
             return
-        state = kv.state()
-        if len(state) > self.cap:
+        data = state()
+        if len(data) > self.cap:
             return  # it would not fit the cache at all
         header = {"identity": self.text_identity, "media": self.media_identity, "created": time.time(),
-                  "items": items}
-        thread = threading.Thread(target=self._write, args=(name, header, state), daemon=False)
+                  "items": list(items)}
+        thread = threading.Thread(target=self._write, args=(name, header, data), daemon=False)
         thread.start()
         self._writes.append(thread)
 

@@ -289,6 +289,40 @@ class Parallel:
             pairs.append((best, job))
         return pairs
 
+    # ---- with keep_slots, the prompt cache on disk (engine.disk): slots kept when evicted and at the end
+
+    def keep_slots_on_disk(self) -> None:
+        """Keep every slot's state in the prompt cache (a server that stops: the next one restores them)."""
+        for slot in self._slots or []:
+            self._keep(slot)
+        if self.engine.prompt_cache is not None:
+            self.engine.prompt_cache.flush()
+
+    def _keep(self, slot: _Slot) -> None:
+        if self.keep_slots and slot.cached and slot.job is None and self.engine.prompt_cache is not None:
+            self.engine.bind_prompt_cache()
+            self.engine.prompt_cache.keep_state(slot.cached, lambda: self.engine.kv.state(seq=slot.seq))
+
+    def _restore(self, slot: _Slot, tokens: list[int], have: int) -> int:
+        """A slot kept on disk (evicted, or by a server before a restart) that starts `tokens` and holds more
+        than `have` of them, loaded into `slot`: how many tokens it holds now."""
+        engine, cache = self.engine, self.engine.prompt_cache
+        engine.bind_prompt_cache()
+        # Without a sliding window (or with a full-size SWA cache, serve's) any prefix of a kept slot is a
+        # restart point: the longest shared.
+        found = cache.find_shared(tokens, have) if not engine.kv.n_swa else cache.find(tokens, have)
+        if found is None:
+            return have
+        n, state = found[0], found[2]
+        engine.kv.clear_sequence(slot.seq)
+        slot.cached = []
+        if not engine.kv.load_state(state, seq=slot.seq):
+            engine.kv.clear_sequence(slot.seq)
+            return 0
+        engine.kv.clear_sequence(slot.seq, n)  # what the kept slot holds past the shared prefix
+        slot.cached = list(tokens[:n])
+        return n
+
     def _clear(self, slot: _Slot) -> None:
         self.engine.kv.clear_sequence(slot.seq)
         slot.cached = []
@@ -325,6 +359,8 @@ class Parallel:
                 samplers = _samplers(self.engine, job)
                 tokens, _ = self._prompt(job)
                 reused = hit = self._resume(slot, tokens) if slot.cached else 0
+                if self.keep_slots and self.engine.prompt_cache is not None:
+                    reused = hit = self._restore(slot, tokens, reused)
                 if reused < (job.shared or 0):
                     reused, hit = self._seed(slot, tokens, job.shared)
             except GemmaError as e:
@@ -346,7 +382,7 @@ class Parallel:
         engine, head = self.engine, tokens[:shared]
         held = shared
         if engine.kv.contents() != head:  # staging keeps only heads: the next line's system turn is likely this one
-            held = engine.stage(head)  # from the prompt cache on disk too
+            held = engine.stage(head, keep=not self.keep_slots)  # from the prompt cache on disk too (serve keeps slots)
         self._copy(slot)
         return shared, held
 
