@@ -116,6 +116,31 @@ def test_gemma_mcp_add_list_test_remove(home):
     assert_one_line_error(run_gemma("mcp", "test", "ours", home=home), "no MCP server named 'ours'")
 
 
+def test_gemma_mcp_add_refuses_what_would_not_work_and_takes_a_bare_url(home):
+    own = home / "config" / "mcp.json"
+    for name in ("bad name!", ""):  # were added
+        assert_one_line_error(run_gemma("mcp", "add", name, "--", "echo", home=home), "MCP server name", "letters")
+    assert_one_line_error(run_gemma("mcp", "add", "web", "--url", "notaurl", home=home), "'notaurl'", "http(s)")
+    assert not own.exists()
+    proc = run_gemma("mcp", "add", "web", "http://127.0.0.1:1/mcp", home=home)  # was saved as a command
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(own.read_text())["mcpServers"]["web"] == {"type": "http", "url": "http://127.0.0.1:1/mcp"}
+    own.write_text('{"mcpServers": []}')
+    assert_one_line_error(run_gemma("mcp", "add", "time", "--", "echo", home=home), str(own), '"mcpServers" must be')
+
+
+def test_servers_with_args_env_or_headers_of_the_wrong_type_have_a_problem(home):
+    from gemma_cli.chat import mcp
+
+    path = write_config(home / "x.json", {"s": {"command": "echo", "args": "hello"},  # was run as h e l l o
+                                          "e": {"command": "echo", "env": ["A=1"]},
+                                          "h": {"url": "http://127.0.0.1:1/mcp", "headers": 5}})
+    config = mcp.read_config(path)
+    assert '"args" must be an array' in config.servers["s"].problem
+    assert '"env" must be an object' in config.servers["e"].problem
+    assert '"headers" must be an object' in config.servers["h"].problem
+
+
 # ---------------------------------------------------------------- the host over stdio
 
 

@@ -117,6 +117,11 @@ def _server(name: str, raw: Any, path: Path, auto_read_only: bool) -> ServerSpec
         spec.problem = f"{path}: server {name!r} is not an object"
         return spec
     try:
+        if not isinstance(raw.get("args") or [], list):  # a string would run as one argument a character
+            raise TypeError('"args" must be an array of strings')
+        for key in ("env", "headers"):
+            if not isinstance(raw.get(key) or {}, dict):
+                raise TypeError(f'"{key}" must be an object of NAME: value')
         kind = str(raw.get("type") or raw.get("transport") or "").lower()
         url = raw.get("httpUrl") or raw.get("url") or raw.get("serverUrl")
         spec.disabled = bool(raw.get("disabled", False))
@@ -165,6 +170,9 @@ def save_servers(edit: Callable[[dict], None], path: Path | None = None) -> Path
     target = path or paths.mcp_config()
     data = _read_json(target) if target.is_file() else {}
     data.setdefault("mcpServers", {})
+    if not isinstance(data["mcpServers"], dict):
+        raise ConfigError(f"{target}: \"mcpServers\" must be an object of NAME: server",
+                          '{"mcpServers": {"time": {"command": "uvx", "args": ["mcp-server-time"]}}}')
     edit(data)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".json.tmp")
