@@ -61,6 +61,18 @@ def test_the_same_on_gemma3(gemma3_templated, tmp_path):
     assert second["answer"] == cold["answer"]
 
 
+def test_tool_declarations_without_a_system_prompt_are_a_restart_point(e_model, tmp_path):
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"type": "function", "function": {
+        "name": f"tool_{i}", "description": f"Look up the {i}th figure of the quarterly report and its history.",
+        "parameters": {"type": "object", "properties": {"year": {"type": "integer"}}}}} for i in range(8)]))
+    chat(tmp_path, e_model, "--tools", tools, "What grew?")
+    warm = chat(tmp_path, e_model, "--tools", tools, "What fell?")
+    cold = chat(tmp_path, e_model, "--tools", tools, "What fell?", "--no-cache")
+    assert warm["stats"]["disk_cached_tokens"] > 200, warm["stats"]
+    assert warm["answer"] == cold["answer"] and warm["tool_calls"] == cold["tool_calls"]
+
+
 def test_continue_starts_from_the_end_of_the_last_turn(e_model, tmp_path):
     chat(tmp_path, e_model, "--save", "--system", "You are terse.", "Tell me about the report.", doc=DOC)
     for question in ("And the risks?", "Which item grew most?"):
