@@ -42,7 +42,9 @@ SERVER = str(ROOT / "tests" / "mcp_server.py")
 
 def servers(real_bin: Path | None, repo: Path) -> dict[str, dict]:
     if real_bin is None:
-        return {f"ours{i}": {"command": sys.executable, "args": [SERVER]} for i in (1, 2, 3)}
+        # Three tools each: all of them would pass half of the test model's 4096-token context.
+        return {f"ours{i}": {"command": sys.executable, "args": [SERVER],
+                             "includeTools": ["echo", "math.add-numbers", "fail"]} for i in (1, 2, 3)}
     return {"time": {"command": str(real_bin / "mcp-server-time"), "args": ["--local-timezone", "UTC"]},
             "git": {"command": str(real_bin / "mcp-server-git"), "args": ["--repository", str(repo)]},
             "ours": {"command": sys.executable, "args": [SERVER]}}

@@ -21,11 +21,13 @@ from tests import synthetic
 from tests.needs import virtualenv
 from tests.test_serve import THOUGHT, Server
 
-# One virtualenv for all of them (its key is this list; the openai SDK comes with openai-agents and litellm), but
-# LlamaIndex: its OpenAI package wants openai < 3 where llm and openai-agents want openai >= 3, and pip, given all,
-# falls back to a 2024 llama-index that no longer imports (llama_index.agent). It gets a virtualenv of its own.
-CLIENTS = ["anthropic", "langchain-openai", "openai-agents", "litellm", "llm"]
-LLAMAINDEX_CLIENT = ["llama-index-llms-openai-like"]
+# One virtualenv for all of them (its key is this list), but LlamaIndex: its OpenAI package wants openai < 3 where
+# llm and openai-agents want openai >= 3, and pip, given all, falls back to a 2024 llama-index that no longer
+# imports (llama_index.agent). It gets a virtualenv of its own. The versions are the ones last tested (2026-12):
+# a new release is tried by raising its pin here (a new list, a new virtualenv).
+CLIENTS = ["openai==3.63.0", "anthropic==2.17.0", "langchain-openai==1.8.1", "openai-agents==0.24.0",
+           "litellm==1.110.2", "llm==0.36"]
+LLAMAINDEX_CLIENT = ["llama-index-llms-openai-like==0.8.1", "llama-index-core==0.14.25"]
 KEY = "sekret"
 MODEL = "gemma4-e"
 
@@ -89,7 +91,7 @@ def weather(arguments) -> dict:
     return args
 
 
-# ---------------------------------------------------------------- the openai SDK (its newest release)
+# ---------------------------------------------------------------- the openai SDK
 
 OPENAI = '''
 import openai
