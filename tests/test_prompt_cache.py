@@ -149,6 +149,43 @@ def test_describe_image_twice_restores_the_image(e_model, vision_mmproj, tmp_pat
     assert warm["description"] == cold["description"]
 
 
+def test_describe_video_twice_restores_the_frames(e_model, vision_mmproj, tmp_path):
+    from tests.test_video import write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip)
+    args = ["describe-video", clip, "--model", e_model, "--mmproj", vision_mmproj, "--frames", "4", *GREEDY]
+
+    def run(*extra):
+        proc = run_gemma(*args, *extra, home=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["results"][0]
+
+    run("-p", "What happens?")
+    warm = run("-p", "What moves?")
+    cold = run("-p", "What moves?", "--no-cache")
+    assert warm["stats"]["disk_cached_tokens"] >= 4 * 60, warm["stats"]  # the four frames, from disk
+    assert warm["description"] == cold["description"]
+
+
+def test_another_projector_or_image_budget_is_a_miss(e_model, vision_mmproj, av_mmproj, tmp_path):
+    from tests.test_describe import picture
+
+    image = tmp_path / "scan.png"
+    picture(4).save(image)
+
+    def from_disk(mmproj, budget, question):
+        proc = run_gemma("describe-image", image, "--model", e_model, "--mmproj", mmproj, "--image-tokens", budget,
+                         "-p", question, *GREEDY, home=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["results"][0]["stats"]["disk_cached_tokens"]
+
+    assert from_disk(vision_mmproj, "70", "What is it?") == 0
+    assert from_disk(av_mmproj, "70", "Which colours?") == 0  # another projector file
+    assert from_disk(vision_mmproj, "140", "Which colours?") == 0  # another image budget
+    assert from_disk(vision_mmproj, "70", "Which colours?") >= 70  # the control: the first one's state
+
+
 # ---------------------------------------------------------------- the engine's side
 
 
