@@ -376,3 +376,19 @@ def test_a_restarted_server_serves_a_continuing_client_from_its_kept_slot(e_mode
     assert restored.choices[0].message.content == running.choices[0].message.content
     cached = restored.usage.prompt_tokens_details.cached_tokens
     assert cached >= first.usage.prompt_tokens - 8, restored.usage  # all but the first turn's generation prompt
+
+
+def test_continue_after_the_interactive_chat_starts_where_it_ended(e_model, tmp_path):
+    from tests.test_repl import leave, say, spawn
+
+    child = spawn(tmp_path, "--model", e_model, "--temperature", "0", "--max-tokens", "8", "--threads", "1",
+                  "--draft", "off", "--system", "You are terse.")
+    say(child, "Tell me about the report: " + DOC[:500].replace("\n", " "))
+    say(child, "And the risks?")
+    leave(child)  # the chat's end is kept on leaving
+    saved = tmp_path / "before.json"
+    shutil.copy(tmp_path / "data" / "conversations" / "last.json", saved)
+    cold = chat(tmp_path, e_model, "--load", saved, "--no-cache", "Which item grew most?")
+    warm = chat(tmp_path, e_model, "--continue", "Which item grew most?")
+    assert warm["answer"] == cold["answer"]
+    assert warm["stats"]["disk_cached_tokens"] > warm["stats"]["prompt_tokens"] * 5, warm["stats"]
