@@ -221,3 +221,42 @@ def test_batch_lines_take_stop_in_both_forms(gemma3_base, tmp_path):
         got = {r.get("custom_id", r["id"]): r for r in map(json.loads, out.read_text().splitlines())}
         assert got["s"]["answer"] == " 6, 7," and got["s"]["finish_reason"] == "stop", how
         assert " 8" not in got["o"]["response"]["body"]["choices"][0]["message"]["content"]
+
+
+def test_a_row_never_goes_alone_into_a_ubatch_when_deterministic():
+    from gemma_cli.engine.parallel import _padding, _ubatches
+
+    # llama.cpp's split (one KV stream per sequence): consecutive sequence ids, as many tokens of each.
+    assert list(_ubatches([1, 1, 1, 2, 3, 3], 512)) == [([1, 2, 3], 1), ([1], 2), ([3], 1)]
+    assert list(_ubatches([1, 3], 512)) == [([1], 1), ([3], 1)]  # a gap: two ubatches
+    assert list(_ubatches([1] * 5 + [2] * 5, 4)) == [([1, 2], 2), ([1, 2], 2), ([1, 2], 1)]
+    # One decode row (every step at --parallel 1): a throwaway token after it, never a logit.
+    assert _padding([(7, 40, 1, True)], 512, 256) == [(7, 41, 1, False)]
+    # 2 tokens and 1: sequence 1's last row would be alone.
+    assert _padding([(5, 9, 1, False), (6, 10, 1, True), (8, 3, 2, True)], 512, 256) == [(6, 11, 1, False)]
+    assert _padding([(5, 9, 1, False), (6, 10, 1, True), (8, 3, 2, True), (9, 4, 2, True)], 512, 256) == []
+    assert _padding([(5, 9, 1, False), (6, 10, 1, False), (6, 11, 1, True), (8, 3, 2, True)], 512, 256) == []
+    # Slots 1 and 3 decoding, 2 idle: llama.cpp puts each alone, so each gets one.
+    assert _padding([(5, 9, 1, True), (8, 3, 3, True)], 512, 256) == [(5, 10, 1, False), (8, 4, 3, False)]
+    assert _padding([(7, 255, 1, True)], 512, 256) == []  # no cell left for it: the sequence is full
+
+
+@pytest.mark.slow
+def test_log_probabilities_do_not_depend_on_parallel_when_deterministic(e_model):
+    # The cause of the test above failing: F32 weights (the synthetic models; F16/BF16 GGUFs too) go
+    # through ggml's vec_dot for a one-row ubatch and llamafile's sgemm for more, which round
+    # differently. At --parallel 1 every decode step was one row; beside others it was not. The
+    # log probabilities show the last bits, not only a sampled token that happened to flip.
+    from gemma_cli.engine import Engine, Sampling
+    from gemma_cli.engine.parallel import Job, Parallel
+
+    prompts = [f"<bos><|turn>user\nTell me about {'the number ' * k}{k}<turn|>\n<|turn>model\n" for k in range(4)]
+    with Engine(e_model, n_ctx=256 * 4, n_seq=4, n_threads=2, batch_invariant=True) as engine:
+        def run(n):
+            jobs = [Job(p, Sampling(temperature=0), 12, logprobs=0, key=i) for i, p in enumerate(prompts)]
+            done = sorted(Parallel(engine, n).run(jobs), key=lambda f: f.job.key)
+            return [(f.tokens, [lp.logprob for lp in f.logprobs]) for f in done]
+
+        alone, beside = run(1), run(3)
+    assert all(tokens for tokens, _ in alone)
+    assert alone == beside  # bit for bit

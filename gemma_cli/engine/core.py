@@ -199,6 +199,9 @@ class Engine:
             os.environ["GGML_CPU_TILED_MM"] = "0"  # read once per process, at ggml's first matmul
         self._flash_attn = True if flash_attn is None else flash_attn
         self._repack = not batch_invariant
+        # A ubatch of one row takes another matmul path than one of several (F32/F16 weights: ggml's
+        # vec_dot for one row, llamafile's sgemm for more), so engine.parallel never sends one then.
+        self.batch_invariant = batch_invariant
         self._model = _load_model(self.path, header.architecture, n_gpu_layers, use_mmap, repack=self._repack)
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = ll.llama_vocab_n_tokens(self._vocab)

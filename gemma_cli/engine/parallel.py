@@ -16,7 +16,9 @@ The context keeps one KV stream per sequence (llama.cpp's non-unified cache): wh
 sequence's tokens sit in its stream does not depend on what runs beside it. Together with
 `Engine(batch_invariant=True)` (matmul kernels that do not change with the batch's row count;
 `gemma batch --deterministic`) a job's tokens on the CPU are the same whichever jobs share
-its batches, so `--parallel 1` and `--parallel 8` give the same greedy output. llama.cpp's GPU backends choose kernels by
+its batches (no row goes alone into a ubatch then: one row takes another matmul kernel than
+several, so a sequence left alone gets a throwaway row, `_padding`), so `--parallel 1` and
+`--parallel 8` give the same greedy output. llama.cpp's GPU backends choose kernels by
 batch size, so there a near-tie can still break differently.
 
 The engine must be opened with `n_seq = n + 1` (the slots plus the staging sequence).
@@ -458,7 +460,7 @@ class Parallel:
         """
         prompting = [s for s in active if s.queue]
         decoding = [] if prompting and not self.mix else [s for s in active if not s.queue]
-        room = self.engine.n_batch - len(decoding)
+        room = self.engine.n_batch - len(decoding) - (self.n if self.engine.batch_invariant else 0)  # _padding's
         share = _shares([len(s.queue) for s in prompting], room)
         rows, sample_at = [], []  # (slot, row whose logits give its next token, whether it decoded one)
         take = dict(zip(map(id, prompting), share))
@@ -474,7 +476,10 @@ class Parallel:
             elif decoding:
                 rows.append((slot.pending, slot.pos, slot.seq, True))
                 sample_at.append((slot, len(rows) - 1, True))
-        rc = self.engine.decode_rows(rows)
+        pads = _padding(rows, self.engine.n_ubatch, self.n_ctx_seq) if self.engine.batch_invariant else []
+        rc = self.engine.decode_rows(rows + pads)  # padding rows last: the rows' logits keep their indices
+        for _, pos, seq, _ in pads:  # their cells go again: each sequence's next token takes its place
+            self.engine.kv.clear_sequence(seq, pos)
         if rc != 0:
             raise GemmaError(f"llama.cpp could not decode the batch of {len(active)} sequences (llama_decode returned {rc})",
                              "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
@@ -606,6 +611,56 @@ def _shares(wants: list[int], room: int) -> list[int]:
                 break
     return out
 
+
+
+
+def _padding(rows: list[tuple[int, int, int, bool]], n_ubatch: int, n_ctx_seq: int) -> list[tuple[int, int, int, bool]]:
+    """Throwaway rows that keep llama.cpp from evaluating any of `rows` alone in a ubatch.
+
+    A ubatch of one row goes through other matmul kernels than one of several (F32/F16 weights:
+    ggml's vec_dot for one row, llamafile's sgemm for more) and rounds differently, so a sequence
+    decoding alone (every step at --parallel 1) would not repeat what it computes beside others.
+    llama.cpp (one KV stream per sequence) splits a batch into ubatches of consecutive sequence
+    ids, taking as many tokens of each (_ubatches), so a lone row is a sequence left over with one
+    token. A padding row is a token after that sequence's last one, without logits, whose cell the
+    caller removes after the decode (the sequence's next token takes it); it makes that ubatch
+    two rows. At most one per sequence; none where the sequence's context has no cell left.
+    """
+    last = {seq: (tok, pos) for tok, pos, seq, _ in rows}
+    pads: list[tuple[int, int, int, bool]] = []
+    seqs = [seq for _, _, seq, _ in rows]
+    while True:
+        lone = next((group[0] for group, each in _ubatches(seqs, n_ubatch) if each * len(group) == 1), None)
+        tok, pos = last.get(lone, (0, n_ctx_seq))
+        if lone is None or pos + 1 >= n_ctx_seq or any(p[2] == lone for p in pads):
+            return pads
+        pads.append((tok, pos + 1, lone, False))
+        seqs.append(lone)
+
+
+def _ubatches(seqs: list[int], n_ubatch: int) -> Iterator[tuple[list[int], int]]:
+    """How llama.cpp splits a batch whose rows belong to `seqs` (llama_batch_allocr::split_equal,
+    sequential, as for a non-unified KV cache): each ubatch's sequences (from the first row not
+    yet taken, then the next sequence ids in turn) and how many rows of each it takes."""
+    rows_of: dict[int, list[int]] = {}
+    for i, seq in enumerate(seqs):
+        rows_of.setdefault(seq, []).append(i)
+    taken = [False] * len(seqs)
+    done = dict.fromkeys(rows_of, 0)
+    while not all(taken):
+        group: list[int] = []
+        for i, seq in enumerate(seqs):
+            if not taken[i] and seq not in group and (not group or seq == group[-1] + 1):
+                group.append(seq)
+        each = 0
+        while all(done[seq] < len(rows_of[seq]) for seq in group):
+            for seq in group:
+                taken[rows_of[seq][done[seq]]] = True
+                done[seq] += 1
+            each += 1
+            if (each + 1) * len(group) > n_ubatch:
+                break
+        yield group, each
 
 def _samplers(engine: "Engine", job: Job) -> list:
     """The job's sampler chain; with a grammar and a free thought, [free, constrained]."""

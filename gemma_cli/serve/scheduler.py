@@ -170,12 +170,12 @@ class Scheduler:
             try:
                 for done in self.runner.run(self._source()):
                     ticket = done.job.key
-                    with self._cond:
-                        self._active.discard(ticket)
                     if done.finish_reason == "cancelled" and self._ending:  # cut by the shutdown, not by its client
                         done = dataclasses.replace(done, finish_reason=None, error=ShuttingDown(done.generated_tokens))
-                    self.completed += 1
-                    self.cancelled += done.finish_reason == "cancelled"
+                    with self._cond:  # counted before it stops running: /health never shows a job as neither
+                        self.completed += 1
+                        self.cancelled += done.finish_reason == "cancelled"
+                        self._active.discard(ticket)
                     ticket.finish(done)
             except Exception as e:  # noqa: BLE001 - a failed decode fails the requests in it, not the server
                 error = e if isinstance(e, GemmaError) else GemmaError(f"decoding failed ({type(e).__name__}: {e})")
