@@ -83,6 +83,9 @@ def test_continue_starts_from_the_end_of_the_last_turn(e_model, tmp_path):
         assert warm["answer"] == cold["answer"]
         # everything before this turn came from disk: the question and the turn markers are left
         assert warm["stats"]["disk_cached_tokens"] > warm["stats"]["prompt_tokens"] * 5, warm["stats"]
+    loaded = chat(tmp_path, e_model, "--load", saved, "Anything else?")  # --load restores the same states
+    assert loaded["answer"] == chat(tmp_path, e_model, "--load", saved, "--no-cache", "Anything else?")["answer"]
+    assert loaded["stats"]["disk_cached_tokens"] > loaded["stats"]["prompt_tokens"] * 5, loaded["stats"]
 
 
 def test_files_are_private_and_gemma_cache_lists_and_clears_them(e_model, tmp_path):
