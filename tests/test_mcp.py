@@ -204,6 +204,33 @@ def test_a_server_that_exits_at_start_is_named_with_the_end_of_its_stderr(home):
     assert str(home) in str(server.log)  # under gemma's cache dir
 
 
+SPAWN_ORDER = """
+import json, sys
+from pathlib import Path
+events = []
+sys.addaudithook(lambda event, args: events.append(event) if event == "subprocess.Popen"
+                 or (event == "import" and args[0] == "mcp") else None)
+from gemma_cli.chat import mcp
+specs = [mcp.ServerSpec(f"s{i}", command=sys.executable, args=[sys.argv[1]]) for i in range(3)]
+host = mcp.Host(mcp.McpConfig(Path("mcp.json"), {}), specs)
+try:
+    statuses = [s.status for s in host.wait()]
+finally:
+    host.close()
+print(json.dumps({"events": events, "statuses": statuses}))
+"""
+
+
+def test_stdio_servers_are_spawned_before_the_sdk_is_imported(home):
+    # The SDK's import takes seconds: a server spawned only after it could not overlap its own start with it.
+    out = subprocess.run([sys.executable, "-c", SPAWN_ORDER, SERVER], capture_output=True, text=True, timeout=120,
+                         cwd=home, env=os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["statuses"] == ["ready"] * 3
+    assert seen["events"][:4] == ["subprocess.Popen"] * 3 + ["import"], seen["events"]
+
+
 def test_progress_notifications_extend_the_call_timeout(home):
     from gemma_cli.chat import mcp
 
