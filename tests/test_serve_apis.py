@@ -583,3 +583,19 @@ def test_serve_help_names_every_route_and_shows_the_new_options(tmp_path):
     routes = re.findall(r"^ +(?:POST|GET) +(/\S+)", app.__doc__, re.MULTILINE)
     assert len(routes) >= 8 and [r for r in routes if r not in text] == []
     assert "ANTHROPIC_BASE_URL=" in text and "--grace 60" in text and "x-api-key" in text
+
+
+def test_json_nested_too_deeply_or_with_a_lone_surrogate_is_a_400_in_each_apis_shape(server):
+    deep = b"[" * 100_000 + b"]" * 100_000  # json.loads: RecursionError
+    lone = b'{"input": "\\ud800 hi", "max_output_tokens": 3, "max_tokens": 3, "messages": [{"role": "user", "content": "\\udfff"}]}'
+    pair = b'{"input": "\\ud83d\\ude00", "max_output_tokens": 1}'  # an emoji escaped as a pair stays valid
+    for path, key in (("/v1/chat/completions", "Authorization"), ("/v1/responses", "Authorization"),
+                      ("/v1/messages", "x-api-key")):
+        headers = {key: "Bearer sekret" if key == "Authorization" else "sekret"}
+        for body, words in ((deep, "nested too deeply"), (lone, "surrogate")):  # were 500s
+            status, answer = server.post(path, body, headers)
+            assert status == 400 and words in answer["error"]["message"], (path, answer)
+            assert (answer.get("type") == "error") == (path == "/v1/messages"), answer
+    status, answer = server.post("/v1/responses", pair, {"Authorization": "Bearer sekret"})
+    assert status == 200, answer
+    assert server.get("/health")["status"] == "ok"

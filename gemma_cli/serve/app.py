@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -260,6 +261,7 @@ def _check_key(request: Request, key: str) -> None:
                        code="invalid_api_key")
 
 
+LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a surrogate escape, maybe half a pair: checked when present
 DRAIN_LIMIT = 1024 * 1024 * 1024  # past this an oversized body is not read to its end: the connection is dropped
 
 
@@ -295,9 +297,18 @@ async def _json_body(request: Request, limit: int):
         if len(data) > limit:
             raise await _too_large(request, limit)
     try:
-        return json.loads(bytes(data))
+        body = json.loads(bytes(data))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise bad(f"the request body is not valid JSON ({e})", code="invalid_json") from None
+    except RecursionError:
+        raise bad("the request body is JSON nested too deeply", code="invalid_json") from None
+    if LONE_SURROGATE.search(data):  # a \ud800 escape: valid JSON, but text no tokenizer can encode
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise bad("the request body has a lone UTF-16 surrogate escape (\\ud800-\\udfff) in a string; "
+                      "send UTF-8 text, or a surrogate pair", code="invalid_json") from None
+    return body
 
 
 def _check_model(served: Served, name) -> None:
