@@ -76,6 +76,7 @@ def test_openai_line_with_image_url_and_input_audio_parts():
 
 @pytest.mark.parametrize("raw, code, needle", [
     (b"{not json", "invalid_json", "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "invalid_json", "nested too deeply"),  # was a RecursionError: the run stopped
     (b"[1, 2]", "invalid_line", "not an object"),
     (json.dumps({"prompt": "x", "max_token": 5}).encode(), "invalid_line", "unknown field 'max_token'"),
     (json.dumps({"prompt": 5}).encode(), "invalid_line", '"prompt" must be a string'),

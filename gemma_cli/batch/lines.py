@@ -25,6 +25,7 @@ from gemma_cli.format.request import (
     RequestError,
     number,
     read_chat,
+    read_json,
     read_messages,
     read_sampling,
     read_schema,
@@ -124,9 +125,9 @@ def count_lines(source: str | Path) -> int | None:
 def parse_line(number: int, raw: bytes, base: Path | None = None) -> Line:
     """Read one input line; a bad line comes back with `error` set (and the best id it has)."""
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return Line(number, None, "simple", error=Failure("invalid_json", f"line {number} is not valid JSON ({e})",
+        data = read_json(raw, lone_surrogates=True)  # an id may have one (written back as it came)
+    except ValueError as e:
+        return Line(number, None, "simple", error=Failure("invalid_json", f"line {number} {e}",
                                                           "each line is one JSON object"))
     if not isinstance(data, dict):
         return Line(number, None, "simple", error=Failure("invalid_line", f"line {number} is a JSON {type(data).__name__}, not an object"))

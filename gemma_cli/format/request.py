@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 
 from gemma_cli.errors import GemmaError
@@ -140,6 +141,28 @@ class ChatRequest:
         if self.tool_choice != "required":
             return None
         return call_grammar(self.tools or [], self.tool_name, parallel=self.parallel_tool_calls is not False)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # "\ud800": maybe half a pair, checked when present
+
+
+def read_json(raw: bytes, *, lone_surrogates: bool = False):
+    """JSON text (a request body, a batch line) as Python data. A ValueError completes "the body …": it "is not
+    valid JSON (…)", "is JSON nested too deeply", or, unless `lone_surrogates`, "has a lone UTF-16 surrogate
+    escape" (valid JSON, but text that no tokenizer can encode; a batch line's id may have one)."""
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ValueError("is JSON nested too deeply") from None
+    if not lone_surrogates and _SURROGATE_ESCAPE.search(raw):
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("has a lone UTF-16 surrogate escape (\\ud800-\\udfff) in a string; send UTF-8 "
+                             "text, or a surrogate pair") from None
+    return data
 
 
 def read_chat(body, *, strict: bool = False, local_parts: bool = False) -> ChatRequest:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from starlette.routing import Route
 
 from gemma_cli.engine.parallel import Finished
 from gemma_cli.errors import CapabilityError, ContextOverflowError, GemmaError, GrammarError, MediaError
+from gemma_cli.format.request import read_json
 from gemma_cli.serve import audio
 from gemma_cli.serve import messages as messages_api
 from gemma_cli.serve import responses as responses_api
@@ -261,7 +261,6 @@ def _check_key(request: Request, key: str) -> None:
                        code="invalid_api_key")
 
 
-LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a surrogate escape, maybe half a pair: checked when present
 DRAIN_LIMIT = 1024 * 1024 * 1024  # past this an oversized body is not read to its end: the connection is dropped
 
 
@@ -297,18 +296,9 @@ async def _json_body(request: Request, limit: int):
         if len(data) > limit:
             raise await _too_large(request, limit)
     try:
-        body = json.loads(bytes(data))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise bad(f"the request body is not valid JSON ({e})", code="invalid_json") from None
-    except RecursionError:
-        raise bad("the request body is JSON nested too deeply", code="invalid_json") from None
-    if LONE_SURROGATE.search(data):  # a \ud800 escape: valid JSON, but text no tokenizer can encode
-        try:
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise bad("the request body has a lone UTF-16 surrogate escape (\\ud800-\\udfff) in a string; "
-                      "send UTF-8 text, or a surrogate pair", code="invalid_json") from None
-    return body
+        return read_json(bytes(data))
+    except ValueError as e:
+        raise bad(f"the request body {e}", code="invalid_json") from None
 
 
 def _check_model(served: Served, name) -> None:
