@@ -116,6 +116,31 @@ def test_gemma_mcp_add_list_test_remove(home):
     assert_one_line_error(run_gemma("mcp", "test", "ours", home=home), "no MCP server named 'ours'")
 
 
+def test_gemma_mcp_add_refuses_what_would_not_work_and_takes_a_bare_url(home):
+    own = home / "config" / "mcp.json"
+    for name in ("bad name!", ""):  # were added
+        assert_one_line_error(run_gemma("mcp", "add", name, "--", "echo", home=home), "MCP server name", "letters")
+    assert_one_line_error(run_gemma("mcp", "add", "web", "--url", "notaurl", home=home), "'notaurl'", "http(s)")
+    assert not own.exists()
+    proc = run_gemma("mcp", "add", "web", "http://127.0.0.1:1/mcp", home=home)  # was saved as a command
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(own.read_text())["mcpServers"]["web"] == {"type": "http", "url": "http://127.0.0.1:1/mcp"}
+    own.write_text('{"mcpServers": []}')
+    assert_one_line_error(run_gemma("mcp", "add", "time", "--", "echo", home=home), str(own), '"mcpServers" must be')
+
+
+def test_servers_with_args_env_or_headers_of_the_wrong_type_have_a_problem(home):
+    from gemma_cli.chat import mcp
+
+    path = write_config(home / "x.json", {"s": {"command": "echo", "args": "hello"},  # was run as h e l l o
+                                          "e": {"command": "echo", "env": ["A=1"]},
+                                          "h": {"url": "http://127.0.0.1:1/mcp", "headers": 5}})
+    config = mcp.read_config(path)
+    assert '"args" must be an array' in config.servers["s"].problem
+    assert '"env" must be an object' in config.servers["e"].problem
+    assert '"headers" must be an object' in config.servers["h"].problem
+
+
 # ---------------------------------------------------------------- the host over stdio
 
 
@@ -177,6 +202,33 @@ def test_a_server_that_exits_at_start_is_named_with_the_end_of_its_stderr(home):
     assert "its stderr ends: starting up | cannot open the database: it is locked" in server.why, server.why
     assert "cannot open the database" in server.log.read_text()  # the whole stderr is kept in its log
     assert str(home) in str(server.log)  # under gemma's cache dir
+
+
+SPAWN_ORDER = """
+import json, sys
+from pathlib import Path
+events = []
+sys.addaudithook(lambda event, args: events.append(event) if event == "subprocess.Popen"
+                 or (event == "import" and args[0] == "mcp") else None)
+from gemma_cli.chat import mcp
+specs = [mcp.ServerSpec(f"s{i}", command=sys.executable, args=[sys.argv[1]]) for i in range(3)]
+host = mcp.Host(mcp.McpConfig(Path("mcp.json"), {}), specs)
+try:
+    statuses = [s.status for s in host.wait()]
+finally:
+    host.close()
+print(json.dumps({"events": events, "statuses": statuses}))
+"""
+
+
+def test_stdio_servers_are_spawned_before_the_sdk_is_imported(home):
+    # The SDK's import takes seconds: a server spawned only after it could not overlap its own start with it.
+    out = subprocess.run([sys.executable, "-c", SPAWN_ORDER, SERVER], capture_output=True, text=True, timeout=120,
+                         cwd=home, env=os.environ | {"PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["statuses"] == ["ready"] * 3
+    assert seen["events"][:4] == ["subprocess.Popen"] * 3 + ["import"], seen["events"]
 
 
 def test_progress_notifications_extend_the_call_timeout(home):

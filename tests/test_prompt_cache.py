@@ -61,6 +61,18 @@ def test_the_same_on_gemma3(gemma3_templated, tmp_path):
     assert second["answer"] == cold["answer"]
 
 
+def test_tool_declarations_without_a_system_prompt_are_a_restart_point(e_model, tmp_path):
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"type": "function", "function": {
+        "name": f"tool_{i}", "description": f"Look up the {i}th figure of the quarterly report and its history.",
+        "parameters": {"type": "object", "properties": {"year": {"type": "integer"}}}}} for i in range(8)]))
+    chat(tmp_path, e_model, "--tools", tools, "What grew?")
+    warm = chat(tmp_path, e_model, "--tools", tools, "What fell?")
+    cold = chat(tmp_path, e_model, "--tools", tools, "What fell?", "--no-cache")
+    assert warm["stats"]["disk_cached_tokens"] > 200, warm["stats"]
+    assert warm["answer"] == cold["answer"] and warm["tool_calls"] == cold["tool_calls"]
+
+
 def test_continue_starts_from_the_end_of_the_last_turn(e_model, tmp_path):
     chat(tmp_path, e_model, "--save", "--system", "You are terse.", "Tell me about the report.", doc=DOC)
     for question in ("And the risks?", "Which item grew most?"):
@@ -71,6 +83,9 @@ def test_continue_starts_from_the_end_of_the_last_turn(e_model, tmp_path):
         assert warm["answer"] == cold["answer"]
         # everything before this turn came from disk: the question and the turn markers are left
         assert warm["stats"]["disk_cached_tokens"] > warm["stats"]["prompt_tokens"] * 5, warm["stats"]
+    loaded = chat(tmp_path, e_model, "--load", saved, "Anything else?")  # --load restores the same states
+    assert loaded["answer"] == chat(tmp_path, e_model, "--load", saved, "--no-cache", "Anything else?")["answer"]
+    assert loaded["stats"]["disk_cached_tokens"] > loaded["stats"]["prompt_tokens"] * 5, loaded["stats"]
 
 
 def test_files_are_private_and_gemma_cache_lists_and_clears_them(e_model, tmp_path):
@@ -135,6 +150,43 @@ def test_describe_image_twice_restores_the_image(e_model, vision_mmproj, tmp_pat
     cold = run("-p", "Which colours?", "--no-cache")
     assert warm["stats"]["disk_cached_tokens"] >= 70, warm["stats"]
     assert warm["description"] == cold["description"]
+
+
+def test_describe_video_twice_restores_the_frames(e_model, vision_mmproj, tmp_path):
+    from tests.test_video import write_clip
+
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip)
+    args = ["describe-video", clip, "--model", e_model, "--mmproj", vision_mmproj, "--frames", "4", *GREEDY]
+
+    def run(*extra):
+        proc = run_gemma(*args, *extra, home=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["results"][0]
+
+    run("-p", "What happens?")
+    warm = run("-p", "What moves?")
+    cold = run("-p", "What moves?", "--no-cache")
+    assert warm["stats"]["disk_cached_tokens"] >= 4 * 60, warm["stats"]  # the four frames, from disk
+    assert warm["description"] == cold["description"]
+
+
+def test_another_projector_or_image_budget_is_a_miss(e_model, vision_mmproj, av_mmproj, tmp_path):
+    from tests.test_describe import picture
+
+    image = tmp_path / "scan.png"
+    picture(4).save(image)
+
+    def from_disk(mmproj, budget, question):
+        proc = run_gemma("describe-image", image, "--model", e_model, "--mmproj", mmproj, "--image-tokens", budget,
+                         "-p", question, *GREEDY, home=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["results"][0]["stats"]["disk_cached_tokens"]
+
+    assert from_disk(vision_mmproj, "70", "What is it?") == 0
+    assert from_disk(av_mmproj, "70", "Which colours?") == 0  # another projector file
+    assert from_disk(vision_mmproj, "140", "Which colours?") == 0  # another image budget
+    assert from_disk(vision_mmproj, "70", "Which colours?") >= 70  # the control: the first one's state
 
 
 # ---------------------------------------------------------------- the engine's side
@@ -327,3 +379,19 @@ def test_a_restarted_server_serves_a_continuing_client_from_its_kept_slot(e_mode
     assert restored.choices[0].message.content == running.choices[0].message.content
     cached = restored.usage.prompt_tokens_details.cached_tokens
     assert cached >= first.usage.prompt_tokens - 8, restored.usage  # all but the first turn's generation prompt
+
+
+def test_continue_after_the_interactive_chat_starts_where_it_ended(e_model, tmp_path):
+    from tests.test_repl import leave, say, spawn
+
+    child = spawn(tmp_path, "--model", e_model, "--temperature", "0", "--max-tokens", "8", "--threads", "1",
+                  "--draft", "off", "--system", "You are terse.")
+    say(child, "Tell me about the report: " + DOC[:500].replace("\n", " "))
+    say(child, "And the risks?")
+    leave(child)  # the chat's end is kept on leaving
+    saved = tmp_path / "before.json"
+    shutil.copy(tmp_path / "data" / "conversations" / "last.json", saved)
+    cold = chat(tmp_path, e_model, "--load", saved, "--no-cache", "Which item grew most?")
+    warm = chat(tmp_path, e_model, "--continue", "Which item grew most?")
+    assert warm["answer"] == cold["answer"]
+    assert warm["stats"]["disk_cached_tokens"] > warm["stats"]["prompt_tokens"] * 5, warm["stats"]

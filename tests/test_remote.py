@@ -132,9 +132,11 @@ def test_chat_url(given, expected):
     assert chat_url(given) == expected
 
 
-def test_a_url_that_is_not_http_is_a_usage_error():
-    with pytest.raises(remote.UsageError):
-        chat_url("localhost:8000")
+@pytest.mark.parametrize("url", ["localhost:8000", "http://[::1/v1", "http://h:99999/v1", "http://h:port/v1"])
+def test_a_url_that_is_not_http_is_a_usage_error(url):
+    with pytest.raises(remote.UsageError) as e:  # the last three were a ValueError: "this is a bug"
+        chat_url(url)
+    assert url in e.value.message
 
 
 @pytest.fixture
@@ -176,6 +178,16 @@ def test_a_4xx_fails_the_line_at_once_with_the_servers_error(server):
     e = info.value
     assert e.status == 400 and e.code == "http_400" and "field required" in e.message
     assert e.body == {"error": {"message": "messages: field required"}} and len(script.requests) == 1
+
+
+def test_an_html_error_page_is_one_line_of_its_words(server):
+    page = b"<!DOCTYPE HTML>\n<html>\n <head><title>Error response</title></head>\n <body>\n  <h1>Error</h1>\n" \
+           b"  <p>Error code: 501</p>\n  <p>Message: Unsupported method ('POST').</p>\n </body>\n</html>\n"
+    ep = fast(server(Script(default=(501, {}, page))), retries=0)
+    with pytest.raises(RemoteError) as info:
+        ep.post({})
+    assert info.value.message.endswith("answered 501: Error response Error Error code: 501 Message: Unsupported "
+                                       "method ('POST').")
 
 
 def test_retries_run_out(server):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
+import urllib.request
 
 import openai
 import pytest
@@ -101,6 +103,7 @@ RESPONSES_REFUSED = [
     ({"input": "hi", "reasoning": {"effort": "extreme"}}, "reasoning.effort", "must be"),
     ({"input": "hi", "text": {"format": {"type": "json_schema"}}}, "text.format.schema", "schema"),
     ([1], None, "JSON object"),
+    ({"input": "hi", "include": 5}, "include", "array of strings"),  # was a 500 (TypeError)
 ]
 
 
@@ -548,6 +551,12 @@ def test_anthropic_errors_and_the_server_stays_up(server, anthropic_client):
         anthropic_client.messages.create(model="claude-opus", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     status, body = server.post("/v1/messages", b'{"max_tokens": "many", "messages": []}', {"x-api-key": "sekret"})
     assert status == 400 and body["type"] == "error"
+    for method, path in (("GET", "/v1/messages"), ("POST", "/v1/messages/batches")):  # the router's 405 and 404
+        request = urllib.request.Request(server.url + path, data=b"{}" if method == "POST" else None, method=method)
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=30)
+        body = json.loads(e.value.read())
+        assert e.value.code in (404, 405) and body["type"] == "error" and path in body["error"]["message"], body
     assert server.get("/health")["status"] == "ok"
 
 

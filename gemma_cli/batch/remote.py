@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 from typing import Callable, Iterable, Iterator
 from urllib.parse import parse_qsl, urlsplit
@@ -49,7 +50,11 @@ ROUTES = {"chat": "/chat/completions", "responses": "/responses"}  # --api: the 
 
 def chat_url(url: str, api: str = "chat") -> str:
     """The URL of `api`'s route for what users pass: a server root, a …/v1 base or the full path."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - a port out of range or not a number raises here
+    except ValueError as e:
+        raise UsageError(f"--endpoint {url!r} is not a valid URL ({e})", "for example http://127.0.0.1:8000/v1") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise UsageError(f"--endpoint {url!r} is not an http(s) URL", "for example http://127.0.0.1:8000/v1")
     path = parts.path.rstrip("/")
@@ -211,7 +216,7 @@ def _http_error(status: int, payload: bytes, url: str) -> RemoteError:
         body = json.loads(payload)
     except ValueError:
         body = payload.decode("utf-8", errors="replace")[:2000]
-    message = body
+    message = " ".join(re.sub(r"<[^>]*>", " ", body).split()) if isinstance(body, str) else body  # an HTML page: its words
     if isinstance(body, dict):
         err = body.get("error", body)
         message = err.get("message", err) if isinstance(err, dict) else err

@@ -6,7 +6,8 @@
   Gemini CLI's milliseconds are read as such), `startupTimeout`, `includeTools` / `excludeTools`, `trust`,
   `alwaysAllow`. Remembered approvals are kept in gemma's own file under `approvals`.
 - **Lifecycle**: every server starts at once on one asyncio loop in a background thread (each its own task
-  that holds its session open until the chat ends), with a startup timeout; one that fails is a line saying
+  that holds its session open until the chat ends), with a startup timeout; a stdio server's process is
+  spawned before the SDK is imported (`mcp_stdio`), so its start overlaps that import; one that fails is a line saying
   why and the chat goes on without it. A server that dies is restarted once, at its next call. Calls have a
   timeout that progress notifications extend; `close()` stops every process (the SDK's shutdown, then a
   kill of any process group still alive).
@@ -23,7 +24,6 @@ import base64
 import json
 import os
 import re
-import shutil
 import signal
 import threading
 import time
@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from gemma_cli.chat import mcp_stdio
 from gemma_cli.chat.tools import ToolOutcome
 from gemma_cli.errors import ConfigError, GemmaError
 from gemma_cli.store import paths
@@ -117,6 +118,11 @@ def _server(name: str, raw: Any, path: Path, auto_read_only: bool) -> ServerSpec
         spec.problem = f"{path}: server {name!r} is not an object"
         return spec
     try:
+        if not isinstance(raw.get("args") or [], list):  # a string would run as one argument a character
+            raise TypeError('"args" must be an array of strings')
+        for key in ("env", "headers"):
+            if not isinstance(raw.get(key) or {}, dict):
+                raise TypeError(f'"{key}" must be an object of NAME: value')
         kind = str(raw.get("type") or raw.get("transport") or "").lower()
         url = raw.get("httpUrl") or raw.get("url") or raw.get("serverUrl")
         spec.disabled = bool(raw.get("disabled", False))
@@ -165,6 +171,9 @@ def save_servers(edit: Callable[[dict], None], path: Path | None = None) -> Path
     target = path or paths.mcp_config()
     data = _read_json(target) if target.is_file() else {}
     data.setdefault("mcpServers", {})
+    if not isinstance(data["mcpServers"], dict):
+        raise ConfigError(f"{target}: \"mcpServers\" must be an object of NAME: server",
+                          '{"mcpServers": {"time": {"command": "uvx", "args": ["mcp-server-time"]}}}')
     edit(data)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(".json.tmp")
@@ -383,22 +392,26 @@ class Host:
 
     async def _hold(self, server: Server) -> None:
         """One server's session, open from its start until the chat ends (or it dies)."""
-        # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
-        from mcp import Client
-
         t0 = time.perf_counter()
         spec, stop, ready = server.spec, server.stop, server.ready
         server.log.parent.mkdir(parents=True, exist_ok=True)
-        client = None
+        client = process = None
         try:
             with open(server.log, "a", encoding="utf-8") as errlog:
                 errlog.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting {spec.name}\n")
                 errlog.flush()
-                transport = self._transport(spec, errlog)
-                before = _children()
+                # a stdio server's process starts first, before the SDK is imported: its own start overlaps ours
+                process = (await mcp_stdio.spawn(spec.command, spec.args, spec.env, spec.cwd, errlog)
+                           if spec.transport == "stdio" else None)
+                if process is not None:
+                    server.pids.add(process.pid)
+                    self._known_children.add(process.pid)
+                await asyncio.to_thread(_import_sdk)  # in a worker thread: the loop meanwhile spawns the others
+                # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
+                from mcp import Client
+
+                transport = mcp_stdio.piped(process) if process is not None else self._transport(spec)
                 async with Client(transport, client_info=_client_info()) as client:
-                    server.pids |= _children() - before
-                    self._known_children |= server.pids
                     names, tools = await _list_tools(client)
                     server.all_tools = names
                     keep = set(filtered(spec, names))
@@ -422,23 +435,12 @@ class Host:
         finally:
             if server.client is client:
                 server.client = None
+            if process is not None and process.returncode is None:  # spawned but never handed to the session
+                await asyncio.shield(mcp_stdio.stop(process))
             if not ready.done():
                 ready.set_result(None)
 
-    def _transport(self, spec: ServerSpec, errlog):
-        if spec.transport == "stdio":
-            # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
-            from mcp.client.stdio import StdioServerParameters, stdio_client
-
-            env = {k: v for k, v in os.environ.items()} | spec.env
-            found = shutil.which(spec.command, path=env.get("PATH"))
-            if found is None:
-                raise ServerFailed(f"command {spec.command!r} not found (searched PATH={env.get('PATH', '')})")
-            if spec.cwd and not Path(spec.cwd).expanduser().is_dir():
-                raise ServerFailed(f"cwd {spec.cwd} is not a directory")
-            params = StdioServerParameters(command=found, args=spec.args, env=env,
-                                           cwd=str(Path(spec.cwd).expanduser()) if spec.cwd else None)
-            return stdio_client(params, errlog=errlog)
+    def _transport(self, spec: ServerSpec):
         if spec.transport == "sse":
             # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
             from mcp.client.sse import sse_client
@@ -632,6 +634,12 @@ async def _list_tools(client) -> tuple[list[str], list[McpTool]]:
             return [t.name for t in tools], tools
 
 
+def _import_sdk() -> None:
+    """Import the MCP SDK (seconds: pydantic models); the host runs this in a worker thread."""
+    # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
+    import mcp  # noqa: F401
+
+
 def _client_info():
     # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
     from mcp.types import Implementation
@@ -662,27 +670,6 @@ def _tail(log: Path, lines: int = 3) -> str:
         return ""
     body = text.rsplit("\n--- ", 1)[-1].splitlines()[1:]
     return " | ".join(line.strip() for line in body[-lines:] if line.strip())
-
-
-def _children() -> set[int]:
-    """Our direct children (Linux /proc); the MCP processes are each a process group of their own."""
-    me, out = os.getpid(), set()
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 1 and fields[1] == str(me):
-            out.add(int(entry))
-    return out
 
 
 def _kill_group(pid: int) -> None:

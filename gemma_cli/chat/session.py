@@ -266,6 +266,8 @@ class ChatSession:
         n_system = next((i for i, m in enumerate(self.messages) if m.get("role") != "system"), len(self.messages))
         if n_system:
             heads.append(self._render(self.messages[:n_system]))
+        elif self.tools and self.format.kind == GEMMA4:  # the declarations' system turn, as an empty system prompt's
+            heads.append(self._render([{"role": "system", "content": ""}]))
         for i, m in enumerate(self.messages):
             following = self.messages[i + 1] if i + 1 < len(self.messages) else None
             if m.get("role") == "assistant" and (following is None or following.get("role") == "user"):

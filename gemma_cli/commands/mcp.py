@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import atexit
 import json
+import re
 import signal
 import sys
 import time
 from pathlib import Path
 from typing import Annotated, Optional
+from urllib.parse import urlsplit
 
 import typer
 
@@ -24,6 +26,7 @@ Examples:
   gemma mcp add time -- uvx mcp-server-time --local-timezone Europe/Paris
   gemma mcp add git -- uvx mcp-server-git --repository .
   gemma mcp add tracker --url http://127.0.0.1:8931/mcp --header "Authorization=Bearer ${TRACKER_TOKEN}"
+  gemma mcp add docs https://example.com/mcp
   gemma mcp list
   gemma mcp test time
   gemma mcp remove git
@@ -32,6 +35,8 @@ Examples:
 
 The servers live in mcp.json in gemma's config dir, in the Claude Desktop / Cursor form.
 """
+
+SERVER_NAME = re.compile(r"[A-Za-z0-9_-]+")  # what `gemma mcp add` accepts (Claude Code's rule)
 
 ConfigFile = Annotated[Optional[Path], typer.Option("--mcp-config", metavar="FILE",
                                                      help="Read MCP servers from FILE (mcp.json, a Claude Desktop, Cursor or Gemini CLI settings file).")]
@@ -211,8 +216,15 @@ def add_cmd(name: Annotated[str, typer.Argument(help="The server's name.")],
             cwd: Annotated[Optional[str], typer.Option("--cwd", help="The command's working directory.")] = None,
             timeout: Annotated[Optional[float], typer.Option("--timeout", min=1, help="Seconds a call may take without progress (default 60).")] = None) -> None:
     """Add (or replace) a server in gemma's mcp.json."""
+    if not SERVER_NAME.fullmatch(name):
+        raise UsageError(f"MCP server name {name!r} is not usable: use letters, digits, - and _",
+                         "for example gemma mcp add time -- uvx mcp-server-time")
+    if not url and command and len(command) == 1 and re.match(r"https?://", command[0]):
+        url, command = command[0], None  # `gemma mcp add NAME URL`, as `claude mcp add --transport http NAME URL`
     if bool(command) == bool(url):
         raise UsageError("give the server's command after -- , or --url", "gemma mcp add time -- uvx mcp-server-time")
+    if url and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
+        raise UsageError(f"--url {url!r} is not an http(s) URL", "for example --url http://127.0.0.1:8931/mcp")
     entry: dict = {"type": "http", "url": url} if url else {"command": command[0], "args": command[1:]}
     for what, items, key in (("--header", header, "headers"), ("--env", env, "env")):
         pairs = {}

@@ -160,7 +160,8 @@ class PromptCache:
     def find(self, items: Sequence, have: int, *, whole: bool = False) -> tuple[int, str, bytes] | None:
         """The longest cached prefix of `items` longer than `have` (and shorter than `items`, unless
         `whole`): (its length, its entry's name, its state), counted as a hit; None: none."""
-        names = self._names()
+        own = self._digests((), 0)[0][:ID_CHARS]
+        names = {name for name in self._names() if name.startswith(own)}  # this model's and settings' entries
         if not names:
             return None
         digests = self._digests(items, len(items) if whole else len(items) - 1)

@@ -229,7 +229,8 @@ def create_app(served: Served) -> Starlette:
     async def not_found(request: Request, exc) -> Response:
         status = getattr(exc, "status_code", 404)
         message = "no such endpoint" if status == 404 else "method not allowed"
-        return error(ApiError(status, f"{message}: {request.method} {request.url.path}", code="not_found"))
+        shape = messages_api.error_body if request.url.path.startswith("/v1/messages") else ApiError.body
+        return error(ApiError(status, f"{message}: {request.method} {request.url.path}", code="not_found"), shape)
 
     async def server_error(request: Request, exc) -> Response:
         return error(ApiError(500, f"internal error ({type(exc).__name__})", kind="server_error"))

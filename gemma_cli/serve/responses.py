@@ -65,7 +65,10 @@ def to_chat(body) -> dict:
     if body.get("background") is True:
         raise bad("background: true is not supported: this server answers while the request is open", "background",
                   "unsupported_parameter")
-    if body.get("top_logprobs") or "message.output_text.logprobs" in (body.get("include") or []):
+    include = body.get("include")
+    if include is not None and not (isinstance(include, list) and all(isinstance(i, str) for i in include)):
+        raise bad("'include' must be an array of strings", "include")
+    if body.get("top_logprobs") or "message.output_text.logprobs" in (include or []):
         raise bad("logprobs are not returned on /v1/responses by this server", "top_logprobs",
                   "unsupported_parameter")
     messages: list[dict] = []
