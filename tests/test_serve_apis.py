@@ -571,3 +571,15 @@ def test_a_prompt_too_long_is_a_400_before_any_stream(server):
         message = answer["error"]["message"]
         assert "tokens but each" in message and "--ctx" in message
     assert server.get("/health")["status"] == "ok"
+
+
+def test_serve_help_names_every_route_and_shows_the_new_options(tmp_path):
+    from gemma_cli.serve import app
+    from tests.clitools import run_gemma
+
+    proc = run_gemma("serve", "--help", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    routes = re.findall(r"^ +(?:POST|GET) +(/\S+)", app.__doc__, re.MULTILINE)
+    assert len(routes) >= 8 and [r for r in routes if r not in text] == []
+    assert "ANTHROPIC_BASE_URL=" in text and "--grace 60" in text and "x-api-key" in text

@@ -13,9 +13,11 @@ from gemma_cli.errors import UsageError
 
 EXAMPLES = """
 Endpoints: POST /v1/chat/completions (streamed or not; tools, thinking, response_format,
-images, audio), POST /v1/audio/transcriptions and /v1/audio/translations, GET /v1/models,
-GET /health. Requests decode together on --parallel sequences; a client continuing its
-conversation reuses its KV cache; more than --queue waiting requests get 503 + Retry-After.
+images, audio), POST /v1/responses (OpenAI's Responses API: Codex CLI), POST /v1/messages and
+/v1/messages/count_tokens (Anthropic's Messages API: Claude Code), POST /v1/audio/transcriptions
+and /v1/audio/translations, GET /v1/models, GET /health. Requests decode together on --parallel
+sequences; a client continuing its conversation reuses its KV cache; more than --queue waiting
+requests get 503 + Retry-After.
 
 Examples:
 
@@ -24,6 +26,8 @@ Examples:
   gemma serve -m ./gemma-4-E4B-it-Q4_K_M.gguf --parallel 8 --ctx 8192
   gemma serve --host 0.0.0.0 --api-key "$(openssl rand -hex 16)"
   OPENAI_BASE_URL=http://127.0.0.1:8080/v1 OPENAI_API_KEY=none python my_agent.py
+  ANTHROPIC_BASE_URL=http://127.0.0.1:8080 ANTHROPIC_API_KEY=none ANTHROPIC_MODEL=e4b claude -p "hi"
+  gemma serve -m e4b --grace 60                       (Ctrl-C: answers in flight get 60 s)
   gemma batch prompts.jsonl -o out.jsonl --endpoint http://127.0.0.1:8080/v1
 """
 
@@ -37,7 +41,7 @@ def serve(
     host: Annotated[str, typer.Option("--host", help="Address to listen on; anything but 127.0.0.1/localhost needs --api-key.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free one).")] = 8080,
     parallel: Annotated[Optional[int], typer.Option("--parallel", "-p", min=1, max=255, help="Requests decoded together (default: 4 on CPU, 16 with a GPU).")] = None,
-    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GEMMA_SERVE_API_KEY", show_envvar=True, help="Require Authorization: Bearer KEY on /v1/*.")] = None,
+    api_key: Annotated[Optional[str], typer.Option("--api-key", envvar="GEMMA_SERVE_API_KEY", show_envvar=True, help="Require Authorization: Bearer KEY (or Anthropic's x-api-key: KEY) on /v1/*.")] = None,
     insecure_no_key: Annotated[bool, typer.Option("--insecure-no-key", help="Listen on a non-local --host without a key (anyone who can reach it may use it).")] = False,
     name: Annotated[Optional[str], typer.Option("--name", help="The model id clients use (default: --model as given, or the file's name).")] = None,
     queue: Annotated[int, typer.Option("--queue", min=0, max=100000, help="Requests that may wait for a slot; more get 503 with Retry-After.")] = 64,
