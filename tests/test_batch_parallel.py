@@ -242,21 +242,30 @@ def test_a_row_never_goes_alone_into_a_ubatch_when_deterministic():
 
 
 @pytest.mark.slow
-def test_log_probabilities_do_not_depend_on_parallel_when_deterministic(e_model):
-    # The cause of the test above failing: F32 weights (the synthetic models; F16/BF16 GGUFs too) go
-    # through ggml's vec_dot for a one-row ubatch and llamafile's sgemm for more, which round
-    # differently. At --parallel 1 every decode step was one row; beside others it was not. The
-    # log probabilities show the last bits, not only a sampled token that happened to flip.
+def test_log_probabilities_do_not_depend_on_parallel_or_a_shared_head_when_deterministic(e_model):
+    # What broke the test above: llama.cpp's CPU kernels round a row differently (1) in a ubatch of one
+    # row (F32/F16 weights: ggml's vec_dot, not llamafile's sgemm), every decode step at --parallel 1,
+    # and (2) in flash attention with 64 query rows or more of one sequence (a tiled kernel), so a prompt
+    # row depended on how its prompt was cut: whole at --parallel 1, in shares beside others, or its
+    # shared head apart. Log probabilities show the last bits, not only a token that happened to flip.
     from gemma_cli.engine import Engine, Sampling
     from gemma_cli.engine.parallel import Job, Parallel
 
-    prompts = [f"<bos><|turn>user\nTell me about {'the number ' * k}{k}<turn|>\n<|turn>model\n" for k in range(4)]
-    with Engine(e_model, n_ctx=256 * 4, n_seq=4, n_threads=2, batch_invariant=True) as engine:
-        def run(n):
-            jobs = [Job(p, Sampling(temperature=0), 12, logprobs=0, key=i) for i, p in enumerate(prompts)]
+    head = "<bos><|turn>system\n" + "You answer questions about numbers. " * 6 + "<turn|>\n"
+    prompts = [head + f"<|turn>user\n{'Tell me about the number ' * 4 * k}{k}<turn|>\n<|turn>model\n"
+               for k in range(5)]  # from 20 to over 100 tokens after the head
+    with Engine(e_model, n_ctx=512 * 4, n_seq=4, n_threads=2, batch_invariant=True) as engine:
+        shared = len(engine.tokenize(head))
+
+        def run(n, share):
+            jobs = [Job(p, Sampling(temperature=0), 8 + 3 * i, logprobs=0, key=i, shared=shared if share else None)
+                    for i, p in enumerate(prompts)]  # unequal lengths: sequences left alone, gaps between slots
             done = sorted(Parallel(engine, n).run(jobs), key=lambda f: f.job.key)
+            assert all(f.error is None for f in done)
             return [(f.tokens, [lp.logprob for lp in f.logprobs]) for f in done]
 
-        alone, beside = run(1), run(3)
-    assert all(tokens for tokens, _ in alone)
-    assert alone == beside  # bit for bit
+        alone = run(1, False)
+        assert all(tokens for tokens, _ in alone)
+        assert run(3, False) == alone  # bit for bit
+        assert run(3, True) == alone  # the head evaluated once in the staging sequence and copied
+        assert run(1, True) == alone

@@ -63,7 +63,7 @@ def batch(
     system: Annotated[Optional[str], typer.Option("--system", "-s", help="System prompt for lines without one (evaluated once, shared).")] = None,
     think: Annotated[Optional[bool], typer.Option("--think/--no-think", help="Let the model think first, for lines that do not say (default off).")] = None,
     think_budget: Annotated[Optional[int], typer.Option("--think-budget", min=0, metavar="N", help="Close each thought after N tokens and answer (as llama.cpp's --reasoning-budget); a line's \"think_budget\" wins.")] = None,
-    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="CPU matmul kernels that keep each line's greedy or seeded output independent of --parallel and of the lines beside it (off by default: on the CPU they cost about 25 % more CPU time on prompt-heavy lines, none measurable on decode-heavy ones: bench/kernels.py; at --parallel 1 each decode step also carries a throwaway row, about 17 % more CPU time).")] = None,
+    deterministic: Annotated[Optional[bool], typer.Option("--deterministic/--no-deterministic", help="CPU matmul kernels that keep each line's greedy or seeded output independent of --parallel and of the lines beside it (off by default: on the CPU they cost about 25 % more CPU time on prompt-heavy lines, none measurable on decode-heavy ones: bench/kernels.py; prompts are evaluated in pieces of at most 63 rows, a few % more; at --parallel 1 each decode step also carries a throwaway row, about 17 % more CPU time).")] = None,
     *,
     o: opt.Common,
 ) -> None:

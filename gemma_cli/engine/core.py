@@ -154,6 +154,20 @@ class ModelInfo:
 # ---------------------------------------------------------------- engine
 
 
+# Under batch_invariant no sequence evaluates more rows than this in one ubatch: llama.cpp's CPU flash
+# attention takes a tiled kernel for 64 query rows or more of one sequence, which rounds differently
+# from the one for fewer, so a prompt row would otherwise depend on how its prompt was cut (one piece
+# at --parallel 1, shares beside other prompts and next tokens at --parallel 8, a shared head
+# evaluated apart). Measured on llama-cpp-python 0.3.36 (tests/test_batch_parallel.py pins it).
+INVARIANT_ROWS = 63
+
+
+def invariant_pieces(n: int) -> list[int]:
+    """`n` rows cut into near-equal pieces of at most INVARIANT_ROWS (none of one row unless n is 1)."""
+    k = max(1, -(-n // INVARIANT_ROWS))
+    return [n // k + (i < n % k) for i in range(k)]
+
+
 def _default_threads() -> int:
     # llama.cpp decodes fastest with one thread per physical core; hyperthreads slow it.
     n = os.cpu_count() or 1
@@ -317,7 +331,8 @@ class Engine:
             "n_ctx": self.n_ctx, "n_batch": self.n_batch, "n_ubatch": self.n_ubatch, "n_seq": self.n_seq,
             "swa_full": swa_full, "kv_type": kv_type, "flash_attn": self._flash_attn, "repack": self._repack,
             "gpu_layers": self.n_gpu_layers, "tiled": os.environ.get("GGML_CPU_TILED_MM", ""),
-            "llama_cpp": ll.__version__})
+            # how prompts are cut into ubatches: batch_invariant's pieces round differently from n_batch's
+            "invariant_rows": INVARIANT_ROWS if self.batch_invariant else None, "llama_cpp": ll.__version__})
         self.prompt_cache.bind_media(*((self.media.path, self.media.budget) if self.media else (None, None)))
 
     def close(self) -> None:
@@ -579,24 +594,35 @@ class Engine:
             pos += part.n_pos
 
     def _eval(self, tokens: Sequence[int], *, logits_last: bool, keys: Sequence | None = None) -> None:
-        """Decode `tokens` into sequence 0 in batches of n_batch, after what is cached.
+        """Decode `tokens` into sequence 0 in batches of n_batch (batch_invariant: invariant_pieces), after
+        what is cached.
 
         `keys`: what to remember in the cache for them instead of the ids (a span's begin/end tokens).
         """
-        for start in range(0, len(tokens), self.n_batch):
-            chunk = tokens[start : start + self.n_batch]
+        if not tokens:
+            return
+        n_all = len(tokens)
+        sizes = invariant_pieces(n_all) if self.batch_invariant else [self.n_batch] * -(-n_all // self.n_batch)
+        start = 0
+        for size in sizes:
+            chunk = tokens[start : start + size]
             last = start + len(chunk) == len(tokens)
             pos0, n = len(self.kv), len(chunk)
             rows = [(tok, pos0 + i, 0, False) for i, tok in enumerate(chunk)]
             if logits_last and last:
                 rows[-1] = (chunk[-1], pos0 + n - 1, 0, True)
-            rc = self.decode_rows(rows)
+            # batch_invariant: a lone row takes another matmul kernel (engine.parallel._padding)
+            pad = self.batch_invariant and n == 1 and pos0 + 1 < self.n_ctx_seq
+            rc = self.decode_rows(rows + [(chunk[0], pos0 + 1, 0, False)] if pad else rows)
+            if pad:
+                ll.llama_memory_seq_rm(self._mem, 0, pos0 + 1, -1)
             if rc != 0:
                 raise GemmaError(
                     f"llama.cpp could not evaluate the prompt (llama_decode returned {rc})",
                     "the context may be full: raise --ctx or shorten the conversation",
                 )
             self.kv.book(chunk if keys is None else keys[start : start + len(chunk)])
+            start += size
 
     def decode_all(self, tokens: Sequence[int]) -> int:
         """Decode `tokens` after sequence 0's cache in one batch, with logits for every row.

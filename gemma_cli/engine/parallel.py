@@ -17,7 +17,8 @@ sequence's tokens sit in its stream does not depend on what runs beside it. Toge
 `Engine(batch_invariant=True)` (matmul kernels that do not change with the batch's row count;
 `gemma batch --deterministic`) a job's tokens on the CPU are the same whichever jobs share
 its batches (no row goes alone into a ubatch then: one row takes another matmul kernel than
-several, so a sequence left alone gets a throwaway row, `_padding`), so `--parallel 1` and
+several, so a sequence left alone gets a throwaway row, `_padding`; and no sequence gets more
+than core.INVARIANT_ROWS prompt rows a batch: flash attention tiles 64 or more), so `--parallel 1` and
 `--parallel 8` give the same greedy output. llama.cpp's GPU backends choose kernels by
 batch size, so there a near-tie can still break differently.
 
@@ -39,7 +40,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
-from gemma_cli.engine.core import Sampling, TokenLogprob
+from gemma_cli.engine.core import INVARIANT_ROWS, Sampling, TokenLogprob
 from gemma_cli.engine.kv import common_prefix
 from gemma_cli.errors import ContextOverflowError, GemmaError
 from gemma_cli.format.reply import (
@@ -461,7 +462,8 @@ class Parallel:
         prompting = [s for s in active if s.queue]
         decoding = [] if prompting and not self.mix else [s for s in active if not s.queue]
         room = self.engine.n_batch - len(decoding) - (self.n if self.engine.batch_invariant else 0)  # _padding's
-        share = _shares([len(s.queue) for s in prompting], room)
+        cap = INVARIANT_ROWS if self.engine.batch_invariant else self.engine.n_batch
+        share = _shares([min(len(s.queue), cap) for s in prompting], room)
         rows, sample_at = [], []  # (slot, row whose logits give its next token, whether it decoded one)
         take = dict(zip(map(id, prompting), share))
         for slot in active:
