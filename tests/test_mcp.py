@@ -86,9 +86,11 @@ def test_gemini_cli_settings_are_read(home):
 
 def test_a_config_that_is_not_json_is_one_line(home):
     bad = home / "mcp.json"
-    bad.write_text("{nope")
-    proc = run_gemma("mcp", "list", "--mcp-config", bad, home=home)
-    assert_one_line_error(proc, str(bad), "not valid JSON")
+    for text in ("{nope", "[" * 100_000 + "]" * 100_000):  # the second was a RecursionError: "this is a bug"
+        bad.write_text(text)
+        proc = run_gemma("mcp", "list", "--mcp-config", bad, home=home)
+        assert_one_line_error(proc, str(bad), "not valid JSON")
+    assert_one_line_error(run_gemma("mcp", "list", "--mcp-config", home, home=home), str(home), "is a folder")
 
 
 def test_names_become_callable_and_clashes_get_the_server(home):

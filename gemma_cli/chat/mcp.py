@@ -79,7 +79,8 @@ def read_config(path: Path | None = None) -> McpConfig:
     own = paths.mcp_config()
     chosen = Path(path).expanduser() if path is not None else own
     if path is not None and not chosen.is_file():
-        raise ConfigError(f"MCP config {chosen} not found", "pass a JSON file with an \"mcpServers\" object")
+        why = "is a folder" if chosen.is_dir() else "not found"
+        raise ConfigError(f"MCP config {chosen} {why}", "pass a JSON file with an \"mcpServers\" object")
     data = _read_json(chosen) if chosen.is_file() else {}
     servers_data = data.get("mcpServers")
     if servers_data is None and isinstance(data.get("mcp"), dict):
@@ -107,6 +108,8 @@ def _read_json(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         where = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else "not UTF-8"
         raise ConfigError(f"MCP config {path} is not valid JSON ({where})", "fix the file") from None
+    except RecursionError:
+        raise ConfigError(f"MCP config {path} is not valid JSON (nested too deeply)", "fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"MCP config {path} holds no JSON object", '{"mcpServers": {...}}')
     return data
