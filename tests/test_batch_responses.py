@@ -6,6 +6,7 @@ greedy answers as `--api chat`, and a line the Responses API cannot say failing 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -244,3 +245,11 @@ def test_a_line_the_responses_api_cannot_say_fails_alone(server, tmp_path):
     assert got["fine"]["error"] is None and got["also"]["finish_reason"] in ("length", "stop")
     error = json.dumps(got["video"]["error"])
     assert "video_url" in error and "--api chat" in error
+
+
+def test_batch_help_has_an_api_responses_example(tmp_path):
+    from tests.clitools import run_gemma
+
+    proc = run_gemma("batch", "--help", home=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^ +gemma batch .*--endpoint \S+ --api responses$", proc.stdout, re.MULTILINE), proc.stdout

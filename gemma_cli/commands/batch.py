@@ -32,6 +32,7 @@ Examples:
   gemma batch examples/batch-openai.jsonl -o out.jsonl -m e4b
   cat prompts.jsonl | gemma batch - -o results.jsonl --system "Answer in one sentence."
   gemma batch prompts.jsonl -o results.jsonl --endpoint http://gpu-box:8000/v1 --concurrency 64
+  gemma batch prompts.jsonl -o results.jsonl --endpoint http://127.0.0.1:8080/v1 --api responses
   gemma batch rewrite.jsonl -o out.jsonl --draft ngram  (one line at a time, drafting from the prompt)
   gemma batch prompts.jsonl -o results.jsonl --restart          (redo every line)
 """
