@@ -358,7 +358,7 @@ def test_a_restarted_server_serves_a_continuing_client_from_its_kept_slot(e_mode
 
     def turn(server, messages):
         return server.client().chat.completions.create(model="gemma4-e", messages=messages, max_tokens=8,
-                                                       temperature=0)
+                                                       temperature=0, logprobs=True, top_logprobs=3)
 
     def conversation(home, *extra, restart: bool):
         server = Server(home, "-m", e_model, "--parallel", "2", *FAST, "--ctx", "4096", *extra)
@@ -377,8 +377,52 @@ def test_a_restarted_server_serves_a_continuing_client_from_its_kept_slot(e_mode
     first, restored = conversation(tmp_path / "a", restart=True)
     _, running = conversation(tmp_path / "b", "--no-cache", restart=False)
     assert restored.choices[0].message.content == running.choices[0].message.content
+    # Bit for bit: the running server too reuses its slot only from the end of the last turn (not the answer
+    # it decoded token by token), as the restored one does.
+    assert restored.choices[0].logprobs.model_dump() == running.choices[0].logprobs.model_dump()
     cached = restored.usage.prompt_tokens_details.cached_tokens
     assert cached >= first.usage.prompt_tokens - 8, restored.usage  # all but the first turn's generation prompt
+
+
+def test_a_slot_evicted_by_another_conversation_is_restored_from_disk_as_a_cold_run(e_model, tmp_path):
+    """--parallel 1: conversation B takes A's slot, so A's state at the end of its last turn goes to disk; A's
+    next turn is served from that entry (not from memory: the slot holds B) and answers as a cold server does."""
+    from tests.clitools import wait_for
+    from tests.test_serve import FAST, Server
+
+    a = [{"role": "system", "content": "You are terse. " * 20}, {"role": "user", "content": DOC[:600]}]
+    b = [{"role": "user", "content": "Something else"}]
+
+    def turn(server, messages):  # logprobs: the last bits of the logits show, not just the greedy tokens
+        return server.client().chat.completions.create(model="gemma4-e", messages=messages, max_tokens=8,
+                                                       temperature=0, logprobs=True, top_logprobs=3)
+
+    home = tmp_path / "a"
+    server = Server(home, "-m", e_model, "--parallel", "1", *FAST, "--ctx", "4096")
+    try:
+        first = turn(server, a)
+        assert not entries(home)  # nothing evicted yet
+        turn(server, b)  # takes A's slot
+        wait_for(lambda: entries(home), "the evicted slot's entry")
+        follow = a + [{"role": "assistant", "content": first.choices[0].message.content},
+                      {"role": "user", "content": "And the risks?"}]
+        restored = turn(server, follow)
+    finally:
+        server.stop()
+    cold_server = Server(tmp_path / "b", "-m", e_model, "--parallel", "1", *FAST, "--ctx", "4096", "--no-cache")
+    try:
+        cold = turn(cold_server, follow)
+    finally:
+        cold_server.stop()
+    assert not entries(tmp_path / "b")
+    assert cold.usage.prompt_tokens_details.cached_tokens == 0
+    assert restored.choices[0].message.content == cold.choices[0].message.content
+    assert restored.choices[0].logprobs.model_dump() == cold.choices[0].logprobs.model_dump()
+    cached = restored.usage.prompt_tokens_details.cached_tokens
+    # All of A's first prompt but its generation prompt: far more than B's short prompt could share.
+    assert cached >= first.usage.prompt_tokens - 8, restored.usage
+    listed = json.loads(run_gemma("cache", "list", "--json", home=home).stdout)["entries"]
+    assert [(e["tokens"], e["hits"]) for e in listed if e["hits"]] == [(cached, 1)]  # the evicted slot's entry
 
 
 def test_continue_after_the_interactive_chat_starts_where_it_ended(e_model, tmp_path):

@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from gemma_cli.engine.kv import common_prefix
 
 MAGIC = b"GEMMAKV\x01"
 SUFFIX = ".kv"
@@ -172,35 +171,6 @@ class PromptCache:
                     self._hit(digests[n])
                     return n, digests[n], state
         return None
-
-    def find_shared(self, items: Sequence, have: int) -> tuple[int, str, bytes, int] | None:
-        """For a context whose sliding-window layers keep every position (`swa_full`: any prefix of a state is
-        a valid restart point): the entry of this identity sharing the longest prefix with `items`, longer than
-        `have` (at most all but the last item): (that length, its name, its state, how many items it holds)."""
-        own = self._digests((), 0)[0][:ID_CHARS]
-        best, best_n = None, have
-        for name in self._names():
-            if name.startswith(own):
-                held = self._items_of(name)
-                n = min(common_prefix(held, items), len(items) - 1)
-                if n > best_n:
-                    best, best_n = (name, held), n
-        if best is None:
-            return None
-        state = self._read(best[0], best[1])
-        if state is None:
-            return None
-        self._hit(best[0])
-        return best_n, best[0], state, len(best[1])
-
-    def _items_of(self, name: str) -> list:
-        """An entry's items, from its header only (unchecked: _read() checks the whole entry)."""
-        try:
-            with open(self._path(name), "rb") as f:
-                (n_head,) = struct.unpack_from("<I", f.read(len(MAGIC) + 4), len(MAGIC))
-                return _decode_items(json.loads(f.read(n_head)).get("items", []))
-        except (OSError, ValueError, struct.error, AttributeError):
-            return []
 
     def save(self, kv) -> None:
         """Keep `kv`'s state (sequence 0) as it is now (written in a thread; an entry that exists is only touched)."""

@@ -81,6 +81,11 @@ class Job:
     # Each generated token's log probability (Finished.logprobs), with this many likeliest
     # alternatives (0: the token's own only; None: none at all).
     logprobs: int | None = None
+    # With keep_slots: where later prompts of the conversation restart (the end of each turn). The slot
+    # evaluates the prompt in pieces split there and reuses what it holds only from such a point, so its
+    # cells there are what a cold run computes and the answer does not depend on what the slot held before
+    # (evicted, restored from the prompt cache on disk, or cold: the same output).
+    save_at: Sequence[int] = ()
     key: object = None  # the caller's, handed back in Finished
     # Called (on the decoding thread) with each piece of text as it decodes; stop strings are
     # not cut from these pieces (Finished.text is cut).
@@ -116,6 +121,9 @@ class _Slot:
         self.samplers: list = []
         self.copied = False  # its KV stream may hold cells (removed when the slot is freed)
         self.cached: list[int] = []  # with keep_slots: the tokens its KV stream holds, position by position
+        # ...and the positions of `cached` where its cells are what a cold run split at the save points
+        # (Job.save_at) computes: the only states it is reused from for a job with save points, or kept on disk.
+        self.canonical: set[int] = {0}
         self.used = 0.0  # when its last job ended (the least recently used slot is taken first)
 
     def begin(self, job: Job, samplers: list, greedy: bool, n_prompt: int, budget: int, counts: tuple[int, int],
@@ -146,6 +154,8 @@ class _Slot:
         self.pending: int | None = None  # sampled, to be evaluated in the next step
         self.queue: list[int] = []  # prompt tokens still to evaluate (its first token comes after them)
         self.queue_pos = 0  # the position of queue[0]
+        self.splits: list[int] = []  # save points still ahead in the queue: a piece of it ends at each
+        self.canonical_run = False  # the queue starts at a canonical position (its save points are canonical then)
         self.finish: str | None = None
         self.error: GemmaError | None = None
         self.copied = False
@@ -299,45 +309,60 @@ class Parallel:
         if self.engine.prompt_cache is not None:
             self.engine.prompt_cache.flush()
 
-    def _keep(self, slot: _Slot) -> None:
-        if self.keep_slots and slot.cached and slot.job is None and self.engine.prompt_cache is not None:
-            self.engine.bind_prompt_cache()
-            self.engine.prompt_cache.keep_state(slot.cached, lambda: self.engine.kv.state(seq=slot.seq))
+    def _keep(self, slot: _Slot, below: int = 0) -> None:
+        """Before the slot's stream is cut to `below` positions (another conversation takes it, or the server
+        stops): keep its state at its last canonical point in the prompt cache, if the cut loses that point.
+
+        Only a canonical point (a save point reached by a cold run's pieces, never a generated token decoded
+        alone), so the conversation that comes back evaluates the rest as a cold run would: the same output."""
+        point = max(slot.canonical)
+        cache = self.engine.prompt_cache
+        if not (self.keep_slots and cache is not None and slot.job is None and below < point <= len(slot.cached)):
+            return
+        self.engine.kv.clear_sequence(slot.seq, point)  # what it holds past the point goes anyway
+        slot.cached = slot.cached[:point]
+        slot.canonical = {c for c in slot.canonical if c <= point}
+        self.engine.bind_prompt_cache()
+        cache.keep_state(slot.cached, lambda: self.engine.kv.state(seq=slot.seq))
 
     def _restore(self, slot: _Slot, tokens: list[int], have: int) -> int:
-        """A slot kept on disk (evicted, or by a server before a restart) that starts `tokens` and holds more
-        than `have` of them, loaded into `slot`: how many tokens it holds now."""
+        """A slot kept on disk (evicted, or by a server before a restart) whose items start `tokens` and are more
+        than `have` of them, loaded into `slot`: how many tokens it holds now. Entries are canonical points only."""
         engine, cache = self.engine, self.engine.prompt_cache
         engine.bind_prompt_cache()
-        # Without a sliding window (or with a full-size SWA cache, serve's) any prefix of a kept slot is a
-        # restart point: the longest shared.
-        found = cache.find_shared(tokens, have) if not engine.kv.n_swa else cache.find(tokens, have)
+        cache.flush()  # an eviction's write still under way
+        found = cache.find(tokens, have)
         if found is None:
             return have
         n, state = found[0], found[2]
-        engine.kv.clear_sequence(slot.seq)
-        slot.cached = []
+        self._clear(slot)
         if not engine.kv.load_state(state, seq=slot.seq):
-            engine.kv.clear_sequence(slot.seq)
+            self._clear(slot)
             return 0
-        engine.kv.clear_sequence(slot.seq, n)  # what the kept slot holds past the shared prefix
         slot.cached = list(tokens[:n])
+        slot.canonical = {0, n}
         return n
 
     def _clear(self, slot: _Slot) -> None:
         self.engine.kv.clear_sequence(slot.seq)
         slot.cached = []
+        slot.canonical = {0}
 
-    def _resume(self, slot: _Slot, tokens: list[int]) -> int:
-        """With keep_slots: cut the slot's KV stream back to what it shares with `tokens`; how many tokens that is."""
+    def _resume(self, slot: _Slot, tokens: list[int], save_at: Sequence[int] = ()) -> int:
+        """With keep_slots: cut the slot's KV stream back to what it shares with `tokens` (with save points: to the
+        last canonical point in that); how many tokens that is. What the cut loses is kept on disk first."""
         n = min(common_prefix(slot.cached, tokens), len(tokens) - 1)  # the last token is evaluated, for its logits
         if n > 0 and self.engine.info.n_swa > 0:
             # The next position attends to the n_swa before it in SWA layers: they must still be held.
             pos_min = self.engine.kv.pos_min(slot.seq)
             if not (pos_min <= 0 or pos_min < max(0, n - self.engine.info.n_swa)):
                 n = 0
+        if save_at:  # a conversation: from where a cold run's cells are the same, never inside a generated answer
+            n = max(c for c in slot.canonical if c <= n)
+        self._keep(slot, n)
         self.engine.kv.clear_sequence(slot.seq, n)
         slot.cached = slot.cached[:n]
+        slot.canonical = {c for c in slot.canonical if c <= n}
         return n
 
     def _start_group(self, group: list[tuple[_Slot, Job]]) -> Iterator[Finished]:
@@ -350,6 +375,7 @@ class Parallel:
         """
         for slot, job in group:
             if job.media:
+                self._keep(slot)  # its stream is about to be replaced
                 done = self._start(slot, job)
                 if done is not None:
                     yield done
@@ -359,7 +385,7 @@ class Parallel:
             try:
                 samplers = _samplers(self.engine, job)
                 tokens, _ = self._prompt(job)
-                reused = hit = self._resume(slot, tokens) if slot.cached else 0
+                reused = hit = self._resume(slot, tokens, job.save_at) if slot.cached else 0
                 if self.keep_slots and self.engine.prompt_cache is not None:
                     reused = hit = self._restore(slot, tokens, reused)
                 if reused < (job.shared or 0):
@@ -374,6 +400,8 @@ class Parallel:
             self._begin(slot, job, samplers, tokens, (len(tokens) - hit, hit), t0)
             slot.copied = True  # its stream holds (or is about to hold) the prompt
             slot.queue, slot.queue_pos = tokens[reused:], reused
+            slot.splits = sorted(p for p in set(job.save_at) if reused < p < len(tokens))
+            slot.canonical_run = reused in slot.canonical
 
     def _seed(self, slot: _Slot, tokens: list[int], shared: int | None) -> tuple[int, int]:
         """Copy the shared head of `tokens` from the staging sequence into the slot: how many tokens that
@@ -431,6 +459,7 @@ class Parallel:
         if slot.cached:
             self._clear(slot)
         slot.copied = True  # from here on its stream may hold cells to remove
+        slot.canonical = {0}  # evaluated apart: not in the slot's pieces
         if not self.engine.kv.copy(STAGING, slot.seq):
             raise GemmaError(f"llama.cpp could not copy a prompt's KV cache into sequence {slot.seq}",
                              "lower --parallel or --ctx; run with --verbose for llama.cpp's log")
@@ -463,7 +492,8 @@ class Parallel:
         decoding = [] if prompting and not self.mix else [s for s in active if not s.queue]
         room = self.engine.n_batch - len(decoding) - (self.n if self.engine.batch_invariant else 0)  # _padding's
         cap = INVARIANT_ROWS if self.engine.batch_invariant else self.engine.n_batch
-        share = _shares([min(len(s.queue), cap) for s in prompting], room)
+        share = _shares([min(len(s.queue), cap, (s.splits or [s.queue_pos + len(s.queue)])[0] - s.queue_pos)
+                         for s in prompting], room)
         rows, sample_at = [], []  # (slot, row whose logits give its next token, whether it decoded one)
         take = dict(zip(map(id, prompting), share))
         for slot in active:
@@ -488,6 +518,10 @@ class Parallel:
         for slot in prompting:
             n = take.get(id(slot), 0)
             slot.queue, slot.queue_pos = slot.queue[n:], slot.queue_pos + n
+            if slot.splits and slot.queue_pos == slot.splits[0]:
+                slot.splits.pop(0)
+                if slot.canonical_run:
+                    slot.canonical.add(slot.queue_pos)
         done = []
         for slot, row, decoded in sample_at:
             if decoded:
@@ -588,6 +622,7 @@ class Parallel:
             # or, ended before its prompt was, the part of the prompt evaluated.
             held = slot.queue_pos if slot.queue else slot.pos
             slot.cached = (slot.prompt + slot.tokens)[:held]
+            slot.canonical = {c for c in slot.canonical if c <= held}
             self.engine.kv.clear_sequence(slot.seq, held)
         elif slot.copied or (slot.cached and slot.job is not None):  # a job that failed, or had media
             self._clear(slot)

@@ -113,6 +113,8 @@ class Builder:
         self.format = format_of_engine(engine)
         self._media = None
         self._media_lock = threading.Lock()  # requests build their jobs on worker threads; the media cache is shared
+        # A turn's end (the prompt's save points, engine.parallel's Job.save_at), as tokens.
+        self._turn_end = engine.tokenize("<turn|>\n" if self.gemma4 else "<end_of_turn>\n")
 
     @property
     def gemma4(self) -> bool:
@@ -154,7 +156,7 @@ class Builder:
         return Job(tokens, sampling, req.max_tokens or self.settings.max_tokens, media or None,
                    free_thought=bool(req.think and constrained and self.gemma4),
                    in_thought=self.gemma4 and ends_in_thought(text),  # after a tool result with thinking on
-                   stop=req.stop, logprobs=req.logprobs)
+                   stop=req.stop, logprobs=req.logprobs, save_at=() if media else turn_ends(tokens, self._turn_end))
 
     def _load_media(self, text: str, messages: list[dict]) -> tuple[str, list]:
         """The prompt with its videos written out as frames, and the media for it in prompt order."""
@@ -182,6 +184,16 @@ class Builder:
             if kind == "audio":
                 self._media.rate = projector.sample_rate
         return self._media.for_prompt(text, messages)
+
+
+def turn_ends(tokens: list[int], close: list[int]) -> list[int]:
+    """The positions just after each turn's end (`close`, its tokens) in a prompt: where a continuing client's
+    next prompt shares this one, so the slot keeps its state there (engine.parallel, the prompt cache on disk)."""
+    n = len(close)
+    if not n:
+        return []
+    first = close[0]
+    return [i + n for i, tok in enumerate(tokens) if tok == first and tokens[i : i + n] == close]
 
 
 # ---------------------------------------------------------------- responses
