@@ -30,7 +30,11 @@ it may block then), `Job.on_text` streams each job's text as it decodes, `cancel
 ends a job at the next step (a client that went away), and `keep_slots=True` keeps a
 finished job's KV cells in its slot: the next job whose prompt starts the same way (a
 client continuing its conversation) is put in that slot and evaluates only what is new,
-like llama-server's slot cache.
+like llama-server's slot cache. A job with save points (`Job.save_at`: a conversation's turn
+ends) is evaluated in pieces split there and reuses a slot only from such a point a cold run
+reached; with the engine's prompt cache a slot's state at that point goes to disk when another
+job takes the slot or the server stops, and comes back into a slot for a prompt that starts
+with it: the same output as a cold run's either way.
 """
 
 from __future__ import annotations
