@@ -80,6 +80,8 @@ def test_the_request_object_carries_each_field():
     ({"messages": MESSAGES, "stop": ["a", ""]}, "stop", '"stop" must be a string or a list'),
     ({"messages": MESSAGES, "tools": [{"type": "function", "function": {}}]}, "tools[0]", "function name"),
     ({"messages": MESSAGES, "tool_choice": "required"}, "tool_choice", "declares no tools"),
+    ({"messages": MESSAGES, "tools": [{"name": "f"}, {"name": "g"}, {"name": "f"}]}, "tools[2]",
+     "as tools[0] is; tool names must be unique"),  # was accepted: a call to f could mean either
     ({"messages": MESSAGES, "tools": [{"name": "f"}], "tool_choice": {"type": "function", "function": {"name": "g"}}},
      "tool_choice", "'g', which is not among the declared tools"),
     ({"messages": MESSAGES, "tools": [{"name": "f"}], "tool_choice": "sometimes"}, "tool_choice", "not supported"),

@@ -285,6 +285,10 @@ def read_tools(value) -> list[dict] | None:
         if fn.get("parameters") is not None and not isinstance(fn["parameters"], dict):
             raise RequestError(f"tools[{i}].function.parameters must be a JSON Schema object",
                                f"tools[{i}].function.parameters")
+        same = next((j for j, d in enumerate(tools) if d["function"]["name"] == fn["name"]), None)
+        if same is not None:  # which one a call means is unknowable (Anthropic's API refuses them too)
+            raise RequestError(f"tools[{i}] is named {fn['name']!r}, as tools[{same}] is; tool names must be unique",
+                               f"tools[{i}]")
         tools.append({"type": "function", "function": fn})
     return tools or None
 
