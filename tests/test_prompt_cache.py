@@ -132,6 +132,18 @@ def test_a_damaged_entry_is_one_note_and_deleted(e_model, tmp_path):
 # ---------------------------------------------------------------- describe-image
 
 
+def _describe_twice(args: list, home, first: str, second: str) -> tuple[dict, dict]:
+    """A describe command asked `first`, then `second` with the cache (warm) and without it (cold)."""
+
+    def run(*extra):
+        proc = run_gemma(*args, *extra, home=home)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)["results"][0]
+
+    run("-p", first)
+    return run("-p", second), run("-p", second, "--no-cache")
+
+
 def test_describe_image_twice_restores_the_image(e_model, vision_mmproj, tmp_path):
     from tests.test_describe import picture
 
@@ -139,15 +151,7 @@ def test_describe_image_twice_restores_the_image(e_model, vision_mmproj, tmp_pat
     picture(3).save(image)
     args = ["describe-image", image, "--model", e_model, "--mmproj", vision_mmproj, "--image-tokens", "70",
             *GREEDY]
-
-    def run(*extra):
-        proc = run_gemma(*args, *extra, home=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)["results"][0]
-
-    run("-p", "What is it?")
-    warm = run("-p", "Which colours?")
-    cold = run("-p", "Which colours?", "--no-cache")
+    warm, cold = _describe_twice(args, tmp_path, "What is it?", "Which colours?")
     assert warm["stats"]["disk_cached_tokens"] >= 70, warm["stats"]
     assert warm["description"] == cold["description"]
 
@@ -158,15 +162,7 @@ def test_describe_video_twice_restores_the_frames(e_model, vision_mmproj, tmp_pa
     clip = tmp_path / "clip.mp4"
     write_clip(clip)
     args = ["describe-video", clip, "--model", e_model, "--mmproj", vision_mmproj, "--frames", "4", *GREEDY]
-
-    def run(*extra):
-        proc = run_gemma(*args, *extra, home=tmp_path)
-        assert proc.returncode == 0, proc.stderr
-        return json.loads(proc.stdout)["results"][0]
-
-    run("-p", "What happens?")
-    warm = run("-p", "What moves?")
-    cold = run("-p", "What moves?", "--no-cache")
+    warm, cold = _describe_twice(args, tmp_path, "What happens?", "What moves?")
     assert warm["stats"]["disk_cached_tokens"] >= 4 * 60, warm["stats"]  # the four frames, from disk
     assert warm["description"] == cold["description"]
 
