@@ -111,6 +111,12 @@ def main(argv: list[str] | None = None) -> None:
         # `gemma chat … | head`: the reader left; exit quietly like other Unix tools.
         _silence_stdout()
         sys.exit(0)
+    except SystemExit as e:
+        # Typer's main catches that BrokenPipeError itself: it wraps stdout in a PacifyFlushWrapper and exits 1.
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            _silence_stdout()
+            sys.exit(0)
+        raise
     except Exception as e:  # noqa: BLE001 - the boundary: never a raw traceback
         if debug:
             raise
