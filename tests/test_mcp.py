@@ -191,6 +191,30 @@ def test_stdio_servers_list_call_errors_images_timeouts_and_restarts(home):
     assert pids and not [p for p in pids if alive(p)]
 
 
+def test_a_server_that_dies_between_calls_is_restarted_at_the_next_one(home):
+    # Between calls the host's loop rests (calls run it in the caller's thread): the death is seen at the next
+    # call, which starts the server again and answers, as a server that dies mid-call gets at its next call.
+    from gemma_cli.chat import mcp
+
+    pidfile = home / "pid"
+    host = mcp.Host(mcp.McpConfig(home / "mcp.json", {}),
+                    [mcp.ServerSpec("ours", command=sys.executable, args=[SERVER, "--pidfile", str(pidfile)])],
+                    approve_all=True)
+    try:
+        host.wait()
+        assert host.call("echo", {"text": "one"}).value == "echo: one"
+        first = int(pidfile.read_text())
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{first}").exists(), "the killed server to be reaped")
+        again = host.call("echo", {"text": "two"})
+        assert again.error is None and again.value == "echo: two", again
+        assert int(pidfile.read_text()) != first
+        assert "exited between calls" not in (host.servers["ours"].why or "")  # it is running again
+        assert host.servers["ours"].status == "ready"
+    finally:
+        host.close()
+
+
 def test_a_server_that_exits_at_start_is_named_with_the_end_of_its_stderr(home):
     from gemma_cli.chat import mcp
 

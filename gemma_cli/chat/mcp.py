@@ -8,9 +8,11 @@
 - **Lifecycle**: every server starts at once on one asyncio loop in a background thread (each its own task
   that holds its session open until the chat ends), with a startup timeout; a stdio server's process is
   spawned before the SDK is imported (`mcp_stdio`), so its start overlaps that import; one that fails is a line saying
-  why and the chat goes on without it. A server that dies is restarted once, at its next call. Calls have a
-  timeout that progress notifications extend; `close()` stops every process (the SDK's shutdown, then a
-  kill of any process group still alive).
+  why and the chat goes on without it. Once they are up the loop leaves its thread: each call runs it in the
+  caller's thread (no hop between threads per call), and between calls it rests. A server that dies (during a
+  call, or between calls: seen at the next one) is restarted once, at its next call. Calls have a timeout that
+  progress notifications extend; `close()` stops every process (the SDK's shutdown, then a kill of any
+  process group still alive).
 - **The model's side**: declarations under names Gemma 4's call syntax carries (`[A-Za-z0-9_]`), `server__tool`
   on a clash; results turned into tool responses (`convert`).
 
@@ -319,6 +321,7 @@ class Server:
     started_s: float = 0.0  # how long its start took
     restarts: int = 0
     client: Any = None
+    process: Any = None  # a stdio server's process (anyio's), while its session is open
     pids: set[int] = field(default_factory=set)
     task: Any = None
     stop: Any = None  # asyncio.Event
@@ -365,12 +368,36 @@ class Host:
         if not self._started:
             self.begin()
         for server in self.servers.values():
-            self._submit(self._await_ready(server)).result()
+            self._run(self._await_ready(server))
         self._assign()
+        self._take_loop()
         return list(self.servers.values())
+
+    def _take_loop(self) -> None:
+        """Once the servers are up, their loop leaves its thread: each later call runs it in the caller's own
+        thread, with no hop between two threads per call (bench/mcp.py, one call's round trip). Between calls
+        the loop rests; what a server sends meanwhile waits in its pipe, and a death is noticed at the next call."""
+        if self._thread is None:
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)
+        if not self._thread.is_alive():
+            self._thread = None
 
     def _submit(self, coro):
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _run(self, coro, timeout: float | None = None):
+        """Run `coro` on the servers' loop and return its result: through the loop's thread while the servers
+        start, in this thread after. Here, a first Ctrl-C cancels `coro` (CancelledError), a second interrupts."""
+        if self._thread is not None:
+            return self._submit(coro).result(timeout)
+        task = self._loop.create_task(coro if timeout is None else asyncio.wait_for(coro, timeout))
+        restore = _cancel_on_sigint(self._loop, task)
+        try:
+            return self._loop.run_until_complete(task)
+        finally:
+            restore()
 
     async def _begin(self, server: Server) -> None:
         server.ready = self._loop.create_future()
@@ -409,6 +436,7 @@ class Host:
                 if process is not None:
                     server.pids.add(process.pid)
                     self._known_children.add(process.pid)
+                    server.process = process
                 await asyncio.to_thread(_import_sdk)  # in a worker thread: the loop meanwhile spawns the others
                 # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
                 from mcp import Client
@@ -438,6 +466,8 @@ class Host:
         finally:
             if server.client is client:
                 server.client = None
+            if server.process is process:
+                server.process = None
             if process is not None and process.returncode is None:  # spawned but never handed to the session
                 await asyncio.shield(mcp_stdio.stop(process))
             if not ready.done():
@@ -483,13 +513,15 @@ class Host:
             return
         self._closed = True
         try:
-            self._submit(self._stop_all()).result(timeout=15)
+            if not (self._thread is None and self._loop.is_running()):  # not from inside a call (a signal's exit)
+                self._run(self._stop_all(), timeout=15)
         except BaseException:  # noqa: BLE001 - a stop that fails or is interrupted still ends with the kill below
             pass
         for pid in sorted(self._known_children):
             _kill_group(pid)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=5)
 
     async def _stop_all(self) -> None:
         await asyncio.gather(*(self._stop(s) for s in self.servers.values()), return_exceptions=True)
@@ -544,11 +576,9 @@ class Host:
             return ToolOutcome({"error": f"unknown tool {public!r}"}, error=f"unknown tool {public!r}")
         args = arguments if isinstance(arguments, dict) else {}
         t0 = time.perf_counter()
-        future = self._submit(self._call(self.servers[tool.server], tool, args))
         try:
-            result = future.result()
-        except KeyboardInterrupt:
-            future.cancel()
+            result = self._run(self._call(self.servers[tool.server], tool, args))
+        except (KeyboardInterrupt, asyncio.CancelledError):
             err = "the user cancelled this call (Ctrl-C)"
             return ToolOutcome({"error": err}, server=tool.server, error=err, seconds=time.perf_counter() - t0,
                                arguments=args)
@@ -563,6 +593,8 @@ class Host:
         # lazy: the MCP SDK, only when a server is configured; keeps gemma --help fast
         from mcp import MCPError
 
+        if server.client is not None and server.process is not None and _gone(server.process):
+            await self._bury(server, "exited between calls")  # while the loop rested: it starts again below
         if server.client is None:
             if server.restarts >= 1 or server.status not in ("dead",):
                 raise ServerFailed(f"MCP server {server.spec.name} is not running ({server.why or server.status})")
@@ -571,37 +603,91 @@ class Host:
             await self._await_ready(server)
             if server.client is None:
                 raise ServerFailed(f"MCP server {server.spec.name} could not be restarted: {server.why}")
-        activity = asyncio.Event()
-
-        async def progress(_progress, _total, _message) -> None:
-            activity.set()
-
-        task = asyncio.ensure_future(server.client.call_tool(tool.name, args, progress_callback=progress))
+        # No task and no waiter of its own, one timer: the call's cost stays near the SDK's (bench/mcp.py).
+        deadline = _Deadline(server.spec.timeout)
         try:
-            while True:
-                waiter = asyncio.ensure_future(activity.wait())
-                done, _ = await asyncio.wait({task, waiter}, timeout=server.spec.timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-                if task in done:
-                    return task.result()
-                if not done:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
-                    raise ServerFailed(f"MCP tool {tool.name} on {server.spec.name} gave no result or progress "
-                                       f"within {server.spec.timeout:g} s (the server's \"timeout\" in the config)")
-                activity.clear()
-        except asyncio.CancelledError:
-            task.cancel()
+            return await server.client.call_tool(tool.name, args, progress_callback=deadline.progress)
+        except asyncio.CancelledError:  # the deadline's, or a Ctrl-C's
+            if deadline.expired:
+                raise ServerFailed(f"MCP tool {tool.name} on {server.spec.name} gave no result or progress "
+                                   f"within {server.spec.timeout:g} s (the server's \"timeout\" in the config)") from None
             raise
         except MCPError as e:
             if server.client is None or server.status == "dead" or _closed(e):
-                server.status, server.why, server.client = "dead", "exited during a call", None
-                server.stop.set()  # its session task ends; the next call starts a new one
+                await self._bury(server, "exited during a call")  # the next call starts a new session
                 again = "it is restarted once, at its next call" if server.restarts == 0 else "it is not restarted again"
                 raise ServerFailed(f"MCP server {server.spec.name} exited during the call ({again}; "
                                    f"its log: {server.log})") from None
             raise ServerFailed(f"MCP error {e.code}: {e}") from None
+        finally:
+            deadline.stop()
+
+    async def _bury(self, server: Server, why: str) -> None:
+        """A server that died: its session closed and its process reaped now, while this loop runs."""
+        server.status, server.why, server.client = "dead", why, None
+        server.stop.set()
+        if server.task is not None and not server.task.done():
+            await asyncio.wait({server.task}, timeout=mcp_stdio.GRACE + 2 * mcp_stdio.TERM_GRACE + 1)
+
+
+def _gone(process) -> bool:
+    """Whether a stdio server's process has ended: its exit seen by the loop, or, while the loop rested, its
+    pid reaped by asyncio's child watcher thread (one system call, no turn of the loop)."""
+    if process.returncode is not None:
+        return True
+    try:
+        os.kill(process.pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return False
+
+
+def _cancel_on_sigint(loop, task):
+    """While `task` runs the loop in the main thread, a first Ctrl-C cancels it (as `asyncio.run` does) and a
+    second raises KeyboardInterrupt; the function returned puts the handler back."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return lambda: None
+    pressed = []
+
+    def on_sigint(signum, frame):
+        pressed.append(signum)
+        if len(pressed) > 1 or task.done():
+            raise KeyboardInterrupt
+        task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wakes the selector
+
+    signal.signal(signal.SIGINT, on_sigint)
+    return lambda: signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+class _Deadline:
+    """Cancels the task it is made in once `timeout` seconds pass with no progress notification from the
+    server (each one starts the clock again): one timer on the loop, no waiter task per call."""
+
+    def __init__(self, timeout: float):
+        self.timeout = timeout
+        self.expired = False
+        self._loop = asyncio.get_running_loop()
+        self._task = asyncio.current_task()
+        self._last = self._loop.time()
+        self._timer = self._loop.call_at(self._last + timeout, self._check)
+
+    async def progress(self, _progress, _total, _message) -> None:
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        due = self._last + self.timeout
+        if self._loop.time() < due:  # progress came meanwhile: wait on from the last one
+            self._timer = self._loop.call_at(due, self._check)
+        elif not self._task.done():
+            self.expired = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._timer.cancel()
 
 
 def _quiet_sdk_log() -> None:
