@@ -168,6 +168,16 @@ def test_torn_last_line_is_repaired(tmp_path):
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [1, 2, 3]
 
 
+def test_a_line_nested_too_deeply_is_no_record_and_stays(tmp_path):
+    out = tmp_path / "out.jsonl"
+    deep = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+    write_lines(out, rec(1), tail=deep + json.dumps(rec(2, {"code": "x", "message": "m"})).encode() + b"\n")
+    o = Output(out)  # was a RecursionError: the run stopped as "a bug"
+    assert o.kept == 1 and o.retrying == 1 and not o.repaired
+    o.close()
+    assert out.read_bytes() == json.dumps(rec(1)).encode() + b"\n" + deep  # only the error record was dropped
+
+
 def test_power_cut_zeros_at_the_end_are_repaired(tmp_path):
     out = tmp_path / "out.jsonl"
     write_lines(out, rec(1), tail=b"\0" * 100)

@@ -130,6 +130,7 @@ def test_a_real_non_utf8_argument_and_stdin_in_a_subprocess(fake, tmp_path):
     ('[{"type": "object"}]', "holds a JSON array, not a JSON Schema object"),
     ('"object"', "holds a JSON string"),
     ('{"type": "object",', "is not valid JSON"),
+    pytest.param("[" * 100_000 + "]" * 100_000, "is not valid JSON (nested too deeply)", id="nested-too-deeply"),
 ])
 def test_a_schema_gemma_cannot_use_is_one_line_naming_the_file(fake, tmp_path, text, needle):
     schema = tmp_path / "person.json"

@@ -74,6 +74,14 @@ def test_invalid_yaml_names_file_and_line(cfg):
     assert e.value.hint
 
 
+def test_yaml_nested_too_deeply_is_one_line(cfg):
+    cfg.write_text("temperature: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError, match="nested too deeply") as e:  # was a RecursionError: "a bug"
+        config.load()
+    assert e.value.message == f"invalid YAML in {cfg}: nested too deeply" and e.value.hint
+    assert_one_line_error(run_in_process("config", "show"), "invalid YAML in", "nested too deeply")
+
+
 def test_tab_indentation_is_reported_with_its_line(cfg):
     cfg.write_text("temperature: 0.7\n\tseed: 1\n")
     with pytest.raises(ConfigError, match=r"line 2"):

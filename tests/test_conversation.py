@@ -11,6 +11,7 @@ import pytest
 from gemma_cli.chat import tools
 from gemma_cli.errors import GemmaError
 from gemma_cli.format import conversation, prompt
+from gemma_cli.store import paths
 from tests.clitools import assert_one_line_error, run_gemma
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -80,6 +81,7 @@ def test_save_writes_openai_format_and_round_trips(tmp_path):
 
 @pytest.mark.parametrize("content, needle", [
     ("{not json", "not valid JSON (line 1"),
+    pytest.param("[" * 100_000 + "]" * 100_000, "not valid JSON (nested too deeply)", id="nested-too-deeply"),
     ('{"messages": 3}', 'no "messages" list'),
     ('{"messages": [{"role": "wizard", "content": "x"}]}', "unknown role 'wizard'"),
 ])
@@ -89,6 +91,28 @@ def test_bad_conversation_files_are_one_line_errors(tmp_path, content, needle):
     with pytest.raises(GemmaError, match=None) as e:
         conversation.load(path)
     assert needle in e.value.message and "bad.json" in e.value.message
+
+
+def test_a_conversation_nested_too_deeply_is_one_line_for_load_and_continue(fake, tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "deep.json").write_text(deep)
+    last = paths.last_conversation()
+    last.parent.mkdir(parents=True, exist_ok=True)
+    last.write_text(deep)
+    for flags, name in ((["--load", tmp_path / "deep.json"], "deep.json"), (["--continue"], "last.json")):
+        proc = fake.gemma("chat", "hi", "--model", fake.model, *flags)
+        assert_one_line_error(proc, name, "is not valid JSON (nested too deeply)")
+        assert proc.returncode == 1 and "this is a bug" not in proc.stderr
+    assert fake.calls == []
+
+
+def test_tool_call_arguments_nested_too_deeply_stay_text(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": deep}}]}]}))
+    conv = conversation.load(path)  # was a RecursionError
+    assert conv.messages[1]["tool_calls"][0]["function"]["arguments"] == deep
 
 
 def test_load_missing_conversation_via_cli(fake, tmp_path):
@@ -140,6 +164,18 @@ def test_json_tools_are_declarations_only(tmp_path):
     path.write_text(json.dumps([{"name": "lookup", "description": "d", "parameters": {"type": "object"}}]))
     box = tools.load(path)
     assert not box.runnable and box.declarations[0]["function"]["name"] == "lookup"
+
+
+@pytest.mark.parametrize("data, needle", [
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "bad.json is not valid JSON (nested too deeply)", id="nested"),
+    pytest.param(b'[{"name": "caf\xe9"}]', "bad.json is not UTF-8 text (byte 14)", id="latin-1"),
+])
+def test_a_json_tools_file_gemma_cannot_read_is_one_line(fake, tmp_path, data, needle):  # were "a bug"
+    path = tmp_path / "bad.json"
+    path.write_bytes(data)
+    proc = fake.gemma("chat", "hi", "--model", fake.model, "--tools", path)
+    assert_one_line_error(proc, needle)
+    assert proc.returncode == 1 and "this is a bug" not in proc.stderr
 
 
 def test_json_tools_in_one_shot_show_the_call_and_json_returns_it(fake, tmp_path):

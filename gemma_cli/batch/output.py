@@ -170,6 +170,6 @@ def _fsync_dir(folder: Path) -> None:
 def _parse_record(raw: bytes) -> dict | None:
     try:
         rec = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # a line nested too deeply is no record
         return None
     return rec if isinstance(rec, dict) and ("id" in rec or "custom_id" in rec) else None

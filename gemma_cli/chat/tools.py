@@ -78,6 +78,10 @@ def _load_json(path: Path) -> list[dict]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise GemmaError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})", "fix the file") from None
+    except RecursionError:
+        raise GemmaError(f"{path} is not valid JSON (nested too deeply)", "fix the file") from None
+    except UnicodeDecodeError as e:
+        raise GemmaError(f"tools file {path} is not UTF-8 text (byte {e.start})", "save it as UTF-8") from None
     items = data.get("tools", data) if isinstance(data, dict) else data
     if not isinstance(items, list) or not all(isinstance(t, dict) for t in items):
         raise GemmaError(f"{path}: expected a list of tool declarations", '[{"type": "function", "function": {...}}]')

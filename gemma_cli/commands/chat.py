@@ -306,6 +306,8 @@ def _read_schema(path: Path) -> dict:
         schema = json.loads(_read_text(path, "schema"))
     except json.JSONDecodeError as e:
         raise GemmaError(f"{path} is not valid JSON (line {e.lineno}: {e.msg})", "a schema is a JSON Schema object") from None
+    except RecursionError:
+        raise GemmaError(f"{path} is not valid JSON (nested too deeply)", "a schema is a JSON Schema object") from None
     if not isinstance(schema, dict):
         kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(schema), "null")
         raise GemmaError(f"{path} holds a JSON {kind}, not a JSON Schema object",

@@ -48,6 +48,8 @@ def load(path: str | Path) -> Conversation:
     except json.JSONDecodeError as e:
         raise GemmaError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})",
                          'a conversation file is {"messages": [...]}') from None
+    except RecursionError:
+        raise GemmaError(f"{path} is not valid JSON (nested too deeply)", 'a conversation file is {"messages": [...]}') from None
     except (OSError, UnicodeDecodeError) as e:
         raise GemmaError(f"cannot read {path}: {e}", "check the file") from None
     if isinstance(data, list):  # a bare list of messages
@@ -115,7 +117,7 @@ def _normalize_call(call: dict) -> dict:
             parsed = json.loads(args) if args.strip() else {}
             if isinstance(parsed, dict):
                 function["arguments"] = parsed
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             pass  # keep the raw text: the template writes it as it is
     call["function"] = function
     call.setdefault("type", "function")

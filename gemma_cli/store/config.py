@@ -214,6 +214,9 @@ def _read(file: Path) -> dict:
         raise ConfigError(f"invalid YAML in {file}{line}: {problem}",
                           f"fix {file} (it holds lines like 'temperature: 0.7'); `gemma config set` and "
                           "`gemma config unset` still edit it") from None
+    except RecursionError:
+        raise ConfigError(f"invalid YAML in {file}: nested too deeply", f"fix {file} (it holds lines like "
+                          "'temperature: 0.7'); `gemma config set` and `gemma config unset` still edit it") from None
     if data is None:
         return {}
     if not isinstance(data, dict) or not isinstance(node, yaml.MappingNode):
