@@ -41,6 +41,17 @@ def test_the_think_budget_in_force_is_in_the_json_stats(tmp_path, e_model):
     assert json.loads(proc.stdout)["stats"]["think_budget"] is None
 
 
+def test_batch_refuses_mmproj_with_an_endpoint(tmp_path):
+    # The remote server has its own projector: --mmproj was silently ignored. Refused before any request is sent.
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "prompt": "hi"}\n')
+    proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "--endpoint", "http://127.0.0.1:9/v1",
+                     "--mmproj", tmp_path / "mmproj.gguf", home=tmp_path)
+    refused(proc, "--mmproj is the local engine's projector; with --endpoint the server uses its own",
+            "drop --mmproj (or --endpoint)")
+    assert proc.returncode == 2 and not (tmp_path / "o.jsonl").exists()
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--no-vad", "--vad-threshold", "0.7"], ["--vad-threshold has no effect with --no-vad"]),
     (["--no-vad", "--max-cue", "5"], ["--max-cue has no effect with --no-vad"]),

@@ -88,6 +88,9 @@ def batch(
     if _drafting(o.draft) and endpoint:
         raise UsageError("--draft runs on the local engine; with --endpoint the server decides how it decodes",
                          "drop --draft (or --endpoint)")
+    if o.mmproj and endpoint:
+        raise UsageError("--mmproj is the local engine's projector; with --endpoint the server uses its own",
+                         "drop --mmproj (or --endpoint)")
     if think_budget is not None and endpoint:
         raise UsageError("--think-budget runs on the local engine; OpenAI-compatible servers have no field for it",
                          "drop --think-budget (or --endpoint)")
