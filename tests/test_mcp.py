@@ -118,6 +118,18 @@ def test_gemma_mcp_add_list_test_remove(home):
     assert_one_line_error(run_gemma("mcp", "test", "ours", home=home), "no MCP server named 'ours'")
 
 
+def test_an_unknown_server_name_is_a_usage_error_listing_the_names_everywhere(home, fake):
+    # remove said exit 2, test and chat --mcp exit 1: all are 2 now, with the names that exist
+    (home / "config").mkdir(exist_ok=True)
+    write_config(home / "config" / "mcp.json", {"time": ours(), "git": {"type": "http", "url": "http://127.0.0.1:9/mcp"}})
+    for args in (["mcp", "remove", "nosuch"], ["mcp", "test", "nosuch"],
+                 ["chat", "hi", "--model", fake.model, "--mcp", "nosuch"]):
+        proc = fake.gemma(*args)
+        assert_one_line_error(proc, "no MCP server named 'nosuch'", "(configured: time, git)")
+        assert proc.returncode == 2, args
+    assert fake.calls == []
+
+
 def test_gemma_mcp_add_refuses_what_would_not_work_and_takes_a_bare_url(home):
     own = home / "config" / "mcp.json"
     for name in ("bad name!", ""):  # were added

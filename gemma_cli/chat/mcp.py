@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 from gemma_cli.chat import mcp_stdio
 from gemma_cli.chat.tools import ToolOutcome
-from gemma_cli.errors import ConfigError, GemmaError
+from gemma_cli.errors import ConfigError, GemmaError, UsageError
 from gemma_cli.store import paths
 
 DEFAULT_CALL_TIMEOUT = 60.0
@@ -188,13 +188,14 @@ def save_servers(edit: Callable[[dict], None], path: Path | None = None) -> Path
 
 
 def select(config: McpConfig, names: list[str] | None) -> list[ServerSpec]:
-    """The servers to start: those named (`--mcp NAME`, even if disabled), else every enabled one."""
+    """The servers to start: those named (`--mcp NAME`, even if disabled), else every enabled one. A name that is
+    not in the config is a usage error (exit 2) listing those that are, for `gemma chat --mcp` and `gemma mcp …`."""
     if names:
         unknown = [n for n in names if n not in config.servers]
         if unknown:
             known = ", ".join(config.servers) or "none"
-            raise ConfigError(f"no MCP server named {unknown[0]!r} in {config.path} (configured: {known})",
-                              "add it with `gemma mcp add NAME -- COMMAND ARGS…`")
+            raise UsageError(f"no MCP server named {unknown[0]!r} in {config.path} (configured: {known})",
+                             "check the name, or add it with `gemma mcp add NAME -- COMMAND ARGS…`")
         return [config.servers[n] for n in dict.fromkeys(names)]
     return [s for s in config.servers.values() if not s.disabled]
 

@@ -251,9 +251,7 @@ def remove_cmd(name: Annotated[str, typer.Argument(help="The server's name.")]) 
     # lazy: the MCP host, only when this command runs; keeps gemma --help fast
     from gemma_cli.chat import mcp
 
-    config = mcp.read_config()
-    if name not in config.servers:
-        raise UsageError(f"no MCP server named {name!r} in {config.path}", "gemma mcp list shows them")
+    mcp.select(mcp.read_config(), [name])  # a name not in the config is a usage error listing those that are
 
     def drop(data: dict) -> None:
         data["mcpServers"].pop(name, None)
