@@ -321,6 +321,45 @@ def test_streamable_http_server_on_localhost(home):
         proc.wait(timeout=30)
 
 
+def test_an_http_url_that_is_no_mcp_endpoint_says_the_status_it_got(home):
+    # The SDK's words were "Not Found" or "Unexpected content type: text/html", with no status.
+    import http.server
+    import threading
+
+    class NotMcp(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            if self.path.startswith("/page"):
+                body = b"<html><body>a web page</body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            else:
+                self.send_error(404 if self.path.startswith("/missing") else 500)
+
+        do_GET = do_DELETE = do_POST
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotMcp)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    try:
+        config = write_config(home / "mcp.json", {name: {"type": "http", "url": f"{base}/{name}/mcp"}
+                                                  for name in ("missing", "page", "broken")})
+        for name, words in (("missing", f"HTTP 404 from {base}/missing/mcp: not an MCP endpoint?"),
+                            ("page", f"HTTP 200 (text/html) from {base}/page/mcp: not an MCP endpoint?"),
+                            ("broken", f"HTTP 500 from {base}/broken/mcp: Server returned an error response")):
+            proc = run_gemma("mcp", "test", name, "--mcp-config", config, home=home)
+            assert_one_line_error(proc, f"MCP server {name} did not start: {words}")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 # ---------------------------------------------------------------- through gemma chat
 
 

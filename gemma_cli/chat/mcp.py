@@ -327,6 +327,7 @@ class Server:
     task: Any = None
     stop: Any = None  # asyncio.Event
     ready: Any = None  # asyncio.Future
+    answer: tuple[int, str] | None = None  # an HTTP server's (status, content type) when its URL did not speak MCP
 
     @property
     def log(self) -> Path:
@@ -484,7 +485,19 @@ class Host:
         import httpx2
         from mcp.client.streamable_http import streamable_http_client
 
-        client = httpx2.AsyncClient(headers=spec.headers or None, timeout=httpx2.Timeout(30.0, read=None))
+        server = self.servers[spec.name]
+        server.answer = None
+
+        async def note(response) -> None:
+            # the SDK keeps only its own words ("Not Found"): the status it got, for `_why`
+            kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+            mcp_like = response.status_code == 202 or (
+                response.status_code < 300 and kind in ("application/json", "text/event-stream"))
+            if response.request.method == "POST" and not mcp_like and server.answer is None:
+                server.answer = (response.status_code, kind)
+
+        client = httpx2.AsyncClient(headers=spec.headers or None, timeout=httpx2.Timeout(30.0, read=None),
+                                    event_hooks={"response": [note]})
         return streamable_http_client(spec.url, http_client=client)
 
     def _assign(self) -> None:
@@ -747,6 +760,12 @@ def _why(error: BaseException, server: Server) -> str:
     if isinstance(inner, FileNotFoundError):
         return f"command {server.spec.command!r} not found"
     text = str(inner).strip() or type(inner).__name__
+    if server.answer is not None and server.status != "ready":  # its start failed on what its URL answered
+        status, kind = server.answer
+        if status in (404, 405) or status < 300:
+            got = f"HTTP {status}" + (f" ({kind})" if status < 300 and kind else "")
+            return f"{got} from {server.spec.url}: not an MCP endpoint?"
+        return f"HTTP {status} from {server.spec.url}: {text}"
     if server.spec.transport != "stdio":
         return f"{server.spec.url}: {text}"
     tail = _tail(server.log)
