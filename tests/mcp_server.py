@@ -59,9 +59,9 @@ def build(args):
         return "word " * n
 
     @server.tool()
-    async def slow(ctx: Context, ticks: int = 0) -> str:
-        """Never finishes (reports progress once first); with ticks, reports progress that many times, 0.5 s
-        apart, and then answers."""
+    async def slow(ctx: Context, ticks: int = 0, every: float = 0.5) -> str:
+        """Never finishes (reports progress once first); with ticks, reports progress that many times, `every`
+        seconds apart, and then answers."""
         import anyio
 
         await ctx.report_progress(1, 2, "started")
@@ -70,7 +70,7 @@ def build(args):
         if ticks <= 0:
             await anyio.sleep_forever()
         for i in range(ticks):
-            await anyio.sleep(0.5)
+            await anyio.sleep(every)
             await ctx.report_progress(i + 1, ticks, "ticking")
         return f"done after {ticks} ticks"
 

@@ -276,8 +276,10 @@ def test_progress_notifications_extend_the_call_timeout(home):
                     [mcp.ServerSpec("ours", command=sys.executable, args=[SERVER], timeout=2)], approve_all=True)
     try:
         host.wait()
-        out = host.call("slow", {"ticks": 8})  # 4 s in all, never 2 s without progress
-        assert out.error is None and out.value == "done after 8 ticks" and out.seconds > 2, out
+        # 4 s in all, never more than 0.2 s without progress: a tenth of the timeout, so a loaded machine's pauses
+        # cannot pass for a silent server
+        out = host.call("slow", {"ticks": 20, "every": 0.2})
+        assert out.error is None and out.value == "done after 20 ticks" and out.seconds > 2, out
         assert "no result or progress within 2 s" in host.call("slow", {}).error
     finally:
         host.close()
