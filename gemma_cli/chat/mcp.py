@@ -391,11 +391,11 @@ class Host:
 
     def _run(self, coro, timeout: float | None = None):
         """Run `coro` on the servers' loop and return its result: through the loop's thread while the servers
-        start, in this thread after. Here, a first Ctrl-C cancels `coro` (CancelledError), a second interrupts."""
+        start, in this thread after. Here signals never raise inside the loop (`_signals_during`)."""
         if self._thread is not None:
             return self._submit(coro).result(timeout)
         task = self._loop.create_task(coro if timeout is None else asyncio.wait_for(coro, timeout))
-        restore = _cancel_on_sigint(self._loop, task)
+        restore = _signals_during(self._loop, task)
         try:
             return self._loop.run_until_complete(task)
         finally:
@@ -658,23 +658,43 @@ def _gone(process) -> bool:
     return False
 
 
-def _cancel_on_sigint(loop, task):
-    """While `task` runs the loop in the main thread, a first Ctrl-C cancels it (as `asyncio.run` does) and a
-    second raises KeyboardInterrupt; the function returned puts the handler back."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+def _signals_during(loop, task):
+    """While `task` runs the loop in the main thread, a signal must not raise inside a coroutine (a server's
+    session task would take a SystemExit for its own failure): a first Ctrl-C cancels the task, as
+    `asyncio.run` does, and a second raises KeyboardInterrupt; SIGTERM and SIGHUP, where a handler of ours
+    is set (commands/mcp.py), cancel it and are handed to that handler once the loop is left. The function
+    returned puts the handlers back, then delivers such a signal."""
+    if threading.current_thread() is not threading.main_thread():
         return lambda: None
-    pressed = []
+    previous, pressed, deferred = {}, [], []
+
+    def cancel() -> None:
+        task.cancel()
+        loop.call_soon_threadsafe(lambda: None)  # wakes the selector
 
     def on_sigint(signum, frame):
         pressed.append(signum)
         if len(pressed) > 1 or task.done():
             raise KeyboardInterrupt
-        task.cancel()
-        loop.call_soon_threadsafe(lambda: None)  # wakes the selector
+        cancel()
 
-    signal.signal(signal.SIGINT, on_sigint)
-    return lambda: signal.signal(signal.SIGINT, signal.default_int_handler)
+    def on_end(signum, frame):
+        deferred.append(signum)
+        cancel()
+
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, on_sigint)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if callable(signal.getsignal(sig)):
+            previous[sig] = signal.signal(sig, on_end)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if deferred:
+            previous[deferred[0]](deferred[0], None)
+
+    return restore
 
 
 class _Deadline:
