@@ -84,6 +84,12 @@ def test_save_writes_openai_format_and_round_trips(tmp_path):
     pytest.param("[" * 100_000 + "]" * 100_000, "not valid JSON (nested too deeply)", id="nested-too-deeply"),
     ('{"messages": 3}', 'no "messages" list'),
     ('{"messages": [{"role": "wizard", "content": "x"}]}', "unknown role 'wizard'"),
+    pytest.param('{"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": [1, 2]}]}',
+                 "message 2's content list holds something other than text", id="content-of-numbers"),  # was "a bug"
+    pytest.param('{"messages": [{"role": "assistant", "tool_calls": [3]}]}', "message 1's tool_calls is not a list",
+                 id="call-not-an-object"),
+    pytest.param('{"messages": [{"role": "assistant", "tool_calls": {"f": 1}}]}', "tool_calls is not a list",
+                 id="calls-not-a-list"),
 ])
 def test_bad_conversation_files_are_one_line_errors(tmp_path, content, needle):
     path = tmp_path / "bad.json"

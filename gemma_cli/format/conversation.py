@@ -82,10 +82,19 @@ def normalize_message(message: dict, source: Path | str = "conversation", index:
         raise GemmaError(f"{source}: message {index + 1} has an unknown role {role!r}",
                          f"roles are {', '.join(sorted(ROLES))}")
     out = dict(message)
+    where = f"{source}: message {index + 1}"
     if isinstance(out.get("content"), list):
+        if not all(isinstance(p, (str, dict)) for p in out["content"]):
+            raise GemmaError(f"{where}'s content list holds something other than text and content parts",
+                             'content is a string, or a list of parts like {"type": "text", "text": "…"}')
         out["content"] = [_normalize_part(p) for p in out["content"]]
     if out.get("tool_calls"):
-        out["tool_calls"] = [_normalize_call(c) for c in out["tool_calls"]]
+        calls = out["tool_calls"]
+        if not isinstance(calls, list) or not all(isinstance(c, dict) and isinstance(c.get("function") or {}, dict)
+                                                  for c in calls):
+            raise GemmaError(f"{where}'s tool_calls is not a list of calls",
+                             'each call is {"type": "function", "function": {"name": …, "arguments": …}}')
+        out["tool_calls"] = [_normalize_call(c) for c in calls]
     return out
 
 
