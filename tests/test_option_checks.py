@@ -41,15 +41,48 @@ def test_the_think_budget_in_force_is_in_the_json_stats(tmp_path, e_model):
     assert json.loads(proc.stdout)["stats"]["think_budget"] is None
 
 
-def test_batch_refuses_mmproj_with_an_endpoint(tmp_path):
-    # The remote server has its own projector: --mmproj was silently ignored. Refused before any request is sent.
+UNREACHABLE = "http://127.0.0.1:9/v1"  # the discard port: nothing listens; --retries 0 says so at once
+
+
+def batch_at_unreachable(tmp_path, *flags: str, **env: str):
     src = tmp_path / "in.jsonl"
     src.write_text('{"id": 1, "prompt": "hi"}\n')
-    proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "--endpoint", "http://127.0.0.1:9/v1",
-                     "--mmproj", tmp_path / "mmproj.gguf", home=tmp_path)
-    refused(proc, "--mmproj is the local engine's projector; with --endpoint the server uses its own",
-            "drop --mmproj (or --endpoint)")
+    return run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "--endpoint", UNREACHABLE, "--retries", "0", *flags,
+                     home=tmp_path, **env)
+
+
+@pytest.mark.parametrize("flags, why", [
+    (["--mmproj", "mmproj.gguf"], "is the local engine's projector; with --endpoint the server uses its own"),
+    (["--draft", "ngram"], "runs on the local engine; with --endpoint the server decides how it decodes"),
+    (["--draft-max", "8"], "sets the local drafter's steps; with --endpoint the server decides how it decodes"),
+    (["--think-budget", "8"], "runs on the local engine; OpenAI-compatible servers have no field for it"),
+    (["--ctx", "4096"], "sets the local engine's context; with --endpoint the server has its own"),
+    (["--threads", "2"], "sets the local engine's CPU threads; with --endpoint the server has its own"),
+    (["--gpu-layers", "0"], "sets the local engine's GPU offload; with --endpoint the server has its own"),
+    (["--image-tokens", "560"], "sets the local engine's image budget; with --endpoint the server has its own"),
+    (["--no-cache"], "skips the local engine's prompt cache; with --endpoint the server has its own"),
+    (["--parallel", "4"], "sets the local engine's sequences; with --endpoint, --concurrency sets the requests "
+                          "in flight"),
+    (["--deterministic"], "picks the local engine's matmul kernels; with --endpoint the server has its own"),
+    (["--verbose"], "shows the local engine's (llama.cpp's) log; with --endpoint there is none"),
+])
+def test_batch_refuses_local_engine_options_with_an_endpoint(tmp_path, flags, why):
+    # Each configures only the local engine, and was silently ignored with --endpoint (--mmproj, --draft and
+    # --think-budget were refused already). Refused before any request is sent: nothing listens there.
+    proc = batch_at_unreachable(tmp_path, *flags)
+    refused(proc, f"{flags[0]} {why}", f"drop {flags[0]} (or --endpoint)")
     assert proc.returncode == 2 and not (tmp_path / "o.jsonl").exists()
+
+
+def test_batch_with_an_endpoint_ignores_local_settings_from_the_config_and_env(tmp_path):
+    # Only a flag on the command line is refused: a ctx in the config file or GEMMA_THREADS serves local runs, and
+    # --draft off, --no-deterministic and --yes ask for nothing a server run leaves undone. The run goes on to the
+    # request, which fails as an unreachable endpoint does (exit 1), not as a usage error.
+    for key, value in (("ctx", "4096"), ("gpu_layers", "0")):
+        assert run_gemma("config", "set", key, value, home=tmp_path).returncode == 0
+    proc = batch_at_unreachable(tmp_path, "--draft", "off", "--no-deterministic", "--yes", GEMMA_THREADS="2")
+    assert_one_line_error(proc, f"cannot connect to {UNREACHABLE}/chat/completions")
+    assert proc.returncode == 1 and "or --endpoint" not in proc.stderr, proc.stderr
 
 
 @pytest.mark.parametrize("args, needles", [

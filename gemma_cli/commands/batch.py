@@ -85,15 +85,9 @@ def batch(
     if api != "chat" and not endpoint:
         raise UsageError(f"--api {api} chooses what --endpoint speaks; without --endpoint lines run on the local engine",
                          "add --endpoint URL, or drop --api")
-    if _drafting(o.draft) and endpoint:
-        raise UsageError("--draft runs on the local engine; with --endpoint the server decides how it decodes",
-                         "drop --draft (or --endpoint)")
-    if o.mmproj and endpoint:
-        raise UsageError("--mmproj is the local engine's projector; with --endpoint the server uses its own",
-                         "drop --mmproj (or --endpoint)")
-    if think_budget is not None and endpoint:
-        raise UsageError("--think-budget runs on the local engine; OpenAI-compatible servers have no field for it",
-                         "drop --think-budget (or --endpoint)")
+    if endpoint:
+        _refuse_local_only(dict(vars(o), draft=o.draft if _drafting(o.draft) else None, parallel=parallel,
+                                deterministic=deterministic, think_budget=think_budget))
     if _drafting(o.draft) and parallel not in (None, 1):
         raise UsageError(f"--draft decodes one line at a time, so it does not go with --parallel {parallel}",
                          "drop --parallel (or use --draft off for parallel sequences)")
@@ -135,6 +129,34 @@ def batch(
         raise SystemExit(130 if summary.stopped == "interrupted" else 143)
     if summary.failed:
         raise SystemExit(EXIT_FAILED_LINES)
+
+
+# The local engine's options, each refused with --endpoint rather than ignored: {name: (flag, why)}.
+# --draft off, --no-deterministic and --yes pass: they ask for nothing that a server run leaves undone.
+LOCAL_ONLY = {
+    "draft": ("--draft", "runs on the local engine; with --endpoint the server decides how it decodes"),
+    "draft_max": ("--draft-max", "sets the local drafter's steps; with --endpoint the server decides how it decodes"),
+    "mmproj": ("--mmproj", "is the local engine's projector; with --endpoint the server uses its own"),
+    "image_tokens": ("--image-tokens", "sets the local engine's image budget; with --endpoint the server has its own"),
+    "think_budget": ("--think-budget", "runs on the local engine; OpenAI-compatible servers have no field for it"),
+    "ctx": ("--ctx", "sets the local engine's context; with --endpoint the server has its own"),
+    "threads": ("--threads", "sets the local engine's CPU threads; with --endpoint the server has its own"),
+    "gpu_layers": ("--gpu-layers", "sets the local engine's GPU offload; with --endpoint the server has its own"),
+    "parallel": ("--parallel", "sets the local engine's sequences; with --endpoint, --concurrency sets the requests "
+                 "in flight"),
+    "deterministic": ("--deterministic", "picks the local engine's matmul kernels; with --endpoint the server has "
+                      "its own"),
+    "no_cache": ("--no-cache", "skips the local engine's prompt cache; with --endpoint the server has its own"),
+    "verbose": ("--verbose", "shows the local engine's (llama.cpp's) log; with --endpoint there is none"),
+}
+
+
+def _refuse_local_only(given: dict) -> None:
+    """A usage error for the first LOCAL_ONLY option given on the command line (a flag: None or False when not;
+    a setting from the config file never gets here)."""
+    for name, (flag, why) in LOCAL_ONLY.items():
+        if given[name] is not None and given[name] is not False:
+            raise UsageError(f"{flag} {why}", f"drop {flag} (or --endpoint)")
 
 
 def _drafting(draft: str | None) -> bool:
