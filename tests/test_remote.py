@@ -324,6 +324,16 @@ def test_a_simple_line_becomes_a_chat_body_with_data_urls(tmp_path):
     assert text == {"type": "text", "text": "What?"}
 
 
+def test_penalties_min_p_and_logit_bias_go_to_the_endpoint():
+    # They were dropped in silence: only max_tokens, temperature, top_p, top_k and seed were sent.
+    r = request_of({"prompt": "x", "min_p": 0.05, "repeat_penalty": 1.1, "logit_bias": {"17": -100}})
+    body = batch.body_for(r, defaults(overrides={"presence_penalty": 0.5, "frequency_penalty": 0.25, "min_p": 0.2}))
+    assert body["min_p"] == 0.05  # the line's own value wins over the command line's
+    assert body["repeat_penalty"] == 1.1 and body["presence_penalty"] == 0.5 and body["frequency_penalty"] == 0.25
+    assert body["logit_bias"] == {"17": -100}
+    assert "top_p" not in body and "temperature" not in body
+
+
 def test_an_openai_line_is_sent_as_it_is():
     body = {"messages": [{"role": "user", "content": "x"}], "temperature": 0.2, "user": "u"}
     r = request_of({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body})

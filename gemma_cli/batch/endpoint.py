@@ -17,6 +17,7 @@ from gemma_cli.batch.run import Defaults, Run, Signals, Summary
 from gemma_cli.errors import GemmaError, MediaError
 from gemma_cli.format import reply
 from gemma_cli.format.conversation import to_openai
+from gemma_cli.format.request import SAMPLING
 from gemma_cli.media.files import read_bytes
 
 
@@ -103,12 +104,15 @@ def body_for(request: Request, defaults: Defaults) -> dict:
         body["chat_template_kwargs"] = kwargs
     if request.stop:
         body["stop"] = list(request.stop)
-    fields = {"max_tokens": request.max_tokens, "temperature": request.temperature, "top_p": request.top_p,
-              "top_k": request.top_k, "seed": request.seed}
-    for key, value in fields.items():
+    # Every sampling field the line or the command line set, by its request name: min_p and repeat_penalty are
+    # llama-server's (and gemma serve's) fields, sent only when asked for, never dropped in silence.
+    for key in ("max_tokens", *SAMPLING):
+        value = getattr(request, key)
         value = defaults.overrides.get(key) if value is None else value
         if value is not None:
             body[key] = value
+    if request.logit_bias:
+        body["logit_bias"] = {str(token): bias for token, bias in request.logit_bias.items()}
     return body
 
 
