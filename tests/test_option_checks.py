@@ -85,6 +85,28 @@ def test_batch_with_an_endpoint_ignores_local_settings_from_the_config_and_env(t
     assert proc.returncode == 1 and "or --endpoint" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("flags", [["--concurrency", "4"], ["--retries", "3"], ["--timeout", "30"],
+                                   ["--api-key", "sk-x"]])
+def test_batch_refuses_endpoint_options_without_an_endpoint(tmp_path, flags):
+    # They were ignored in silence: `--concurrency 4` on a local run did not decode 4 lines together.
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "prompt": "hi"}\n')
+    proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", *flags, home=tmp_path)
+    refused(proc, f"{flags[0]} is for --endpoint; without it lines run on the local engine",
+            f"add --endpoint URL, or drop {flags[0]}")
+    assert proc.returncode == 2 and not (tmp_path / "o.jsonl").exists()
+
+
+def test_an_api_key_in_the_environment_is_no_flag(tmp_path):
+    # GEMMA_API_KEY set for --endpoint runs must not stop a local one: the run goes on (to its model, absent here).
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "prompt": "hi"}\n')
+    proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "--model", tmp_path / "none.gguf", home=tmp_path,
+                     GEMMA_API_KEY="sk-x")
+    assert_one_line_error(proc)
+    assert "is for --endpoint" not in proc.stderr and "none.gguf" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("args, needles", [
     (["--no-vad", "--vad-threshold", "0.7"], ["--vad-threshold has no effect with --no-vad"]),
     (["--no-vad", "--max-cue", "5"], ["--max-cue has no effect with --no-vad"]),

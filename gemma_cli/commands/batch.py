@@ -49,6 +49,7 @@ Draft = Annotated[Optional[str], typer.Option("--draft", metavar="off|auto|ngram
 @opt.shared("model", "mmproj", "image_tokens", *opt.SAMPLING, *opt.PENALTIES, *opt.MACHINE, *opt.DRAFTING, "yes",
             "no_cache", "verbose", model=Model, ctx=Ctx, draft=Draft)
 def batch(
+    context: typer.Context,  # (`ctx` is --ctx)
     source: Annotated[str, typer.Argument(metavar="INPUT", help="JSON Lines file of prompts; - reads stdin.")],
     output: Annotated[Optional[str], typer.Option("--output", "-o", metavar="OUT", help="Results file (JSON Lines), appended to and resumed; default stdout (no resume).")] = None,
     parallel: Annotated[Optional[int], typer.Option("--parallel", "-p", min=1, max=255, help="Lines decoded together in one model (default: 8 on CPU, 16 with a GPU, fewer for a large --ctx).")] = None,
@@ -85,6 +86,8 @@ def batch(
     if api != "chat" and not endpoint:
         raise UsageError(f"--api {api} chooses what --endpoint speaks; without --endpoint lines run on the local engine",
                          "add --endpoint URL, or drop --api")
+    if not endpoint:
+        _refuse_remote_only(context)
     if endpoint:
         _refuse_local_only(dict(vars(o), draft=o.draft if _drafting(o.draft) else None, parallel=parallel,
                                 deterministic=deterministic, think_budget=think_budget))
@@ -157,6 +160,20 @@ def _refuse_local_only(given: dict) -> None:
     for name, (flag, why) in LOCAL_ONLY.items():
         if given[name] is not None and given[name] is not False:
             raise UsageError(f"{flag} {why}", f"drop {flag} (or --endpoint)")
+
+
+# --endpoint's own options, refused without it rather than ignored: {name: flag}.
+REMOTE_ONLY = {"concurrency": "--concurrency", "retries": "--retries", "timeout": "--timeout", "api_key": "--api-key"}
+
+
+def _refuse_remote_only(context: typer.Context) -> None:
+    """A usage error for the first REMOTE_ONLY option typed on the command line (GEMMA_API_KEY in the
+    environment is not typed: it passes)."""
+    for name, flag in REMOTE_ONLY.items():
+        if context.get_parameter_source(name).name == "COMMANDLINE":
+            more = "; --parallel sets the lines decoded together on it" if name == "concurrency" else ""
+            raise UsageError(f"{flag} is for --endpoint; without it lines run on the local engine{more}",
+                             f"add --endpoint URL, or drop {flag}")
 
 
 def _drafting(draft: str | None) -> bool:
