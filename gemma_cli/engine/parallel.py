@@ -653,8 +653,6 @@ def _shares(wants: list[int], room: int) -> list[int]:
     return out
 
 
-
-
 def _padding(rows: list[tuple[int, int, int, bool]], n_ubatch: int, n_ctx_seq: int) -> list[tuple[int, int, int, bool]]:
     """Throwaway rows that keep llama.cpp from evaluating any of `rows` alone in a ubatch.
 
@@ -702,6 +700,7 @@ def _ubatches(seqs: list[int], n_ubatch: int) -> Iterator[tuple[list[int], int]]
             if (each + 1) * len(group) > n_ubatch:
                 break
         yield group, each
+
 
 def _samplers(engine: "Engine", job: Job) -> list:
     """The job's sampler chain; with a grammar and a free thought, [free, constrained]."""

@@ -100,6 +100,10 @@ VARIANTS = {v.name: v for v in (APRIL, OLDER, LARGE, SMALL, INTERLEAVED)}
 _BY_HASH = {v.sha256: v for v in VARIANTS.values()}
 
 
+# A turn's end: where a conversation's later prompts restart (gemma serve's save points look for it).
+TURN_END = "<turn|>\n"
+
+
 def normalise(template: str) -> str:
     """A template's text as recognised: line ends unified, surrounding whitespace dropped."""
     return template.replace("\r\n", "\n").strip()
@@ -398,7 +402,7 @@ def _render_system(first: Mapping | None, tools: Any, thinking: bool, v: Variant
             out += "".join(_trim(_get(item, "text")) + " " for item in content)
     if tools:
         out += "".join("<|tool>" + _format_declaration(tool, v) + "<tool|>" for tool in tools)
-    return out + "<turn|>\n"
+    return out + TURN_END
 
 
 def _tool_name(call_message: Mapping, follow: Mapping, v: Variant) -> Any:
@@ -552,10 +556,10 @@ def _render_message(messages: list, index: int, last_user: int, previous_role: A
         if role == "model" and following == "assistant" and (not message.get("tool_calls") or answered):
             pass  # continues into the next model message: the turn stays open
         elif not (answered and not has_content and following is None):
-            out += "<turn|>\n"
+            out += TURN_END
     elif not (answered and not has_content):
         # After tool results with no answer text, the model turn stays open.
-        out += "<turn|>\n"
+        out += TURN_END
     return out, state
 
 
@@ -589,7 +593,7 @@ def _render_interleaved(rest: list, state: str | None, thinking: bool, add_gener
         if media:
             state = media
         if not (results and not _get(message, "content")):
-            out += "<turn|>\n"
+            out += TURN_END
     if add_generation_prompt:
         if state != "tool_response":
             out += "<|turn>model\n"

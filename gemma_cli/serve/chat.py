@@ -20,7 +20,7 @@ from gemma_cli.engine.core import TokenLogprob, request_sampling
 from gemma_cli.engine.parallel import Finished, Job
 from gemma_cli.errors import CapabilityError, GemmaError, MediaError
 from gemma_cli.format import reply
-from gemma_cli.format.prompt import ends_in_thought
+from gemma_cli.format.prompt import TURN_END, ends_in_thought
 from gemma_cli.format.request import ChatRequest, RequestError, read_chat
 from gemma_cli.media.parts import MediaParts, media_parts, prompt_order
 
@@ -114,7 +114,7 @@ class Builder:
         self._media = None
         self._media_lock = threading.Lock()  # requests build their jobs on worker threads; the media cache is shared
         # A turn's end (the prompt's save points, engine.parallel's Job.save_at), as tokens.
-        self._turn_end = engine.tokenize("<turn|>\n" if self.gemma4 else "<end_of_turn>\n")
+        self._turn_end = engine.tokenize(TURN_END if self.gemma4 else "<end_of_turn>\n")
 
     @property
     def gemma4(self) -> bool:
