@@ -44,10 +44,14 @@ def test_the_think_budget_in_force_is_in_the_json_stats(tmp_path, e_model):
 UNREACHABLE = "http://127.0.0.1:9/v1"  # the discard port: nothing listens; --retries 0 says so at once
 
 
-def batch_at_unreachable(tmp_path, *flags: str, **env: str):
+def one_line(tmp_path):
     src = tmp_path / "in.jsonl"
     src.write_text('{"id": 1, "prompt": "hi"}\n')
-    return run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "--endpoint", UNREACHABLE, "--retries", "0", *flags,
+    return src
+
+
+def batch_at_unreachable(tmp_path, *flags: str, **env: str):
+    return run_gemma("batch", one_line(tmp_path), "-o", tmp_path / "o.jsonl", "--endpoint", UNREACHABLE, "--retries", "0", *flags,
                      home=tmp_path, **env)
 
 
@@ -89,9 +93,7 @@ def test_batch_with_an_endpoint_ignores_local_settings_from_the_config_and_env(t
                                    ["--api-key", "sk-x"]])
 def test_batch_refuses_endpoint_options_without_an_endpoint(tmp_path, flags):
     # They were ignored in silence: `--concurrency 4` on a local run did not decode 4 lines together.
-    src = tmp_path / "in.jsonl"
-    src.write_text('{"id": 1, "prompt": "hi"}\n')
-    proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", *flags, home=tmp_path)
+    proc = run_gemma("batch", one_line(tmp_path), "-o", tmp_path / "o.jsonl", *flags, home=tmp_path)
     refused(proc, f"{flags[0]} is for --endpoint; without it lines run on the local engine",
             f"add --endpoint URL, or drop {flags[0]}")
     assert proc.returncode == 2 and not (tmp_path / "o.jsonl").exists()
@@ -99,9 +101,7 @@ def test_batch_refuses_endpoint_options_without_an_endpoint(tmp_path, flags):
 
 def test_an_api_key_in_the_environment_is_no_flag(tmp_path):
     # GEMMA_API_KEY set for --endpoint runs must not stop a local one: the run goes on (to its model, absent here).
-    src = tmp_path / "in.jsonl"
-    src.write_text('{"id": 1, "prompt": "hi"}\n')
-    proc = run_gemma("batch", src, "-o", tmp_path / "o.jsonl", "--model", tmp_path / "none.gguf", home=tmp_path,
+    proc = run_gemma("batch", one_line(tmp_path), "-o", tmp_path / "o.jsonl", "--model", tmp_path / "none.gguf", home=tmp_path,
                      GEMMA_API_KEY="sk-x")
     assert_one_line_error(proc)
     assert "is for --endpoint" not in proc.stderr and "none.gguf" in proc.stderr, proc.stderr
